@@ -1,0 +1,138 @@
+"""The small API a job uses: its params, run directory, devices and upstream
+outputs, and `report()` for metrics.
+
+A job is a callable ``fn(ctx)`` that receives a :class:`JobContext` and returns a
+dict of final metrics (or None).  Code deep inside a job that was not handed the
+context can still call :func:`current` or :func:`report`: the worker installs
+the context for the duration of the attempt.  Command jobs get the same facts in
+environment variables (``LABQ_RUN_DIR``, ``LABQ_PARAMS``...) and report by writing
+``metrics.json`` or appending JSON lines to ``metrics.jsonl`` in their run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_METRICS_FILE = "metrics.json"
+ARTIFACTS_DIR = "artifacts"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What a finished upstream job left for this one (its stage is the key in
+    ``ctx.inputs``)."""
+
+    job_id: int
+    stage: str
+    params: dict[str, Any]
+    run_dir: Path
+    metrics: dict[str, Any]
+
+    def artifact(self, name: str) -> Path:
+        """Path of an artifact the upstream job wrote; raises if it is missing so a
+        broken pipeline fails with the file named instead of deep in numpy."""
+        path = self.run_dir / ARTIFACTS_DIR / name
+        if not path.exists():
+            raise FileNotFoundError(
+                f"upstream job {self.job_id} (stage {self.stage!r}) has no artifact {name!r} in {path.parent}"
+            )
+        return path
+
+
+@dataclass
+class JobContext:
+    """Everything one attempt of one job may know about itself."""
+
+    job_id: int
+    attempt: int
+    experiment: str
+    stage: str
+    params: dict[str, Any]
+    run_dir: Path
+    inputs: dict[str, Upstream] = field(default_factory=dict)
+    gpu_ids: list[str] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)
+    # The run dir of the job's previous attempt, if any: where checkpoints to
+    # resume from live.
+    previous_run_dir: Path | None = None
+
+    @property
+    def artifacts_dir(self) -> Path:
+        path = self.run_dir / ARTIFACTS_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        path = self.run_dir / CHECKPOINTS_DIR
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def artifact_path(self, name: str) -> Path:
+        """Where to write an artifact called ``name``; it is listed in the result."""
+        return self.artifacts_dir / name
+
+    def input(self, stage: str | None = None) -> Upstream:
+        """The output of the upstream stage ``stage`` (or of the only one)."""
+        if stage is None:
+            if len(self.inputs) != 1:
+                raise LookupError(
+                    f"job has {len(self.inputs)} upstream stages ({', '.join(self.inputs) or 'none'}); name one"
+                )
+            return next(iter(self.inputs.values()))
+        if stage not in self.inputs:
+            raise LookupError(f"no upstream stage {stage!r}; have: {', '.join(self.inputs) or 'none'}")
+        return self.inputs[stage]
+
+    def report(self, step: int | None = None, **metrics: Any) -> None:
+        """Record metrics for one step (an epoch, an iteration). Appends one JSON
+        line to the run dir so it survives a crash and `labq logs`/plots can read
+        it while the job runs."""
+        record: dict[str, Any] = {"time": time.time()}
+        if step is not None:
+            record["step"] = step
+        record.update(metrics)
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+
+
+_current: JobContext | None = None
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and paths show up in metrics all the time; store them plainly."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def set_current(ctx: JobContext | None) -> None:
+    """Installed by the worker around one attempt."""
+    global _current
+    _current = ctx
+
+
+def current() -> JobContext:
+    """The context of the attempt running in this process."""
+    if _current is None:
+        raise RuntimeError("not inside a labq job (jobs.current() works only while labq runs a job)")
+    return _current
+
+
+def report(step: int | None = None, **metrics: Any) -> None:
+    """Report per-step metrics for the running job (see JobContext.report)."""
+    current().report(step, **metrics)
+
+
+def params() -> dict[str, Any]:
+    return current().params
+
+
+def run_dir() -> Path:
+    return current().run_dir

@@ -1,0 +1,226 @@
+"""labq's Python API: what the CLI calls, importable from a notebook.
+
+    from scheduler.api import results_frame
+    df = results_frame("iris-rf")          # one row per job: params.*, metrics.*
+
+Nothing here imports Ray; pandas is imported only by ``results_frame``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from scheduler.config import Settings, load_settings
+from scheduler.errors import SpecError, UnknownIdError
+from scheduler.records import Job
+from scheduler.states import JobState
+from scheduler.store import Store
+
+# Metrics labq knows the direction of, in the order it prefers them as the main one.
+_BIGGER_IS_BETTER = ("accuracy", "val_accuracy", "f1_macro", "roc_auc", "r2", "auc", "score")
+_SMALLER_IS_BETTER = ("val_loss", "loss", "rmse", "mae", "mse", "log_loss", "error")
+
+
+@dataclass
+class Submitted:
+    experiment_id: int
+    experiment: str
+    job_ids: list[int]
+    stages: dict[str, int]  # stage -> job count
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def open_store(settings: Settings | None = None) -> Store:
+    return Store((settings or load_settings()).home_path)
+
+
+def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings | None = None,
+           user: str | None = None) -> Submitted:
+    """Validate, expand the sweeps, snapshot the code and store every job in one
+    transaction.  Raises SpecError (nothing written) on bad input."""
+    from scheduler.packaging import snapshot
+    from scheduler.spec import load_spec
+    from scheduler.sweep import plan_jobs
+
+    settings = settings or load_settings()
+    source = str(spec_path)
+    spec, raw = load_spec(spec_path, overrides)
+    if spec.queue not in settings.queue_names():
+        raise SpecError(source, [("queue", f"no queue {spec.queue!r}; declared queues: {', '.join(settings.queue_names())}")])
+    drafts = plan_jobs(spec, source)
+    home = settings.home_path
+    package = snapshot(Path(spec_path).resolve().parent, home, source)
+    store = Store(home)
+    try:
+        experiment_id, ids = store.submit(
+            name=spec.experiment, user=user or getpass.getuser(), queue=spec.queue, priority=spec.priority,
+            spec_path=str(Path(spec_path).resolve()), spec=raw, package=str(package), metric=spec.metric,
+            mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time())
+    finally:
+        store.close()
+    counts: dict[str, int] = {}
+    for d in drafts:
+        counts[d.stage] = counts.get(d.stage, 0) + 1
+    return Submitted(experiment_id=experiment_id, experiment=spec.experiment, job_ids=ids, stages=counts)
+
+
+def wait(store: Store, experiment_id: int, on_update: Callable[[list[Job]], None] | None = None,
+         poll: float = 0.5, timeout: float | None = None) -> list[Job]:
+    """Block until every job of the experiment is terminal; returns the jobs."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        jobs = store.jobs_of_experiment(experiment_id)
+        if on_update:
+            on_update(jobs)
+        if all(j.state.is_terminal() for j in jobs):
+            return jobs
+        if deadline is not None and time.monotonic() > deadline:
+            return jobs
+        time.sleep(poll)
+
+
+def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[int]:
+    """Job ids from the CLI's arguments (numbers) and/or --experiment NAME."""
+    job_ids: list[int] = []
+    for ref in ids:
+        if not ref.isdigit():
+            raise UnknownIdError(f"{ref!r} is not a job id (a number); use --experiment NAME for an experiment")
+        store.job(int(ref))  # raises for an unknown id
+        job_ids.append(int(ref))
+    if experiment:
+        experiment_ids = store.experiment_names(experiment)
+        if not experiment_ids:
+            store.experiment(experiment)  # raises with the recent names as a hint
+        job_ids += store.active_job_ids_of(experiment_ids)
+    return job_ids
+
+
+# ---------------------------------------------------------------- results
+
+def main_metric(metric: str | None, mode: str | None, metrics: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """The metric to sort by and its direction: the spec's, else the first known
+    metric present in the results, else the first numeric one."""
+    names = {k for m in metrics for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if metric:
+        return metric, mode or ("min" if metric in _SMALLER_IS_BETTER else "max")
+    for name in _BIGGER_IS_BETTER:
+        if name in names:
+            return name, mode or "max"
+    for name in _SMALLER_IS_BETTER:
+        if name in names:
+            return name, mode or "min"
+    return (sorted(names)[0] if names else None), mode or "max"
+
+
+@dataclass
+class Results:
+    experiment: str
+    experiment_id: int
+    metric: str | None
+    mode: str
+    rows: list[dict[str, Any]]
+    varying_params: list[str]
+    metric_names: list[str]
+
+
+def results(store: Store, experiment: str, sort: str | None = None, ascending: bool | None = None) -> Results:
+    """One row per job with params, final metrics, timing and placement, best first."""
+    exp = store.experiment(experiment)
+    jobs = store.jobs_of_experiment(exp.id)
+    finals = store.final_results(exp.id)
+    rows = []
+    for job in jobs:
+        attempt, metrics = finals.get(job.id, (None, {}))
+        started = attempt.started_at if attempt else None
+        ended = attempt.ended_at if attempt else None
+        rows.append({
+            "job_id": job.id, "experiment": exp.name, "stage": job.stage, "state": job.state.value,
+            "params": job.params, "swept": job.swept, "metrics": metrics, "attempts": job.attempts,
+            "started_at": started, "ended_at": ended,
+            "duration": (ended - started) if started and ended else None,
+            "node_id": attempt.node_id if attempt else None, "gpu_ids": attempt.gpu_ids if attempt else [],
+            "peak_rss": attempt.peak_rss if attempt else None, "run_dir": attempt.run_dir if attempt else None,
+            "error": (attempt.error.strip().splitlines()[-1] if attempt and attempt.error else None),
+        })
+    # The main metric is judged on the last stage: it is what the experiment is for.
+    last_stage = jobs[-1].stage if jobs else None
+    metric, mode = main_metric(exp.metric, exp.mode, [r["metrics"] for r in rows if r["stage"] == last_stage])
+    key = sort or metric
+    if key:
+        desc = (mode == "max") if ascending is None else not ascending
+        if sort and ascending is None:
+            desc = sort not in _SMALLER_IS_BETTER
+
+        def sort_key(row: dict[str, Any]) -> tuple:
+            value = row["metrics"].get(key, row["params"].get(key, row.get(key)))
+            missing = not isinstance(value, (int, float)) or isinstance(value, bool) or (
+                isinstance(value, float) and math.isnan(value))
+            return (missing, 0 if missing else (-value if desc else value))
+
+        rows.sort(key=sort_key)
+    varying = _varying_params(rows)
+    # Main metric first, then the rest of the last stage's, then other stages'.
+    last_names = {k for r in rows if r["stage"] == last_stage for k in r["metrics"]}
+    metric_names = sorted({k for r in rows for k in r["metrics"]},
+                          key=lambda k: (k != metric, k not in last_names, k))
+    if metric:
+        best = next((r for r in rows if r["stage"] == last_stage and isinstance(r["metrics"].get(metric), (int, float))),
+                    None)
+        for r in rows:
+            r["best"] = r is best
+    return Results(experiment=exp.name, experiment_id=exp.id, metric=metric, mode=mode, rows=rows,
+                   varying_params=varying, metric_names=metric_names)
+
+
+def _varying_params(rows: list[dict[str, Any]]) -> list[str]:
+    """Params whose value differs between jobs of a stage: the ones worth a column."""
+    varying: list[str] = []
+    by_stage: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_stage.setdefault(r["stage"], []).append(r["params"])
+    for params_list in by_stage.values():
+        for name in dict.fromkeys(k for p in params_list for k in p):
+            values = {repr(p.get(name)) for p in params_list}
+            if len(values) > 1 and name not in varying:
+                varying.append(name)
+    return varying
+
+
+def flatten(row: dict[str, Any]) -> dict[str, Any]:
+    """A results row as flat columns: params.x, metrics.y (for CSV and pandas)."""
+    flat = {k: v for k, v in row.items() if k not in ("params", "metrics", "swept", "gpu_ids")}
+    flat["gpu_ids"] = ",".join(row.get("gpu_ids") or [])
+    flat.update({f"params.{k}": v for k, v in row["params"].items()})
+    flat.update({f"metrics.{k}": v for k, v in row["metrics"].items()})
+    return flat
+
+
+def results_frame(experiment: str, home: str | Path | None = None):
+    """The results of an experiment as a pandas DataFrame, one row per job."""
+    import pandas as pd
+
+    settings = load_settings()
+    store = Store(home or settings.home_path)
+    try:
+        res = results(store, experiment)
+    finally:
+        store.close()
+    return pd.DataFrame([flatten(r) for r in res.rows])
+
+
+def active_state_counts(jobs: list[Job]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.state.value] = counts.get(job.state.value, 0) + 1
+    return counts
+
+
+def succeeded_all(jobs: list[Job]) -> bool:
+    return all(j.state is JobState.SUCCEEDED for j in jobs)

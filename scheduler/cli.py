@@ -1,0 +1,415 @@
+"""The `labq` command line: a thin layer over scheduler.api.
+
+Exit codes: 0 ok; 1 the jobs waited on did not all succeed; 2 bad input (spec,
+arguments, unknown id) with one line per problem; 3 labq itself could not work
+(state database unusable, scheduler could not start).  Verbs that only read or
+write the queue never import Ray, torch or pandas.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scheduler import __version__
+from scheduler.errors import LabqError, UserError
+
+EXIT_OK = 0
+EXIT_JOBS_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_LABQ_ERROR = 3
+
+
+def _settings(ctx: click.Context):
+    from scheduler.config import load_settings
+
+    return load_settings(ctx.obj.get("cluster"))
+
+
+def _store(ctx: click.Context):
+    from scheduler.store import Store
+
+    return Store(_settings(ctx).home_path)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--cluster", envvar="LABQ_CLUSTER", type=click.Path(dir_okay=False),
+              help="cluster.yaml whose metadata.labq holds labq's settings [env LABQ_CLUSTER].")
+@click.version_option(__version__, prog_name="labq")
+@click.pass_context
+def cli(ctx: click.Context, cluster: str | None) -> None:
+    """labq: a queue for ML experiments on Ray.
+
+    State lives in $LABQ_HOME (default ~/.labq).
+    """
+    ctx.obj = {"cluster": cluster}
+
+
+# ---------------------------------------------------------------- submit / run
+
+def _ensure_scheduler(ctx: click.Context, cpus: float | None, gpus: int | None) -> bool:
+    """Start a local scheduler in the background unless one serves this home."""
+    from scheduler import daemon
+
+    settings = _settings(ctx)
+    if daemon.is_running(settings.home_path):
+        return False
+    daemon.start(settings, cluster=ctx.obj.get("cluster"), address=None, cpus=cpus, gpus=gpus,
+                 idle_timeout=settings.scheduler.idle_timeout, wait=False)
+    return True
+
+
+_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                           help="Override a spec value, e.g. --set stages.train.resources.cpu=1 (repeatable).")
+_cpus_option = click.option("--cpus", type=click.FloatRange(min=0, min_open=True),
+                            help="CPUs of the local Ray, if labq starts one.")
+_gpus_option = click.option("--gpus", type=click.IntRange(min=0),
+                            help="GPUs of the local Ray, if labq starts one (logical when the machine has fewer).")
+
+
+def _submit(ctx: click.Context, spec: str, overrides: tuple[str, ...]):
+    from scheduler.api import submit
+
+    return submit(spec, list(overrides), _settings(ctx))
+
+
+def _wait_and_report(ctx: click.Context, submitted, show_results: bool) -> int:
+    from scheduler import api, render
+
+    store = _store(ctx)
+    with render.Progress(submitted.experiment, len(submitted.job_ids)) as progress:
+        jobs = api.wait(store, submitted.experiment_id, on_update=progress.update)
+    if show_results:
+        res = api.results(store, str(submitted.experiment_id))
+        render.console.print(render.results_table(res))
+    counts = api.active_state_counts(jobs)
+    render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
+    if not api.succeeded_all(jobs):
+        render.console.print(f"not every job succeeded: labq status <id> shows why; "
+                             f"labq results {submitted.experiment} lists them", highlight=False)
+        return EXIT_JOBS_FAILED
+    return EXIT_OK
+
+
+@cli.command()
+@click.argument("spec", type=click.Path())
+@_set_option
+@_cpus_option
+@_gpus_option
+@click.pass_context
+def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], cpus: float | None, gpus: int | None) -> None:
+    """Submit SPEC, run it to completion with live progress, print the results.
+
+    Starts a local scheduler (and local Ray) when none is running.
+    """
+    from scheduler import render
+
+    submitted = _submit(ctx, spec, overrides)
+    render.console.print(f"experiment {submitted.experiment}: {len(submitted.job_ids)} jobs "
+                         f"({', '.join(f'{s} {n}' for s, n in submitted.stages.items())}), ids "
+                         f"{submitted.job_ids[0]}-{submitted.job_ids[-1]}", highlight=False)
+    if _ensure_scheduler(ctx, cpus, gpus):
+        render.console.print("started a local scheduler (Ray takes a few seconds to come up)", highlight=False)
+    ctx.exit(_wait_and_report(ctx, submitted, show_results=True))
+
+
+@cli.command()
+@click.argument("spec", type=click.Path())
+@_set_option
+@click.option("--wait", "wait_", is_flag=True, help="Block until every job ends; exit 1 unless all succeeded.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ids as JSON.")
+@_cpus_option
+@_gpus_option
+@click.pass_context
+def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: bool, as_json: bool,
+           cpus: float | None, gpus: int | None) -> None:
+    """Validate SPEC, expand its sweeps and queue every job; print the ids."""
+    submitted = _submit(ctx, spec, overrides)
+    started = _ensure_scheduler(ctx, cpus, gpus)
+    if as_json:
+        _print_json({**submitted.to_json(), "scheduler_started": started})
+    else:
+        click.echo(f"submitted experiment {submitted.experiment} (id {submitted.experiment_id}): "
+                   f"{len(submitted.job_ids)} jobs, ids {submitted.job_ids[0]}-{submitted.job_ids[-1]}")
+        if started:
+            click.echo("started a local scheduler")
+        click.echo(f"next: labq queue | labq results {submitted.experiment}")
+    if wait_:
+        ctx.exit(_wait_and_report(ctx, submitted, show_results=not as_json))
+
+
+# ---------------------------------------------------------------- reading
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One object per job.")
+@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Rows to show.")
+@click.pass_context
+def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """Running, pending and blocked jobs, and why each pending job waits."""
+    from scheduler import daemon
+
+    store = _store(ctx)
+    jobs = store.active_jobs(limit=limit)
+    if as_json:
+        _print_json([j.to_json() for j in jobs])
+        return
+    from scheduler import render
+
+    total = store.count_active()
+    render.console.print(render.queue_table(jobs, time.time(), total))
+    if total > len(jobs):
+        render.console.print(f"... {total - len(jobs)} more (--limit)", highlight=False)
+    if total and not daemon.is_running(store.home):
+        render.console.print("no scheduler is running: `labq scheduler start` to run these jobs", highlight=False)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """One job (by id) or one experiment (by name): attempts, events, result."""
+    from scheduler import api, render
+
+    store = _store(ctx)
+    if ref.isdigit():
+        job = store.job(int(ref))
+        attempts, events = store.attempts(job.id), store.events(job.id)
+        if as_json:
+            _print_json({**job.to_json(), "attempts_detail": [a.to_json() for a in attempts],
+                         "events": [e.to_json() for e in events]})
+        else:
+            render.console.print(render.status_view(job, attempts, events))
+        return
+    exp = store.experiment(ref)
+    jobs = store.jobs_of_experiment(exp.id)
+    counts = api.active_state_counts(jobs)
+    if as_json:
+        _print_json({**exp.to_json(), "counts": counts, "jobs": [j.to_json() for j in jobs]})
+        return
+    render.console.print(f"experiment {exp.name} (id {exp.id}) by {exp.user}, queue {exp.queue}, "
+                         f"priority {exp.priority}, submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(exp.submitted_at))}",
+                         highlight=False)
+    render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
+    render.console.print(render.queue_table(jobs, time.time(), len(jobs)))
+
+
+@cli.command()
+@click.argument("ids", nargs=-1)
+@click.option("--experiment", help="Cancel every active job of the experiment(s) of this name.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_json: bool) -> None:
+    """Cancel pending or running jobs (by id) or a whole --experiment."""
+    from scheduler.api import resolve_jobs
+
+    if not ids and not experiment:
+        raise UserError("labq cancel: give job ids or --experiment NAME")
+    store = _store(ctx)
+    done = store.cancel(resolve_jobs(store, list(ids), experiment), time.time())
+    if as_json:
+        _print_json(done)
+        return
+    click.echo(f"cancelled {len(done['cancelled'])}, stopping {len(done['stopping'])} running, "
+               f"{len(done['already_ended'])} had already ended")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
+@click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: the latest).")
+@click.option("--stderr/--stdout", "show_stderr", default=None, help="Only one stream (default: both).")
+@click.pass_context
+def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, show_stderr: bool | None) -> None:
+    """stdout/stderr of a job's attempt; -f follows it live."""
+    from workers.paths import RunPaths
+
+    store = _store(ctx)
+    job = store.job(job_id)
+    attempts = store.attempts(job_id)
+    while follow and not attempts and not job.state.is_terminal():
+        time.sleep(0.5)
+        job, attempts = store.job(job_id), store.attempts(job_id)
+    if not attempts:
+        raise UserError(f"job {job_id} has not started yet (state {job.state.value}); no logs")
+    chosen = attempts[-1] if attempt is None else next((a for a in attempts if a.number == attempt), None)
+    if chosen is None:
+        raise UserError(f"job {job_id} has no attempt {attempt}; attempts: 1-{len(attempts)}")
+    paths = RunPaths(Path(chosen.run_dir))
+    streams = {"stdout": paths.stdout, "stderr": paths.stderr}
+    if show_stderr is not None:
+        streams = {"stderr": paths.stderr} if show_stderr else {"stdout": paths.stdout}
+    offsets = {name: 0 for name in streams}
+    while True:
+        for name, path in streams.items():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offsets[name])
+                    chunk = f.read()
+            except FileNotFoundError:
+                continue
+            offsets[name] += len(chunk)
+            if chunk:
+                out = sys.stderr.buffer if name == "stderr" and len(streams) > 1 else sys.stdout.buffer
+                out.write(chunk)
+                out.flush()
+        if not follow:
+            return
+        if store.job(job_id).state.is_terminal() or (store.attempts(job_id)[-1].number != chosen.number):
+            if all(offsets[n] >= (p.stat().st_size if p.exists() else 0) for n, p in streams.items()):
+                return
+        time.sleep(0.3)
+
+
+@cli.command()
+@click.argument("experiment")
+@click.option("--json", "as_json", is_flag=True, help="One object per job: params, metrics, timing.")
+@click.option("--csv", "as_csv", is_flag=True, help="Flat CSV: params.*, metrics.* columns.")
+@click.option("--sort", help="Metric or param to sort by (default: the main metric, best first).")
+@click.option("--asc/--desc", "ascending", default=None, help="Sort direction (default: best first).")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG: main metric against each swept param.")
+@click.pass_context
+def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, sort: str | None,
+            ascending: bool | None, plot: str | None) -> None:
+    """One row per job of EXPERIMENT: params and metrics, best first."""
+    from scheduler import api
+
+    res = api.results(_store(ctx), experiment, sort=sort, ascending=ascending)
+    if plot:
+        from scheduler.plots import plot_results
+
+        plot_results(res, plot)
+    if as_json:
+        _print_json([{**r, "main_metric": res.metric} for r in res.rows])
+    elif as_csv:
+        flat = [api.flatten(r) for r in res.rows]
+        columns = list(dict.fromkeys(k for row in flat for k in row))
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+    else:
+        from scheduler import render
+
+        render.console.print(render.results_table(res))
+        if plot:
+            render.console.print(f"wrote {plot}", highlight=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """Capacity, allocation and GPUs per node, as the scheduler last saw them."""
+    from scheduler import daemon
+
+    store = _store(ctx)
+    found = store.nodes()
+    st = daemon.status(store.home)
+    if as_json:
+        _print_json({"scheduler": st.to_json(), "nodes": [n.to_json() for n in found]})
+        return
+    from scheduler import render
+
+    if not st.running:
+        render.console.print("no scheduler is running; showing what the last one saw", highlight=False)
+    elif st.ray == "down":
+        render.console.print("Ray is DOWN: the scheduler keeps the queue and resumes when Ray is back", highlight=False)
+    render.console.print(render.nodes_table(found, time.time()))
+
+
+# ---------------------------------------------------------------- the daemon
+
+@cli.group()
+def scheduler() -> None:
+    """Start, stop or inspect the long-running scheduler."""
+
+
+@scheduler.command("start")
+@click.option("--address", help="Ray address to connect to (default: RAY_ADDRESS, cluster.yaml, else start local Ray).")
+@_cpus_option
+@_gpus_option
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Exit after this many idle seconds (0: never).")
+@click.pass_context
+def scheduler_start(ctx: click.Context, address: str | None, cpus: float | None, gpus: int | None,
+                    idle_timeout: float) -> None:
+    """Start the scheduler in the background and wait until it is connected to Ray."""
+    from scheduler import daemon
+
+    settings = _settings(ctx)
+    pid = daemon.start(settings, cluster=ctx.obj.get("cluster"), address=address, cpus=cpus, gpus=gpus,
+                       idle_timeout=idle_timeout, wait=True)
+    if pid is None:
+        st = daemon.status(settings.home_path)
+        click.echo(f"a scheduler is already running (pid {st.pid}) for {settings.home_path}")
+    else:
+        click.echo(f"scheduler started (pid {pid}); log: {daemon.log_path(settings.home_path)}")
+
+
+@scheduler.command("stop")
+@click.pass_context
+def scheduler_stop(ctx: click.Context) -> None:
+    """Stop the scheduler; jobs it was running are requeued."""
+    from scheduler import daemon
+
+    pid = daemon.stop(_settings(ctx).home_path)
+    click.echo("no scheduler was running" if pid is None else f"scheduler stopped (pid {pid})")
+
+
+@scheduler.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def scheduler_status(ctx: click.Context, as_json: bool) -> None:
+    """Whether a scheduler runs for this LABQ_HOME, and whether it sees Ray."""
+    from scheduler import daemon
+
+    st = daemon.status(_settings(ctx).home_path)
+    if as_json:
+        _print_json(st.to_json())
+    elif not st.running:
+        click.echo(f"scheduler: not running (home {st.home})")
+    else:
+        age = f", heartbeat {st.heartbeat_age:.1f}s ago" if st.heartbeat_age is not None else ""
+        click.echo(f"scheduler: running (pid {st.pid}), ray: {st.ray} ({st.address}){age}, home {st.home}")
+    ctx.exit(EXIT_OK if st.running else EXIT_JOBS_FAILED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: turns labq's errors into one line and an exit code."""
+    try:
+        code = cli.main(args=argv, prog_name="labq", standalone_mode=False)
+        return code if isinstance(code, int) else EXIT_OK
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_JOBS_FAILED
+    except click.UsageError as exc:
+        click.echo(f"error: {exc.format_message()}" + (f" (labq {exc.ctx.command_path.split(' ', 1)[-1]} --help)"
+                                                        if exc.ctx else ""), err=True)
+        return EXIT_BAD_INPUT
+    except UserError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"error: {line}", err=True)
+        return EXIT_BAD_INPUT
+    except LabqError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_LABQ_ERROR
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The long-running scheduler process: start, stop, status.
+
+One scheduler per ``LABQ_HOME``, guaranteed by an exclusive ``flock`` on
+``scheduler.lock`` that the daemon holds for its whole life (the kernel drops it
+if the process dies, so a stale pid file can never block a restart).  The daemon
+writes ``scheduler.pid`` and logs to ``scheduler.log`` in ``LABQ_HOME``.
+
+This module does not import Ray; only the daemon's own ``main`` does.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.config import Settings
+from scheduler.errors import SchedulerError
+
+READY_TIMEOUT_SECONDS = 90.0
+
+
+@dataclass
+class DaemonStatus:
+    running: bool
+    pid: int | None
+    home: str
+    heartbeat_age: float | None
+    ray: str | None  # "up", "down", or None when unknown
+    address: str | None
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _lock_path(home: Path) -> Path:
+    return home / "scheduler.lock"
+
+
+def _pid_path(home: Path) -> Path:
+    return home / "scheduler.pid"
+
+
+def log_path(home: Path) -> Path:
+    return home / "scheduler.log"
+
+
+def _state_path(home: Path) -> Path:
+    return home / "scheduler.json"
+
+
+def is_running(home: Path) -> bool:
+    """True when some process holds the scheduler lock of ``home``."""
+    path = _lock_path(home)
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def status(home: Path) -> DaemonStatus:
+    running = is_running(home)
+    pid = None
+    state: dict = {}
+    if running:
+        try:
+            pid = int(_pid_path(home).read_text())
+        except (FileNotFoundError, ValueError):
+            pid = None
+        try:
+            state = json.loads(_state_path(home).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {}
+    age = time.time() - state["heartbeat"] if state.get("heartbeat") else None
+    return DaemonStatus(running=running, pid=pid, home=str(home), heartbeat_age=age,
+                        ray=state.get("ray") if running else None, address=state.get("address"))
+
+
+def start(settings: Settings, *, cluster: str | None, address: str | None, cpus: float | None,
+          gpus: int | None, idle_timeout: float | None, wait: bool) -> int | None:
+    """Spawn the daemon in its own session; returns its pid, or None if one runs
+    already.  With ``wait``, return once it has connected to Ray."""
+    home = settings.home_path
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if is_running(home):
+        return None
+    args = [sys.executable, "-m", "scheduler.daemon", "--home", str(home)]
+    if cluster:
+        args += ["--cluster", str(cluster)]
+    if address:
+        args += ["--address", address]
+    if cpus is not None:
+        args += ["--cpus", str(cpus)]
+    if gpus is not None:
+        args += ["--gpus", str(gpus)]
+    if idle_timeout is not None:
+        args += ["--idle-timeout", str(idle_timeout)]
+    with open(log_path(home), "a") as logf:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
+                                env={**os.environ, "LABQ_HOME": str(home)})
+    if not wait:
+        return proc.pid
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            if is_running(home):  # lost a race to another starter: that one serves
+                return None
+            raise SchedulerError(f"the scheduler exited with code {proc.returncode}; see {log_path(home)}")
+        st = status(home)
+        if st.running and st.ray == "up":
+            return proc.pid
+        time.sleep(0.1)
+    raise SchedulerError(f"the scheduler did not connect to Ray within {READY_TIMEOUT_SECONDS:.0f}s; "
+                         f"see {log_path(home)}")
+
+
+def stop(home: Path, timeout: float = 30.0) -> int | None:
+    """SIGTERM the daemon and wait for it to let go of its lock; SIGKILL after
+    ``timeout``.  Returns the pid stopped, or None if none ran."""
+    st = status(home)
+    if not st.running or st.pid is None:
+        return None
+    os.kill(st.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(home):
+            return st.pid
+        time.sleep(0.1)
+    os.kill(st.pid, signal.SIGKILL)
+    return st.pid
+
+
+# ---------------------------------------------------------------- the daemon itself
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="labq-scheduler")
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--cluster")
+    parser.add_argument("--address")
+    parser.add_argument("--cpus", type=float)
+    parser.add_argument("--gpus", type=int)
+    parser.add_argument("--idle-timeout", type=float)
+    args = parser.parse_args(argv)
+
+    home = Path(args.home)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = open(_lock_path(home), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another scheduler serves this home
+    _pid_path(home).write_text(str(os.getpid()))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("labq.daemon")
+
+    from scheduler.config import load_settings
+    from scheduler.loop import Scheduler, run
+    from scheduler.ray_backend import RayBackend
+    from scheduler.store import Store
+
+    os.environ["LABQ_HOME"] = str(home)
+    settings = load_settings(args.cluster)
+    address = args.address or settings.address
+    if address == "local":
+        address = None
+    backend = RayBackend(address=address, num_cpus=args.cpus or settings.local.num_cpus,
+                         num_gpus=args.gpus if args.gpus is not None else settings.local.num_gpus)
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_event.set())
+
+    def write_state(ray_state: str) -> None:
+        state = {"pid": os.getpid(), "ray": ray_state, "address": address or "local", "heartbeat": time.time()}
+        tmp = _state_path(home).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, _state_path(home))
+
+    write_state("starting")
+    log.info("connecting to Ray (%s)", address or "local")
+    backend.connect()
+    store = Store(home)
+    scheduler = Scheduler(store, backend, settings)
+    lost = scheduler.reconcile(time.time())
+    if lost:
+        log.info("reconciled %d attempts left running by a previous scheduler", lost)
+    write_state("up")
+
+    def heartbeat() -> None:
+        while not stop_event.wait(2.0):
+            write_state("up" if backend.is_up() else "down")
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+    idle = args.idle_timeout if args.idle_timeout is not None else 0.0
+    log.info("scheduler running (pid %d, home %s)", os.getpid(), home)
+    try:
+        run(scheduler, stop_event, idle_timeout=idle)
+    finally:
+        scheduler.release_all(time.time(), "scheduler stopped while the attempt ran")
+        write_state("stopped")
+        backend.shutdown()
+        log.info("scheduler stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""labq's exceptions: one root, one class per thing that can go wrong.
+
+The CLI maps ``UserError`` (and its subclasses) to exit code 2 with a one-line
+message; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LabqError(Exception):
+    """Root of every error labq raises on purpose."""
+
+
+class UserError(LabqError):
+    """Bad input from the user: a spec, an argument, an id. Exit code 2."""
+
+
+class SpecError(UserError):
+    """One or more problems in an experiment spec, each naming file and key."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems  # [(key path, what is expected)]
+        super().__init__("\n".join(f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems))
+
+
+class ConfigError(UserError):
+    """A problem in cluster.yaml's labq settings."""
+
+
+class UnknownIdError(UserError):
+    """No job or experiment with that id or name."""
+
+
+class StoreError(LabqError):
+    """The state database is unusable (corrupt, foreign, unwritable)."""
+
+
+class IllegalTransition(LabqError):
+    """A job or attempt was asked to move to a state it cannot reach from its current one."""
+
+
+class SchedulerError(LabqError):
+    """The scheduler daemon could not be started, stopped or reached."""

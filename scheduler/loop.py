@@ -1,0 +1,275 @@
+"""The scheduler loop: ``tick(now)`` does one pass, ``run`` repeats it.
+
+One pass: stop what was cancelled or timed out, record what finished, then ask
+the policy what to start and launch it.  The store is the truth; the loop keeps
+only the Ray handles of the attempts it launched, so after a restart it
+reconciles the store's "running" attempts against what Ray still has.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scheduler import policy
+from scheduler.config import Settings
+from scheduler.records import Attempt, Job, NodeSnapshot
+from scheduler.states import AttemptState
+from scheduler.store import Store
+from workers.attempt import kill_process_group
+from workers.paths import RunPaths, run_dir_for
+
+log = logging.getLogger("labq.loop")
+
+NODE_REFRESH_SECONDS = 2.0
+_NON_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+@dataclass
+class Running:
+    """An attempt this scheduler launched and still holds the Ray handle of."""
+
+    attempt: Attempt
+    job: Job
+    ref: Any
+    gpu_indices: tuple[int, ...]
+    stop_reason: AttemptState | None = None  # CANCELLED or TIMED_OUT once asked to stop
+    stop_asked_at: float | None = None
+    forced: bool = False
+
+
+class Scheduler:
+    def __init__(self, store: Store, backend: Any, settings: Settings):
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+        self.running: dict[int, Running] = {}  # attempt id -> Running
+        self._by_ref: dict[Any, int] = {}
+        self._nodes: list[Any] = []
+        self._nodes_at = 0.0
+        self._seen_version: int | None = None
+        self._reasons: dict[int, str] = {}
+        self._dirty = True
+
+    # ------------------------------------------------------------ restart
+
+    def reconcile(self, now: float) -> int:
+        """Attempts the store says are running but this process did not launch
+        belong to a scheduler that is gone, and Ray ends a task when its owner dies.
+        Record a result the worker managed to write; otherwise mark the attempt lost
+        and requeue the job (not charged to its retries).  Returns how many."""
+        count = 0
+        for attempt, job in self.store.running_attempts():
+            if attempt.id in self.running:
+                continue
+            result = RunPaths(Path(attempt.run_dir)).read_result()
+            if result is not None:
+                outcome = AttemptState.SUCCEEDED if result.get("outcome") == "succeeded" else AttemptState.FAILED
+                self.store.finish_attempt(attempt.id, outcome, now, result=result)
+            else:
+                self.store.finish_attempt(attempt.id, AttemptState.LOST, now, free_retry=True,
+                                          error="scheduler restarted; the attempt's Ray task ended with it")
+            count += 1
+        return count
+
+    # ------------------------------------------------------------ one pass
+
+    def tick(self, now: float) -> None:
+        self._stop_requested(now)
+        self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
+        version = self.store.data_version()
+        if self._dirty or version != self._seen_version or now - self._nodes_at > NODE_REFRESH_SECONDS:
+            self._seen_version = version
+            self._dirty = False
+            self._schedule(now)
+
+    def wait_for_events(self, timeout: float, now_fn=time.time) -> None:
+        """Sleep until a task finishes or ``timeout`` passes (the loop's only sleep)."""
+        refs = list(self._by_ref)
+        if refs:
+            self._collect(self.backend.wait(refs, timeout=timeout), now_fn())
+        else:
+            time.sleep(timeout)
+
+    def _stop_requested(self, now: float) -> None:
+        cancelled = self.store.cancel_requested() if self.running else set()
+        grace = self.settings.scheduler.cancel_grace
+        for run in self.running.values():
+            if run.stop_reason is None:
+                if run.job.id in cancelled:
+                    self._ask_stop(run, AttemptState.CANCELLED, now)
+                elif run.job.timeout and now - (run.attempt.dispatched_at or now) > run.job.timeout:
+                    self._ask_stop(run, AttemptState.TIMED_OUT, now)
+            elif not run.forced and now - (run.stop_asked_at or now) >= grace:
+                # The polite cancel only lands when the job runs Python bytecode; a
+                # job blocked in C (or ignoring KeyboardInterrupt) is killed.
+                run.forced = True
+                self._kill_command_group(run)
+                self.backend.cancel(run.ref, force=True)
+
+    def _ask_stop(self, run: Running, reason: AttemptState, now: float) -> None:
+        log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, reason.value)
+        run.stop_reason, run.stop_asked_at = reason, now
+        self.backend.cancel(run.ref, force=False)
+
+    @staticmethod
+    def _kill_command_group(run: Running) -> None:
+        """A force-killed worker takes its command child with it (PDEATHSIG), but
+        not the child's children: end the whole group when it lives here."""
+        try:
+            pgid = int(RunPaths(Path(run.attempt.run_dir)).pgid.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        kill_process_group(pgid, grace=0.5)
+
+    def _collect(self, ready: list[Any], now: float) -> None:
+        for ref in ready:
+            attempt_id = self._by_ref.pop(ref, None)
+            if attempt_id is None:
+                continue
+            run = self.running.pop(attempt_id)
+            state, result, error = self.backend.outcome(ref)
+            if run.stop_reason is not None and state is not AttemptState.SUCCEEDED:
+                state = run.stop_reason
+                if state is AttemptState.TIMED_OUT:
+                    error = f"ran longer than its timeout of {run.job.timeout:g}s"
+            elif result is None and state is not AttemptState.CANCELLED:
+                result = RunPaths(Path(run.attempt.run_dir)).read_result()  # written before the worker died?
+            job_state = self.store.finish_attempt(attempt_id, state, now, result=result, error=error)
+            log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, state.value, job_state.value)
+            self._dirty = True
+
+    # ------------------------------------------------------------ placement
+
+    def _refresh_nodes(self, now: float) -> None:
+        self._nodes = [n for n in self.backend.nodes() if n.alive]
+        self._nodes_at = now
+        self._save_node_snapshot(now)
+
+    def free_capacity(self) -> list[policy.Node]:
+        """Capacity from Ray's node totals minus what labq's running attempts hold.
+        Computed from labq's own books, not Ray's available_resources, which lags
+        behind just-launched tasks."""
+        nodes = {}
+        for n in self._nodes:
+            r = n.resources
+            custom = {k: v for k, v in r.items() if k not in _NON_CUSTOM and not k.startswith("node:")
+                      and not k.startswith("accelerator_type:")}
+            nodes[n.node_id] = policy.Node(
+                node_id=n.node_id, cpu_total=r.get("CPU", 0.0), cpu_free=r.get("CPU", 0.0),
+                memory_total=int(r.get("memory", 0)), memory_free=int(r.get("memory", 0)),
+                gpu_free=[1.0] * int(r.get("GPU", 0)), custom_total=dict(custom), custom_free=dict(custom))
+        for run in self.running.values():
+            node = nodes.get(run.attempt.node_id or "")
+            if node is None:
+                continue
+            job = run.job
+            node.cpu_free -= job.cpu
+            node.memory_free -= job.memory or 0
+            for k, v in job.custom.items():
+                node.custom_free[k] = node.custom_free.get(k, 0.0) - v
+            for i in run.gpu_indices:
+                if i < len(node.gpu_free):
+                    node.gpu_free[i] -= job.gpu if job.gpu <= 1 else 1.0
+        return list(nodes.values())
+
+    def _schedule(self, now: float) -> None:
+        if now - self._nodes_at > NODE_REFRESH_SECONDS or not self._nodes:
+            self._refresh_nodes(now)
+        pending = self.store.pending_jobs()
+        if not pending:
+            return
+        jobs = {j.id: j for j in pending}
+        demands = [policy.Demand(job_id=j.id, cpu=j.cpu, gpu=j.gpu, memory=j.memory or 0, custom=j.custom,
+                                 priority=j.priority, seq=j.id) for j in pending]
+        decision = policy.decide(demands, self.free_capacity())
+        if decision.unschedulable:
+            self.store.mark_unschedulable(decision.unschedulable, now)
+        changed = {j: r for j, r in decision.waiting.items() if self._reasons.get(j) != r}
+        self.store.set_reasons(changed)
+        self._reasons.update(changed)
+        if not decision.placements:
+            return
+        placements = {p.job_id: p for p in decision.placements}
+        home = self.settings.home_path
+        started = self.store.start_attempts(((p.job_id, p.node_id) for p in decision.placements),
+                                            lambda job_id, n: run_dir_for(home, job_id, n), now)
+        for attempt in started:
+            self._launch(attempt, jobs[attempt.job_id], placements[attempt.job_id], now)
+            self._reasons.pop(attempt.job_id, None)
+
+    def _launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> None:
+        extra = self.store.launch_context(job.id)
+        task = {
+            "job_id": job.id, "attempt": attempt.number, "experiment": job.experiment, "stage": job.stage,
+            "params": job.params, "run_dir": attempt.run_dir, "target_kind": job.target_kind, "target": job.target,
+            "inputs": extra["inputs"], "previous_run_dir": extra["previous_run_dir"],
+            "resources": {"cpu": job.cpu, "gpu": job.gpu, "memory": job.memory, "custom": job.custom},
+            "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
+        }
+        try:
+            ref = self.backend.launch(task, cpu=job.cpu, gpu=job.gpu, memory=job.memory, custom=job.custom,
+                                      node_id=placement.node_id, package=extra["package"])
+        except Exception as exc:  # bad runtime env, Ray gone mid-pass: the attempt failed to start
+            log.exception("launching job %s failed", job.id)
+            self.store.finish_attempt(attempt.id, AttemptState.LOST, now, error=f"could not launch on Ray: {exc}")
+            self._dirty = True
+            return
+        self.running[attempt.id] = Running(attempt=attempt, job=job, ref=ref, gpu_indices=placement.gpu_indices)
+        self._by_ref[ref] = attempt.id
+
+    # ------------------------------------------------------------ shutdown and status
+
+    def release_all(self, now: float, why: str) -> None:
+        """On a clean stop: end what this scheduler runs and requeue it, so nothing
+        stays 'running' without a Ray task behind it."""
+        for run in list(self.running.values()):
+            self._kill_command_group(run)
+            self.backend.cancel(run.ref, force=True)
+            self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=why, free_retry=True)
+        self.running.clear()
+        self._by_ref.clear()
+
+    def _save_node_snapshot(self, now: float) -> None:
+        free = {n.node_id: n for n in self.free_capacity()}
+        per_node: dict[str, int] = {}
+        for run in self.running.values():
+            per_node[run.attempt.node_id or ""] = per_node.get(run.attempt.node_id or "", 0) + 1
+        snapshots = []
+        for n in self._nodes:
+            f = free.get(n.node_id)
+            total = {k: v for k, v in n.resources.items() if not k.startswith("node:")}
+            allocated = {}
+            if f is not None:
+                allocated = {"CPU": round(f.cpu_total - f.cpu_free, 4), "GPU": round(len(f.gpu_free) - sum(f.gpu_free), 4),
+                             "memory": f.memory_total - f.memory_free}
+            gpus = [{"index": i, "allocated": round(1.0 - share, 4)} for i, share in enumerate(f.gpu_free)] if f else []
+            snapshots.append(NodeSnapshot(node_id=n.node_id, address=n.address, alive=n.alive, total=total,
+                                          allocated=allocated, running_jobs=per_node.get(n.node_id, 0), gpus=gpus,
+                                          updated_at=now))
+        self.store.save_nodes(snapshots)
+
+
+def run(scheduler: Scheduler, stop: threading.Event, *, idle_timeout: float = 0.0, now_fn=time.time) -> None:
+    """Tick until ``stop`` is set (or, with ``idle_timeout``, until nothing has been
+    pending or running for that long)."""
+    poll = scheduler.settings.scheduler.poll_interval
+    idle_since: float | None = None
+    while not stop.is_set():
+        now = now_fn()
+        try:
+            scheduler.tick(now)
+        except Exception:  # one bad pass must not kill the daemon; the store keeps the truth
+            log.exception("scheduler pass failed")
+            stop.wait(1.0)
+        if idle_timeout:
+            busy = bool(scheduler.running) or scheduler.store.count_active() > 0
+            idle_since = None if busy else (idle_since or now)
+            if idle_since is not None and now - idle_since > idle_timeout:
+                log.info("idle for %.0fs: exiting", idle_timeout)
+                return
+        scheduler.wait_for_events(poll, now_fn)

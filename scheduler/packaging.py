@@ -1,0 +1,65 @@
+"""Snapshot of an experiment's code directory, taken at submit time.
+
+Like ``ray job submit --working-dir``: the directory of the spec is zipped once,
+content-addressed under ``LABQ_HOME/packages``, and every job of the experiment
+runs from that snapshot, so editing code after submitting does not change jobs
+already queued.  The scheduler uploads the zip to Ray as the task's working_dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from scheduler.errors import UserError
+
+MAX_PACKAGE_BYTES = 100 * 2**20
+EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules", ".tox",
+                 ".ipynb_checkpoints"}
+EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+# Fixed timestamp so identical content gives an identical zip and hash.
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _files(directory: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith("."))
+        for name in sorted(files):
+            if not name.endswith(EXCLUDED_SUFFIXES):
+                found.append(Path(root) / name)
+    return found
+
+
+def snapshot(directory: str | Path, home: Path, source: str) -> Path:
+    """Zip ``directory`` into ``home/packages/<sha>.zip`` (reused if present)."""
+    directory = Path(directory).resolve()
+    files = _files(directory)
+    total = sum(f.stat().st_size for f in files)
+    if total > MAX_PACKAGE_BYTES:
+        raise UserError(
+            f"{source}: the spec's directory {directory} holds {total / 2**20:.0f} MiB of files; labq ships it to "
+            f"the workers and allows {MAX_PACKAGE_BYTES // 2**20} MiB. Put the spec in a directory with just your code.")
+    digest = hashlib.sha1()
+    for f in files:
+        digest.update(str(f.relative_to(directory)).encode() + b"\0")
+        digest.update(f.read_bytes())
+        digest.update(b"\0")
+    packages = home / "packages"
+    packages.mkdir(parents=True, exist_ok=True)
+    target = packages / f"{digest.hexdigest()}.zip"
+    if target.exists():
+        return target
+    fd, tmp = tempfile.mkstemp(dir=packages, suffix=".tmp")
+    os.close(fd)
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            info = zipfile.ZipInfo(str(f.relative_to(directory)), date_time=_EPOCH)
+            info.external_attr = (f.stat().st_mode & 0o777) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, f.read_bytes())
+    os.replace(tmp, target)
+    return target

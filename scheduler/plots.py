@@ -1,0 +1,84 @@
+"""`labq results --plot`: the main metric against each swept param, and per-step
+curves when jobs reported steps.  matplotlib, headless (Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from workers.paths import RunPaths
+
+
+def plot_results(res: Any, out: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = res.metric
+    rows = [r for r in res.rows if metric and isinstance(r["metrics"].get(metric), (int, float))]
+    curves = _step_curves(res.rows, metric)
+    panels = len(res.varying_params) + (1 if curves else 0)
+    if not rows or panels == 0:
+        panels = 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
+    axes = axes[0]
+    for ax, param in zip(axes, res.varying_params):
+        points = [(r["params"].get(param), r["metrics"][metric]) for r in rows if param in r["params"]]
+        labels = sorted({_label(x) for x, _ in points}, key=_sort_key)
+        position = {label: i for i, label in enumerate(labels)}
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points)
+        xs = [x if numeric else position[_label(x)] for x, _ in points]
+        ax.scatter(xs, [y for _, y in points], alpha=0.8)
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        if numeric and len({x for x in xs}) > 2 and min(xs) > 0 and max(xs) / min(xs) > 50:
+            ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if curves:
+        ax = axes[len(res.varying_params)]
+        for job_id, name, xs, ys in curves[:20]:
+            ax.plot(xs, ys, label=f"job {job_id}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(curves[0][1])
+        ax.grid(alpha=0.3)
+        if len(curves) <= 10:
+            ax.legend(fontsize=7)
+    if not res.varying_params and not curves:
+        axes[0].bar([str(r["job_id"]) for r in rows], [r["metrics"][metric] for r in rows])
+        axes[0].set_xlabel("job")
+        axes[0].set_ylabel(metric or "")
+    fig.suptitle(f"{res.experiment}: {metric or 'no metric'}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[tuple[int, str, list, list]]:
+    curves = []
+    for r in rows:
+        if not r.get("run_dir"):
+            continue
+        _, steps = RunPaths(Path(r["run_dir"])).read_reported_metrics()
+        steps = [s for s in steps if "step" in s]
+        if len(steps) < 2:
+            continue
+        names = [k for k in steps[-1] if k not in ("time", "step")]
+        name = metric if metric in names else (names[0] if names else None)
+        if name:
+            pts = [(s["step"], s[name]) for s in steps if isinstance(s.get(name), (int, float))]
+            curves.append((r["job_id"], name, [p[0] for p in pts], [p[1] for p in pts]))
+    return curves
+
+
+def _label(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _sort_key(label: str) -> tuple:
+    try:
+        return (0, float(label), "")
+    except ValueError:
+        return (1, 0.0, label)

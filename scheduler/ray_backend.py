@@ -1,0 +1,148 @@
+"""The only module of labq that talks to Ray.
+
+It connects (or starts a local Ray), reports node capacity, launches one task
+per attempt with the job's resources pinned to the node the policy chose, waits
+on many tasks at once, cancels, and translates Ray's errors into attempt
+outcomes.  Ray's task retries are off: labq counts attempts itself so that every
+try is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from scheduler.states import AttemptState
+from workers.attempt import run_attempt
+
+log = logging.getLogger("labq.ray")
+
+_remote_attempt = ray.remote(max_retries=0)(run_attempt)
+
+
+@dataclass(frozen=True)
+class RayNode:
+    node_id: str
+    address: str
+    alive: bool
+    resources: dict[str, float]
+
+
+class RayBackend:
+    def __init__(self, address: str | None = None, num_cpus: float | None = None, num_gpus: int | None = None):
+        self.address = address
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self._uploaded: dict[str, str] = {}
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self) -> None:
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {"log_to_driver": False, "namespace": "labq", "configure_logging": False}
+        if self.address:
+            ray.init(address=self.address, **kwargs)
+        else:
+            ray.init(num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False, **kwargs)
+        self._uploaded.clear()
+
+    def is_up(self) -> bool:
+        if not ray.is_initialized():
+            return False
+        try:
+            ray.nodes()
+            return True
+        except Exception:  # Ray raises many types when the GCS is gone
+            return False
+
+    def shutdown(self) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def nodes(self) -> list[RayNode]:
+        return [RayNode(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=bool(n.get("Alive")),
+                        resources=dict(n.get("Resources") or {}))
+                for n in ray.nodes()]
+
+    # ------------------------------------------------------------ code
+
+    def working_dir_uri(self, package: str | None) -> str | None:
+        """Upload the experiment's code snapshot once; Ray dedupes by name."""
+        if not package:
+            return None
+        if package in self._uploaded:
+            return self._uploaded[package]
+        from ray._private.runtime_env.packaging import package_exists, upload_package_to_gcs
+
+        uri = f"gcs://_ray_pkg_{Path(package).stem}.zip"
+        if not package_exists(uri):
+            upload_package_to_gcs(uri, Path(package).read_bytes())
+        self._uploaded[package] = uri
+        return uri
+
+    # ------------------------------------------------------------ tasks
+
+    def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
+               custom: dict[str, float], node_id: str | None, package: str | None) -> ray.ObjectRef:
+        options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": gpu, "resources": dict(custom) or None,
+                                   "name": f"labq-job-{task['job_id']}-{task['attempt']}"}
+        if memory:
+            options["memory"] = memory
+        uri = self.working_dir_uri(package)
+        if uri:
+            options["runtime_env"] = {"working_dir": uri}
+        if node_id:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+        return _remote_attempt.options(**options).remote(task)
+
+    @staticmethod
+    def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        if not refs:
+            return []
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+        if not ready:
+            return []
+        return ready
+
+    @staticmethod
+    def outcome(ref: ray.ObjectRef) -> tuple[AttemptState, dict[str, Any] | None, str | None]:
+        """(attempt state, result, error) of a finished task."""
+        from ray import exceptions as rex
+
+        try:
+            result = ray.get(ref, timeout=30)
+        except rex.TaskCancelledError:
+            return AttemptState.CANCELLED, None, "cancelled"
+        except rex.OutOfMemoryError as exc:
+            return AttemptState.OUT_OF_MEMORY, None, _short(exc)
+        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError) as exc:
+            return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
+        except rex.RuntimeEnvSetupError as exc:
+            return AttemptState.FAILED, None, f"could not set up the job's code on the node: {_short(exc)}"
+        except rex.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, rex.TaskCancelledError) or isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
+                return AttemptState.CANCELLED, None, "cancelled"
+            return AttemptState.FAILED, None, f"worker error: {_short(exc)}"
+        except rex.RayError as exc:
+            return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
+        state = AttemptState.SUCCEEDED if result.get("outcome") == "succeeded" else AttemptState.FAILED
+        return state, result, result.get("error")
+
+    @staticmethod
+    def cancel(ref: ray.ObjectRef, force: bool) -> None:
+        try:
+            ray.cancel(ref, force=force)
+        except Exception as exc:  # already finished, or Ray gone: nothing left to stop
+            log.debug("cancel %s: %s", ref, exc)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else exc.__class__.__name__)[:500]

@@ -1,0 +1,121 @@
+"""Plain records passed between the store, the policy, the loop and the CLI.
+
+They carry no behaviour that needs a database, so tests build them by hand.
+``to_json`` gives the stable field names the CLI's ``--json`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.states import AttemptState, JobState
+
+
+@dataclass
+class Job:
+    id: int
+    experiment_id: int
+    experiment: str
+    stage: str
+    params: dict[str, Any]
+    swept: dict[str, Any]
+    target_kind: str  # "callable" or "command"
+    target: str
+    cpu: float
+    gpu: float
+    memory: int | None
+    custom: dict[str, float]
+    retries: int
+    timeout: float | None
+    queue: str
+    priority: int
+    user: str
+    state: JobState
+    reason: str | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    ended_at: float | None = None
+    node_id: str | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    depends_on: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+
+@dataclass
+class Attempt:
+    id: int
+    job_id: int
+    number: int
+    state: AttemptState
+    run_dir: str
+    node_id: str | None = None
+    gpu_ids: list[str] = field(default_factory=list)
+    dispatched_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    peak_rss: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+
+@dataclass
+class Experiment:
+    id: int
+    name: str
+    user: str
+    queue: str
+    priority: int
+    spec_path: str
+    spec: dict[str, Any]
+    package: str | None
+    metric: str | None
+    mode: str | None
+    submitted_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Event:
+    ts: float
+    job_id: int
+    attempt_id: int | None
+    kind: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class NodeSnapshot:
+    """What the scheduler last saw of one Ray node (written by the scheduler,
+    read by ``labq nodes`` without touching Ray)."""
+
+    node_id: str
+    address: str
+    alive: bool
+    total: dict[str, float]
+    allocated: dict[str, float]
+    running_jobs: int
+    gpus: list[dict[str, Any]]  # per-GPU telemetry where NVML exists
+    updated_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,192 @@
+"""Tables and progress for people (rich); ``--json`` output lives in the CLI.
+
+rich turns colour and animation off by itself when stdout is not a terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from scheduler.records import Job
+from scheduler.units import format_bytes, format_seconds
+
+console = Console()
+if not console.is_terminal:  # piped or in CI: do not squeeze tables into 80 columns
+    console = Console(width=max(console.width, 200))
+
+_STATE_STYLE = {"running": "cyan", "pending": "yellow", "blocked": "dim", "succeeded": "green", "failed": "red",
+                "timed_out": "red", "cancelled": "magenta", "unschedulable": "red", "upstream_failed": "red"}
+
+
+def _state(state: str) -> Text:
+    return Text(state, style=_STATE_STYLE.get(state, ""))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _res(job: Job) -> tuple[str, str]:
+    return f"{job.cpu:g}", (f"{job.gpu:g}" if job.gpu else "-")
+
+
+def queue_table(jobs: list[Job], now: float, total_active: int) -> Table:
+    table = Table(title=f"{total_active} active job{'s' if total_active != 1 else ''}", title_justify="left")
+    for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "why"):
+        table.add_column(col, overflow="fold" if col == "why" else "ellipsis", no_wrap=col != "why")
+    for job in jobs:
+        cpu, gpu = _res(job)
+        if job.state.value == "running":
+            timing = f"ran {format_seconds(now - job.started_at)}" if job.started_at else "-"
+        else:
+            timing = f"waited {format_seconds(now - job.submitted_at)}"
+        node = (job.node_id or "")[:8] if job.state.value == "running" else ""
+        if job.gpu_ids and job.state.value == "running":
+            node += f" gpu{','.join(job.gpu_ids)}"
+        why = job.reason or ""
+        if job.cancel_requested:
+            why = "cancelling"
+        table.add_row(str(job.id), job.experiment, job.stage, _state(job.state.value), job.queue, str(job.priority),
+                      cpu, gpu, node, timing, why)
+    return table
+
+
+def results_table(res: Any, limit: int | None = None) -> Table:
+    metric_label = f"{res.metric} ({res.mode})" if res.metric else "no metrics"
+    table = Table(title=f"{res.experiment}: {len(res.rows)} jobs, sorted by {metric_label}", title_justify="left")
+    table.add_column("", no_wrap=True)
+    for col in ("id", "stage", "state"):
+        table.add_column(col, no_wrap=True)
+    for p in res.varying_params:
+        table.add_column(p, no_wrap=True)
+    shown_metrics = res.metric_names[:5]
+    for m in shown_metrics:
+        table.add_column(m, justify="right", no_wrap=True, style="bold" if m == res.metric else "")
+    table.add_column("time", justify="right", no_wrap=True)
+    for row in res.rows[:limit]:
+        cells = ["★" if row.get("best") else "", str(row["job_id"]), row["stage"], _state(row["state"])]
+        cells += [_fmt(row["params"].get(p)) if p in row["params"] else "" for p in res.varying_params]
+        cells += [_fmt(row["metrics"].get(m)) for m in shown_metrics]
+        cells.append(format_seconds(row["duration"]))
+        table.add_row(*cells)
+    return table
+
+
+def status_view(job: Job, attempts: list[Any], events: list[Any]) -> Group:
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    cpu, gpu = _res(job)
+    rows = [
+        ("job", f"{job.id}  ({job.experiment} / {job.stage})"),
+        ("state", _state(job.state.value)),
+        ("why", job.reason or "-"),
+        ("run", f"{job.target_kind}: {job.target}"),
+        ("params", ", ".join(f"{k}={_fmt(v)}" for k, v in job.params.items()) or "-"),
+        ("resources", f"cpu {cpu}, gpu {gpu}, memory {format_bytes(job.memory) if job.memory else '-'}"
+         + (f", {job.custom}" if job.custom else "")),
+        ("retries", f"{job.attempts} attempt(s) of {job.retries + 1} allowed"
+         + (f", timeout {format_seconds(job.timeout)}" if job.timeout else "")),
+        ("depends on", ", ".join(map(str, job.depends_on)) or "-"),
+    ]
+    for k, v in rows:
+        head.add_row(k, v)
+    att = Table(title="attempts", title_justify="left")
+    for col in ("#", "state", "node", "gpu", "ran", "peak rss", "exit", "error / metrics", "run dir"):
+        att.add_column(col, overflow="fold")
+    for a in attempts:
+        ran = format_seconds(a.ended_at - a.started_at) if a.started_at and a.ended_at else "-"
+        detail = (a.error.strip().splitlines()[-1] if a.error else
+                  ", ".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:6]))
+        att.add_row(str(a.number), _state(a.state.value), (a.node_id or "-")[:8], ",".join(a.gpu_ids) or "-", ran,
+                    format_bytes(a.peak_rss), _fmt(a.exit_code), detail, a.run_dir)
+    ev = Table(title="events", title_justify="left")
+    ev.add_column("time")
+    ev.add_column("event", overflow="fold")
+    for e in events[-20:]:
+        ev.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), e.message)
+    return Group(head, att, ev)
+
+
+class Progress:
+    """Live view for `labq run` / `submit --wait`: counts by state and the running
+    jobs.  Without a terminal, one line per job that finishes instead."""
+
+    def __init__(self, experiment: str, total: int):
+        self.experiment = experiment
+        self.total = total
+        self.started = time.time()
+        self._seen_terminal: set[int] = set()
+        self._live: Live | None = None
+
+    def __enter__(self) -> "Progress":
+        if console.is_terminal:
+            self._live = Live(console=console, refresh_per_second=4, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live:
+            self._live.__exit__(*exc)
+
+    def update(self, jobs: list[Job]) -> None:
+        if self._live:
+            self._live.update(self._render(jobs))
+            return
+        for job in jobs:
+            if job.state.is_terminal() and job.id not in self._seen_terminal:
+                self._seen_terminal.add(job.id)
+                done = len(self._seen_terminal)
+                extra = f" ({job.reason})" if job.reason and job.state.value != "succeeded" else ""
+                console.print(f"[{done}/{self.total}] job {job.id} {job.stage} {job.state.value}{extra}",
+                              highlight=False)
+
+    def _render(self, jobs: list[Job]) -> Group:
+        counts: dict[str, int] = {}
+        for j in jobs:
+            counts[j.state.value] = counts.get(j.state.value, 0) + 1
+        done = sum(1 for j in jobs if j.state.is_terminal())
+        width = 30
+        filled = int(width * done / max(self.total, 1))
+        bar = Text("█" * filled + "░" * (width - filled), style="green")
+        line = Text.assemble(f"{self.experiment} ", bar, f" {done}/{self.total}  ",
+                             "  ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                             f"  {format_seconds(time.time() - self.started)}")
+        running = [j for j in jobs if j.state.value == "running"]
+        table = Table(box=None, show_header=True, pad_edge=False)
+        for col in ("id", "stage", "params", "cpu", "gpu", "ran"):
+            table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=60 if col == "params" else None)
+        now = time.time()
+        for j in running[:12]:
+            cpu, gpu = _res(j)
+            table.add_row(str(j.id), j.stage, ", ".join(f"{k}={_fmt(v)}" for k, v in j.swept.items()) or "-", cpu, gpu,
+                          format_seconds(now - j.started_at) if j.started_at else "-")
+        return Group(line, table) if running else Group(line)
+
+
+def nodes_table(nodes: list[Any], now: float) -> Table:
+    table = Table(title=f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}", title_justify="left")
+    for col in ("node", "address", "state", "cpu used/total", "gpu used/total", "memory used/total", "jobs", "gpus",
+                "seen"):
+        table.add_column(col, no_wrap=True)
+    for n in nodes:
+        gpus = "  ".join(
+            f"{g['index']}:{g['allocated']:g}" + (f" {g['model']} {g.get('memory_used', 0) / 2**30:.1f}/"
+                                                  f"{g.get('memory_total', 0) / 2**30:.0f}GiB" if g.get("model") else "")
+            for g in n.gpus) or "-"
+        table.add_row(n.node_id[:8], n.address, _state("alive" if n.alive else "dead"),
+                      f"{n.allocated.get('CPU', 0):g}/{n.total.get('CPU', 0):g}",
+                      f"{n.allocated.get('GPU', 0):g}/{n.total.get('GPU', 0):g}",
+                      f"{format_bytes(n.allocated.get('memory', 0))}/{format_bytes(n.total.get('memory', 0))}",
+                      str(n.running_jobs), gpus, f"{format_seconds(now - n.updated_at)} ago")
+    return table

@@ -1,0 +1,464 @@
+"""The experiment spec: YAML in, a validated :class:`ExperimentSpec` out.
+
+Validation is strict and happens before anything is stored: unknown keys, wrong
+types, impossible resources, cycles in ``after``, callables that do not import and
+command placeholders with no param behind them are all reported at once, each as
+``file: key: what was expected``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import re
+import string
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from scheduler.errors import SpecError
+from scheduler.units import parse_duration, parse_memory
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_JOBS_PER_EXPERIMENT = 100_000
+
+
+def _memory(value: Any) -> Any:
+    return None if value is None else parse_memory(value)
+
+
+def _duration(value: Any) -> Any:
+    return None if value is None else parse_duration(value)
+
+
+Memory = Annotated[int | None, BeforeValidator(_memory)]
+Duration = Annotated[float | None, BeforeValidator(_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+
+class Resources(_Strict):
+    """What one job of a stage asks for.  ``gpu`` up to 1 is a share of one GPU;
+    above 1 it must be a whole number of GPUs on one node."""
+
+    cpu: float = Field(1.0, ge=0)
+    gpu: float = Field(0.0, ge=0)
+    memory: Memory = None  # bytes
+    custom: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> "Resources":
+        if self.gpu > 1 and not float(self.gpu).is_integer():
+            raise ValueError(f"gpu: expected a share of one GPU (0 < gpu <= 1) or a whole number of GPUs, got {self.gpu:g}")
+        for name, amount in self.custom.items():
+            if amount < 0:
+                raise ValueError(f"custom.{name}: expected a non-negative amount, got {amount:g}")
+        return self
+
+
+class Distribution(_Strict):
+    """One random-search distribution: exactly one key set."""
+
+    choice: list[Any] | None = Field(None, min_length=1)
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None  # upper bound exclusive, as in Ray Tune
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Distribution":
+        given = [k for k in ("choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("expected exactly one of choice, uniform, loguniform, randint")
+        for key in ("uniform", "loguniform", "randint"):
+            bounds = getattr(self, key)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{key}: expected [low, high] with low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform: expected positive bounds")
+        return self
+
+
+class Sweep(_Strict):
+    grid: dict[str, list[Any]] | None = None
+    random: dict[str, Distribution] | None = None
+    samples: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Sweep":
+        if self.grid is None and self.random is None:
+            raise ValueError("expected grid and/or random")
+        if self.random is not None and self.samples is None:
+            raise ValueError("samples: required with random (how many points to draw)")
+        if self.random is None and self.samples is not None:
+            raise ValueError("samples: only meaningful with random")
+        for name, values in (self.grid or {}).items():
+            if not values:
+                raise ValueError(f"grid.{name}: expected a non-empty list of values")
+        both = set(self.grid or {}) & set(self.random or {})
+        if both:
+            raise ValueError(f"params swept by both grid and random: {', '.join(sorted(both))}")
+        return self
+
+
+class Stage(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    run: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    command: str | None = Field(None, min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    after: list[str] = Field(default_factory=list)
+    sweep: Sweep | None = None
+    resources: Resources = Field(default_factory=Resources)
+    retries: int = Field(0, ge=0, le=100)
+    timeout: Duration = None  # seconds
+
+    @model_validator(mode="after")
+    def _run_or_command(self) -> "Stage":
+        if (self.run is None) == (self.command is None):
+            raise ValueError("expected exactly one of run (module:function) or command")
+        return self
+
+
+class ExperimentSpec(_Strict):
+    experiment: str = Field(pattern=NAME_PATTERN, max_length=100)
+    description: str | None = None
+    queue: str = Field("default", pattern=NAME_PATTERN)
+    priority: int = 0
+    # The metric results are sorted by, and whether bigger is better.
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None
+    stages: list[Stage] = Field(min_length=1)
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def stage_order(self) -> list[Stage]:
+        """Stages in dependency order (validated acyclic)."""
+        order, seen = [], set()
+        by_name = {s.name: s for s in self.stages}
+
+        def visit(stage: Stage) -> None:
+            if stage.name in seen:
+                return
+            seen.add(stage.name)
+            for up in stage.after:
+                visit(by_name[up])
+            order.append(stage)
+
+        for stage in self.stages:
+            visit(stage)
+        return order
+
+
+# ---------------------------------------------------------------- loading
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentSpec, dict[str, Any]]:
+    """Read, override, validate.  Returns the spec and the raw document (after
+    overrides) so it can be stored verbatim.  Raises SpecError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, [("", "no such file")]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [("", f"cannot read: {exc.__class__.__name__}")]) from None
+    try:
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, [(where, f"invalid YAML: {problem}")]) from None
+    if not isinstance(raw, dict):
+        raise SpecError(source, [("", "expected a mapping with keys experiment and stages")])
+    for item in overrides:
+        apply_override(raw, item, source)
+    spec = validate(raw, source, base_dir=path.resolve().parent)
+    return spec, raw
+
+
+def validate(raw: dict[str, Any], source: str, base_dir: Path) -> ExperimentSpec:
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(source, [_describe(err, raw) for err in exc.errors()]) from None
+    problems = _check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
+    if problems:
+        raise SpecError(source, problems)
+    return spec
+
+
+def _key_path(loc: tuple[Any, ...], raw: Any) -> str:
+    """('stages', 1, 'resources', 'gpu') -> 'stages[train].resources.gpu'."""
+    parts: list[str] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = str(item)
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) and isinstance(node[item].get("name"), str):
+                label = node[item]["name"]
+            parts.append(f"[{label}]")
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+_MODELS_BY_FIRST_KEY = {"stages": Stage, "resources": Resources, "sweep": Sweep}
+
+
+def _describe(err: dict[str, Any], raw: Any) -> tuple[str, str]:
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    # Drop pydantic's union / tagged-type markers from the path.
+    loc = tuple(x for x in loc if x not in ("str", "int", "float", "list[any]", "tuple[float, float]"))
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_for(loc[:-1])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        return _key_path(loc, raw), f"unknown key; expected one of: {valid}"
+    if kind == "missing":
+        return _key_path(loc, raw), "required key is missing"
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "string_pattern_mismatch":
+        if loc and loc[-1] == "run":
+            message = "expected module:function (e.g. jobs.train:sklearn)"
+        else:
+            message = "expected a name of letters, digits, '_', '.', '-'"
+    if kind != "value_error" and got is not None and not isinstance(got, (dict, list)):
+        message += f", got {got!r}"
+    return _key_path(loc, raw), message
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = ExperimentSpec
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        if item == "stages":
+            model = Stage
+        elif item == "resources":
+            model = Resources
+        elif item == "sweep":
+            model = Sweep
+        elif item == "random":
+            model = None
+        else:
+            model = Distribution if model is None else None
+    return model
+
+
+def _check_graph(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    names = [s.name for s in spec.stages]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append((f"stages[{name}].name", "stage names must be unique"))
+    known = set(names)
+    for stage in spec.stages:
+        for up in stage.after:
+            if up not in known:
+                problems.append((f"stages[{stage.name}].after", f"no stage named {up!r}; stages: {', '.join(names)}"))
+            elif up == stage.name:
+                problems.append((f"stages[{stage.name}].after", "a stage cannot depend on itself"))
+    if problems:
+        return problems
+    # Cycle detection: depth-first with colours.
+    by_name = {s.name: s for s in spec.stages}
+    colour: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        colour[name] = 1
+        for up in by_name[name].after:
+            if colour.get(up) == 1:
+                return trail + [name, up]
+            if colour.get(up) is None:
+                found = visit(up, trail + [name])
+                if found:
+                    return found
+        colour[name] = 2
+        return None
+
+    for name in names:
+        if colour.get(name) is None:
+            cycle = visit(name, [])
+            if cycle:
+                start = cycle.index(cycle[-1])
+                return [(f"stages[{name}].after", "dependency cycle: " + " -> ".join(cycle[start:]))]
+    return []
+
+
+def _check_targets(spec: ExperimentSpec, base_dir: Path) -> list[tuple[str, str]]:
+    """Every ``run: module:function`` must resolve, with the spec's directory on the
+    path as it will be in the workers.  The check reads the module's source
+    instead of importing it so the CLI does not pay for torch or sklearn."""
+    problems = []
+    for stage in spec.stages:
+        if stage.run is None:
+            continue
+        problem = check_callable(stage.run, base_dir)
+        if problem:
+            problems.append((f"stages[{stage.name}].run", problem))
+            continue
+        problems.extend((f"stages[{stage.name}].params", p) for p in _job_param_problems(stage, base_dir))
+    return problems
+
+
+def _with_path(base_dir: Path):
+    class _Ctx:
+        def __enter__(self):
+            sys.path.insert(0, str(base_dir))
+
+        def __exit__(self, *exc):
+            try:
+                sys.path.remove(str(base_dir))
+            except ValueError:
+                pass
+    return _Ctx()
+
+
+def check_callable(target: str, base_dir: Path) -> str | None:
+    module_name, _, func = target.partition(":")
+    with _with_path(base_dir):
+        try:
+            found = importlib.util.find_spec(module_name)
+        except (ImportError, ValueError) as exc:
+            found, error = None, str(exc)
+        else:
+            error = ""
+        if found is None:
+            return f"module {module_name!r} not found (looked in {base_dir} and the installed packages){': ' + error if error else ''}"
+        origin = found.origin
+        if origin and origin.endswith(".py"):
+            try:
+                tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+            except SyntaxError as exc:
+                return f"module {module_name!r} has a syntax error at line {exc.lineno}: {exc.msg}"
+            if func in _top_level_names(tree):
+                return None
+            if not _has_dynamic_names(tree):
+                return f"module {module_name!r} has no function {func!r}"
+        # Not plain source, or names made at import time: import it for real.
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # the user's module may raise anything at import
+            return f"importing {module_name!r} failed: {exc.__class__.__name__}: {exc}"
+        if not callable(getattr(module, func, None)):
+            return f"module {module_name!r} has no callable {func!r}"
+    return None
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _has_dynamic_names(tree: ast.Module) -> bool:
+    """`from x import *`, or globals() tricks: the AST cannot tell, so import."""
+    return any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in tree.body)
+
+
+def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
+    """Jobs that know their params export ``check_params(params) -> [problem]``;
+    ask them about every point of the sweep so a typo fails at submit time."""
+    module_name = stage.run.partition(":")[0]
+    with _with_path(base_dir):
+        found = importlib.util.find_spec(module_name)
+        if found is None or not found.origin or not found.origin.endswith(".py"):
+            return []
+        tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
+        if "check_params" not in _top_level_names(tree):
+            return []
+        checker = getattr(importlib.import_module(module_name), "check_params")
+    from scheduler.sweep import expand_sweep  # local: sweep imports this module
+
+    problems: list[str] = []
+    for point in expand_sweep(stage.sweep):
+        for problem in checker({**stage.params, **point}):
+            if problem not in problems:
+                problems.append(problem)
+    return problems
+
+
+def _check_placeholders(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    problems = []
+    for stage in spec.stages:
+        if stage.command is None:
+            continue
+        available = set(stage.params) | set((stage.sweep.grid or {}) if stage.sweep else {}) | set(
+            (stage.sweep.random or {}) if stage.sweep else {})
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(stage.command) if f is not None}
+        except ValueError as exc:
+            problems.append((f"stages[{stage.name}].command", f"bad placeholder: {exc}"))
+            continue
+        for field in sorted(fields):
+            base = re.split(r"[.\[]", field, maxsplit=1)[0]
+            if not base.isidentifier():
+                problems.append((f"stages[{stage.name}].command", f"placeholder {{{field}}}: expected {{param_name}}"))
+            elif base not in available:
+                problems.append((f"stages[{stage.name}].command",
+                                 f"placeholder {{{field}}} has no param; params: {', '.join(sorted(available)) or 'none'}"))
+    return problems
+
+
+# ---------------------------------------------------------------- --set
+
+def apply_override(raw: dict[str, Any], assignment: str, source: str) -> None:
+    """Apply ``a.b.c=value`` to the raw document.  A list of stages is indexed by
+    stage name (``stages.train.params.lr=0.1``) or position; the value is parsed as
+    YAML so numbers, lists and null come out typed."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise SpecError(source, [(f"--set {assignment}", "expected KEY.PATH=VALUE")])
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    parts = key.split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, here, source)
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise SpecError(source, [(f"--set {here}", "is not a mapping or list")])
+    last = parts[-1]
+    if isinstance(node, list):
+        index = _list_index(node, last, key, source)
+        node[index] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise SpecError(source, [(f"--set {key}", "parent is not a mapping or list")])
+
+
+def _list_index(items: list[Any], part: str, here: str, source: str) -> int:
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    names = [str(i.get("name")) for i in items if isinstance(i, dict) and "name" in i]
+    raise SpecError(source, [(f"--set {here}", f"no item named {part!r}; have: {', '.join(names) or len(items)}")])
+
+
+def _list_item(items: list[Any], part: str, here: str, source: str) -> Any:
+    return items[_list_index(items, part, here, source)]
+

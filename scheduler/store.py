@@ -1,0 +1,544 @@
+"""The durable queue: the only module that talks SQL.
+
+SQLite in WAL mode under ``LABQ_HOME``.  Every state change is one ``BEGIN
+IMMEDIATE`` transaction that also appends an event row, so after any crash the
+database says exactly what was acknowledged and what ran.  A busy timeout plus a
+retry loop around ``BEGIN IMMEDIATE`` means concurrent CLI processes wait their
+turn instead of seeing "database is locked".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
+from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot
+from scheduler.states import AttemptState, JobState, can_transition
+
+SCHEMA_VERSION = 1
+APP_ID = "labq"
+LOCK_WAIT_SECONDS = 60.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, spec_path TEXT NOT NULL, spec TEXT NOT NULL, package TEXT,
+    metric TEXT, mode TEXT, submitted_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS experiments_name ON experiments(name);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY, experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    stage TEXT NOT NULL, params TEXT NOT NULL, swept TEXT NOT NULL,
+    target_kind TEXT NOT NULL, target TEXT NOT NULL,
+    cpu REAL NOT NULL, gpu REAL NOT NULL, memory INTEGER, custom TEXT NOT NULL,
+    retries INTEGER NOT NULL, timeout REAL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
+    user TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0, submitted_at REAL NOT NULL,
+    started_at REAL, ended_at REAL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]');
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_experiment ON jobs(experiment_id);
+CREATE TABLE IF NOT EXISTS job_deps (
+    job_id INTEGER NOT NULL, dep_job_id INTEGER NOT NULL, PRIMARY KEY (job_id, dep_job_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS job_deps_dep ON job_deps(dep_job_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), number INTEGER NOT NULL,
+    state TEXT NOT NULL, run_dir TEXT NOT NULL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]',
+    dispatched_at REAL, started_at REAL, ended_at REAL, exit_code INTEGER, error TEXT, peak_rss INTEGER,
+    UNIQUE (job_id, number));
+CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
+CREATE TABLE IF NOT EXISTS results (
+    attempt_id INTEGER PRIMARY KEY REFERENCES attempts(id), job_id INTEGER NOT NULL,
+    metrics TEXT NOT NULL, artifacts TEXT NOT NULL, recorded_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS results_job ON results(job_id);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, job_id INTEGER NOT NULL, attempt_id INTEGER,
+    kind TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id TEXT PRIMARY KEY, address TEXT NOT NULL, alive INTEGER NOT NULL, total TEXT NOT NULL,
+    allocated TEXT NOT NULL, running_jobs INTEGER NOT NULL, gpus TEXT NOT NULL, updated_at REAL NOT NULL);
+"""
+
+_JOB_COLUMNS = (
+    "j.id, j.experiment_id, e.name AS experiment, j.stage, j.params, j.swept, j.target_kind, j.target, "
+    "j.cpu, j.gpu, j.memory, j.custom, j.retries, j.timeout, j.queue, j.priority, j.user, j.state, j.reason, "
+    "j.attempts, j.cancel_requested, j.submitted_at, j.started_at, j.ended_at, j.node_id, j.gpu_ids"
+)
+_JOB_FROM = " FROM jobs j JOIN experiments e ON e.id = j.experiment_id "
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+class Store:
+    """One connection to the state database.  Cheap to open (no Ray, no pandas)."""
+
+    def __init__(self, home: str | Path):
+        self.home = Path(home).expanduser()
+        self.path = self.home / "labq.db"
+        self._conn = self._connect()
+
+    # ------------------------------------------------------------ opening
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.home}: cannot create the state directory: {exc.strerror}") from None
+        fresh = not self.path.exists()
+        if not fresh and not self.path.is_file():
+            raise StoreError(f"{self.path}: exists but is not a file; move it away")
+        try:
+            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_SECONDS, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if fresh:
+                os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+            self._check_identity(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path}: not a usable labq database ({exc}); labq will not overwrite it. "
+                "Move it away to start a new queue, or point LABQ_HOME elsewhere."
+            ) from None
+        return conn
+
+    def _check_identity(self, conn: sqlite3.Connection) -> None:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and "meta" not in tables:
+            raise StoreError(f"{self.path}: an SQLite database that is not labq's (tables: "
+                             f"{', '.join(sorted(tables)[:5])}); labq will not touch it")
+        if "meta" in tables:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
+            if row is None or row[0] != APP_ID:
+                raise StoreError(f"{self.path}: an SQLite database that is not labq's; labq will not touch it")
+            version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: written by a newer labq (schema {version}); upgrade labq")
+            return
+        with self._tx(conn) as cur:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?), ('schema_version', ?)",
+                        (APP_ID, str(SCHEMA_VERSION)))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def _tx(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Cursor]:
+        """An IMMEDIATE transaction: takes the write lock up front so two writers
+        never deadlock half-way; retried while another process holds it."""
+        conn = conn or self._conn
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{self.path}: still locked by another process after {LOCK_WAIT_SECONDS:.0f}s") from None
+                time.sleep(0.05)
+        cur = conn.cursor()
+        try:
+            yield cur
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"{self.path}: could not commit: {exc}") from None
+
+    def data_version(self) -> int:
+        """Changes when another connection commits: lets the loop skip re-reading an
+        unchanged queue."""
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
+
+    # ------------------------------------------------------------ submit
+
+    def submit(self, *, name: str, user: str, queue: str, priority: int, spec_path: str,
+               spec: dict[str, Any], package: str | None, metric: str | None, mode: str | None,
+               drafts: list[Any], stages: dict[str, Any], now: float) -> tuple[int, list[int]]:
+        """Store an experiment and all its jobs in one transaction; returns ids.
+        Jobs with upstream jobs start blocked, the rest pending."""
+        with self._tx() as cur:
+            cur.execute(
+                "INSERT INTO experiments (name, user, queue, priority, spec_path, spec, package, metric, mode,"
+                " submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, user, queue, priority, spec_path, _dumps(spec), package, metric, mode, now))
+            experiment_id = cur.lastrowid
+            ids: list[int] = []
+            for draft in drafts:
+                stage = stages[draft.stage]
+                target_kind, target = ("callable", stage.run) if stage.run else ("command", stage.command)
+                state = JobState.BLOCKED if draft.depends_on else JobState.PENDING
+                reason = "waiting for upstream jobs" if draft.depends_on else None
+                res = stage.resources
+                cur.execute(
+                    "INSERT INTO jobs (experiment_id, stage, params, swept, target_kind, target, cpu, gpu, memory,"
+                    " custom, retries, timeout, queue, priority, user, state, reason, submitted_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (experiment_id, draft.stage, _dumps(draft.params), _dumps(draft.swept), target_kind, target,
+                     res.cpu, res.gpu, res.memory, _dumps(res.custom), stage.retries, stage.timeout, queue,
+                     priority, user, state.value, reason, now))
+                ids.append(cur.lastrowid)
+            cur.executemany("INSERT INTO job_deps (job_id, dep_job_id) VALUES (?, ?)",
+                            [(ids[d.index], ids[up]) for d in drafts for up in d.depends_on])
+            cur.executemany("INSERT INTO events (ts, job_id, kind, message) VALUES (?, ?, 'submitted', ?)",
+                            [(now, job_id, f"submitted as {JobState.BLOCKED.value if d.depends_on else JobState.PENDING.value}")
+                             for job_id, d in zip(ids, drafts)])
+        return experiment_id, ids
+
+    # ------------------------------------------------------------ transitions
+
+    def _move(self, cur: sqlite3.Cursor, job_id: int, target: JobState, now: float, message: str,
+              attempt_id: int | None = None, reason: str | None = None) -> JobState:
+        """The one place a job changes state: rejects illegal moves, stamps times,
+        and records an event."""
+        row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownIdError(f"no job {job_id}")
+        current = JobState(row["state"])
+        if not can_transition(current, target):
+            raise IllegalTransition(f"job {job_id}: {current.value} -> {target.value} is not allowed")
+        ended = now if target.is_terminal() else None
+        cur.execute(
+            "UPDATE jobs SET state = ?, reason = ?, ended_at = ?,"
+            " started_at = CASE WHEN ? = 'running' AND started_at IS NULL THEN ? ELSE started_at END"
+            " WHERE id = ?",
+            (target.value, reason, ended, target.value, now, job_id))
+        cur.execute("INSERT INTO events (ts, job_id, attempt_id, kind, message) VALUES (?, ?, ?, 'state', ?)",
+                    (now, job_id, attempt_id, f"{current.value} -> {target.value}" + (f": {message}" if message else "")))
+        return current
+
+    def start_attempts(self, placements: Iterable[tuple[int, str | None]], run_dir_for, now: float) -> list[Attempt]:
+        """Create one attempt per placed job and mark the jobs running, in one
+        transaction.  A job cancelled since the policy looked is skipped."""
+        started: list[Attempt] = []
+        with self._tx() as cur:
+            for job_id, node_id in placements:
+                row = cur.execute("SELECT state, attempts, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row["state"] != JobState.PENDING.value or row["cancel_requested"]:
+                    continue
+                number = row["attempts"] + 1
+                run_dir = str(run_dir_for(job_id, number))
+                cur.execute(
+                    "INSERT INTO attempts (job_id, number, state, run_dir, node_id, dispatched_at)"
+                    " VALUES (?, ?, 'running', ?, ?, ?)", (job_id, number, run_dir, node_id, now))
+                attempt_id = cur.lastrowid
+                cur.execute("UPDATE jobs SET attempts = ?, node_id = ? WHERE id = ?", (number, node_id, job_id))
+                self._move(cur, job_id, JobState.RUNNING, now, f"attempt {number}", attempt_id)
+                started.append(Attempt(id=attempt_id, job_id=job_id, number=number, state=AttemptState.RUNNING,
+                                       run_dir=run_dir, node_id=node_id, dispatched_at=now))
+        return started
+
+    def finish_attempt(self, attempt_id: int, outcome: AttemptState, now: float, *,
+                       result: dict[str, Any] | None = None, error: str | None = None,
+                       free_retry: bool = False) -> JobState:
+        """Record how an attempt ended and move its job on: success unblocks
+        dependents; failure or loss retries while retries remain; a final failure
+        marks every job downstream as upstream_failed.  Idempotent per attempt:
+        an attempt already finished is left as it is.  ``free_retry`` requeues a
+        lost attempt even without retries left: for losses that were not the job's
+        fault, such as a scheduler restart."""
+        result = result or {}
+        with self._tx() as cur:
+            row = cur.execute(
+                "SELECT a.state, a.number, a.job_id, j.retries, j.state AS job_state, j.cancel_requested"
+                " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
+            if row is None:
+                raise UnknownIdError(f"no attempt {attempt_id}")
+            job_id = row["job_id"]
+            if row["state"] != AttemptState.RUNNING.value:
+                return JobState(row["job_state"])
+            if row["cancel_requested"] and outcome in (AttemptState.FAILED, AttemptState.LOST):
+                outcome = AttemptState.CANCELLED
+            cur.execute(
+                "UPDATE attempts SET state = ?, ended_at = ?, started_at = COALESCE(?, started_at),"
+                " node_id = COALESCE(?, node_id), gpu_ids = ?, exit_code = ?, error = ?, peak_rss = ? WHERE id = ?",
+                (outcome.value, result.get("ended_at") or now, result.get("started_at"), result.get("node_id"),
+                 _dumps(result.get("gpu_ids") or []), result.get("exit_code"), error or result.get("error"),
+                 result.get("peak_rss"), attempt_id))
+            if result:
+                cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at)"
+                            " VALUES (?, ?, ?, ?, ?)",
+                            (attempt_id, job_id, _dumps(result.get("metrics") or {}),
+                             _dumps(result.get("artifacts") or []), now))
+                cur.execute("UPDATE jobs SET node_id = COALESCE(?, node_id), gpu_ids = ? WHERE id = ?",
+                            (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
+            detail = f"attempt {row['number']} {outcome.value}" + (f": {_first_line(error or result.get('error'))}"
+                                                                    if (error or result.get("error")) else "")
+            target = self._job_outcome(outcome, row["number"], row["retries"])
+            if free_retry and outcome is AttemptState.LOST and not row["cancel_requested"]:
+                target = JobState.PENDING
+            reason = None if target in (JobState.SUCCEEDED, JobState.CANCELLED) else _first_line(error or result.get("error"))
+            if target is JobState.PENDING:
+                reason = f"requeued after attempt {row['number']} {outcome.value}"
+            self._move(cur, job_id, target, now, detail, attempt_id, reason)
+            if target is JobState.SUCCEEDED:
+                self._unblock_dependents(cur, job_id, now)
+            elif target.is_terminal():
+                self._fail_dependents(cur, job_id, now)
+        return target
+
+    @staticmethod
+    def _job_outcome(outcome: AttemptState, number: int, retries: int) -> JobState:
+        if outcome is AttemptState.SUCCEEDED:
+            return JobState.SUCCEEDED
+        if outcome is AttemptState.CANCELLED:
+            return JobState.CANCELLED
+        if outcome is AttemptState.TIMED_OUT:
+            return JobState.TIMED_OUT
+        # failed, lost, out of memory: retry while the budget lasts.
+        return JobState.PENDING if number <= retries else JobState.FAILED
+
+    def _unblock_dependents(self, cur: sqlite3.Cursor, job_id: int, now: float) -> None:
+        waiting = cur.execute(
+            "SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id WHERE d.dep_job_id = ? AND j.state = 'blocked'"
+            " AND NOT EXISTS (SELECT 1 FROM job_deps d2 JOIN jobs up ON up.id = d2.dep_job_id"
+            "                 WHERE d2.job_id = j.id AND up.state != 'succeeded')", (job_id,)).fetchall()
+        for row in waiting:
+            self._move(cur, row["id"], JobState.PENDING, now, f"upstream job {job_id} succeeded")
+
+    def _fail_dependents(self, cur: sqlite3.Cursor, job_id: int, now: float) -> None:
+        frontier = [job_id]
+        while frontier:
+            up = frontier.pop()
+            up_state = cur.execute("SELECT state, stage FROM jobs WHERE id = ?", (up,)).fetchone()
+            for row in cur.execute("SELECT j.id FROM job_deps d JOIN jobs j ON j.id = d.job_id"
+                                   " WHERE d.dep_job_id = ? AND j.state = 'blocked'", (up,)).fetchall():
+                why = f"upstream job {up} ({up_state['stage']}) ended {up_state['state']}"
+                self._move(cur, row["id"], JobState.UPSTREAM_FAILED, now, why, reason=why)
+                frontier.append(row["id"])
+
+    def mark_unschedulable(self, reasons: dict[int, str], now: float) -> None:
+        with self._tx() as cur:
+            for job_id, reason in reasons.items():
+                if cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()["state"] == "pending":
+                    self._move(cur, job_id, JobState.UNSCHEDULABLE, now, reason, reason=reason)
+                    self._fail_dependents(cur, job_id, now)
+
+    def set_reasons(self, reasons: dict[int, str]) -> None:
+        """Why each pending job waits (shown by `labq queue`); not an event."""
+        if not reasons:
+            return
+        with self._tx() as cur:
+            cur.executemany("UPDATE jobs SET reason = ? WHERE id = ? AND state = 'pending'",
+                            [(r, j) for j, r in reasons.items()])
+
+    def cancel(self, job_ids: Iterable[int], now: float) -> dict[str, list[int]]:
+        """Pending and blocked jobs end cancelled at once; running ones are flagged
+        for the scheduler, which stops their Ray task and records the end."""
+        done: dict[str, list[int]] = {"cancelled": [], "stopping": [], "already_ended": []}
+        with self._tx() as cur:
+            for job_id in job_ids:
+                row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    raise UnknownIdError(f"no job {job_id}")
+                state = JobState(row["state"])
+                if state in (JobState.PENDING, JobState.BLOCKED):
+                    self._move(cur, job_id, JobState.CANCELLED, now, "cancelled by user")
+                    self._fail_dependents(cur, job_id, now)
+                    done["cancelled"].append(job_id)
+                elif state is JobState.RUNNING:
+                    cur.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                    cur.execute("INSERT INTO events (ts, job_id, kind, message) VALUES (?, ?, 'cancel', ?)",
+                                (now, job_id, "cancel requested by user"))
+                    done["stopping"].append(job_id)
+                else:
+                    done["already_ended"].append(job_id)
+        return done
+
+    # ------------------------------------------------------------ reads for the loop
+
+    def pending_jobs(self) -> list[Job]:
+        return self._jobs("WHERE j.state = 'pending' AND j.cancel_requested = 0 ORDER BY j.priority DESC, j.id", ())
+
+    def running_attempts(self) -> list[tuple[Attempt, Job]]:
+        rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()
+        jobs = {j.id: j for j in self.jobs_by_ids([r["job_id"] for r in rows])}
+        return [(_attempt(r), jobs[r["job_id"]]) for r in rows]
+
+    def cancel_requested(self) -> set[int]:
+        return {r[0] for r in self._conn.execute(
+            "SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1")}
+
+    def count_active(self) -> int:
+        return self._conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'blocked')").fetchone()[0]
+
+    def launch_context(self, job_id: int) -> dict[str, Any]:
+        """What a worker needs beyond the job row: the code snapshot, upstream
+        outputs, and the previous attempt's run dir (to resume from)."""
+        row = self._conn.execute(
+            "SELECT e.package, e.spec_path, j.attempts FROM jobs j JOIN experiments e ON e.id = j.experiment_id"
+            " WHERE j.id = ?", (job_id,)).fetchone()
+        inputs = []
+        for up in self._conn.execute(
+                "SELECT j.id, j.stage, j.params, a.run_dir, r.metrics FROM job_deps d JOIN jobs j ON j.id = d.dep_job_id"
+                " JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts"
+                " LEFT JOIN results r ON r.attempt_id = a.id WHERE d.job_id = ? ORDER BY j.id", (job_id,)):
+            inputs.append({"job_id": up["id"], "stage": up["stage"], "params": json.loads(up["params"]),
+                           "run_dir": up["run_dir"], "metrics": json.loads(up["metrics"] or "{}")})
+        previous = self._conn.execute("SELECT run_dir FROM attempts WHERE job_id = ? AND number = ?",
+                                      (job_id, row["attempts"] - 1)).fetchone()
+        return {"package": row["package"], "spec_path": row["spec_path"], "inputs": inputs,
+                "previous_run_dir": previous["run_dir"] if previous else None}
+
+    # ------------------------------------------------------------ reads for the CLI
+
+    def _jobs(self, where: str, args: tuple[Any, ...]) -> list[Job]:
+        rows = self._conn.execute("SELECT " + _JOB_COLUMNS + _JOB_FROM + where, args).fetchall()
+        return [_job(r) for r in rows]
+
+    def job(self, job_id: int) -> Job:
+        found = self._jobs("WHERE j.id = ?", (job_id,))
+        if not found:
+            raise UnknownIdError(f"no job {job_id}; `labq queue` lists the active ones")
+        job = found[0]
+        job.depends_on = [r[0] for r in self._conn.execute(
+            "SELECT dep_job_id FROM job_deps WHERE job_id = ? ORDER BY dep_job_id", (job_id,))]
+        return job
+
+    def jobs_by_ids(self, ids: list[int]) -> list[Job]:
+        out: list[Job] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out += self._jobs("WHERE j.id IN (" + ",".join("?" * len(chunk)) + ")", tuple(chunk))
+        return out
+
+    def active_jobs(self, limit: int | None = None) -> list[Job]:
+        """Running first, then pending and blocked in the order they will be considered."""
+        sql = ("WHERE j.state IN ('running', 'pending', 'blocked') ORDER BY "
+               "CASE j.state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END, j.priority DESC, j.id")
+        if limit is not None:
+            return self._jobs(sql + " LIMIT ?", (limit,))
+        return self._jobs(sql, ())
+
+    def state_counts(self, experiment_id: int | None = None) -> dict[str, int]:
+        if experiment_id is None:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        else:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs WHERE experiment_id = ? GROUP BY state",
+                                      (experiment_id,))
+        return {r[0]: r[1] for r in rows}
+
+    def jobs_of_experiment(self, experiment_id: int) -> list[Job]:
+        return self._jobs("WHERE j.experiment_id = ? ORDER BY j.id", (experiment_id,))
+
+    def experiment(self, ref: str | int) -> Experiment:
+        """By id, or by name (the newest experiment of that name)."""
+        if isinstance(ref, int) or str(ref).isdigit():
+            row = self._conn.execute("SELECT * FROM experiments WHERE id = ?", (int(ref),)).fetchone()
+        else:
+            row = self._conn.execute("SELECT * FROM experiments WHERE name = ? ORDER BY id DESC LIMIT 1",
+                                     (ref,)).fetchone()
+        if row is None:
+            names = [r[0] for r in self._conn.execute(
+                "SELECT name FROM experiments GROUP BY name ORDER BY MAX(id) DESC LIMIT 5")]
+            hint = f"; recent: {', '.join(names)}" if names else ""
+            raise UnknownIdError(f"no experiment {ref!r}{hint}")
+        return Experiment(id=row["id"], name=row["name"], user=row["user"], queue=row["queue"],
+                          priority=row["priority"], spec_path=row["spec_path"], spec=json.loads(row["spec"]),
+                          package=row["package"], metric=row["metric"], mode=row["mode"],
+                          submitted_at=row["submitted_at"])
+
+    def experiment_names(self, name: str) -> list[int]:
+        return [r[0] for r in self._conn.execute("SELECT id FROM experiments WHERE name = ?", (name,))]
+
+    def active_job_ids_of(self, experiment_ids: list[int]) -> list[int]:
+        ids: list[int] = []
+        for experiment_id in experiment_ids:
+            ids += [r[0] for r in self._conn.execute(
+                "SELECT id FROM jobs WHERE experiment_id = ? AND state IN ('pending', 'running', 'blocked')",
+                (experiment_id,))]
+        return ids
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        rows = self._conn.execute(
+            "SELECT a.*, r.metrics, r.artifacts FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id"
+            " WHERE a.job_id = ? ORDER BY a.number", (job_id,)).fetchall()
+        return [_attempt(r) for r in rows]
+
+    def events(self, job_id: int) -> list[Event]:
+        rows = self._conn.execute("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+        return [Event(ts=r["ts"], job_id=r["job_id"], attempt_id=r["attempt_id"], kind=r["kind"],
+                      message=r["message"]) for r in rows]
+
+    def final_results(self, experiment_id: int) -> dict[int, tuple[Attempt, dict[str, Any]]]:
+        """The latest attempt of each job of an experiment with its metrics."""
+        rows = self._conn.execute(
+            "SELECT a.*, r.metrics, r.artifacts FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " LEFT JOIN results r ON r.attempt_id = a.id"
+            " WHERE j.experiment_id = ? AND a.number = j.attempts", (experiment_id,)).fetchall()
+        return {r["job_id"]: (_attempt(r), json.loads(r["metrics"]) if r["metrics"] else {}) for r in rows}
+
+    # ------------------------------------------------------------ nodes and heartbeat
+
+    def save_nodes(self, nodes: list[NodeSnapshot]) -> None:
+        with self._tx() as cur:
+            cur.execute("DELETE FROM nodes")
+            cur.executemany(
+                "INSERT INTO nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(n.node_id, n.address, int(n.alive), _dumps(n.total), _dumps(n.allocated), n.running_jobs,
+                  _dumps(n.gpus), n.updated_at) for n in nodes])
+
+    def nodes(self) -> list[NodeSnapshot]:
+        return [NodeSnapshot(node_id=r["node_id"], address=r["address"], alive=bool(r["alive"]),
+                             total=json.loads(r["total"]), allocated=json.loads(r["allocated"]),
+                             running_jobs=r["running_jobs"], gpus=json.loads(r["gpus"]), updated_at=r["updated_at"])
+                for r in self._conn.execute("SELECT * FROM nodes ORDER BY address, node_id")]
+
+    def set_meta(self, values: dict[str, str]) -> None:
+        with self._tx() as cur:
+            cur.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
+
+    def meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+
+def _first_line(text: str | None) -> str | None:
+    if not text:
+        return None
+    lines = [line for line in str(text).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:300]
+
+
+def _job(r: sqlite3.Row) -> Job:
+    return Job(id=r["id"], experiment_id=r["experiment_id"], experiment=r["experiment"], stage=r["stage"],
+               params=json.loads(r["params"]), swept=json.loads(r["swept"]), target_kind=r["target_kind"],
+               target=r["target"], cpu=r["cpu"], gpu=r["gpu"], memory=r["memory"], custom=json.loads(r["custom"]),
+               retries=r["retries"], timeout=r["timeout"], queue=r["queue"], priority=r["priority"], user=r["user"],
+               state=JobState(r["state"]), reason=r["reason"], attempts=r["attempts"],
+               cancel_requested=bool(r["cancel_requested"]), submitted_at=r["submitted_at"],
+               started_at=r["started_at"], ended_at=r["ended_at"], node_id=r["node_id"],
+               gpu_ids=json.loads(r["gpu_ids"]))
+
+
+def _attempt(r: sqlite3.Row) -> Attempt:
+    keys = r.keys()
+    return Attempt(id=r["id"], job_id=r["job_id"], number=r["number"], state=AttemptState(r["state"]),
+                   run_dir=r["run_dir"], node_id=r["node_id"], gpu_ids=json.loads(r["gpu_ids"] or "[]"),
+                   dispatched_at=r["dispatched_at"], started_at=r["started_at"], ended_at=r["ended_at"],
+                   exit_code=r["exit_code"], error=r["error"], peak_rss=r["peak_rss"],
+                   metrics=json.loads(r["metrics"]) if "metrics" in keys and r["metrics"] else {},
+                   artifacts=json.loads(r["artifacts"]) if "artifacts" in keys and r["artifacts"] else [])

@@ -1,0 +1,110 @@
+"""Every path of one attempt's run directory, in one place.
+
+    LABQ_HOME/runs/<job id>/attempt-<n>/
+        stdout.log  stderr.log     the job's output
+        metrics.jsonl              one line per report() / per step
+        metrics.json               final metrics a command job may write
+        artifacts/                 files the job produced
+        checkpoints/               where a job saves state to resume from
+        result.json                the attempt's outcome, written atomically
+        pgid                       process group of a command job (for cleanup)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jobs.api import ARTIFACTS_DIR, CHECKPOINTS_DIR, FINAL_METRICS_FILE, METRICS_FILE
+
+
+def run_dir_for(home: str | Path, job_id: int, attempt: int) -> Path:
+    return Path(home).expanduser() / "runs" / str(job_id) / f"attempt-{attempt}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def final_metrics(self) -> Path:
+        return self.root / FINAL_METRICS_FILE
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / ARTIFACTS_DIR
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def pgid(self) -> Path:
+        return self.root / "pgid"
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(exist_ok=True)
+
+    def list_artifacts(self) -> list[str]:
+        if not self.artifacts.exists():
+            return []
+        return sorted(str(p.relative_to(self.artifacts)) for p in self.artifacts.rglob("*") if p.is_file())
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        """Atomic: a crash leaves the old file or the new one, never half of one."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".result.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(result, f, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.result)
+
+    def read_result(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.result.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def read_reported_metrics(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(final metrics, per-step records).  Final = the last value of each metric
+        reported, overridden by metrics.json when the job wrote one."""
+        steps: list[dict[str, Any]] = []
+        final: dict[str, Any] = {}
+        if self.metrics.exists():
+            for line in self.metrics.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    steps.append(record)
+                    final.update({k: v for k, v in record.items() if k not in ("time", "step")})
+        if self.final_metrics.exists():
+            try:
+                data = json.loads(self.final_metrics.read_text(encoding="utf-8"))
+                if isinstance(data, dict):
+                    final.update(data)
+            except json.JSONDecodeError:
+                final["metrics_error"] = f"{self.final_metrics.name} is not valid JSON"
+        return final, steps
