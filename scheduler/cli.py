@@ -129,16 +129,27 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], cpus: float |
 @_set_option
 @click.option("--wait", "wait_", is_flag=True, help="Block until every job ends; exit 1 unless all succeeded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ids as JSON.")
+@click.option("--no-start", is_flag=True, help="Only queue the jobs; do not start a scheduler.")
 @_cpus_option
 @_gpus_option
 @click.pass_context
-def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: bool, as_json: bool,
+def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: bool, as_json: bool, no_start: bool,
            cpus: float | None, gpus: int | None) -> None:
-    """Validate SPEC, expand its sweeps and queue every job; print the ids."""
+    """Validate SPEC, expand its sweeps and queue every job; print the ids.
+
+    Starts a local scheduler in the background when none is running."""
     submitted = _submit(ctx, spec, overrides)
-    started = _ensure_scheduler(ctx, cpus, gpus)
+    started = False if no_start else _ensure_scheduler(ctx, cpus, gpus)
     if as_json:
-        _print_json({**submitted.to_json(), "scheduler_started": started})
+        out = {**submitted.to_json(), "scheduler_started": started}
+        if wait_:  # JSON only: wait quietly, then report the final states
+            from scheduler import api
+
+            jobs = api.wait(_store(ctx), submitted.experiment_id)
+            out["states"] = {str(j.id): j.state.value for j in jobs}
+            _print_json(out)
+            ctx.exit(EXIT_OK if api.succeeded_all(jobs) else EXIT_JOBS_FAILED)
+        _print_json(out)
     else:
         click.echo(f"submitted experiment {submitted.experiment} (id {submitted.experiment_id}): "
                    f"{len(submitted.job_ids)} jobs, ids {submitted.job_ids[0]}-{submitted.job_ids[-1]}")
@@ -146,7 +157,7 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
             click.echo("started a local scheduler")
         click.echo(f"next: labq queue | labq results {submitted.experiment}")
     if wait_:
-        ctx.exit(_wait_and_report(ctx, submitted, show_results=not as_json))
+        ctx.exit(_wait_and_report(ctx, submitted, show_results=True))
 
 
 # ---------------------------------------------------------------- reading

@@ -24,29 +24,40 @@ EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def _files(directory: Path) -> list[Path]:
+def _files(directory: Path, skip: Path) -> list[tuple[Path, bytes, int]]:
+    """(path, content, mode) of every file to ship.  ``skip`` (labq's own state
+    directory, when it sits under the spec) is never shipped; files that vanish
+    while we walk are skipped rather than failing the submit."""
     found = []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith(".")
+                         and (Path(root) / d).resolve() != skip)
         for name in sorted(files):
-            if not name.endswith(EXCLUDED_SUFFIXES):
-                found.append(Path(root) / name)
+            if name.endswith(EXCLUDED_SUFFIXES):
+                continue
+            path = Path(root) / name
+            try:
+                found.append((path, path.read_bytes(), path.stat().st_mode & 0o777))
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            except PermissionError as exc:
+                raise UserError(f"cannot read {path} to ship it with the experiment: {exc.strerror}") from None
     return found
 
 
 def snapshot(directory: str | Path, home: Path, source: str) -> Path:
     """Zip ``directory`` into ``home/packages/<sha>.zip`` (reused if present)."""
     directory = Path(directory).resolve()
-    files = _files(directory)
-    total = sum(f.stat().st_size for f in files)
+    files = _files(directory, skip=home.resolve())
+    total = sum(len(data) for _, data, _ in files)
     if total > MAX_PACKAGE_BYTES:
         raise UserError(
             f"{source}: the spec's directory {directory} holds {total / 2**20:.0f} MiB of files; labq ships it to "
             f"the workers and allows {MAX_PACKAGE_BYTES // 2**20} MiB. Put the spec in a directory with just your code.")
     digest = hashlib.sha1()
-    for f in files:
+    for f, data, _ in files:
         digest.update(str(f.relative_to(directory)).encode() + b"\0")
-        digest.update(f.read_bytes())
+        digest.update(data)
         digest.update(b"\0")
     packages = home / "packages"
     packages.mkdir(parents=True, exist_ok=True)
@@ -56,10 +67,10 @@ def snapshot(directory: str | Path, home: Path, source: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=packages, suffix=".tmp")
     os.close(fd)
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f in files:
+        for f, data, mode in files:
             info = zipfile.ZipInfo(str(f.relative_to(directory)), date_time=_EPOCH)
-            info.external_attr = (f.stat().st_mode & 0o777) << 16
+            info.external_attr = mode << 16  # keeps scripts executable
             info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, f.read_bytes())
+            zf.writestr(info, data)
     os.replace(tmp, target)
     return target

@@ -356,7 +356,6 @@ class Store:
                 state = JobState(row["state"])
                 if state in (JobState.PENDING, JobState.BLOCKED):
                     self._move(cur, job_id, JobState.CANCELLED, now, "cancelled by user")
-                    self._fail_dependents(cur, job_id, now)
                     done["cancelled"].append(job_id)
                 elif state is JobState.RUNNING:
                     cur.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
@@ -365,6 +364,10 @@ class Store:
                     done["stopping"].append(job_id)
                 else:
                     done["already_ended"].append(job_id)
+            # Only after every requested job is cancelled, so a cancelled experiment
+            # reads "cancelled" throughout rather than "upstream_failed".
+            for job_id in done["cancelled"]:
+                self._fail_dependents(cur, job_id, now)
         return done
 
     # ------------------------------------------------------------ reads for the loop

@@ -1,0 +1,290 @@
+"""The scheduler on real local Ray: dispatch, packing, dependencies, retries,
+timeouts, cancel, lost workers, restart reconciliation.  Each test ends with
+Ray's own leak check: available resources equal the totals again."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import assert_resources_released, drive, make_scheduler, submit_spec, write_spec
+from scheduler.states import AttemptState, JobState
+from workers.paths import RunPaths
+
+pytestmark = pytest.mark.ray
+
+
+def test_quickstart_shape_runs_prep_then_parallel_training(tmp_path, ray_backend):
+    # Given an iris prep stage and a 4-point random-forest sweep at half a CPU each
+    spec = write_spec(tmp_path, """
+        experiment: iris
+        stages:
+          - name: prep
+            run: jobs.prep:tabular
+            params: {dataset: iris}
+          - name: train
+            after: [prep]
+            run: jobs.train:sklearn
+            params: {estimator: sklearn.ensemble.RandomForestClassifier}
+            sweep: {grid: {n_estimators: [10, 30], max_depth: [2, null]}}
+            resources: {cpu: 0.5}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    # When the scheduler runs it to the end
+    jobs = drive(scheduler, store, sub.experiment_id)
+    # Then every job succeeded with real metrics, and training started after prep ended
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 5
+    finals = store.final_results(sub.experiment_id)
+    prep_attempt, prep_metrics = finals[jobs[0].id]
+    assert prep_metrics["rows"] == 150
+    for job in jobs[1:]:
+        attempt, metrics = finals[job.id]
+        assert metrics["accuracy"] > 0.8
+        assert attempt.started_at >= prep_attempt.ended_at
+        assert "model.joblib" in attempt.artifacts
+        assert attempt.node_id and attempt.peak_rss > 0
+    assert_resources_released()
+
+
+def test_four_quarter_gpu_jobs_share_one_logical_gpu_concurrently(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: pack
+        stages:
+          - name: s
+            run: testjobs:sleepy
+            params: {seconds: 3}
+            sweep: {grid: {i: [1, 2, 3, 4]}}
+            resources: {cpu: 0.25, gpu: 0.25}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    jobs = drive(scheduler, store, sub.experiment_id)
+    assert all(j.state is JobState.SUCCEEDED for j in jobs)
+    metrics = [m for _, m in store.final_results(sub.experiment_id).values()]
+    # All four on the same GPU (Ray packs fractions; labq's policy best-fits them)...
+    assert {m["gpu"] for m in metrics} == {metrics[0]["gpu"]} and metrics[0]["gpu"] != ""
+    assert {m["cuda"] for m in metrics} == {metrics[0]["gpu"]}
+    # ...and running at the same time: the latest start precedes the earliest end.
+    assert max(m["start"] for m in metrics) < min(m["end"] for m in metrics)
+    assert_resources_released()
+
+
+def test_user_module_beside_the_spec_is_shipped_and_snapshotted(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: shipped
+        stages:
+          - name: s
+            run: testjobs:record_env
+            params: {a: 1}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    # Editing the code after submitting does not change the queued job (snapshot).
+    (spec.parent / "testjobs.py").write_text("def record_env(ctx):\n    raise SystemExit('edited after submit')\n")
+    jobs = drive(scheduler, store, sub.experiment_id)
+    assert jobs[0].state is JobState.SUCCEEDED, store.attempts(jobs[0].id)[-1].error
+    assert store.final_results(sub.experiment_id)[jobs[0].id][1]["params"] == '{"a": 1}'
+
+
+def test_downstream_job_reads_upstream_artifacts_and_metrics(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: chain
+        stages:
+          - name: w
+            run: testjobs:writer
+            sweep: {grid: {v: [1, 2]}}
+            resources: {cpu: 0.5}
+          - name: r
+            after: [w]
+            run: testjobs:upstream_reader
+            resources: {cpu: 0.5}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    jobs = drive(scheduler, store, sub.experiment_id)
+    assert all(j.state is JobState.SUCCEEDED for j in jobs)
+    finals = store.final_results(sub.experiment_id)
+    readers = [finals[j.id][1] for j in jobs if j.stage == "r"]
+    assert sorted((m["upstream_value"], m["upstream_file"]) for m in readers) == [(1, "hello 1"), (2, "hello 2")]
+
+
+def test_failed_attempt_is_retried_then_succeeds(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: flaky
+        stages:
+          - {name: s, run: "testjobs:flaky", retries: 1, resources: {cpu: 0.5}}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    (job,) = drive(scheduler, store, sub.experiment_id)
+    assert job.state is JobState.SUCCEEDED and job.attempts == 2
+    first, second = store.attempts(job.id)
+    assert first.state is AttemptState.FAILED and "first attempt always fails" in first.error
+    assert "attempt 1" in RunPaths(Path(first.run_dir)).stdout.read_text()
+    assert second.state is AttemptState.SUCCEEDED
+
+
+def test_retries_exhausted_fails_job_and_marks_dependents(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: fails
+        stages:
+          - {name: a, run: "testjobs:always_fails", params: {x: 7}, retries: 1, resources: {cpu: 0.5}}
+          - {name: b, run: "testjobs:record_env", after: [a]}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    a, b = drive(scheduler, store, sub.experiment_id)
+    assert a.state is JobState.FAILED and a.attempts == 2
+    assert "ValueError: bad value 7" in a.reason
+    assert b.state is JobState.UPSTREAM_FAILED and f"upstream job {a.id}" in b.reason
+    assert "Traceback" in store.attempts(a.id)[-1].error
+
+
+def test_timeout_ends_the_job_and_returns_its_resources(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: slow
+        stages:
+          - {name: s, run: "testjobs:blocks_in_c", timeout: 2s, retries: 2, resources: {cpu: 1}}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    started = time.monotonic()
+    (job,) = drive(scheduler, store, sub.experiment_id, timeout=60)
+    # Blocked in C, so the polite cancel cannot land: the forced one ends it.
+    assert job.state is JobState.TIMED_OUT and job.attempts == 1  # a timeout is not retried
+    assert "timeout" in store.attempts(job.id)[0].error
+    assert time.monotonic() - started < 30
+    assert_resources_released()
+
+
+def test_cancel_running_command_kills_its_whole_process_group(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: cmd
+        stages:
+          - name: s
+            command: "sleep 300 & sleep 301; echo never"
+            resources: {cpu: 0.5}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    drive(scheduler, store, sub.experiment_id,
+          until=lambda jobs: jobs[0].state is JobState.RUNNING and store.attempts(jobs[0].id)
+          and RunPaths(Path(store.attempts(jobs[0].id)[0].run_dir)).pgid.exists())
+    job_id = store.jobs_of_experiment(sub.experiment_id)[0].id
+    pgid = int(RunPaths(Path(store.attempts(job_id)[0].run_dir)).pgid.read_text())
+    time.sleep(0.5)
+    assert [p for p in psutil.process_iter() if _pgid(p) == pgid], "command not running"
+    store.cancel([job_id], time.time())
+    (job,) = drive(scheduler, store, sub.experiment_id, timeout=30)
+    assert job.state is JobState.CANCELLED
+    deadline = time.monotonic() + 10
+    while [p for p in psutil.process_iter() if _pgid(p) == pgid] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in psutil.process_iter() if _pgid(p) == pgid], "processes of the job survived cancel"
+    assert_resources_released()
+
+
+def _pgid(proc) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_cancel_running_python_job(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: spin
+        stages:
+          - {name: s, run: "testjobs:spins", resources: {cpu: 0.5}}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    (job,) = drive(scheduler, store, sub.experiment_id, until=lambda jobs: jobs[0].state is JobState.RUNNING)
+    time.sleep(1.0)
+    store.cancel([job.id], time.time())
+    (job,) = drive(scheduler, store, sub.experiment_id, timeout=30)
+    assert job.state is JobState.CANCELLED
+    assert store.attempts(job.id)[0].state is AttemptState.CANCELLED
+    assert_resources_released()
+
+
+def test_killed_worker_is_recorded_lost_and_retried(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: die
+        stages:
+          - {name: s, run: "testjobs:die", retries: 1, resources: {cpu: 0.5}}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    (job,) = drive(scheduler, store, sub.experiment_id)
+    first, second = store.attempts(job.id)
+    assert first.state is AttemptState.LOST and "WorkerCrashedError" in first.error
+    assert second.state is AttemptState.SUCCEEDED and job.state is JobState.SUCCEEDED
+
+
+def test_unschedulable_job_does_not_block_the_queue(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: big
+        priority: 5
+        stages:
+          - {name: huge, run: "testjobs:record_env", resources: {cpu: 1, gpu: 8}}
+          - {name: special, run: "testjobs:record_env", resources: {cpu: 1, custom: {tpu_v9: 1}}}
+          - {name: small, run: "testjobs:record_env", resources: {cpu: 0.5}}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    huge, special, small = drive(scheduler, store, sub.experiment_id)
+    assert huge.state is JobState.UNSCHEDULABLE and "8 gpu" in huge.reason
+    assert special.state is JobState.UNSCHEDULABLE and "offered by no node" in special.reason
+    assert small.state is JobState.SUCCEEDED
+
+
+def test_job_output_goes_to_its_log_files(tmp_path, ray_backend):
+    spec = write_spec(tmp_path, """
+        experiment: logs
+        stages:
+          - {name: s, run: "testjobs:writes_stdout", resources: {cpu: 0.5}}
+          - {name: c, command: "echo out-{x}; echo err-{x} >&2; echo '{{\\"m\\": 3}}' > $LABQ_RUN_DIR/metrics.json",
+             params: {x: "a b"}, resources: {cpu: 0.5}}
+    """)
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    py, cmd = drive(scheduler, store, sub.experiment_id)
+    assert py.state is JobState.SUCCEEDED and cmd.state is JobState.SUCCEEDED
+    py_paths = RunPaths(Path(store.attempts(py.id)[0].run_dir))
+    assert "to stdout" in py_paths.stdout.read_text()
+    assert "from a child process" in py_paths.stdout.read_text()
+    assert "to stderr" in py_paths.stderr.read_text()
+    cmd_paths = RunPaths(Path(store.attempts(cmd.id)[0].run_dir))
+    assert cmd_paths.stdout.read_text().strip() == "out-a b"  # the param was quoted, not split
+    assert cmd_paths.stderr.read_text().strip() == "err-a b"
+    assert store.final_results(sub.experiment_id)[cmd.id][1] == {"m": 3}
+
+
+def test_restart_reconciles_attempts_of_a_dead_scheduler(tmp_path, ray_backend):
+    # Given a job that a previous scheduler marked running and then died with
+    spec = write_spec(tmp_path, """
+        experiment: orphan
+        stages:
+          - {name: s, run: "testjobs:record_env", resources: {cpu: 0.5}}
+    """)
+    home = tmp_path / "home"
+    _, store, settings = make_scheduler(home, ray_backend)
+    sub = submit_spec(spec, settings)
+    job_id = sub.job_ids[0]
+    from workers.paths import run_dir_for
+
+    store.start_attempts([(job_id, None)], lambda j, n: run_dir_for(home, j, n), time.time())
+    # When a new scheduler starts
+    scheduler, store, _ = make_scheduler(home, ray_backend)
+    assert scheduler.reconcile(time.time()) == 1
+    # Then the orphaned attempt is lost (not charged to retries) and the job reruns
+    (job,) = drive(scheduler, store, sub.experiment_id)
+    first, second = store.attempts(job_id)
+    assert first.state is AttemptState.LOST and "scheduler restarted" in first.error
+    assert job.state is JobState.SUCCEEDED and second.state is AttemptState.SUCCEEDED

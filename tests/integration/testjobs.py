@@ -1,0 +1,73 @@
+"""Jobs the integration tests run.  Copied beside each test spec, so importing it
+in the workers also proves the spec's directory is shipped to them."""
+
+import json
+import os
+import signal
+import time
+
+from jobs import report
+
+
+def sleepy(ctx):
+    """Sleeps, reporting when it ran and on which GPU."""
+    start = time.time()
+    time.sleep(ctx.params.get("seconds", 1.0))
+    report(step=1, slept=ctx.params.get("seconds", 1.0))
+    return {"start": start, "end": time.time(), "gpu": ",".join(ctx.gpu_ids), "cuda": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
+def flaky(ctx):
+    """Fails on the first attempt, succeeds on the next (state lives in the run dirs)."""
+    print(f"attempt {ctx.attempt}")
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt always fails")
+    assert ctx.previous_run_dir is not None and ctx.previous_run_dir.exists()
+    return {"attempt": ctx.attempt}
+
+
+def always_fails(ctx):
+    raise ValueError(f"bad value {ctx.params.get('x')}")
+
+
+def die(ctx):
+    """The worker process is killed outright, as by the OOM killer or kill -9."""
+    if ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"survived": 1}
+
+
+def upstream_reader(ctx):
+    up = ctx.input()
+    return {"upstream_value": up.metrics["value"], "upstream_file": up.artifact("note.txt").read_text()}
+
+
+def writer(ctx):
+    ctx.artifact_path("note.txt").write_text(f"hello {ctx.params['v']}")
+    return {"value": ctx.params["v"]}
+
+
+def writes_stdout(ctx):
+    print("to stdout", flush=True)
+    import sys
+    print("to stderr", file=sys.stderr, flush=True)
+    os.system("echo from a child process")
+    return {"ok": 1}
+
+
+def spins(ctx):
+    """Busy in Python, so a polite cancel lands quickly."""
+    end = time.time() + 300
+    while time.time() < end:
+        sum(range(1000))
+    return {}
+
+
+def blocks_in_c(ctx):
+    """Blocked in a C call: only a forced cancel can stop it."""
+    time.sleep(300)
+    return {}
+
+
+def record_env(ctx):
+    return {"params": json.dumps(ctx.params, sort_keys=True)}
