@@ -1,0 +1,63 @@
+"""cluster.yaml: a real Ray cluster-launcher file whose metadata.labq loads strictly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scheduler.config import load_settings
+from scheduler.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_yaml_passes_rays_own_validator():
+    # As `ray up` does: fill Ray's defaults, then validate against Ray's schema.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # raises on a schema violation
+
+
+def test_rays_validator_does_reject_a_broken_config():
+    # The check above can fail: a config Ray considers invalid is rejected.
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config["upscaling_speed"] = "fast"
+    with pytest.raises(Exception, match="not of type 'number'"):
+        validate_config(prepare_config(config))
+
+
+def test_repo_cluster_yaml_settings_load():
+    settings = load_settings(REPO / "cluster.yaml")
+    assert settings.queue_names() == ["default"]
+    assert settings.scheduler.cancel_grace == 3
+    assert settings.address is None
+
+
+def test_defaults_without_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABQ_HOME", str(tmp_path / "h"))
+    settings = load_settings(None)
+    assert settings.home_path == tmp_path / "h"
+    assert settings.queue_names() == ["default"]
+
+
+def test_unknown_labq_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("cluster_name: x\nmetadata:\n  labq:\n    scheduler: {poll_intervall: 1}\n")
+    with pytest.raises(ConfigError, match=r"metadata\.labq\.scheduler\.poll_intervall: unknown key"):
+        load_settings(path)
+
+
+def test_env_overrides_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("metadata:\n  labq:\n    home: /somewhere\n    local: {num_gpus: 4}\n")
+    monkeypatch.setenv("LABQ_HOME", str(tmp_path / "env-home"))
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    settings = load_settings(path)
+    assert settings.home_path == tmp_path / "env-home"
+    assert settings.address == "ray://head:10001"
+    assert settings.local.num_gpus == 4
