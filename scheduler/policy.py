@@ -122,6 +122,7 @@ def never_fits(demand: Demand, nodes: list[Node]) -> str | None:
     if not nodes:
         return None  # no cluster known yet (Ray down or starting): wait, do not judge
     gpus_needed = _gpus_needed(demand)
+    offered = {name for node in nodes for name in node.custom_total}
     problems = []
     for node in nodes:
         lacking = []
@@ -133,7 +134,7 @@ def never_fits(demand: Demand, nodes: list[Node]) -> str | None:
             lacking.append(f"{demand.memory / 2**30:.1f}GiB memory (node has {node.memory_total / 2**30:.1f}GiB)")
         for name, amount in demand.custom.items():
             if _q(node.custom_total.get(name, 0.0)) < _q(amount):
-                lacking.append(f"{amount:g} {name!r}" + ("" if name in node.custom_total else " (offered by no node)"))
+                lacking.append(f"{amount:g} {name!r}" + ("" if name in offered else " (offered by no node)"))
         if not lacking:
             return None
         problems.append(lacking)

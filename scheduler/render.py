@@ -75,7 +75,8 @@ def results_table(res: Any, limit: int | None = None) -> Table:
     table.add_column("time", justify="right", no_wrap=True)
     for row in res.rows[:limit]:
         cells = ["★" if row.get("best") else "", str(row["job_id"]), row["stage"], _state(row["state"])]
-        cells += [_fmt(row["params"].get(p)) if p in row["params"] else "" for p in res.varying_params]
+        cells += [("None" if row["params"][p] is None else _fmt(row["params"][p])) if p in row["params"] else ""
+                  for p in res.varying_params]
         cells += [_fmt(row["metrics"].get(m)) for m in shown_metrics]
         cells.append(format_seconds(row["duration"]))
         table.add_row(*cells)

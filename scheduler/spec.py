@@ -188,15 +188,18 @@ def validate(raw: dict[str, Any], source: str, base_dir: Path) -> ExperimentSpec
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(source, [_describe(err, raw) for err in exc.errors()]) from None
-    problems = _check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
+        problems = [_describe(err, raw) for err in exc.errors()]
+        raise SpecError(source, problems + _problems_of_valid_stages(raw, base_dir)) from None
+    problems = _semantic_problems(spec, base_dir)
     if problems:
         raise SpecError(source, problems)
     return spec
 
 
 def _key_path(loc: tuple[Any, ...], raw: Any) -> str:
-    """('stages', 1, 'resources', 'gpu') -> 'stages[train].resources.gpu'."""
+    """('stages', 1, 'resources', 'gpu') -> 'stages[train].resources.gpu'.
+    Walks the raw document alongside, so pydantic's type markers in ``loc`` (such
+    as 'int' for a union member) are dropped only where the document has no such key."""
     parts: list[str] = []
     node = raw
     for item in loc:
@@ -206,27 +209,35 @@ def _key_path(loc: tuple[Any, ...], raw: Any) -> str:
                 label = node[item]["name"]
             parts.append(f"[{label}]")
             node = node[item] if isinstance(node, list) and item < len(node) else None
+        elif isinstance(node, dict) and item in node:
+            parts.append(("." if parts else "") + str(item))
+            node = node[item]
+        elif _is_type_marker(item):
+            continue
         else:
             parts.append(("." if parts else "") + str(item))
-            node = node.get(item) if isinstance(node, dict) else None
+            node = None
     return "".join(parts)
 
 
-_MODELS_BY_FIRST_KEY = {"stages": Stage, "resources": Resources, "sweep": Sweep}
+def _is_type_marker(item: Any) -> bool:
+    """Pydantic names union members and validators in error locations:
+    'int', 'list[any]', 'function-after[...]', 'tuple[float, float]'..."""
+    return isinstance(item, str) and (item in ("str", "int", "float", "bool", "none") or "[" in item
+                                      or item.startswith("function-"))
 
 
 def _describe(err: dict[str, Any], raw: Any) -> tuple[str, str]:
-    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    # Drop pydantic's union / tagged-type markers from the path.
-    loc = tuple(x for x in loc if x not in ("str", "int", "float", "list[any]", "tuple[float, float]"))
+    loc = tuple(err["loc"])
     kind = err["type"]
     got = err.get("input")
+    key = _key_path(loc, raw)
     if kind == "extra_forbidden":
-        parent = _model_for(loc[:-1])
-        valid = ", ".join(parent.model_fields) if parent else ""
-        return _key_path(loc, raw), f"unknown key; expected one of: {valid}"
+        parent = _model_for(_real_keys(loc[:-1], raw))
+        valid = f"; expected one of: {', '.join(parent.model_fields)}" if parent else ""
+        return key, "unknown key" + valid
     if kind == "missing":
-        return _key_path(loc, raw), "required key is missing"
+        return key, "required key is missing"
     message = err["msg"].removeprefix("Value error, ")
     if kind == "string_pattern_mismatch":
         if loc and loc[-1] == "run":
@@ -235,25 +246,69 @@ def _describe(err: dict[str, Any], raw: Any) -> tuple[str, str]:
             message = "expected a name of letters, digits, '_', '.', '-'"
     if kind != "value_error" and got is not None and not isinstance(got, (dict, list)):
         message += f", got {got!r}"
-    return _key_path(loc, raw), message
+    return key, message
+
+
+def _real_keys(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """``loc`` without pydantic's type markers (checked against the document)."""
+    kept: list[Any] = []
+    node = raw
+    for item in loc:
+        if isinstance(item, int):
+            kept.append(item)
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        elif isinstance(node, dict) and item in node:
+            kept.append(item)
+            node = node[item]
+        elif not _is_type_marker(item):
+            kept.append(item)
+            node = None
+    return tuple(kept)
 
 
 def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = ExperimentSpec
+    """The model whose fields are valid at ``loc`` (None inside free-form maps)."""
+    model: Any = ExperimentSpec
     for item in loc:
         if isinstance(item, int):
             continue
-        if item == "stages":
+        if model is ExperimentSpec and item == "stages":
             model = Stage
-        elif item == "resources":
+        elif model is Stage and item == "resources":
             model = Resources
-        elif item == "sweep":
+        elif model is Stage and item == "sweep":
             model = Sweep
-        elif item == "random":
-            model = None
+        elif model is Sweep and item == "random":
+            model = "random params"
+        elif model == "random params":
+            model = Distribution  # the key was a param name; its value is a distribution
         else:
-            model = Distribution if model is None else None
-    return model
+            model = None
+    return model if isinstance(model, type) else None
+
+
+def _semantic_problems(spec: ExperimentSpec, base_dir: Path) -> list[tuple[str, str]]:
+    return _check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
+
+
+def _problems_of_valid_stages(raw: dict[str, Any], base_dir: Path) -> list[tuple[str, str]]:
+    """When the schema check failed, still report what can be checked, so every
+    problem shows at once: the graph when every stage is well-formed, and the
+    targets and placeholders of the stages that are."""
+    raw_stages = raw.get("stages")
+    if not isinstance(raw_stages, list):
+        return []
+    stages = []
+    for item in raw_stages:
+        try:
+            stages.append(Stage.model_validate(item))
+        except ValidationError:
+            continue
+    partial = ExperimentSpec.model_construct(experiment="-", stages=stages)
+    problems = _check_targets(partial, base_dir) + _check_placeholders(partial)
+    if len(stages) == len(raw_stages):
+        problems = _check_graph(partial) + problems
+    return problems
 
 
 def _check_graph(spec: ExperimentSpec) -> list[tuple[str, str]]:
@@ -356,14 +411,26 @@ def check_callable(target: str, base_dir: Path) -> str | None:
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at import time, including inside top-level ``if`` and
+    ``try`` blocks (the usual optional-import fallbacks); function bodies are not
+    entered."""
     names: set[str] = set()
-    for node in tree.body:
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)) or type(node).__name__ == "TryStar":
+            for field in ("body", "orelse", "finalbody"):
+                pending.extend(getattr(node, field, []))
+            for handler in getattr(node, "handlers", []):
+                pending.extend(handler.body)
     return names
 
 
@@ -383,12 +450,19 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
         tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
         if "check_params" not in _top_level_names(tree):
             return []
-        checker = getattr(importlib.import_module(module_name), "check_params")
+        try:
+            checker = getattr(importlib.import_module(module_name), "check_params")
+        except Exception as exc:  # the user's module may raise anything at import
+            return [f"importing {module_name!r} to check params failed: {exc.__class__.__name__}: {exc}"]
     from scheduler.sweep import expand_sweep  # local: sweep imports this module
 
     problems: list[str] = []
     for point in expand_sweep(stage.sweep):
-        for problem in checker({**stage.params, **point}):
+        try:
+            found = list(checker({**stage.params, **point}))
+        except Exception as exc:  # a buggy checker is still a problem to report, not a traceback
+            found = [f"{module_name}.check_params raised {exc.__class__.__name__}: {exc}"]
+        for problem in found:
             if problem not in problems:
                 problems.append(problem)
     return problems

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cpu REAL NOT NULL, gpu REAL NOT NULL, memory INTEGER, custom TEXT NOT NULL,
     retries INTEGER NOT NULL, timeout REAL, queue TEXT NOT NULL, priority INTEGER NOT NULL,
     user TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0, submitted_at REAL NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0, free_retries INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL NOT NULL,
     started_at REAL, ended_at REAL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_experiment ON jobs(experiment_id);
@@ -97,23 +98,43 @@ class Store:
         fresh = not self.path.exists()
         if not fresh and not self.path.is_file():
             raise StoreError(f"{self.path}: exists but is not a file; move it away")
+        conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_SECONDS, isolation_level=None, check_same_thread=False)
         try:
-            conn = sqlite3.connect(self.path, timeout=LOCK_WAIT_SECONDS, isolation_level=None,
-                                   check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
             if fresh:
                 os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+            # Identify the file before changing anything about it: a foreign
+            # database must be left byte-for-byte as it was.
             self._check_identity(conn)
+            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as exc:
+            conn.close()
             raise StoreError(
                 f"{self.path}: not a usable labq database ({exc}); labq will not overwrite it. "
                 "Move it away to start a new queue, or point LABQ_HOME elsewhere."
             ) from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _retry_locked(self, action):
+        """Run ``action`` until it gets past a lock: some statements (switching the
+        journal mode, BEGIN IMMEDIATE) fail at once instead of honouring the busy
+        timeout while another process initialises or writes the database."""
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{self.path}: still locked by another process after {LOCK_WAIT_SECONDS:.0f}s") from None
+                time.sleep(0.05)
 
     def _check_identity(self, conn: sqlite3.Connection) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -129,6 +150,8 @@ class Store:
                 raise StoreError(f"{self.path}: written by a newer labq (schema {version}); upgrade labq")
             return
         with self._tx(conn) as cur:
+            if cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                return  # another process initialised it while we waited for the lock
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     cur.execute(statement)
@@ -143,17 +166,7 @@ class Store:
         """An IMMEDIATE transaction: takes the write lock up front so two writers
         never deadlock half-way; retried while another process holds it."""
         conn = conn or self._conn
-        deadline = time.monotonic() + LOCK_WAIT_SECONDS
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if time.monotonic() > deadline:
-                    raise StoreError(f"{self.path}: still locked by another process after {LOCK_WAIT_SECONDS:.0f}s") from None
-                time.sleep(0.05)
+        self._retry_locked(lambda: conn.execute("BEGIN IMMEDIATE"))
         cur = conn.cursor()
         try:
             yield cur
@@ -190,7 +203,8 @@ class Store:
                 stage = stages[draft.stage]
                 target_kind, target = ("callable", stage.run) if stage.run else ("command", stage.command)
                 state = JobState.BLOCKED if draft.depends_on else JobState.PENDING
-                reason = "waiting for upstream jobs" if draft.depends_on else None
+                reason = ("waiting for " + ", ".join(f"job {ids[up]} ({drafts[up].stage})" for up in draft.depends_on)
+                          if draft.depends_on else None)
                 res = stage.resources
                 cur.execute(
                     "INSERT INTO jobs (experiment_id, stage, params, swept, target_kind, target, cpu, gpu, memory,"
@@ -262,15 +276,15 @@ class Store:
         result = result or {}
         with self._tx() as cur:
             row = cur.execute(
-                "SELECT a.state, a.number, a.job_id, j.retries, j.state AS job_state, j.cancel_requested"
+                "SELECT a.state, a.number, a.job_id, j.retries, j.free_retries, j.state AS job_state, j.cancel_requested"
                 " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
             if row is None:
                 raise UnknownIdError(f"no attempt {attempt_id}")
             job_id = row["job_id"]
             if row["state"] != AttemptState.RUNNING.value:
                 return JobState(row["job_state"])
-            if row["cancel_requested"] and outcome in (AttemptState.FAILED, AttemptState.LOST):
-                outcome = AttemptState.CANCELLED
+            if row["cancel_requested"] and outcome is not AttemptState.SUCCEEDED:
+                outcome = AttemptState.CANCELLED  # whatever ended it, the user asked for it to end
             cur.execute(
                 "UPDATE attempts SET state = ?, ended_at = ?, started_at = COALESCE(?, started_at),"
                 " node_id = COALESCE(?, node_id), gpu_ids = ?, exit_code = ?, error = ?, peak_rss = ? WHERE id = ?",
@@ -286,9 +300,12 @@ class Store:
                             (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
             detail = f"attempt {row['number']} {outcome.value}" + (f": {_first_line(error or result.get('error'))}"
                                                                     if (error or result.get("error")) else "")
-            target = self._job_outcome(outcome, row["number"], row["retries"])
-            if free_retry and outcome is AttemptState.LOST and not row["cancel_requested"]:
+            # Attempts lost through no fault of the job do not count against retries.
+            charged = row["number"] - row["free_retries"]
+            target = self._job_outcome(outcome, charged, row["retries"])
+            if free_retry and outcome is AttemptState.LOST:
                 target = JobState.PENDING
+                cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
             reason = None if target in (JobState.SUCCEEDED, JobState.CANCELLED) else _first_line(error or result.get("error"))
             if target is JobState.PENDING:
                 reason = f"requeued after attempt {row['number']} {outcome.value}"
@@ -300,7 +317,7 @@ class Store:
         return target
 
     @staticmethod
-    def _job_outcome(outcome: AttemptState, number: int, retries: int) -> JobState:
+    def _job_outcome(outcome: AttemptState, charged: int, retries: int) -> JobState:
         if outcome is AttemptState.SUCCEEDED:
             return JobState.SUCCEEDED
         if outcome is AttemptState.CANCELLED:
@@ -308,7 +325,7 @@ class Store:
         if outcome is AttemptState.TIMED_OUT:
             return JobState.TIMED_OUT
         # failed, lost, out of memory: retry while the budget lasts.
-        return JobState.PENDING if number <= retries else JobState.FAILED
+        return JobState.PENDING if charged <= retries else JobState.FAILED
 
     def _unblock_dependents(self, cur: sqlite3.Cursor, job_id: int, now: float) -> None:
         waiting = cur.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _MEM_UNITS = {
@@ -19,8 +20,8 @@ def parse_memory(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512MiB or 2GiB")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"expected a non-negative size, got {value}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"expected a non-negative size such as 512MiB or 2GiB, got {value}")
         return int(value)
     match = _MEM_RE.match(str(value))
     unit = match.group(2).lower() if match else None
@@ -40,8 +41,8 @@ def parse_duration(value: int | float | str) -> float:
         if not match or match.group(2) not in _DUR_UNITS:
             raise ValueError(f"expected a duration such as 90s, 10m or 2h, got {value!r}")
         seconds = float(match.group(1)) * _DUR_UNITS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"expected a positive duration, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected a positive duration such as 90s, 10m or 2h, got {value!r}")
     return seconds
 
 

@@ -113,9 +113,9 @@ def test_queue_shows_why_jobs_wait_and_cancel_by_experiment(tmp_path, home):
     assert len(out["job_ids"]) == 3 and not out["scheduler_started"]
     rows = json.loads(labq("queue", "--json", home=home, check=True).stdout)
     assert [r["state"] for r in rows] == ["pending", "blocked", "blocked"]
-    assert all("upstream" in r["reason"] for r in rows[1:])
+    assert all(r["reason"] == f"waiting for job {out['job_ids'][0]} (prep)" for r in rows[1:])
     table = labq("queue", home=home, check=True).stdout
-    assert "no scheduler is running" in table and "waiting for upstream jobs" in table
+    assert "no scheduler is running" in table and "waiting for job" in table
     done = json.loads(labq("cancel", "--experiment", "waiting", "--json", home=home, check=True).stdout)
     assert sorted(done["cancelled"]) == sorted(out["job_ids"])
     assert json.loads(labq("queue", "--json", home=home, check=True).stdout) == []

@@ -1,0 +1,690 @@
+"""The durable queue, on a real SQLite file in tmp_path."""
+
+from __future__ import annotations
+
+import getpass
+import multiprocessing
+import os
+import sqlite3
+import stat
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
+from scheduler.spec import load_spec
+from scheduler.states import AttemptState, JobState
+from scheduler.store import Store
+from scheduler.sweep import plan_jobs
+
+NOW = 1_700_000_000.0
+
+CHAIN = """
+experiment: chain
+stages:
+  - name: prep
+    command: "echo prep"
+    retries: 1
+  - name: train
+    command: "echo {lr}"
+    after: [prep]
+    sweep:
+      grid:
+        lr: [0.1, 0.2]
+  - name: eval
+    command: "echo eval"
+    after: [train]
+"""
+
+JOIN = """
+experiment: join
+stages:
+  - name: a
+    command: "echo a"
+  - name: b
+    command: "echo b"
+  - name: c
+    command: "echo c"
+    after: [a, b]
+"""
+
+
+def _submit_yaml(store: Store, spec_file: Path, now: float = NOW):
+    """What scheduler.api.submit does, minus the code snapshot (package=None)."""
+    spec, raw = load_spec(spec_file)
+    drafts = plan_jobs(spec, str(spec_file))
+    experiment_id, ids = store.submit(
+        name=spec.experiment, user=getpass.getuser(), queue=spec.queue, priority=spec.priority,
+        spec_path=str(spec_file.resolve()), spec=raw, package=None, metric=spec.metric, mode=spec.mode,
+        drafts=drafts, stages={s.name: s for s in spec.stages}, now=now)
+    return experiment_id, ids, drafts
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def store(home):
+    s = Store(home)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def submit(store, tmp_path):
+    counter = iter(range(1000))
+
+    def _submit(text: str, now: float = NOW):
+        path = tmp_path / f"spec{next(counter)}.yaml"
+        path.write_text(textwrap.dedent(text))
+        return _submit_yaml(store, path, now)
+
+    return _submit
+
+
+def run_dir_for(job_id, number):
+    return f"/runs/{job_id}/{number}"
+
+
+def start(store: Store, *job_ids: int, now: float = NOW + 1, node: str = "node-1"):
+    return store.start_attempts([(j, node) for j in job_ids], run_dir_for, now)
+
+
+def state(store: Store, job_id: int) -> JobState:
+    return store.job(job_id).state
+
+
+def ids_by_stage(store: Store, experiment_id: int) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for job in store.jobs_of_experiment(experiment_id):
+        out.setdefault(job.stage, []).append(job.id)
+    return out
+
+
+# ---------------------------------------------------------------- opening
+
+def test_fresh_database_permissions_and_wal(home):
+    s = Store(home)
+    try:
+        assert stat.S_IMODE(os.stat(home).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(home / "labq.db").st_mode) == 0o600
+        for side in ("labq.db-wal", "labq.db-shm"):  # they hold the same data
+            if (home / side).exists():
+                assert stat.S_IMODE(os.stat(home / side).st_mode) & 0o077 == 0
+        assert s._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        s.close()
+    with sqlite3.connect(home / "labq.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert dict(raw.execute("SELECT key, value FROM meta").fetchall())["app"] == "labq"
+
+
+def test_reopening_keeps_the_data(home, tmp_path):
+    s = Store(home)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(textwrap.dedent(JOIN))
+    experiment_id, ids, _ = _submit_yaml(s, spec)
+    s.close()
+    s2 = Store(home)
+    try:
+        assert [j.id for j in s2.jobs_of_experiment(experiment_id)] == ids
+        assert s2.meta("app") == "labq"
+    finally:
+        s2.close()
+
+
+def test_foreign_sqlite_database_raises_and_is_not_modified(home):
+    home.mkdir()
+    db = home / "labq.db"
+    with sqlite3.connect(db) as other:
+        other.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT)")
+        other.execute("INSERT INTO photos (path) VALUES ('a.jpg')")
+    other.close()
+    with pytest.raises(StoreError, match="not labq's"):
+        Store(home)
+    with sqlite3.connect(db) as other:
+        assert other.execute("SELECT path FROM photos").fetchall() == [("a.jpg",)]
+        assert {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} == {"photos"}
+    other.close()
+
+
+def test_foreign_sqlite_database_bytes_are_unchanged(home):
+    home.mkdir()
+    db = home / "labq.db"
+    other = sqlite3.connect(db)
+    other.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT)")
+    other.execute("INSERT INTO photos (path) VALUES ('a.jpg')")
+    other.commit()
+    other.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError):
+        Store(home)
+    assert db.read_bytes() == before
+
+
+def test_garbage_file_raises_and_is_not_modified(home):
+    home.mkdir()
+    db = home / "labq.db"
+    garbage = b"this is not an sqlite database at all\n" * 200
+    db.write_bytes(garbage)
+    with pytest.raises(StoreError, match="not a usable labq database"):
+        Store(home)
+    assert db.read_bytes() == garbage
+
+
+def test_directory_in_place_of_the_db_raises(home):
+    (home / "labq.db").mkdir(parents=True)
+    with pytest.raises(StoreError, match="not a file"):
+        Store(home)
+
+
+def test_newer_schema_is_refused(home):
+    Store(home).close()
+    with sqlite3.connect(home / "labq.db") as raw:
+        raw.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    raw.close()
+    with pytest.raises(StoreError, match="newer labq"):
+        Store(home)
+
+
+# ---------------------------------------------------------------- submit
+
+def test_submit_stores_experiment_jobs_and_events(store, submit):
+    experiment_id, ids, drafts = submit(CHAIN)
+    # prep -> train x2 (swept) -> eval x2 (one per train job)
+    assert len(ids) == len(drafts) == 5 and len(set(ids)) == 5
+
+    exp = store.experiment(experiment_id)
+    assert exp.name == "chain" and exp.queue == "default" and exp.package is None
+    assert exp.spec["experiment"] == "chain" and exp.submitted_at == NOW
+    assert store.experiment("chain").id == experiment_id
+    assert store.experiment_names("chain") == [experiment_id]
+
+    jobs = store.jobs_of_experiment(experiment_id)
+    assert [j.id for j in jobs] == ids
+    assert [j.stage for j in jobs] == ["prep", "train", "train", "eval", "eval"]
+    assert [j.state for j in jobs] == [JobState.PENDING] + [JobState.BLOCKED] * 4
+    assert jobs[0].reason is None and jobs[1].reason.startswith("waiting for")
+    assert [j.params for j in jobs[1:3]] == [{"lr": 0.1}, {"lr": 0.2}]
+    assert jobs[1].swept == {"lr": 0.1}
+    assert jobs[0].target_kind == "command" and jobs[1].target == "echo {lr}"
+    assert jobs[0].retries == 1 and jobs[1].retries == 0
+    assert jobs[0].cpu == 1.0 and jobs[0].gpu == 0.0 and jobs[0].custom == {}
+    assert all(j.attempts == 0 and not j.cancel_requested for j in jobs)
+
+    prep, t1, t2, e1, e2 = ids
+    assert store.job(prep).depends_on == []
+    assert store.job(t1).depends_on == [prep] and store.job(t2).depends_on == [prep]
+    assert store.job(e1).depends_on == [t1] and store.job(e2).depends_on == [t2]
+
+    for job_id, expected in zip(ids, ["pending"] + ["blocked"] * 4):
+        events = store.events(job_id)
+        assert [(e.kind, e.message) for e in events] == [("submitted", f"submitted as {expected}")]
+        assert events[0].ts == NOW
+    assert store.state_counts(experiment_id) == {"pending": 1, "blocked": 4}
+    assert store.count_active() == 5
+    assert [j.id for j in store.pending_jobs()] == [prep]
+
+
+def test_submit_resources_and_callable_target(store, submit):
+    experiment_id, ids, _ = submit("""
+        experiment: res
+        priority: 3
+        stages:
+          - name: fit
+            run: "json:dumps"
+            resources: {cpu: 2, gpu: 0.5, memory: 2GiB, custom: {license: 1}}
+            timeout: 90
+    """)
+    job = store.job(ids[0])
+    assert job.target_kind == "callable" and job.target == "json:dumps"
+    assert (job.cpu, job.gpu, job.memory, job.custom) == (2.0, 0.5, 2 * 2**30, {"license": 1.0})
+    assert job.timeout == 90 and job.priority == 3
+
+
+def test_unknown_ids_raise(store):
+    with pytest.raises(UnknownIdError):
+        store.job(12345)
+    with pytest.raises(UnknownIdError):
+        store.experiment(999)
+    with pytest.raises(UnknownIdError):
+        store.experiment("nope")
+    with pytest.raises(UnknownIdError):
+        store.finish_attempt(4242, AttemptState.SUCCEEDED, NOW)
+
+
+# ---------------------------------------------------------------- attempts
+
+def test_start_attempts_moves_pending_to_running_once(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep, t1 = ids[0], ids[1]
+    started = start(store, prep, t1)  # t1 is blocked: skipped
+    assert len(started) == 1
+    a = started[0]
+    assert (a.job_id, a.number, a.state, a.run_dir, a.node_id) == (prep, 1, AttemptState.RUNNING, f"/runs/{prep}/1",
+                                                                     "node-1")
+    job = store.job(prep)
+    assert job.state is JobState.RUNNING and job.attempts == 1 and job.started_at == NOW + 1
+    assert job.node_id == "node-1"
+    assert state(store, t1) is JobState.BLOCKED
+
+    assert start(store, prep, now=NOW + 2) == []  # not dispatched twice
+    assert [x.number for x in store.attempts(prep)] == [1]
+    assert store.job(prep).attempts == 1
+    assert [(att.id, job.id) for att, job in store.running_attempts()] == [(a.id, prep)]
+    assert [e.message for e in store.events(prep)][-1] == "pending -> running: attempt 1"
+
+
+def test_success_stores_result_once_and_unblocks_dependents(store, submit):
+    experiment_id, ids, _ = submit(CHAIN)
+    prep, t1, t2, e1, e2 = ids
+    (a,) = start(store, prep)
+    result = {"metrics": {"rows": 150}, "artifacts": ["data.npz"], "exit_code": 0, "node_id": "node-9",
+              "gpu_ids": ["0"], "started_at": NOW + 1.5, "peak_rss": 1234}
+    assert store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 5, result=result) is JobState.SUCCEEDED
+    job = store.job(prep)
+    assert job.state is JobState.SUCCEEDED and job.ended_at == NOW + 5 and job.reason is None
+    assert job.node_id == "node-9" and job.gpu_ids == ["0"]
+    assert state(store, t1) is JobState.PENDING and state(store, t2) is JobState.PENDING
+    assert state(store, e1) is JobState.BLOCKED and state(store, e2) is JobState.BLOCKED
+
+    rows = store._conn.execute("SELECT job_id, metrics FROM results").fetchall()
+    assert [(r["job_id"], r["metrics"]) for r in rows] == [(prep, '{"rows":150}')]
+
+    (att,) = store.attempts(prep)
+    assert att.state is AttemptState.SUCCEEDED and att.metrics == {"rows": 150} and att.artifacts == ["data.npz"]
+    assert att.exit_code == 0 and att.peak_rss == 1234 and att.started_at == NOW + 1.5 and att.ended_at == NOW + 5
+    assert att.node_id == "node-9" and att.gpu_ids == ["0"]
+
+    # Each eval job waits for its own train job only.
+    (b1, b2) = start(store, t1, t2)
+    store.finish_attempt(b1.id, AttemptState.SUCCEEDED, NOW + 6, result={"metrics": {"acc": 0.9}})
+    assert state(store, e1) is JobState.PENDING and state(store, e2) is JobState.BLOCKED
+    assert any(e.message == f"blocked -> pending: upstream job {t1} succeeded" for e in store.events(e1))
+    store.finish_attempt(b2.id, AttemptState.SUCCEEDED, NOW + 7, result={"metrics": {"acc": 0.8}})
+    assert state(store, e2) is JobState.PENDING
+    assert store._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
+
+
+def test_dependent_with_two_upstream_stages_waits_for_all(store, submit):
+    experiment_id, ids, _ = submit(JOIN)
+    stages = ids_by_stage(store, experiment_id)
+    (a,), (b,), (c,) = stages["a"], stages["b"], stages["c"]
+    assert store.job(c).depends_on == sorted([a, b])
+    att_a, att_b = start(store, a, b)
+    store.finish_attempt(att_a.id, AttemptState.SUCCEEDED, NOW + 2)
+    assert state(store, c) is JobState.BLOCKED
+    store.finish_attempt(att_b.id, AttemptState.SUCCEEDED, NOW + 3)
+    assert state(store, c) is JobState.PENDING
+
+
+def test_one_upstream_failing_fails_a_join(store, submit):
+    experiment_id, ids, _ = submit(JOIN)
+    stages = ids_by_stage(store, experiment_id)
+    (a,), (b,), (c,) = stages["a"], stages["b"], stages["c"]
+    att_a, att_b = start(store, a, b)
+    store.finish_attempt(att_a.id, AttemptState.SUCCEEDED, NOW + 2)
+    store.finish_attempt(att_b.id, AttemptState.FAILED, NOW + 3, error="boom")
+    assert state(store, b) is JobState.FAILED
+    assert state(store, c) is JobState.UPSTREAM_FAILED
+
+
+def test_failure_retries_then_fails_downstream_transitively(store, submit):
+    experiment_id, ids, _ = submit(CHAIN)
+    prep, t1, t2, e1, e2 = ids
+    (a1,) = start(store, prep)
+    target = store.finish_attempt(a1.id, AttemptState.FAILED, NOW + 2,
+                                  error="Traceback (most recent call last):\n  ...\nValueError: bad rows\n")
+    assert target is JobState.PENDING
+    job = store.job(prep)
+    assert job.state is JobState.PENDING and job.attempts == 1
+    assert job.reason == "requeued after attempt 1 failed"
+    assert job.ended_at is None
+    assert [state(store, j) for j in (t1, t2, e1, e2)] == [JobState.BLOCKED] * 4
+
+    (a2,) = start(store, prep, now=NOW + 3)
+    assert a2.number == 2 and a2.run_dir == f"/runs/{prep}/2"
+    assert store.finish_attempt(a2.id, AttemptState.FAILED, NOW + 4, error="ValueError: bad rows") is JobState.FAILED
+    job = store.job(prep)
+    assert job.state is JobState.FAILED and job.attempts == 2 and job.reason == "ValueError: bad rows"
+    assert [x.state for x in store.attempts(prep)] == [AttemptState.FAILED, AttemptState.FAILED]
+    assert store.attempts(prep)[0].error.startswith("Traceback")
+    for j in (t1, t2, e1, e2):  # transitively, through the train stage
+        assert state(store, j) is JobState.UPSTREAM_FAILED
+        assert store.job(j).ended_at == NOW + 4
+    assert f"upstream job {prep} (prep) ended failed" == store.job(t1).reason
+    assert store.job(e1).reason == f"upstream job {t1} (train) ended upstream_failed"
+    assert store.count_active() == 0
+
+
+def test_exhausting_no_retries_fails_at_once(store, submit):
+    _, ids, _ = submit("""
+        experiment: once
+        stages:
+          - name: s
+            command: "false"
+    """)
+    (a,) = start(store, ids[0])
+    assert store.finish_attempt(a.id, AttemptState.OUT_OF_MEMORY, NOW + 2) is JobState.FAILED
+
+
+def test_timed_out_is_not_retried(store, submit):
+    _, ids, _ = submit(CHAIN)
+    (a,) = start(store, ids[0])  # prep has retries: 1
+    assert store.finish_attempt(a.id, AttemptState.TIMED_OUT, NOW + 2) is JobState.TIMED_OUT
+    assert state(store, ids[1]) is JobState.UPSTREAM_FAILED
+
+
+def test_lost_with_free_retry_requeues_without_retries(store, submit):
+    _, ids, _ = submit(JOIN)  # retries: 0 everywhere
+    a = ids[0]
+    (att,) = start(store, a)
+    assert store.finish_attempt(att.id, AttemptState.LOST, NOW + 2, error="scheduler restarted",
+                                free_retry=True) is JobState.PENDING
+    job = store.job(a)
+    assert job.state is JobState.PENDING and job.reason == "requeued after attempt 1 lost"
+    (att2,) = start(store, a, now=NOW + 3)
+    assert att2.number == 2
+    # Without free_retry a loss with no retries left is a failure.
+    assert store.finish_attempt(att2.id, AttemptState.LOST, NOW + 4, error="node died") is JobState.FAILED
+
+
+def test_free_retry_does_not_use_up_the_retry_budget(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep = ids[0]  # retries: 1
+    (a1,) = start(store, prep)
+    store.finish_attempt(a1.id, AttemptState.LOST, NOW + 2, free_retry=True)
+    (a2,) = start(store, prep, now=NOW + 3)
+    assert store.finish_attempt(a2.id, AttemptState.FAILED, NOW + 4, error="boom") is JobState.PENDING
+
+
+def test_finish_attempt_is_idempotent(store, submit):
+    experiment_id, ids, _ = submit(CHAIN)
+    prep = ids[0]
+    (a,) = start(store, prep)
+    assert store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 2, result={"metrics": {"x": 1}}) \
+        is JobState.SUCCEEDED
+    snapshot = (store.job(prep), store.attempts(prep), store.events(prep),
+                [store.job(j) for j in ids], store._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0],
+                store._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    # Called again, even with another outcome and result: nothing changes.
+    assert store.finish_attempt(a.id, AttemptState.FAILED, NOW + 9, result={"metrics": {"x": 2}},
+                                error="late") is JobState.SUCCEEDED
+    assert store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 9) is JobState.SUCCEEDED
+    again = (store.job(prep), store.attempts(prep), store.events(prep),
+             [store.job(j) for j in ids], store._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0],
+             store._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    assert again == snapshot
+    assert store.final_results(experiment_id)[prep][1] == {"x": 1}
+
+
+def test_failed_attempt_finished_twice_does_not_consume_a_retry(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep = ids[0]
+    (a,) = start(store, prep)
+    store.finish_attempt(a.id, AttemptState.FAILED, NOW + 2, error="x")
+    store.finish_attempt(a.id, AttemptState.FAILED, NOW + 3, error="x")
+    job = store.job(prep)
+    assert job.state is JobState.PENDING and job.attempts == 1
+    assert len(store.attempts(prep)) == 1
+
+
+# ---------------------------------------------------------------- cancel
+
+def test_cancel_pending_and_blocked(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep, t1, t2, e1, e2 = ids
+    done = store.cancel([t1], NOW + 1)
+    assert done == {"cancelled": [t1], "stopping": [], "already_ended": []}
+    assert state(store, t1) is JobState.CANCELLED and store.job(t1).ended_at == NOW + 1
+    assert state(store, e1) is JobState.UPSTREAM_FAILED
+    assert state(store, t2) is JobState.BLOCKED and state(store, e2) is JobState.BLOCKED
+    assert state(store, prep) is JobState.PENDING
+
+    done = store.cancel([prep], NOW + 2)
+    assert done["cancelled"] == [prep]
+    assert state(store, prep) is JobState.CANCELLED
+    assert state(store, t2) is JobState.UPSTREAM_FAILED and state(store, e2) is JobState.UPSTREAM_FAILED
+    assert start(store, prep) == []
+
+
+def test_cancel_running_flags_it(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep, t1 = ids[0], ids[1]
+    (a,) = start(store, prep)
+    done = store.cancel([prep], NOW + 2)
+    assert done == {"cancelled": [], "stopping": [prep], "already_ended": []}
+    job = store.job(prep)
+    assert job.state is JobState.RUNNING and job.cancel_requested
+    assert store.cancel_requested() == {prep}
+    assert store.events(prep)[-1].kind == "cancel"
+    # The worker then dies from the cancel: recorded as cancelled, not failed or retried.
+    assert store.finish_attempt(a.id, AttemptState.FAILED, NOW + 3, error="killed") is JobState.CANCELLED
+    assert store.attempts(prep)[0].state is AttemptState.CANCELLED
+    assert state(store, t1) is JobState.UPSTREAM_FAILED
+    assert store.cancel_requested() == set()
+
+
+def test_cancel_requested_lost_attempt_is_not_requeued(store, submit):
+    _, ids, _ = submit(CHAIN)
+    (a,) = start(store, ids[0])
+    store.cancel([ids[0]], NOW + 2)
+    assert store.finish_attempt(a.id, AttemptState.LOST, NOW + 3, free_retry=True) is JobState.CANCELLED
+
+
+def test_cancel_requested_out_of_memory_attempt_is_not_requeued(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep = ids[0]  # retries: 1
+    (a,) = start(store, prep)
+    store.cancel([prep], NOW + 2)
+    store.finish_attempt(a.id, AttemptState.OUT_OF_MEMORY, NOW + 3)
+    assert state(store, prep) is JobState.CANCELLED
+
+
+def test_cancel_finished_and_unknown(store, submit):
+    _, ids, _ = submit(JOIN)
+    (a,) = start(store, ids[0])
+    store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 2)
+    events_before = len(store.events(ids[0]))
+    assert store.cancel([ids[0]], NOW + 3) == {"cancelled": [], "stopping": [], "already_ended": [ids[0]]}
+    assert state(store, ids[0]) is JobState.SUCCEEDED
+    assert len(store.events(ids[0])) == events_before
+    with pytest.raises(UnknownIdError):
+        store.cancel([99999], NOW)
+
+
+def test_cancel_with_an_unknown_id_changes_nothing(store, submit):
+    _, ids, _ = submit(JOIN)
+    with pytest.raises(UnknownIdError):
+        store.cancel([ids[0], 99999], NOW)
+    assert state(store, ids[0]) is JobState.PENDING  # the transaction rolled back
+
+
+# ---------------------------------------------------------------- illegal transitions, unschedulable
+
+def test_illegal_transition_raises_and_rolls_back(store, submit):
+    _, ids, _ = submit(JOIN)
+    a = ids[0]
+    (att,) = start(store, a)
+    store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2)
+    events_before = len(store.events(a))
+    with pytest.raises(IllegalTransition, match="succeeded -> running"):
+        with store._tx() as cur:
+            store._move(cur, a, JobState.RUNNING, NOW + 3, "again")
+    assert state(store, a) is JobState.SUCCEEDED
+    assert len(store.events(a)) == events_before
+    with pytest.raises(IllegalTransition):
+        with store._tx() as cur:
+            store._move(cur, ids[2], JobState.RUNNING, NOW + 3, "blocked cannot run")
+    with pytest.raises(UnknownIdError):
+        with store._tx() as cur:
+            store._move(cur, 99999, JobState.RUNNING, NOW + 3, "")
+
+
+def test_mark_unschedulable_fails_dependents(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep, *downstream = ids
+    store.mark_unschedulable({prep: "needs 64 cpu (node has 4): more than the node has"}, NOW + 1)
+    job = store.job(prep)
+    assert job.state is JobState.UNSCHEDULABLE and job.reason.startswith("needs 64 cpu")
+    assert [state(store, j) for j in downstream] == [JobState.UPSTREAM_FAILED] * 4
+    # Only pending jobs are touched.
+    store.mark_unschedulable({prep: "again"}, NOW + 2)
+    assert store.job(prep).reason.startswith("needs 64 cpu")
+
+
+def test_set_reasons_only_touches_pending_jobs(store, submit):
+    _, ids, _ = submit(CHAIN)
+    store.set_reasons({ids[0]: "needs 2 cpu", ids[1]: "nope"})
+    assert store.job(ids[0]).reason == "needs 2 cpu"
+    assert store.job(ids[1]).reason.startswith("waiting for")  # not "nope"
+
+
+# ---------------------------------------------------------------- reads
+
+def test_final_results_attempts_and_events_read_back(store, submit):
+    experiment_id, ids, _ = submit(CHAIN)
+    prep, t1, t2, e1, e2 = ids
+    (a1,) = start(store, prep)
+    store.finish_attempt(a1.id, AttemptState.FAILED, NOW + 2, error="flaky")
+    (a2,) = start(store, prep, now=NOW + 3, node="node-2")
+    store.finish_attempt(a2.id, AttemptState.SUCCEEDED, NOW + 4, result={"metrics": {"rows": 10}})
+    (b1,) = start(store, t1, now=NOW + 5)
+    store.finish_attempt(b1.id, AttemptState.SUCCEEDED, NOW + 6,
+                         result={"metrics": {"acc": 0.75, "loss": 0.5}, "artifacts": ["model.pt"]})
+
+    finals = store.final_results(experiment_id)
+    assert set(finals) == {prep, t1}  # t2 and eval never ran
+    att, metrics = finals[prep]
+    assert att.id == a2.id and att.number == 2 and att.node_id == "node-2" and metrics == {"rows": 10}
+    att, metrics = finals[t1]
+    assert metrics == {"acc": 0.75, "loss": 0.5} and att.artifacts == ["model.pt"]
+
+    attempts = store.attempts(prep)
+    assert [(x.number, x.state, x.error) for x in attempts] == [
+        (1, AttemptState.FAILED, "flaky"), (2, AttemptState.SUCCEEDED, None)]
+    assert attempts[0].metrics == {} and attempts[1].metrics == {"rows": 10}
+
+    events = store.events(prep)
+    assert [e.message for e in events] == [
+        "submitted as pending",
+        "pending -> running: attempt 1",
+        "running -> pending: attempt 1 failed: flaky",
+        "pending -> running: attempt 2",
+        "running -> succeeded: attempt 2 succeeded",
+    ]
+    assert [e.attempt_id for e in events] == [None, a1.id, a1.id, a2.id, a2.id]
+    assert [e.ts for e in events] == [NOW, NOW + 1, NOW + 2, NOW + 3, NOW + 4]
+    assert store.events(t1)[-1].message.startswith("running -> succeeded")
+    assert any(e.message == f"blocked -> pending: upstream job {prep} succeeded" for e in store.events(t2))
+
+    ctx = store.launch_context(prep)
+    assert ctx["previous_run_dir"] == f"/runs/{prep}/1" and ctx["package"] is None
+    e1_inputs = store.launch_context(e1)["inputs"]
+    assert [(i["job_id"], i["run_dir"], i["metrics"]) for i in e1_inputs] == [
+        (t1, f"/runs/{t1}/1", {"acc": 0.75, "loss": 0.5})]
+    assert store.launch_context(e2)["inputs"] == []  # t2 never ran
+    inputs = store.launch_context(t1)["inputs"]
+    assert [(i["job_id"], i["metrics"]) for i in inputs] == [(prep, {"rows": 10})]
+
+
+def test_active_jobs_order_and_data_version(store, submit):
+    _, ids, _ = submit(CHAIN)
+    prep = ids[0]
+    start(store, prep)
+    assert [j.state for j in store.active_jobs()] == [JobState.RUNNING] + [JobState.BLOCKED] * 4
+    assert len(store.active_jobs(limit=2)) == 2
+    other = Store(store.home)
+    try:
+        version = store.data_version()
+        other.set_meta({"heartbeat": "1"})
+        assert store.data_version() != version
+        assert store.meta("heartbeat") == "1"
+    finally:
+        other.close()
+
+
+# ---------------------------------------------------------------- concurrency
+
+FIFTY = """
+experiment: conc{n}
+stages:
+  - name: s
+    command: "echo {{i}}"
+    sweep:
+      grid:
+        i: [{values}]
+"""
+
+
+def _concurrent_submitter(home: str, spec_path: str, barrier, results) -> None:
+    try:
+        spec_file = Path(spec_path)
+        spec, raw = load_spec(spec_file)
+        drafts = plan_jobs(spec, spec_path)
+        barrier.wait(timeout=60)
+        store = Store(home)
+        try:
+            experiment_id, ids = store.submit(
+                name=spec.experiment, user="tester", queue=spec.queue, priority=spec.priority,
+                spec_path=spec_path, spec=raw, package=None, metric=spec.metric, mode=spec.mode,
+                drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time())
+        finally:
+            store.close()
+        results.put(("ok", experiment_id, ids))
+    except BaseException as exc:  # report everything to the parent
+        results.put(("error", repr(exc), []))
+
+
+def test_concurrent_submitters(tmp_path):
+    home = tmp_path / "shared-home"
+    Store(home).close()
+    paths = []
+    for n in range(6):
+        p = tmp_path / f"conc{n}.yaml"
+        p.write_text(FIFTY.format(n=n, values=", ".join(str(i) for i in range(50))))
+        paths.append(str(p))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(6)
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_concurrent_submitter, args=(str(home), p, barrier, results)) for p in paths]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    errors = [o[1] for o in outcomes if o[0] != "ok"]
+    assert errors == []
+    all_ids = [i for o in outcomes for i in o[2]]
+    assert len(all_ids) == 300 and len(set(all_ids)) == 300
+    assert len({o[1] for o in outcomes}) == 6
+
+    s = Store(home)
+    try:
+        assert s.state_counts() == {"pending": 300}
+        assert s._conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 300
+        assert s._conn.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 6
+        assert s._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 300
+        for o in outcomes:
+            assert [j.id for j in s.jobs_of_experiment(o[1])] == o[2]
+    finally:
+        s.close()
+
+
+def test_opening_waits_for_a_concurrent_initialiser(home):
+    home.mkdir()
+    other = sqlite3.connect(home / "labq.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process is mid-way through setting the database up
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        Store(home).close()  # should wait (busy timeout is 60 s), then open
+    finally:
+        release.join()
+        other.close()
