@@ -61,6 +61,9 @@ class JobContext:
     # The run dir of the job's previous attempt, if any: where checkpoints to
     # resume from live.
     previous_run_dir: Path | None = None
+    # A directory shared by all jobs on this node (LABQ_HOME/cache), for outputs
+    # worth reusing across experiments, keyed by the job itself.
+    cache_dir: Path | None = None
 
     @property
     def artifacts_dir(self) -> Path:

@@ -178,10 +178,13 @@ def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
     from scheduler import render
 
     total = store.count_active()
-    render.console.print(render.queue_table(jobs, time.time(), total))
+    st = daemon.status(store.home)
+    unplaced = ("no scheduler running" if not st.running else
+                "scheduler starting (connecting to Ray)" if st.ray != "up" else "")
+    render.console.print(render.queue_table(jobs, time.time(), total, unplaced))
     if total > len(jobs):
         render.console.print(f"... {total - len(jobs)} more (--limit)", highlight=False)
-    if total and not daemon.is_running(store.home):
+    if total and not st.running:
         render.console.print("no scheduler is running: `labq scheduler start` to run these jobs", highlight=False)
 
 

@@ -210,6 +210,7 @@ class Scheduler:
             "inputs": extra["inputs"], "previous_run_dir": extra["previous_run_dir"],
             "resources": {"cpu": job.cpu, "gpu": job.gpu, "memory": job.memory, "custom": job.custom},
             "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
+            "cache_dir": str(self.settings.home_path / "cache"),
         }
         try:
             ref = self.backend.launch(task, cpu=job.cpu, gpu=job.gpu, memory=job.memory, custom=job.custom,

@@ -36,11 +36,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _param(value: Any) -> str:
+    """A param value as the user wrote it: None is a meaningful choice (max_depth)."""
+    return "None" if value is None else _fmt(value)
+
+
 def _res(job: Job) -> tuple[str, str]:
     return f"{job.cpu:g}", (f"{job.gpu:g}" if job.gpu else "-")
 
 
-def queue_table(jobs: list[Job], now: float, total_active: int) -> Table:
+def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason: str = "") -> Table:
+    """``unplaced_reason`` explains pending jobs no scheduler has looked at yet
+    (none running, or Ray still starting)."""
     table = Table(title=f"{total_active} active job{'s' if total_active != 1 else ''}", title_justify="left")
     for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "why"):
         table.add_column(col, overflow="fold" if col == "why" else "ellipsis", no_wrap=col != "why")
@@ -53,7 +60,7 @@ def queue_table(jobs: list[Job], now: float, total_active: int) -> Table:
         node = (job.node_id or "")[:8] if job.state.value == "running" else ""
         if job.gpu_ids and job.state.value == "running":
             node += f" gpu{','.join(job.gpu_ids)}"
-        why = job.reason or ""
+        why = job.reason or (unplaced_reason if job.state.value == "pending" else "")
         if job.cancel_requested:
             why = "cancelling"
         table.add_row(str(job.id), job.experiment, job.stage, _state(job.state.value), job.queue, str(job.priority),
@@ -64,19 +71,26 @@ def queue_table(jobs: list[Job], now: float, total_active: int) -> Table:
 def results_table(res: Any, limit: int | None = None) -> Table:
     metric_label = f"{res.metric} ({res.mode})" if res.metric else "no metrics"
     table = Table(title=f"{res.experiment}: {len(res.rows)} jobs, sorted by {metric_label}", title_justify="left")
-    table.add_column("", no_wrap=True)
+    table.add_column("", no_wrap=True, min_width=1)
     for col in ("id", "stage", "state"):
-        table.add_column(col, no_wrap=True)
+        table.add_column(col, no_wrap=True, min_width=len(col) if col != "state" else 9)
     for p in res.varying_params:
-        table.add_column(p, no_wrap=True)
-    shown_metrics = res.metric_names[:5]
+        table.add_column(p, no_wrap=True, min_width=min(len(p), 12))
+    # The main metric always; others while the terminal has room for them.
+    width = 4 + 6 + 8 + 12 + sum(min(len(p), 12) + 3 for p in res.varying_params) + 8
+    shown_metrics = []
+    for m in res.metric_names[:5]:
+        need = max(len(m), 7) + 3
+        if shown_metrics and width + need > console.width:
+            break
+        shown_metrics.append(m)
+        width += need
     for m in shown_metrics:
         table.add_column(m, justify="right", no_wrap=True, style="bold" if m == res.metric else "")
     table.add_column("time", justify="right", no_wrap=True)
     for row in res.rows[:limit]:
         cells = ["★" if row.get("best") else "", str(row["job_id"]), row["stage"], _state(row["state"])]
-        cells += [("None" if row["params"][p] is None else _fmt(row["params"][p])) if p in row["params"] else ""
-                  for p in res.varying_params]
+        cells += [_param(row["params"][p]) if p in row["params"] else "" for p in res.varying_params]
         cells += [_fmt(row["metrics"].get(m)) for m in shown_metrics]
         cells.append(format_seconds(row["duration"]))
         table.add_row(*cells)
@@ -93,7 +107,7 @@ def status_view(job: Job, attempts: list[Any], events: list[Any]) -> Group:
         ("state", _state(job.state.value)),
         ("why", job.reason or "-"),
         ("run", f"{job.target_kind}: {job.target}"),
-        ("params", ", ".join(f"{k}={_fmt(v)}" for k, v in job.params.items()) or "-"),
+        ("params", ", ".join(f"{k}={_param(v)}" for k, v in job.params.items()) or "-"),
         ("resources", f"cpu {cpu}, gpu {gpu}, memory {format_bytes(job.memory) if job.memory else '-'}"
          + (f", {job.custom}" if job.custom else "")),
         ("retries", f"{job.attempts} attempt(s) of {job.retries + 1} allowed"
@@ -170,7 +184,7 @@ class Progress:
         now = time.time()
         for j in running[:12]:
             cpu, gpu = _res(j)
-            table.add_row(str(j.id), j.stage, ", ".join(f"{k}={_fmt(v)}" for k, v in j.swept.items()) or "-", cpu, gpu,
+            table.add_row(str(j.id), j.stage, ", ".join(f"{k}={_param(v)}" for k, v in j.swept.items()) or "-", cpu, gpu,
                           format_seconds(now - j.started_at) if j.started_at else "-")
         return Group(line, table) if running else Group(line)
 

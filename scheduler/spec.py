@@ -456,10 +456,19 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
             return [f"importing {module_name!r} to check params failed: {exc.__class__.__name__}: {exc}"]
     from scheduler.sweep import expand_sweep  # local: sweep imports this module
 
+    import inspect
+
+    # A checker may take base_dir=: relative paths in params (a CSV beside the spec)
+    # resolve against the spec's directory, as they will in the workers.
+    try:
+        wants_dir = "base_dir" in inspect.signature(checker).parameters
+    except (TypeError, ValueError):
+        wants_dir = False
+    extra = {"base_dir": base_dir} if wants_dir else {}
     problems: list[str] = []
     for point in expand_sweep(stage.sweep):
         try:
-            found = list(checker({**stage.params, **point}))
+            found = list(checker({**stage.params, **point}, **extra))
         except Exception as exc:  # a buggy checker is still a problem to report, not a traceback
             found = [f"{module_name}.check_params raised {exc.__class__.__name__}: {exc}"]
         for problem in found:

@@ -45,6 +45,7 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
                 for up in task.get("inputs", [])},
         gpu_ids=gpu_ids, resources=task.get("resources", {}),
         previous_run_dir=Path(task["previous_run_dir"]) if task.get("previous_run_dir") else None,
+        cache_dir=Path(task["cache_dir"]) if task.get("cache_dir") else None,
     )
     _ensure_code_on_path(task.get("code_dir"))
     started = time.time()
