@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +53,11 @@ class Settings(_Strict):
     # Ray address to connect to; None starts a local Ray inside the scheduler.
     address: str | None = None
     local: LocalRay = Field(default_factory=LocalRay)
+    # Where run dirs live on a multi-node cluster: "collect" ships each attempt's
+    # run dir back to LABQ_HOME on the head when it ends (and upstream artifacts
+    # to the node that needs them); "shared" means LABQ_HOME is the same shared
+    # path (NFS...) on every node, so nothing is copied and `logs -f` is live.
+    storage: Literal["collect", "shared"] = "collect"
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     queues: list[Queue] = Field(default_factory=lambda: [Queue(name="default")])
 

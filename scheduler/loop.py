@@ -8,6 +8,7 @@ reconciles the store's "running" attempts against what Ray still has.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -20,12 +21,16 @@ from scheduler.config import Settings
 from scheduler.records import Attempt, Job, NodeSnapshot
 from scheduler.states import AttemptState
 from scheduler.store import Store
+from workers import bundle
 from workers.attempt import kill_process_group
 from workers.paths import RunPaths, run_dir_for
 
 log = logging.getLogger("labq.loop")
 
 NODE_REFRESH_SECONDS = 2.0
+# Errors that mean the node, not just the worker, is gone.
+NODE_FAILURES = ("NodeDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
+SUSPECT_NODE_SECONDS = 60.0
 _NON_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
 
 
@@ -49,7 +54,12 @@ class Scheduler:
         self.settings = settings
         self.running: dict[int, Running] = {}  # attempt id -> Running
         self._by_ref: dict[Any, int] = {}
-        self._nodes: list[Any] = []
+        self._nodes: list[Any] = []  # alive nodes
+        self._known: dict[str, Any] = {}  # every node seen, by id
+        self._head_node: str | None = None
+        # Nodes an attempt was just lost on: Ray reports a node dead only after its
+        # health checks fail (~10 s), so without this a retry lands on it again.
+        self._suspect: dict[str, float] = {}  # node id -> placement resumes after
         self._nodes_at = 0.0
         self._seen_version: int | None = None
         self._reasons: dict[int, str] = {}
@@ -139,23 +149,51 @@ class Scheduler:
                     error = f"ran longer than its timeout of {run.job.timeout:g}s"
             elif result is None and state is not AttemptState.CANCELLED:
                 result = RunPaths(Path(run.attempt.run_dir)).read_result()  # written before the worker died?
+            if result is not None and result.get("bundle"):
+                bundle.unpack(result.pop("bundle"), Path(run.attempt.run_dir))
+            if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
+                if error and any(e in error for e in NODE_FAILURES) and run.attempt.node_id:
+                    self._suspect[run.attempt.node_id] = now + SUSPECT_NODE_SECONDS
+                error = f"{error} (on node {self._describe_node(run.attempt.node_id)})"
             job_state = self.store.finish_attempt(attempt_id, state, now, result=result, error=error)
             log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, state.value, job_state.value)
             self._dirty = True
 
     # ------------------------------------------------------------ placement
 
+    def _describe_node(self, node_id: str | None) -> str:
+        """'ab12cd34 at 10.0.0.11, now dead' — refreshed, since a lost attempt is
+        often the first sign that its node died."""
+        if not node_id:
+            return "unknown"
+        try:
+            self._refresh_nodes(time.time())
+        except Exception:  # Ray itself may be the thing that is down
+            pass
+        node = self._known.get(node_id)
+        if node is None:
+            return node_id[:8]
+        return f"{node_id[:8]} at {node.address}" + ("" if node.alive else ", now dead")
+
     def _refresh_nodes(self, now: float) -> None:
-        self._nodes = [n for n in self.backend.nodes() if n.alive]
+        """All nodes Ray knows, dead ones included: they are shown as dead, never
+        placed on, but still count when judging whether a job can ever fit (a
+        node that died may rejoin)."""
+        nodes = {n.node_id: n for n in self.backend.nodes()}
+        for node_id, old in self._known.items():
+            nodes.setdefault(node_id, dataclasses.replace(old, alive=False))
+        self._known = nodes
+        self._suspect = {k: until for k, until in self._suspect.items() if until > now and nodes.get(k) and nodes[k].alive}
+        self._nodes = [n for n in nodes.values() if n.alive and n.node_id not in self._suspect]
         self._nodes_at = now
         self._save_node_snapshot(now)
 
-    def free_capacity(self) -> list[policy.Node]:
+    def free_capacity(self, nodes_in: list[Any] | None = None) -> list[policy.Node]:
         """Capacity from Ray's node totals minus what labq's running attempts hold.
         Computed from labq's own books, not Ray's available_resources, which lags
         behind just-launched tasks."""
         nodes = {}
-        for n in self._nodes:
+        for n in (self._nodes if nodes_in is None else nodes_in):
             r = n.resources
             custom = {k: v for k, v in r.items() if k not in _NON_CUSTOM and not k.startswith("node:")
                       and not k.startswith("accelerator_type:")}
@@ -186,7 +224,7 @@ class Scheduler:
         jobs = {j.id: j for j in pending}
         demands = [policy.Demand(job_id=j.id, cpu=j.cpu, gpu=j.gpu, memory=j.memory or 0, custom=j.custom,
                                  priority=j.priority, seq=j.id) for j in pending]
-        decision = policy.decide(demands, self.free_capacity())
+        decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
         if decision.unschedulable:
             self.store.mark_unschedulable(decision.unschedulable, now)
         changed = {j: r for j, r in decision.waiting.items() if self._reasons.get(j) != r}
@@ -211,7 +249,11 @@ class Scheduler:
             "resources": {"cpu": job.cpu, "gpu": job.gpu, "memory": job.memory, "custom": job.custom},
             "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
             "cache_dir": str(self.settings.home_path / "cache"),
+            "collect_to_node": self._collect_node(),
         }
+        if task["collect_to_node"] and placement.node_id and placement.node_id != task["collect_to_node"]:
+            for up in task["inputs"]:  # the node cannot read the head's disk: send the artifacts
+                up["bundle"] = bundle.pack(Path(up["run_dir"]), only="artifacts")
         try:
             ref = self.backend.launch(task, cpu=job.cpu, gpu=job.gpu, memory=job.memory, custom=job.custom,
                                       node_id=placement.node_id, package=extra["package"])
@@ -222,6 +264,14 @@ class Scheduler:
             return
         self.running[attempt.id] = Running(attempt=attempt, job=job, ref=ref, gpu_indices=placement.gpu_indices)
         self._by_ref[ref] = attempt.id
+
+    def _collect_node(self) -> str | None:
+        """The head's node id when run dirs must be carried back to it."""
+        if self.settings.storage != "collect":
+            return None
+        if self._head_node is None:
+            self._head_node = self.backend.local_node_id()
+        return self._head_node
 
     # ------------------------------------------------------------ shutdown and status
 
@@ -241,8 +291,8 @@ class Scheduler:
         for run in self.running.values():
             per_node[run.attempt.node_id or ""] = per_node.get(run.attempt.node_id or "", 0) + 1
         snapshots = []
-        for n in self._nodes:
-            f = free.get(n.node_id)
+        for n in self._known.values():
+            f = free.get(n.node_id) if n.alive else None
             total = {k: v for k, v in n.resources.items() if not k.startswith("node:")}
             allocated = {}
             if f is not None:

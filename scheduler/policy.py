@@ -81,14 +81,17 @@ def order(demands: Iterable[Demand]) -> list[Demand]:
     return sorted(demands, key=lambda d: (-d.priority, d.seq))
 
 
-def decide(demands: Iterable[Demand], nodes: list[Node]) -> Decision:
-    """Which pending jobs start now, and on which node and GPUs."""
+def decide(demands: Iterable[Demand], nodes: list[Node], known: list[Node] | None = None) -> Decision:
+    """Which pending jobs start now, and on which node and GPUs.  ``nodes`` are
+    the nodes that may be placed on; ``known`` (default: the same) are all nodes
+    ever seen, dead ones included, against which "can this job ever fit" is judged."""
     decision = Decision()
     work = [_copy(n) for n in nodes]
+    known = nodes if known is None else known
     failed_shapes: dict[tuple, str] = {}
     ahead = 0
     for demand in order(demands):
-        missing = never_fits(demand, nodes)
+        missing = never_fits(demand, known)
         if missing is not None:
             decision.unschedulable[demand.job_id] = missing
             continue

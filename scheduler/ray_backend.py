@@ -47,10 +47,19 @@ class RayBackend:
             return
         kwargs: dict[str, Any] = {"log_to_driver": False, "namespace": "labq", "configure_logging": False}
         if self.address:
+            _use_token_auth_if_available()
             ray.init(address=self.address, **kwargs)
         else:
-            ray.init(num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False, **kwargs)
+            # "local": always a fresh Ray of labq's own, even when a `ray start`
+            # cluster happens to run on this machine (plain ray.init() would join it).
+            ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False,
+                     **kwargs)
         self._uploaded.clear()
+
+    @staticmethod
+    def local_node_id() -> str:
+        """The node this scheduler runs on (the head, on a cluster)."""
+        return ray.get_runtime_context().get_node_id()
 
     def is_up(self) -> bool:
         if not ray.is_initialized():
@@ -121,7 +130,8 @@ class RayBackend:
             return AttemptState.CANCELLED, None, "cancelled"
         except rex.OutOfMemoryError as exc:
             return AttemptState.OUT_OF_MEMORY, None, _short(exc)
-        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError) as exc:
+        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError,
+                rex.TaskUnschedulableError) as exc:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
         except rex.RuntimeEnvSetupError as exc:
             return AttemptState.FAILED, None, f"could not set up the job's code on the node: {_short(exc)}"
@@ -141,6 +151,19 @@ class RayBackend:
             ray.cancel(ref, force=force)
         except Exception as exc:  # already finished, or Ray gone: nothing left to stop
             log.debug("cancel %s: %s", ref, exc)
+
+
+def _use_token_auth_if_available() -> None:
+    """Ray 2.60 clusters use token auth by default, but a driver joining one only
+    turns it on when told; do what `ray start` does: use the token if one exists
+    (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH) and no mode is set."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # an older Ray without token auth
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _short(exc: BaseException) -> str:

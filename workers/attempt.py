@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from jobs.api import JobContext, Upstream, set_current
+from workers import bundle
 from workers.paths import RunPaths
 
 MAX_ERROR_CHARS = 8000
@@ -37,6 +38,7 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     paths = RunPaths(Path(task["run_dir"]))
     paths.create()
     node_id, gpu_ids = _placement()
+    _receive_inputs(task.get("inputs", []))
     ctx = JobContext(
         job_id=task["job_id"], attempt=task["attempt"], experiment=task["experiment"], stage=task["stage"],
         params=task["params"], run_dir=paths.root,
@@ -83,7 +85,23 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
     }
     paths.write_result(result)
+    head = task.get("collect_to_node")
+    if head and node_id and node_id != head:
+        # No shared filesystem with the head: carry the run dir back in the result.
+        try:
+            result = {**result, "bundle": bundle.pack(paths.root)}
+        except bundle.BundleTooLarge as exc:
+            result = {**result, "bundle_error": str(exc)}
     return result
+
+
+def _receive_inputs(inputs: list[dict[str, Any]]) -> None:
+    """Upstream artifacts the scheduler sent because this node cannot read the
+    upstream run dir: unpack them at the same path."""
+    for up in inputs:
+        data = up.pop("bundle", None)
+        if data and not (Path(up["run_dir"]) / "artifacts").exists():
+            bundle.unpack(data, Path(up["run_dir"]))
 
 
 def _placement() -> tuple[str | None, list[str]]:
