@@ -31,6 +31,7 @@ NODE_REFRESH_SECONDS = 2.0
 # Errors that mean the node, not just the worker, is gone.
 NODE_FAILURES = ("NodeDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
 SUSPECT_NODE_SECONDS = 60.0
+UNSCHEDULABLE_FRESHNESS_SECONDS = 0.5
 _NON_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
 
 
@@ -181,7 +182,10 @@ class Scheduler:
         node that died may rejoin)."""
         nodes = {n.node_id: n for n in self.backend.nodes()}
         for node_id, old in self._known.items():
-            nodes.setdefault(node_id, dataclasses.replace(old, alive=False))
+            seen = nodes.get(node_id)
+            if seen is None or (not seen.alive and not seen.resources):
+                # Ray lists dead nodes with no resources; remember what they had.
+                nodes[node_id] = dataclasses.replace(old, alive=False)
         self._known = nodes
         self._suspect = {k: until for k, until in self._suspect.items() if until > now and nodes.get(k) and nodes[k].alive}
         self._nodes = [n for n in nodes.values() if n.alive and n.node_id not in self._suspect]
@@ -225,6 +229,10 @@ class Scheduler:
         demands = [policy.Demand(job_id=j.id, cpu=j.cpu, gpu=j.gpu, memory=j.memory or 0, custom=j.custom,
                                  priority=j.priority, seq=j.id) for j in pending]
         decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
+        if decision.unschedulable and now - self._nodes_at > UNSCHEDULABLE_FRESHNESS_SECONDS:
+            # Unschedulable is final: judge it on a fresh view (a node may just have joined).
+            self._refresh_nodes(now)
+            decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
         if decision.unschedulable:
             self.store.mark_unschedulable(decision.unschedulable, now)
         changed = {j: r for j, r in decision.waiting.items() if self._reasons.get(j) != r}

@@ -155,5 +155,21 @@ def test_jobs_spread_over_nodes_land_on_custom_resources_and_survive_node_loss(c
         print("\nnode-loss timeline (seconds after the raylet was killed):")
         for t, job_id, message in sorted(timeline):
             print(f"  {t:+7.2f}s job {job_id}: {message}")
+
+        # When the node rejoins, its capacity is back: a job that needs it runs there
+        subprocess.run([RAY, "start", f"--address={cluster['address']}", "--num-cpus=2", '--resources={"special": 1}',
+                        "--disable-usage-stats"], env=cluster["env"], check=True, capture_output=True, timeout=120)
+        spec.write_text(textwrap.dedent("""
+            experiment: rejoin
+            stages:
+              - {name: s, run: "testjobs:sleepy", params: {seconds: 0.1}, resources: {cpu: 0.5, custom: {special: 1}}}
+        """))
+        out = json.loads(labq(cluster, home, "submit", str(spec), "--json", "--wait", timeout=120).stdout)
+        assert set(out["states"].values()) == {"succeeded"}
+        nodes = json.loads(labq(cluster, home, "nodes", "--json").stdout)["nodes"]
+        rejoined = next(n for n in nodes if n["alive"] and "special" in n["total"])
+        assert rejoined["node_id"] != special_node
+        row = json.loads(labq(cluster, home, "results", "rejoin", "--json").stdout)[0]
+        assert row["node_id"] == rejoined["node_id"]
     finally:
         labq(cluster, home, "scheduler", "stop", check=False)
