@@ -138,6 +138,9 @@ class Scheduler:
         kill_process_group(pgid, grace=0.5)
 
     def _collect(self, ready: list[Any], now: float) -> None:
+        """Record every finished task of this pass in one transaction."""
+        finished = []
+        runs = []
         for ref in ready:
             attempt_id = self._by_ref.pop(ref, None)
             if attempt_id is None:
@@ -156,9 +159,13 @@ class Scheduler:
                 if error and any(e in error for e in NODE_FAILURES) and run.attempt.node_id:
                     self._suspect[run.attempt.node_id] = now + SUSPECT_NODE_SECONDS
                 error = f"{error} (on node {self._describe_node(run.attempt.node_id)})"
-            job_state = self.store.finish_attempt(attempt_id, state, now, result=result, error=error)
+            finished.append({"attempt_id": attempt_id, "outcome": state, "result": result, "error": error})
+            runs.append((run, state))
+        if not finished:
+            return
+        for (run, state), job_state in zip(runs, self.store.finish_attempts(finished, now)):
             log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, state.value, job_state.value)
-            self._dirty = True
+        self._dirty = True
 
     # ------------------------------------------------------------ placement
 

@@ -112,11 +112,14 @@ class RayBackend:
 
     @staticmethod
     def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        """Every ref that is done now; with a timeout, block until at least one is."""
         if not refs:
             return []
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
-        if not ready:
-            return []
+        if timeout > 0:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+            if not ready:
+                return []
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
         return ready
 
     @staticmethod

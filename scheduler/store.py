@@ -264,6 +264,12 @@ class Store:
                                        run_dir=run_dir, node_id=node_id, dispatched_at=now))
         return started
 
+    def finish_attempts(self, finished: list[dict[str, Any]], now: float) -> list[JobState]:
+        """Several :meth:`finish_attempt` calls in one transaction (one fsync): the
+        loop records every task that ended during a pass at once."""
+        with self._tx() as cur:
+            return [self._finish(cur, now=now, **item) for item in finished]
+
     def finish_attempt(self, attempt_id: int, outcome: AttemptState, now: float, *,
                        result: dict[str, Any] | None = None, error: str | None = None,
                        free_retry: bool = False) -> JobState:
@@ -273,47 +279,52 @@ class Store:
         an attempt already finished is left as it is.  ``free_retry`` requeues a
         lost attempt even without retries left: for losses that were not the job's
         fault, such as a scheduler restart."""
-        result = result or {}
         with self._tx() as cur:
-            row = cur.execute(
-                "SELECT a.state, a.number, a.job_id, j.retries, j.free_retries, j.state AS job_state, j.cancel_requested"
-                " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
-            if row is None:
-                raise UnknownIdError(f"no attempt {attempt_id}")
-            job_id = row["job_id"]
-            if row["state"] != AttemptState.RUNNING.value:
-                return JobState(row["job_state"])
-            if row["cancel_requested"] and outcome is not AttemptState.SUCCEEDED:
-                outcome = AttemptState.CANCELLED  # whatever ended it, the user asked for it to end
-            cur.execute(
-                "UPDATE attempts SET state = ?, ended_at = ?, started_at = COALESCE(?, started_at),"
-                " node_id = COALESCE(?, node_id), gpu_ids = ?, exit_code = ?, error = ?, peak_rss = ? WHERE id = ?",
-                (outcome.value, result.get("ended_at") or now, result.get("started_at"), result.get("node_id"),
-                 _dumps(result.get("gpu_ids") or []), result.get("exit_code"), error or result.get("error"),
-                 result.get("peak_rss"), attempt_id))
-            if result:
-                cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at)"
-                            " VALUES (?, ?, ?, ?, ?)",
-                            (attempt_id, job_id, _dumps(result.get("metrics") or {}),
-                             _dumps(result.get("artifacts") or []), now))
-                cur.execute("UPDATE jobs SET node_id = COALESCE(?, node_id), gpu_ids = ? WHERE id = ?",
-                            (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
-            detail = f"attempt {row['number']} {outcome.value}" + (f": {_first_line(error or result.get('error'))}"
-                                                                    if (error or result.get("error")) else "")
-            # Attempts lost through no fault of the job do not count against retries.
-            charged = row["number"] - row["free_retries"]
-            target = self._job_outcome(outcome, charged, row["retries"])
-            if free_retry and outcome is AttemptState.LOST:
-                target = JobState.PENDING
-                cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
-            reason = None if target in (JobState.SUCCEEDED, JobState.CANCELLED) else _first_line(error or result.get("error"))
-            if target is JobState.PENDING:
-                reason = f"requeued after attempt {row['number']} {outcome.value}"
-            self._move(cur, job_id, target, now, detail, attempt_id, reason)
-            if target is JobState.SUCCEEDED:
-                self._unblock_dependents(cur, job_id, now)
-            elif target.is_terminal():
-                self._fail_dependents(cur, job_id, now)
+            return self._finish(cur, attempt_id=attempt_id, outcome=outcome, now=now, result=result, error=error,
+                                free_retry=free_retry)
+
+    def _finish(self, cur: sqlite3.Cursor, *, attempt_id: int, outcome: AttemptState, now: float,
+                result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False) -> JobState:
+        result = result or {}
+        row = cur.execute(
+            "SELECT a.state, a.number, a.job_id, j.retries, j.free_retries, j.state AS job_state, j.cancel_requested"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
+        if row is None:
+            raise UnknownIdError(f"no attempt {attempt_id}")
+        job_id = row["job_id"]
+        if row["state"] != AttemptState.RUNNING.value:
+            return JobState(row["job_state"])
+        if row["cancel_requested"] and outcome is not AttemptState.SUCCEEDED:
+            outcome = AttemptState.CANCELLED  # whatever ended it, the user asked for it to end
+        cur.execute(
+            "UPDATE attempts SET state = ?, ended_at = ?, started_at = COALESCE(?, started_at),"
+            " node_id = COALESCE(?, node_id), gpu_ids = ?, exit_code = ?, error = ?, peak_rss = ? WHERE id = ?",
+            (outcome.value, result.get("ended_at") or now, result.get("started_at"), result.get("node_id"),
+             _dumps(result.get("gpu_ids") or []), result.get("exit_code"), error or result.get("error"),
+             result.get("peak_rss"), attempt_id))
+        if result:
+            cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (attempt_id, job_id, _dumps(result.get("metrics") or {}),
+                         _dumps(result.get("artifacts") or []), now))
+            cur.execute("UPDATE jobs SET node_id = COALESCE(?, node_id), gpu_ids = ? WHERE id = ?",
+                        (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
+        detail = f"attempt {row['number']} {outcome.value}" + (f": {_first_line(error or result.get('error'))}"
+                                                                if (error or result.get("error")) else "")
+        # Attempts lost through no fault of the job do not count against retries.
+        charged = row["number"] - row["free_retries"]
+        target = self._job_outcome(outcome, charged, row["retries"])
+        if free_retry and outcome is AttemptState.LOST:
+            target = JobState.PENDING
+            cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
+        reason = None if target in (JobState.SUCCEEDED, JobState.CANCELLED) else _first_line(error or result.get("error"))
+        if target is JobState.PENDING:
+            reason = f"requeued after attempt {row['number']} {outcome.value}"
+        self._move(cur, job_id, target, now, detail, attempt_id, reason)
+        if target is JobState.SUCCEEDED:
+            self._unblock_dependents(cur, job_id, now)
+        elif target.is_terminal():
+            self._fail_dependents(cur, job_id, now)
         return target
 
     @staticmethod
