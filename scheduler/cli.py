@@ -64,6 +64,9 @@ def _ensure_scheduler(ctx: click.Context, cpus: float | None, gpus: int | None) 
 
     settings = _settings(ctx)
     if daemon.is_running(settings.home_path):
+        if cpus is not None or gpus is not None:
+            click.echo("warning: a scheduler is already running, so --cpus/--gpus do not apply; "
+                       "`labq scheduler stop` first to change its Ray's size", err=True)
         return False
     daemon.start(settings, cluster=ctx.obj.get("cluster"), address=None, cpus=cpus, gpus=gpus,
                  idle_timeout=settings.scheduler.idle_timeout, wait=False)

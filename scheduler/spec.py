@@ -458,13 +458,18 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
 
     import inspect
 
-    # A checker may take base_dir=: relative paths in params (a CSV beside the spec)
-    # resolve against the spec's directory, as they will in the workers.
+    # A checker may take base_dir= (relative paths in params, such as a CSV beside
+    # the spec, resolve against the spec's directory, as they will in the workers)
+    # and function= (which of the module's jobs the stage runs).
     try:
-        wants_dir = "base_dir" in inspect.signature(checker).parameters
+        accepted = inspect.signature(checker).parameters
     except (TypeError, ValueError):
-        wants_dir = False
-    extra = {"base_dir": base_dir} if wants_dir else {}
+        accepted = {}
+    extra: dict[str, Any] = {}
+    if "base_dir" in accepted:
+        extra["base_dir"] = base_dir
+    if "function" in accepted:
+        extra["function"] = stage.run.partition(":")[2]
     problems: list[str] = []
     for point in expand_sweep(stage.sweep):
         try:

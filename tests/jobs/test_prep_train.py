@@ -36,8 +36,11 @@ def _train(tmp_path: Path, upstream: Upstream, name: str = "train", **params: An
 
 def test_iris_random_forest(tmp_path: Path) -> None:
     up = _prep(tmp_path, dataset="iris")
-    assert up.metrics == {"rows": 150, "features": 4, "train_rows": 112, "test_rows": 38,
-                          "task": "classification", "classes": 3}
+    # Iris has one duplicate row, dropped by default (drop_duplicates: true); prep
+    # also reports data-quality and cache metrics beyond these.
+    expected = {"rows": 150, "duplicate_rows": 1, "features": 4, "train_rows": 111, "test_rows": 38,
+                "task": "classification", "classes": 3}
+    assert {k: up.metrics[k] for k in expected} == expected
     with np.load(up.artifact("data.npz"), allow_pickle=False) as data:
         assert str(data["task"]) == "classification"
         assert data["feature_names"].shape == (4,)
@@ -66,7 +69,8 @@ def test_diabetes_ridge_regression(tmp_path: Path) -> None:
 
 
 def test_scaler_fit_on_training_rows_only(tmp_path: Path) -> None:
-    up = _prep(tmp_path, dataset="iris", scale="standard", seed=3, test_size=0.3)
+    # drop_duplicates off so the split below (on all 150 rows) is the job's split.
+    up = _prep(tmp_path, dataset="iris", scale="standard", seed=3, test_size=0.3, drop_duplicates=False)
     scaler = joblib.load(up.artifact("preprocess.joblib")).named_steps["scale"]
     X, y = load_iris(return_X_y=True)
     X_train, _, _, _ = train_test_split(X, y, test_size=0.3, random_state=3, stratify=y)
