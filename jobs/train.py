@@ -28,6 +28,7 @@ imports this module just to call :func:`check_params`, and that must stay cheap.
 from __future__ import annotations
 
 import importlib
+import difflib
 import importlib.util
 import inspect
 import math
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.source import defined_names
 from jobs.api import JobContext, Upstream
 
 RESERVED = ("estimator", "seed", "cv")
@@ -94,7 +96,8 @@ def check_params(params: dict[str, Any], *, function: str | None = None) -> list
 def check_sklearn_params(params: dict[str, Any]) -> list[str]:
     """Problems visible without importing the estimator's package (importing
     sklearn costs about a second, too much for a submit-time check): the path is
-    present, looks like ``module.Class`` and its top-level package is installed."""
+    present, looks like ``module.Class``, its package is installed and its module
+    defines that name (read from the module's source, not imported)."""
     estimator = params.get("estimator")
     if estimator is None:
         return ["estimator: required, an import path such as sklearn.ensemble.RandomForestClassifier"]
@@ -108,6 +111,15 @@ def check_sklearn_params(params: dict[str, Any]) -> list[str]:
         found = None
     if found is None:
         return [f"estimator: package {top!r} of {estimator!r} is not installed"]
+    module, _, name = estimator.rpartition(".")
+    try:
+        names = defined_names(module)  # read from source: no import of sklearn
+    except ModuleNotFoundError:
+        return [f"estimator: no module {module!r} (in {estimator!r})"]
+    if names is not None and name not in names:
+        close = difflib.get_close_matches(name, sorted(n for n in names if n[:1].isupper()), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return [f"estimator: module {module!r} has no {name!r}{hint}"]
     seed = params.get("seed")
     if seed is not None and not _is_int(seed):
         return [f"seed: expected an integer, got {seed!r}"]

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from jobs.source import has_dynamic_names, top_level_names
 from scheduler.errors import SpecError
 from scheduler.units import parse_duration, parse_memory
 
@@ -396,9 +397,9 @@ def check_callable(target: str, base_dir: Path) -> str | None:
                 tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
             except SyntaxError as exc:
                 return f"module {module_name!r} has a syntax error at line {exc.lineno}: {exc.msg}"
-            if func in _top_level_names(tree):
+            if func in top_level_names(tree):
                 return None
-            if not _has_dynamic_names(tree):
+            if not has_dynamic_names(tree):
                 return f"module {module_name!r} has no function {func!r}"
         # Not plain source, or names made at import time: import it for real.
         try:
@@ -410,35 +411,6 @@ def check_callable(target: str, base_dir: Path) -> str | None:
     return None
 
 
-def _top_level_names(tree: ast.Module) -> set[str]:
-    """Names a module binds at import time, including inside top-level ``if`` and
-    ``try`` blocks (the usual optional-import fallbacks); function bodies are not
-    entered."""
-    names: set[str] = set()
-    pending: list[ast.stmt] = list(tree.body)
-    while pending:
-        node = pending.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, (ast.If, ast.Try, ast.With, ast.For, ast.While)) or type(node).__name__ == "TryStar":
-            for field in ("body", "orelse", "finalbody"):
-                pending.extend(getattr(node, field, []))
-            for handler in getattr(node, "handlers", []):
-                pending.extend(handler.body)
-    return names
-
-
-def _has_dynamic_names(tree: ast.Module) -> bool:
-    """`from x import *`, or globals() tricks: the AST cannot tell, so import."""
-    return any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in tree.body)
-
-
 def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
     """Jobs that know their params export ``check_params(params) -> [problem]``;
     ask them about every point of the sweep so a typo fails at submit time."""
@@ -448,7 +420,7 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
         if found is None or not found.origin or not found.origin.endswith(".py"):
             return []
         tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
-        if "check_params" not in _top_level_names(tree):
+        if "check_params" not in top_level_names(tree):
             return []
         try:
             checker = getattr(importlib.import_module(module_name), "check_params")

@@ -118,3 +118,22 @@ def test_same_seed_same_result(tmp_path: Path) -> None:
     second = _train(tmp_path, up, "b", **params)
     assert first["accuracy"] == second["accuracy"]
     assert joblib.load(tmp_path / "a" / "artifacts" / "model.joblib").random_state == 7
+
+
+def test_check_params_catches_an_unknown_estimator_without_importing_sklearn():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from jobs.train import check_params\n"
+        "bad = check_params({'estimator': 'sklearn.ensemble.RandomForestClassifer'})\n"
+        "missing = check_params({'estimator': 'sklearn.nosuch.Thing'})\n"
+        "good = check_params({'estimator': 'sklearn.ensemble.RandomForestClassifier'})\n"
+        "print(repr((bad, missing, good, 'sklearn' in sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    bad, missing, good, imported = eval(out)
+    assert len(bad) == 1 and "has no 'RandomForestClassifer'" in bad[0] and "RandomForestClassifier" in bad[0]
+    assert len(missing) == 1 and "no module 'sklearn.nosuch'" in missing[0]
+    assert good == [] and imported is False
