@@ -48,6 +48,13 @@ def test_quickstart_shape_runs_prep_then_parallel_training(tmp_path, ray_backend
         assert attempt.started_at >= prep_attempt.ended_at
         assert "model.joblib" in attempt.artifacts
         assert attempt.node_id and attempt.peak_rss > 0
+    # And the notebook one-liner gives one row per job with flat params/metrics columns
+    from scheduler.api import results_frame
+
+    df = results_frame("iris", home=settings.home_path)
+    assert len(df) == 5 and df["metrics.accuracy"].notna().sum() == 4
+    assert df.iloc[0]["metrics.accuracy"] == df["metrics.accuracy"].max()  # best first
+    assert set(df.loc[df["stage"] == "train", "params.n_estimators"]) == {10, 30}
     assert_resources_released()
 
 
