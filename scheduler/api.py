@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scheduler.config import Settings, load_settings
-from scheduler.errors import SpecError, UnknownIdError
+from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
 from scheduler.records import Job
 from scheduler.states import JobState
 from scheduler.store import Store
@@ -84,6 +84,23 @@ def wait(store: Store, experiment_id: int, on_update: Callable[[list[Job]], None
         if deadline is not None and time.monotonic() > deadline:
             return jobs
         time.sleep(poll)
+
+
+def cancel(store: Store, ids: list[str], experiment: str | None, settings: Settings,
+           user: str | None = None) -> dict[str, list[int]]:
+    """Cancel jobs by id and/or experiment name.  Only the owner of a job or an
+    admin (``metadata.labq.admins``) may cancel it; a refused request cancels
+    nothing."""
+    user = user or getpass.getuser()
+    job_ids = resolve_jobs(store, ids, experiment)
+    if user not in settings.admins:
+        foreign = [j for j in store.jobs_by_ids(job_ids) if j.user != user]
+        if foreign:
+            owners = ", ".join(sorted({j.user for j in foreign}))
+            raise PermissionDenied(
+                f"{len(foreign)} of these jobs belong to {owners} (e.g. job {foreign[0].id}); you ({user}) may cancel "
+                "only your own jobs unless listed in cluster.yaml metadata.labq.admins")
+    return store.cancel(job_ids, time.time())
 
 
 def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[int]:

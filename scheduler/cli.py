@@ -229,12 +229,11 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
 @click.pass_context
 def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_json: bool) -> None:
     """Cancel pending or running jobs (by id) or a whole --experiment."""
-    from scheduler.api import resolve_jobs
+    from scheduler import api
 
     if not ids and not experiment:
         raise UserError("labq cancel: give job ids or --experiment NAME")
-    store = _store(ctx)
-    done = store.cancel(resolve_jobs(store, list(ids), experiment), time.time())
+    done = api.cancel(_store(ctx), list(ids), experiment, _settings(ctx))
     if as_json:
         _print_json(done)
         return

@@ -60,6 +60,8 @@ class Settings(_Strict):
     storage: Literal["collect", "shared"] = "collect"
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     queues: list[Queue] = Field(default_factory=lambda: [Queue(name="default")])
+    # Users who may cancel other users' jobs; everyone may cancel their own.
+    admins: list[str] = Field(default_factory=list)
 
     @property
     def home_path(self) -> Path:

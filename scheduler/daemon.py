@@ -143,6 +143,32 @@ def stop(home: Path, timeout: float = 30.0) -> int | None:
     return st.pid
 
 
+def _reap_previous_local_ray(home: Path) -> int:
+    """A scheduler killed with -9 cannot shut down the local Ray it started, and
+    some of Ray's helper processes outlive it.  Called by the next scheduler of the
+    same home (which holds the lock, so the old one is gone): end every process
+    that names the old session directory.  Never used for a Ray at an address,
+    which is not ours to stop."""
+    try:
+        old = json.loads(_state_path(home).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    session_dir = old.get("ray_session_dir")
+    if not session_dir or old.get("address") not in (None, "local"):
+        return 0
+    import psutil
+
+    count = 0
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.info["pid"] != os.getpid() and any(session_dir in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+                count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return count
+
+
 # ---------------------------------------------------------------- the daemon itself
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,15 +210,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
 
+    session: dict[str, str | None] = {"dir": None}
+
     def write_state(ray_state: str) -> None:
-        state = {"pid": os.getpid(), "ray": ray_state, "address": address or "local", "heartbeat": time.time()}
+        state = {"pid": os.getpid(), "ray": ray_state, "address": address or "local", "heartbeat": time.time(),
+                 "ray_session_dir": session["dir"]}
         tmp = _state_path(home).with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, _state_path(home))
 
+    if address is None:
+        reaped = _reap_previous_local_ray(home)
+        if reaped:
+            log.info("ended %d processes of the local Ray of a scheduler that died", reaped)
     write_state("starting")
     log.info("connecting to Ray (%s)", address or "local")
     backend.connect()
+    if address is None:
+        session["dir"] = backend.session_dir()
     store = Store(home)
     scheduler = Scheduler(store, backend, settings)
     lost = scheduler.reconcile(time.time())

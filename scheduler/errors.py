@@ -32,6 +32,10 @@ class UnknownIdError(UserError):
     """No job or experiment with that id or name."""
 
 
+class PermissionDenied(UserError):
+    """The user may not do this to another user's jobs."""
+
+
 class StoreError(LabqError):
     """The state database is unusable (corrupt, foreign, unwritable)."""
 

@@ -22,7 +22,7 @@ from scheduler.records import Attempt, Job, NodeSnapshot
 from scheduler.states import AttemptState
 from scheduler.store import Store
 from workers import bundle
-from workers.attempt import kill_process_group
+from workers.attempt import OOM_MARKER, kill_process_group
 from workers.paths import RunPaths, run_dir_for
 
 log = logging.getLogger("labq.loop")
@@ -79,7 +79,7 @@ class Scheduler:
                 continue
             result = RunPaths(Path(attempt.run_dir)).read_result()
             if result is not None:
-                outcome = AttemptState.SUCCEEDED if result.get("outcome") == "succeeded" else AttemptState.FAILED
+                outcome = AttemptState.from_worker_outcome(result.get("outcome"))
                 self.store.finish_attempt(attempt.id, outcome, now, result=result)
             else:
                 self.store.finish_attempt(attempt.id, AttemptState.LOST, now, free_retry=True,
@@ -152,7 +152,11 @@ class Scheduler:
                 if state is AttemptState.TIMED_OUT:
                     error = f"ran longer than its timeout of {run.job.timeout:g}s"
             elif result is None and state is not AttemptState.CANCELLED:
-                result = RunPaths(Path(run.attempt.run_dir)).read_result()  # written before the worker died?
+                paths = RunPaths(Path(run.attempt.run_dir))
+                result = paths.read_result()  # written before the worker died?
+                oom = paths.root / OOM_MARKER
+                if state is AttemptState.LOST and oom.exists():  # labq's memory watchdog ended it
+                    state, error = AttemptState.OUT_OF_MEMORY, oom.read_text()
             if result is not None and result.get("bundle"):
                 bundle.unpack(result.pop("bundle"), Path(run.attempt.run_dir))
             if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
@@ -163,7 +167,16 @@ class Scheduler:
             runs.append((run, state))
         if not finished:
             return
-        for (run, state), job_state in zip(runs, self.store.finish_attempts(finished, now)):
+        try:
+            states = self.store.finish_attempts(finished, now)
+        except Exception:
+            # Not recorded (disk full, say): keep the handles and retry next pass;
+            # a finished Ray task's result can be fetched again.
+            for (run, _), item in zip(runs, finished):
+                self.running[run.attempt.id] = run
+                self._by_ref[run.ref] = run.attempt.id
+            raise
+        for (run, state), job_state in zip(runs, states):
             log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, state.value, job_state.value)
         self._dirty = True
 

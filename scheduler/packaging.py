@@ -8,13 +8,14 @@ already queued.  The scheduler uploads the zip to Ray as the task's working_dir.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
 import zipfile
 from pathlib import Path
 
-from scheduler.errors import UserError
+from scheduler.errors import StoreError, UserError
 
 MAX_PACKAGE_BYTES = 100 * 2**20
 EXCLUDED_DIRS = {".git", "__pycache__", ".venv", "venv", ".mypy_cache", ".pytest_cache", "node_modules", ".tox",
@@ -59,18 +60,27 @@ def snapshot(directory: str | Path, home: Path, source: str) -> Path:
         digest.update(str(f.relative_to(directory)).encode() + b"\0")
         digest.update(data)
         digest.update(b"\0")
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, as the store makes it
     packages = home / "packages"
-    packages.mkdir(parents=True, exist_ok=True)
+    packages.mkdir(mode=0o700, exist_ok=True)
     target = packages / f"{digest.hexdigest()}.zip"
     if target.exists():
         return target
-    fd, tmp = tempfile.mkstemp(dir=packages, suffix=".tmp")
-    os.close(fd)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for f, data, mode in files:
-            info = zipfile.ZipInfo(str(f.relative_to(directory)), date_time=_EPOCH)
-            info.external_attr = mode << 16  # keeps scripts executable
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
-    os.replace(tmp, target)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=packages, suffix=".tmp")
+        os.close(fd)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for f, data, mode in files:
+                info = zipfile.ZipInfo(str(f.relative_to(directory)), date_time=_EPOCH)
+                info.external_attr = mode << 16  # keeps scripts executable
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise StoreError(f"{packages}: could not save the experiment's code: {exc.strerror}; nothing was "
+                         "submitted. Free some space and try again.") from None
     return target

@@ -57,6 +57,15 @@ class RayBackend:
         self._uploaded.clear()
 
     @staticmethod
+    def session_dir() -> str | None:
+        """The session directory of the Ray this process started or joined: every
+        process of a local Ray names it on its command line."""
+        try:
+            return ray._private.worker._global_node.get_session_dir_path()
+        except AttributeError:
+            return None
+
+    @staticmethod
     def local_node_id() -> str:
         """The node this scheduler runs on (the head, on a cluster)."""
         return ray.get_runtime_context().get_node_id()
@@ -145,7 +154,7 @@ class RayBackend:
             return AttemptState.FAILED, None, f"worker error: {_short(exc)}"
         except rex.RayError as exc:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
-        state = AttemptState.SUCCEEDED if result.get("outcome") == "succeeded" else AttemptState.FAILED
+        state = AttemptState.from_worker_outcome(result.get("outcome"))
         return state, result, result.get("error")
 
     @staticmethod

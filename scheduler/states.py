@@ -73,3 +73,8 @@ class AttemptState(str, Enum):
 
     def is_terminal(self) -> bool:
         return self is not AttemptState.RUNNING
+
+    @classmethod
+    def from_worker_outcome(cls, outcome: str | None) -> "AttemptState":
+        """The state for a worker's result ``outcome`` (see workers.attempt)."""
+        return {"succeeded": cls.SUCCEEDED, "out_of_memory": cls.OUT_OF_MEMORY}.get(outcome or "", cls.FAILED)

@@ -170,15 +170,14 @@ class Store:
         cur = conn.cursor()
         try:
             yield cur
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")  # nothing half-written
+            if isinstance(exc, sqlite3.OperationalError) and _is_storage_failure(exc):
+                raise StoreError(f"{self.path}: could not write: {exc}; nothing was changed. "
+                                 "Free some space and try again.") from None
             raise
-        else:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                conn.execute("ROLLBACK")
-                raise StoreError(f"{self.path}: could not commit: {exc}") from None
 
     def data_version(self) -> int:
         """Changes when another connection commits: lets the loop skip re-reading an
@@ -545,6 +544,12 @@ class Store:
     def meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
+
+
+def _is_storage_failure(exc: sqlite3.Error) -> bool:
+    """Disk full, read-only or failing storage: the user's environment, not a bug."""
+    text = str(exc).lower()
+    return any(s in text for s in ("disk is full", "disk i/o error", "readonly database", "unable to open"))
 
 
 def _first_line(text: str | None) -> str | None:

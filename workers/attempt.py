@@ -51,18 +51,20 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     )
     _ensure_code_on_path(task.get("code_dir"))
     started = time.time()
-    sampler = _RssSampler()
+    sampler = _RssSampler(limit=(task.get("resources") or {}).get("memory"), paths=paths)
     sampler.start()
     returned: Any = None
     error = None
     exit_code = 0
     try:
         if task["target_kind"] == "callable":
-            returned, error = _run_callable(task["target"], ctx, paths)
+            returned, error = _run_callable(task["target"], ctx, paths, sampler)
             exit_code = 0 if error is None else 1
         else:
-            exit_code = _run_command(task["target"], ctx, paths)
-            if exit_code != 0:
+            exit_code = _run_command(task["target"], ctx, paths, sampler)
+            if sampler.exceeded:
+                error = sampler.exceeded
+            elif exit_code != 0:
                 error = f"command exited with code {exit_code}" + _tail(paths.stderr)
     finally:
         sampler.stop()
@@ -72,7 +74,7 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     elif isinstance(returned, (int, float)) and not isinstance(returned, bool):
         metrics["result"] = returned
     result = {
-        "outcome": "succeeded" if error is None else "failed",
+        "outcome": "succeeded" if error is None else ("out_of_memory" if sampler.exceeded else "failed"),
         "metrics": _plain(metrics),
         "artifacts": paths.list_artifacts(),
         "exit_code": exit_code,
@@ -123,7 +125,7 @@ def _ensure_code_on_path(code_dir: str | None) -> None:
             sys.path.insert(0, path)
 
 
-def _run_callable(target: str, ctx: JobContext, paths: RunPaths) -> tuple[Any, str | None]:
+def _run_callable(target: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler") -> tuple[Any, str | None]:
     with _captured_output(paths):
         try:
             module_name, _, func_name = target.partition(":")
@@ -134,6 +136,9 @@ def _run_callable(target: str, ctx: JobContext, paths: RunPaths) -> tuple[Any, s
             finally:
                 set_current(None)
         except KeyboardInterrupt:
+            if sampler.exceeded:  # our own memory watchdog interrupted the job
+                sys.stderr.write(sampler.exceeded + "\n")
+                return None, sampler.exceeded
             raise  # a cancel: let Ray see it
         except BaseException:
             text = traceback.format_exc()
@@ -174,7 +179,7 @@ def command_line(template: str, params: dict[str, Any]) -> str:
     return template.format_map({k: shlex.quote(str(v)) for k, v in params.items()})
 
 
-def _run_command(template: str, ctx: JobContext, paths: RunPaths) -> int:
+def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler") -> int:
     import json
 
     env = dict(os.environ)
@@ -189,11 +194,14 @@ def _run_command(template: str, ctx: JobContext, paths: RunPaths) -> int:
         proc = subprocess.Popen(["/bin/sh", "-c", command_line(template, ctx.params)], stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup)
     paths.pgid.write_text(str(proc.pid))
+    sampler.command_pgid = proc.pid
     try:
         while True:
             try:
                 return proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
+                if sampler.exceeded:
+                    kill_process_group(proc.pid, grace=1.0)
                 continue
     except BaseException:  # cancel (KeyboardInterrupt) or worker shutdown
         kill_process_group(proc.pid)
@@ -250,13 +258,26 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _RssSampler(threading.Thread):
-    """Peak resident memory of this process and its children, sampled: cheap, and
-    honest about what it is (it includes the Ray worker's own ~100 MB)."""
+OOM_MARKER = "out_of_memory"
 
-    def __init__(self) -> None:
+
+class _RssSampler(threading.Thread):
+    """Peak resident memory of this process and its children, sampled; and the
+    enforcement of the job's ``memory`` request, which Ray itself only counts.
+
+    The job's usage is the tree's RSS above what the Ray worker used before the
+    job started.  Over the limit on two samples in a row: a command's process
+    group is killed by the command loop; a Python job gets KeyboardInterrupt, and
+    if that cannot land (blocked in C) the worker kills itself after a grace
+    period, leaving a marker the scheduler reads as out-of-memory."""
+
+    def __init__(self, limit: int | None = None, paths: RunPaths | None = None) -> None:
         super().__init__(daemon=True, name="labq-rss")
         self.peak: int | None = None
+        self.limit = limit
+        self.paths = paths
+        self.exceeded: str | None = None
+        self.command_pgid: int | None = None
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -265,6 +286,8 @@ class _RssSampler(threading.Thread):
         except ImportError:
             return
         me = psutil.Process()
+        baseline: int | None = None
+        over = 0
         while True:
             total = 0
             try:
@@ -274,9 +297,29 @@ class _RssSampler(threading.Thread):
                         total += child.memory_info().rss
             except psutil.Error:
                 pass
+            baseline = total if baseline is None else baseline
             self.peak = max(self.peak or 0, total)
+            if self.limit and not self.exceeded:
+                over = over + 1 if total - baseline > self.limit else 0
+                if over >= 2:
+                    self._exceed(total - baseline)
             if self._stop_event.wait(RSS_SAMPLE_SECONDS):
                 return
+
+    def _exceed(self, used: int) -> None:
+        self.exceeded = (f"out of memory: the job used {used / 2**20:.0f} MiB, more than its memory request of "
+                         f"{self.limit / 2**20:.0f} MiB")
+        if self.command_pgid is not None:
+            return  # the command loop kills the group
+        import _thread
+
+        _thread.interrupt_main()
+        if self._stop_event.wait(KILL_GRACE_SECONDS):
+            return
+        if self.paths is not None:  # still running: blocked in C, so end the worker
+            with contextlib.suppress(OSError):
+                (self.paths.root / OOM_MARKER).write_text(self.exceeded)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def stop(self) -> None:
         self._stop_event.set()

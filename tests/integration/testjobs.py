@@ -71,3 +71,13 @@ def blocks_in_c(ctx):
 
 def record_env(ctx):
     return {"params": json.dumps(ctx.params, sort_keys=True)}
+
+
+def hog(ctx):
+    """Allocates well past its memory request, in Python (so an interrupt lands)."""
+    chunks = []
+    for _ in range(ctx.params.get("chunks", 40)):
+        chunks.append(bytearray(25 * 2**20))
+        time.sleep(0.02)
+    time.sleep(2)
+    return {"allocated_mib": 25 * len(chunks)}
