@@ -85,8 +85,11 @@ def status(home: Path) -> DaemonStatus:
         except (FileNotFoundError, json.JSONDecodeError):
             state = {}
     age = time.time() - state["heartbeat"] if state.get("heartbeat") else None
+    ray_state = state.get("ray") if running else None
+    if ray_state == "up" and age is not None and age > STALE_HEARTBEAT_SECONDS:
+        ray_state = "not responding"  # a Ray call is stuck: Ray is probably gone
     return DaemonStatus(running=running, pid=pid, home=str(home), heartbeat_age=age,
-                        ray=state.get("ray") if running else None, address=state.get("address"))
+                        ray=ray_state, address=state.get("address"))
 
 
 def start(settings: Settings, *, cluster: str | None, address: str | None, cpus: float | None,
@@ -143,25 +146,40 @@ def stop(home: Path, timeout: float = 30.0) -> int | None:
     return st.pid
 
 
+def _local_ray_processes() -> list[tuple[int, float]]:
+    """(pid, start time) of every process under this one: the local Ray it
+    started.  Recorded with each heartbeat so the next scheduler can end them."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            found.append((proc.pid, proc.create_time()))
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def _reap_previous_local_ray(home: Path) -> int:
     """A scheduler killed with -9 cannot shut down the local Ray it started, and
-    some of Ray's helper processes outlive it.  Called by the next scheduler of the
-    same home (which holds the lock, so the old one is gone): end every process
-    that names the old session directory.  Never used for a Ray at an address,
-    which is not ours to stop."""
+    some of Ray's helper processes outlive it (Ray renames them, so they cannot be
+    found by command line).  Called by the next scheduler of the same home, which
+    holds the lock, so the old one is gone: end the processes it recorded, checking
+    start times so a reused pid is never touched.  Never used for a Ray at an
+    address, which is not ours to stop."""
     try:
         old = json.loads(_state_path(home).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return 0
-    session_dir = old.get("ray_session_dir")
-    if not session_dir or old.get("address") not in (None, "local"):
+    if old.get("address") not in (None, "local"):
         return 0
     import psutil
 
     count = 0
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for pid, started in old.get("ray_processes") or []:
         try:
-            if proc.info["pid"] != os.getpid() and any(session_dir in part for part in proc.info["cmdline"] or []):
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - started) < 0.01 and pid != os.getpid():
                 proc.kill()
                 count += 1
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -171,7 +189,13 @@ def _reap_previous_local_ray(home: Path) -> int:
 
 # ---------------------------------------------------------------- the daemon itself
 
-def main(argv: list[str] | None = None) -> int:
+SUPERVISOR_BACKOFF_SECONDS = (2.0, 5.0, 10.0, 30.0)
+# A heartbeat older than this means the loop is stuck (typically: Ray is gone and
+# a Ray call is blocking until Ray's own timeout ends the process).
+STALE_HEARTBEAT_SECONDS = 10.0
+
+
+def _parse(argv: list[str] | None):
     import argparse
 
     parser = argparse.ArgumentParser(prog="labq-scheduler")
@@ -181,8 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=float)
     parser.add_argument("--gpus", type=int)
     parser.add_argument("--idle-timeout", type=float)
-    args = parser.parse_args(argv)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
 
+
+def _write_state(home: Path, **state) -> None:
+    tmp = _state_path(home).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"heartbeat": time.time(), **state}))
+    os.replace(tmp, _state_path(home))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The supervisor: holds the lock and the pid file, never imports Ray, and
+    runs the scheduler loop in a child process.  Ray ends a driver whose GCS is
+    gone for 60 s; when that (or anything else) kills the child, the supervisor
+    records Ray as down and starts a new child with backoff, which reconnects
+    and reconciles.  A child that exits 0 (stopped, or idle) ends the daemon."""
+    args = _parse(argv)
+    if args.child:
+        return _child(args)
     home = Path(args.home)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = open(_lock_path(home), "a")
@@ -191,6 +232,57 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         return 0  # another scheduler serves this home
     _pid_path(home).write_text(str(os.getpid()))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("labq.daemon")
+    stop_event = threading.Event()
+    child: dict[str, subprocess.Popen | None] = {"proc": None}
+
+    def on_signal(*_):
+        stop_event.set()
+        if child["proc"] is not None and child["proc"].poll() is None:
+            child["proc"].send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    failures = 0
+    while not stop_event.is_set():
+        proc = subprocess.Popen([sys.executable, "-m", "scheduler.daemon", "--child", *(argv or sys.argv[1:])],
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        child["proc"] = proc
+        started = time.monotonic()
+        code = proc.wait()
+        if code == 0 or stop_event.is_set():
+            break
+        failures = 0 if time.monotonic() - started > 60 else failures + 1
+        delay = SUPERVISOR_BACKOFF_SECONDS[min(failures, len(SUPERVISOR_BACKOFF_SECONDS) - 1)]
+        log.warning("the scheduler process exited with code %s (Ray down?); restarting in %.0fs", code, delay)
+        _write_state(home, pid=os.getpid(), ray="down", **_old_ray(home))
+        stop_event.wait(delay)
+    log.info("scheduler stopped")
+    return 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: if the supervisor dies (even by kill -9), the
+    child gets SIGKILL, so a new scheduler can never run beside an old loop."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _old_ray(home: Path) -> dict:
+    """What the last child recorded of its local Ray, kept so the next one reaps it."""
+    try:
+        old = json.loads(_state_path(home).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {k: old.get(k) for k in ("address", "ray_session_dir", "ray_processes")}
+
+
+def _child(args) -> int:
+    """One life of the scheduler loop, connected to Ray."""
+    home = Path(args.home)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("labq.daemon")
 
@@ -208,16 +300,13 @@ def main(argv: list[str] | None = None) -> int:
                          num_gpus=args.gpus if args.gpus is not None else settings.local.num_gpus)
     stop_event = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
-    signal.signal(signal.SIGINT, lambda *_: stop_event.set())
-
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+    supervisor = os.getppid()
     session: dict[str, str | None] = {"dir": None}
 
     def write_state(ray_state: str) -> None:
-        state = {"pid": os.getpid(), "ray": ray_state, "address": address or "local", "heartbeat": time.time(),
-                 "ray_session_dir": session["dir"]}
-        tmp = _state_path(home).with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, _state_path(home))
+        _write_state(home, pid=supervisor, ray=ray_state, address=address or "local",
+                     ray_session_dir=session["dir"], ray_processes=_local_ray_processes() if address is None else [])
 
     if address is None:
         reaped = _reap_previous_local_ray(home)
@@ -225,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
             log.info("ended %d processes of the local Ray of a scheduler that died", reaped)
     write_state("starting")
     log.info("connecting to Ray (%s)", address or "local")
-    backend.connect()
+    try:
+        backend.connect()
+    except Exception as exc:  # Ray not there (yet): the supervisor retries
+        log.error("could not connect to Ray at %s: %s", address or "local", exc)
+        return 75
     if address is None:
         session["dir"] = backend.session_dir()
     store = Store(home)
@@ -241,14 +334,14 @@ def main(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=heartbeat, daemon=True).start()
     idle = args.idle_timeout if args.idle_timeout is not None else 0.0
-    log.info("scheduler running (pid %d, home %s)", os.getpid(), home)
+    log.info("scheduler running (pid %d, supervisor %d, home %s)", os.getpid(), supervisor, home)
     try:
         run(scheduler, stop_event, idle_timeout=idle)
     finally:
         scheduler.release_all(time.time(), "scheduler stopped while the attempt ran")
         write_state("stopped")
         backend.shutdown()
-        log.info("scheduler stopped")
+        log.info("scheduler loop ended")
     return 0
 
 
