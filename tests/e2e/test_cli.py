@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -121,21 +122,52 @@ def test_queue_shows_why_jobs_wait_and_cancel_by_experiment(tmp_path, home):
     assert json.loads(labq("queue", "--json", home=home, check=True).stdout) == []
 
 
-def test_concurrent_submitters_store_every_job_once(tmp_path, home):
-    spec = write(tmp_path, """
-        experiment: many
-        stages:
-          - name: s
-            command: "echo {i}"
-            sweep: {grid: {i: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]}}
-    """)
-    with ThreadPoolExecutor(8) as pool:
-        procs = list(pool.map(lambda _: labq("submit", str(spec), "--no-start", "--json", home=home), range(8)))
-    assert all(p.returncode == 0 for p in procs), [p.stderr for p in procs if p.returncode]
-    assert not any("locked" in p.stderr for p in procs)
+def test_concurrent_submitters_pollers_and_cancels(tmp_path, home):
+    # Given 16 processes submitting 1,000 jobs in total, while others poll the queue and cancel
+    sizes = [62] * 8 + [63] * 8
+    specs = []
+    for n, size in enumerate(sizes):
+        specs.append(write(tmp_path, f"""
+            experiment: many
+            stages:
+              - name: s
+                command: "echo {{i}}"
+                sweep: {{grid: {{i: {list(range(size))}}}}}
+        """, name=f"spec{n}.yaml"))
+    stop = threading.Event()
+    polls: list[subprocess.CompletedProcess] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            polls.append(labq("queue", "--json", "--limit", "5000", home=home))
+
+    pollers = [threading.Thread(target=poll) for _ in range(2)]
+    for t in pollers:
+        t.start()
+    with ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(labq, "submit", str(spec), "--no-start", "--json", home=home) for spec in specs]
+        time.sleep(1.0)
+        cancel = labq("cancel", "--experiment", "many", "--json", home=home)
+        procs = [f.result() for f in futures]
+    stop.set()
+    for t in pollers:
+        t.join()
+    # Then every submission and poll succeeded, none saw a locked database
+    everything = procs + polls + [cancel]
+    assert all(p.returncode == 0 for p in everything), [p.stderr for p in everything if p.returncode][:3]
+    assert not any("locked" in p.stderr for p in everything)
+    assert len(polls) >= 2
+    # ...and exactly the submitted jobs exist, each once
     ids = [i for p in procs for i in json.loads(p.stdout)["job_ids"]]
-    assert len(ids) == len(set(ids)) == 160
-    assert len(json.loads(labq("queue", "--json", "--limit", "1000", home=home, check=True).stdout)) == 160
+    assert len(ids) == len(set(ids)) == 1000
+    import sqlite3
+
+    db = sqlite3.connect(home / "labq.db")
+    assert sorted(r[0] for r in db.execute("SELECT id FROM jobs")) == sorted(ids)
+    cancelled = set(json.loads(cancel.stdout)["cancelled"])
+    states = dict(db.execute("SELECT id, state FROM jobs"))
+    assert all(states[i] == "cancelled" for i in cancelled)
+    assert set(states.values()) <= {"pending", "cancelled"}
 
 
 def test_scheduler_start_status_stop_and_logs(tmp_path, home):
