@@ -107,7 +107,7 @@ def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[i
     """Job ids from the CLI's arguments (numbers) and/or --experiment NAME."""
     job_ids: list[int] = []
     for ref in ids:
-        if not ref.isdigit():
+        if not (ref.isascii() and ref.isdigit() and len(ref) <= 18):
             raise UnknownIdError(f"{ref!r} is not a job id (a number); use --experiment NAME for an experiment")
         store.job(int(ref))  # raises for an unknown id
         job_ids.append(int(ref))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import click
 
 from scheduler import __version__
-from scheduler.errors import LabqError, UserError
+from scheduler.errors import LabqError, UserError, one_line
 
 EXIT_OK = 0
 EXIT_JOBS_FAILED = 1
@@ -37,6 +38,11 @@ def _store(ctx: click.Context):
     from scheduler.store import Store
 
     return Store(_settings(ctx).home_path)
+
+
+def _is_id(ref: str) -> bool:
+    """A job id: ASCII digits that fit SQLite's integers (not '²', not 10**400)."""
+    return ref.isascii() and ref.isdigit() and len(ref) <= 18
 
 
 def _print_json(data: Any) -> None:
@@ -75,9 +81,19 @@ def _ensure_scheduler(ctx: click.Context, cpus: float | None, gpus: int | None) 
 
 _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
                            help="Override a spec value, e.g. --set stages.train.resources.cpu=1 (repeatable).")
-_cpus_option = click.option("--cpus", type=click.FloatRange(min=0, min_open=True),
+class _FiniteFloat(click.FloatRange):
+    """FloatRange that also refuses nan and inf."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+_cpus_option = click.option("--cpus", type=_FiniteFloat(min=0, min_open=True, max=1e6),
                             help="CPUs of the local Ray, if labq starts one.")
-_gpus_option = click.option("--gpus", type=click.IntRange(min=0),
+_gpus_option = click.option("--gpus", type=click.IntRange(min=0, max=10_000),
                             help="GPUs of the local Ray, if labq starts one (logical when the machine has fewer).")
 
 
@@ -167,7 +183,7 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One object per job.")
-@click.option("--limit", type=click.IntRange(min=1), default=200, show_default=True, help="Rows to show.")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000_000), default=200, show_default=True, help="Rows to show.")
 @click.pass_context
 def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
     """Running, pending and blocked jobs, and why each pending job waits."""
@@ -200,7 +216,7 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
     from scheduler import api, render
 
     store = _store(ctx)
-    if ref.isdigit():
+    if _is_id(ref):
         job = store.job(int(ref))
         attempts, events = store.attempts(job.id), store.events(job.id)
         if as_json:
@@ -242,9 +258,9 @@ def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_
 
 
 @cli.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=click.IntRange(min=1, max=2**62))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")
-@click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: the latest).")
+@click.option("--attempt", type=click.IntRange(min=1, max=10_000), help="Attempt number (default: the latest).")
 @click.option("--stderr/--stdout", "show_stderr", default=None, help="Only one stream (default: both).")
 @click.pass_context
 def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, show_stderr: bool | None) -> None:
@@ -305,7 +321,10 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
     if plot:
         from scheduler.plots import plot_results
 
-        plot_results(res, plot)
+        try:
+            plot_results(res, plot)
+        except OSError as exc:
+            raise UserError(f"--plot {plot}: cannot write it: {exc.strerror or exc}") from None
     if as_json:
         _print_json([{**r, "main_metric": res.metric} for r in res.rows])
     elif as_csv:
@@ -355,7 +374,7 @@ def scheduler() -> None:
 @click.option("--address", help="Ray address to connect to (default: RAY_ADDRESS, cluster.yaml, else start local Ray).")
 @_cpus_option
 @_gpus_option
-@click.option("--idle-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+@click.option("--idle-timeout", type=_FiniteFloat(min=0), default=0, show_default=True,
               help="Exit after this many idle seconds (0: never).")
 @click.pass_context
 def scheduler_start(ctx: click.Context, address: str | None, cpus: float | None, gpus: int | None,
@@ -411,16 +430,20 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return EXIT_JOBS_FAILED
+    except click.exceptions.NoArgsIsHelpError as exc:  # `labq`, `labq scheduler`: help, not an error
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        return EXIT_OK
     except click.UsageError as exc:
-        click.echo(f"error: {exc.format_message()}" + (f" (labq {exc.ctx.command_path.split(' ', 1)[-1]} --help)"
-                                                        if exc.ctx else ""), err=True)
+        hint = f" ({exc.ctx.command_path} --help)" if exc.ctx else ""
+        click.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
         return EXIT_BAD_INPUT
     except UserError as exc:
-        for line in str(exc).splitlines():
+        lines = exc.lines() if hasattr(exc, "lines") else [one_line(str(exc))]
+        for line in lines:
             click.echo(f"error: {line}", err=True)
         return EXIT_BAD_INPUT
     except LabqError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         return EXIT_LABQ_ERROR
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -99,6 +99,8 @@ def _read_labq_section(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.__class__.__name__}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a Ray cluster config (a mapping)")
     meta = doc.get("metadata") or {}

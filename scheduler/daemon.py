@@ -123,7 +123,7 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
                 return None
             raise SchedulerError(f"the scheduler exited with code {proc.returncode}; see {log_path(home)}")
         st = status(home)
-        if st.running and st.ray == "up":
+        if st.running and st.ray == "up" and _state_pid(home) == proc.pid:
             return proc.pid
         time.sleep(0.1)
     raise SchedulerError(f"the scheduler did not connect to Ray within {READY_TIMEOUT_SECONDS:.0f}s; "
@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         return 0  # another scheduler serves this home
     _pid_path(home).write_text(str(os.getpid()))
+    # Replace a dead predecessor's state at once (keeping what it recorded of its
+    # Ray, for the reaper), so nobody mistakes it for this scheduler's.
+    _write_state(home, pid=os.getpid(), ray="starting", **_old_ray(home))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("labq.daemon")
     stop_event = threading.Event()
@@ -260,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         stop_event.wait(delay)
     log.info("scheduler stopped")
     return 0
+
+
+def _state_pid(home: Path) -> int | None:
+    try:
+        return json.loads(_state_path(home).read_text()).get("pid")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _die_with_parent() -> None:

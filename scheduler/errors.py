@@ -7,6 +7,14 @@ message; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks escaped, so one problem is always one line."""
+    return "".join(repr(c)[1:-1] if c in _LINE_BREAKS else c for c in str(text))
+
+
 class LabqError(Exception):
     """Root of every error labq raises on purpose."""
 
@@ -20,8 +28,14 @@ class SpecError(UserError):
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
-        self.problems = problems  # [(key path, what is expected)]
-        super().__init__("\n".join(f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems))
+        # [(key path, what is expected)]; user text may hold line breaks: escape them
+        problems = [(one_line(key), one_line(msg)) for key, msg in problems]
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """One line per problem: ``file: key: what was expected``."""
+        return [f"{self.source}: {key}: {msg}" if key else f"{self.source}: {msg}" for key, msg in self.problems]
 
 
 class ConfigError(UserError):

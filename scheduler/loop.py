@@ -159,6 +159,11 @@ class Scheduler:
                     state, error = AttemptState.OUT_OF_MEMORY, oom.read_text()
             if result is not None and result.get("bundle"):
                 bundle.unpack(result.pop("bundle"), Path(run.attempt.run_dir))
+            if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY, AttemptState.CANCELLED,
+                         AttemptState.TIMED_OUT):
+                # The worker may have died without ending its command's tree (a
+                # shell does not pass PDEATHSIG on): end it before any retry starts.
+                self._kill_command_group(run)
             if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
                 if error and any(e in error for e in NODE_FAILURES) and run.attempt.node_id:
                     self._suspect[run.attempt.node_id] = now + SUSPECT_NODE_SECONDS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import json
 import re
 import string
 import sys
@@ -48,10 +49,10 @@ class Resources(_Strict):
     """What one job of a stage asks for.  ``gpu`` up to 1 is a share of one GPU;
     above 1 it must be a whole number of GPUs on one node."""
 
-    cpu: float = Field(1.0, ge=0)
-    gpu: float = Field(0.0, ge=0)
+    cpu: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False)
+    gpu: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
     memory: Memory = None  # bytes
-    custom: dict[str, float] = Field(default_factory=dict)
+    custom: dict[str, Annotated[float, Field(allow_inf_nan=False, le=1e9)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> "Resources":
@@ -67,8 +68,8 @@ class Distribution(_Strict):
     """One random-search distribution: exactly one key set."""
 
     choice: list[Any] | None = Field(None, min_length=1)
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
+    uniform: tuple[Annotated[float, Field(allow_inf_nan=False)], Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    loguniform: tuple[Annotated[float, Field(allow_inf_nan=False)], Annotated[float, Field(allow_inf_nan=False)]] | None = None
     randint: tuple[int, int] | None = None  # upper bound exclusive, as in Ray Tune
 
     @model_validator(mode="after")
@@ -88,7 +89,7 @@ class Distribution(_Strict):
 class Sweep(_Strict):
     grid: dict[str, list[Any]] | None = None
     random: dict[str, Distribution] | None = None
-    samples: int | None = Field(None, ge=1)
+    samples: int | None = Field(None, ge=1, le=MAX_JOBS_PER_EXPERIMENT)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -130,7 +131,7 @@ class ExperimentSpec(_Strict):
     experiment: str = Field(pattern=NAME_PATTERN, max_length=100)
     description: str | None = None
     queue: str = Field("default", pattern=NAME_PATTERN)
-    priority: int = 0
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000)
     # The metric results are sorted by, and whether bigger is better.
     metric: str | None = None
     mode: Literal["max", "min"] | None = None
@@ -179,6 +180,10 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentSp
         raise SpecError(source, [(where, f"invalid YAML: {problem}")]) from None
     if not isinstance(raw, dict):
         raise SpecError(source, [("", "expected a mapping with keys experiment and stages")])
+    try:
+        json.dumps(raw, default=str)
+    except ValueError:  # YAML anchors can build a value that contains itself
+        raise SpecError(source, [("", "a value refers to itself (a YAML anchor used inside itself)")]) from None
     for item in overrides:
         apply_override(raw, item, source)
     spec = validate(raw, source, base_dir=path.resolve().parent)
@@ -384,9 +389,9 @@ def check_callable(target: str, base_dir: Path) -> str | None:
     module_name, _, func = target.partition(":")
     with _with_path(base_dir):
         try:
-            found = importlib.util.find_spec(module_name)
-        except (ImportError, ValueError) as exc:
-            found, error = None, str(exc)
+            found = importlib.util.find_spec(module_name)  # imports parent packages
+        except (Exception, SystemExit) as exc:  # a user's package __init__ may raise anything
+            found, error = None, f"{exc.__class__.__name__}: {exc}"
         else:
             error = ""
         if found is None:
@@ -404,7 +409,7 @@ def check_callable(target: str, base_dir: Path) -> str | None:
         # Not plain source, or names made at import time: import it for real.
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # the user's module may raise anything at import
+        except (Exception, SystemExit) as exc:  # the user's module may raise anything at import
             return f"importing {module_name!r} failed: {exc.__class__.__name__}: {exc}"
         if not callable(getattr(module, func, None)):
             return f"module {module_name!r} has no callable {func!r}"
@@ -416,7 +421,10 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
     ask them about every point of the sweep so a typo fails at submit time."""
     module_name = stage.run.partition(":")[0]
     with _with_path(base_dir):
-        found = importlib.util.find_spec(module_name)
+        try:
+            found = importlib.util.find_spec(module_name)
+        except (Exception, SystemExit):
+            return []  # reported by check_callable
         if found is None or not found.origin or not found.origin.endswith(".py"):
             return []
         tree = ast.parse(Path(found.origin).read_text(encoding="utf-8"))
@@ -424,10 +432,8 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
             return []
         try:
             checker = getattr(importlib.import_module(module_name), "check_params")
-        except Exception as exc:  # the user's module may raise anything at import
+        except (Exception, SystemExit) as exc:  # the user's module may raise anything at import
             return [f"importing {module_name!r} to check params failed: {exc.__class__.__name__}: {exc}"]
-    from scheduler.sweep import expand_sweep  # local: sweep imports this module
-
     import inspect
 
     # A checker may take base_dir= (relative paths in params, such as a CSV beside
@@ -443,15 +449,32 @@ def _job_param_problems(stage: Stage, base_dir: Path) -> list[str]:
     if "function" in accepted:
         extra["function"] = stage.run.partition(":")[2]
     problems: list[str] = []
-    for point in expand_sweep(stage.sweep):
+    for point in _check_points(stage):
         try:
             found = list(checker({**stage.params, **point}, **extra))
-        except Exception as exc:  # a buggy checker is still a problem to report, not a traceback
+        except (Exception, SystemExit) as exc:  # a buggy checker is still a problem to report, not a traceback
             found = [f"{module_name}.check_params raised {exc.__class__.__name__}: {exc}"]
         for problem in found:
             if problem not in problems:
                 problems.append(problem)
     return problems
+
+
+def _check_points(stage: Stage) -> list[dict[str, Any]]:
+    """Points of the sweep to show check_params: every value of every swept param
+    at least once (grid values, and up to 100 random draws per param), not the
+    whole product, which may be huge."""
+    from scheduler.sweep import expand_sweep, sweep_size
+
+    if sweep_size(stage.sweep) <= 200:
+        return expand_sweep(stage.sweep)
+    points: list[dict[str, Any]] = []
+    for name, values in (stage.sweep.grid or {}).items():
+        points += [{name: v} for v in values[:100]]
+    if stage.sweep.random:
+        small = stage.sweep.model_copy(update={"samples": 100, "grid": None})
+        points += expand_sweep(small)
+    return points
 
 
 def _check_placeholders(spec: ExperimentSpec) -> list[tuple[str, str]]:
@@ -513,7 +536,7 @@ def _list_index(items: list[Any], part: str, here: str, source: str) -> int:
     for i, item in enumerate(items):
         if isinstance(item, dict) and item.get("name") == part:
             return i
-    if part.isdigit() and int(part) < len(items):
+    if part.isascii() and part.isdigit() and int(part) < len(items):
         return int(part)
     names = [str(i.get("name")) for i in items if isinstance(i, dict) and "name" in i]
     raise SpecError(source, [(f"--set {here}", f"no item named {part!r}; have: {', '.join(names) or len(items)}")])

@@ -476,7 +476,7 @@ class Store:
 
     def experiment(self, ref: str | int) -> Experiment:
         """By id, or by name (the newest experiment of that name)."""
-        if isinstance(ref, int) or str(ref).isdigit():
+        if isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit() and len(str(ref)) <= 18):
             row = self._conn.execute("SELECT * FROM experiments WHERE id = ?", (int(ref),)).fetchone()
         else:
             row = self._conn.execute("SELECT * FROM experiments WHERE name = ? ORDER BY id DESC LIMIT 1",

@@ -31,6 +31,14 @@ class JobDraft:
     depends_on: list[int] = field(default_factory=list)
 
 
+def sweep_size(sweep: Sweep | None) -> int:
+    """How many points ``expand_sweep`` would return, without building them."""
+    if sweep is None:
+        return 1
+    size = math.prod(len(v) for v in (sweep.grid or {}).values())
+    return size * (sweep.samples or 1) if sweep.random else size
+
+
 def expand_sweep(sweep: Sweep | None) -> list[dict[str, Any]]:
     """The points of one stage's sweep: grid cartesian product, then for each grid
     point ``samples`` random draws (deterministic for a seed)."""
@@ -68,12 +76,12 @@ def plan_jobs(spec: ExperimentSpec, source: str = "spec") -> list[JobDraft]:
     drafts: list[JobDraft] = []
     by_stage: dict[str, list[int]] = {}
     for stage in spec.stage_order():
-        points = expand_sweep(stage.sweep)
         upstream_lists = [by_stage[up] for up in stage.after]
-        count = len(points) * math.prod(len(u) for u in upstream_lists)
+        count = sweep_size(stage.sweep) * math.prod(len(u) for u in upstream_lists)
         if len(drafts) + count > MAX_JOBS_PER_EXPERIMENT:
             raise SpecError(source, [(f"stages[{stage.name}].sweep",
                                       f"expands to more than {MAX_JOBS_PER_EXPERIMENT} jobs; split the experiment")])
+        points = expand_sweep(stage.sweep)
         indices = []
         for combo in itertools.product(*upstream_lists):
             for point in points:

@@ -12,6 +12,15 @@ _MEM_UNITS = {
 }
 _MEM_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 _DUR_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+MAX_BYTES = 2**50  # 1 PiB: more is a typo, and beyond it numbers stop being exact
+MAX_SECONDS = 366 * 86400.0
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 _DUR_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*$")
 
 
@@ -20,14 +29,16 @@ def parse_memory(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512MiB or 2GiB")
     if isinstance(value, (int, float)):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"expected a non-negative size such as 512MiB or 2GiB, got {value}")
-        return int(value)
-    match = _MEM_RE.match(str(value))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _MEM_UNITS:
-        raise ValueError(f"expected a size such as 512MiB or 2GiB, got {value!r}")
-    return int(float(match.group(1)) * _MEM_UNITS[unit])
+        size = float(value) if isinstance(value, float) else value
+    else:
+        match = _MEM_RE.match(str(value))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _MEM_UNITS:
+            raise ValueError(f"expected a size such as 512MiB or 2GiB, got {_short(value)}")
+        size = float(match.group(1)) * _MEM_UNITS[unit]
+    if not (0 <= size <= MAX_BYTES) or (isinstance(size, float) and not math.isfinite(size)):
+        raise ValueError(f"expected a size from 0 to 1PiB such as 512MiB or 2GiB, got {_short(value)}")
+    return int(size)
 
 
 def parse_duration(value: int | float | str) -> float:
@@ -35,13 +46,15 @@ def parse_duration(value: int | float | str) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 10m or 2h")
     if isinstance(value, (int, float)):
+        if abs(value) > MAX_SECONDS:
+            raise ValueError(f"expected a duration up to a year such as 90s, 10m or 2h, got {_short(value)}")
         seconds = float(value)
     else:
         match = _DUR_RE.match(str(value).lower())
         if not match or match.group(2) not in _DUR_UNITS:
             raise ValueError(f"expected a duration such as 90s, 10m or 2h, got {value!r}")
         seconds = float(match.group(1)) * _DUR_UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_SECONDS:
         raise ValueError(f"expected a positive duration such as 90s, 10m or 2h, got {value!r}")
     return seconds
 

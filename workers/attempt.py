@@ -198,11 +198,13 @@ def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_Rss
     try:
         while True:
             try:
-                return proc.wait(timeout=0.1)
+                code = proc.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 if sampler.exceeded:
                     kill_process_group(proc.pid, grace=1.0)
                 continue
+            kill_process_group(proc.pid, grace=1.0)  # background children die with the job
+            return code
     except BaseException:  # cancel (KeyboardInterrupt) or worker shutdown
         kill_process_group(proc.pid)
         raise
@@ -279,25 +281,32 @@ class _RssSampler(threading.Thread):
         self.exceeded: str | None = None
         self.command_pgid: int | None = None
         self._stop_event = threading.Event()
+        # Measured here, in the caller's thread, before the job starts: a job that
+        # allocates at once must not hide its memory inside the baseline.
+        self._baseline = self._tree_rss()
 
-    def run(self) -> None:
+    @staticmethod
+    def _tree_rss() -> int:
         try:
             import psutil
         except ImportError:
-            return
+            return 0
         me = psutil.Process()
-        baseline: int | None = None
+        total = 0
+        try:
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+        except psutil.Error:
+            pass
+        return total
+
+    def run(self) -> None:
+        baseline = self._baseline
         over = 0
         while True:
-            total = 0
-            try:
-                total = me.memory_info().rss
-                for child in me.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):
-                        total += child.memory_info().rss
-            except psutil.Error:
-                pass
-            baseline = total if baseline is None else baseline
+            total = self._tree_rss()
             self.peak = max(self.peak or 0, total)
             if self.limit and not self.exceeded:
                 over = over + 1 if total - baseline > self.limit else 0
