@@ -130,6 +130,7 @@ def _run_callable(target: str, ctx: JobContext, paths: RunPaths, sampler: "_RssS
         try:
             module_name, _, func_name = target.partition(":")
             func: Callable[[JobContext], Any] = getattr(importlib.import_module(module_name), func_name)
+            sampler.job_thread = threading.get_ident()  # where the memory watchdog interrupts
             set_current(ctx)
             try:
                 return func(ctx), None
@@ -280,6 +281,7 @@ class _RssSampler(threading.Thread):
         self.paths = paths
         self.exceeded: str | None = None
         self.command_pgid: int | None = None
+        self.job_thread: int | None = None
         self._stop_event = threading.Event()
         # Measured here, in the caller's thread, before the job starts: a job that
         # allocates at once must not hide its memory inside the baseline.
@@ -320,9 +322,11 @@ class _RssSampler(threading.Thread):
                          f"{self.limit / 2**20:.0f} MiB")
         if self.command_pgid is not None:
             return  # the command loop kills the group
-        import _thread
-
-        _thread.interrupt_main()
+        if self.job_thread is not None:
+            # KeyboardInterrupt in the job's own thread (a Ray worker's task thread
+            # need not be the main one); it lands when the thread next runs Python.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.job_thread),
+                                                       ctypes.py_object(KeyboardInterrupt))
         if self._stop_event.wait(KILL_GRACE_SECONDS):
             return
         if self.paths is not None:  # still running: blocked in C, so end the worker

@@ -27,10 +27,13 @@ def test_jobs_over_their_memory_request_end_out_of_memory_and_neighbours_finish(
             resources: {cpu: 0.5, memory: 200MiB}
           - {name: neighbour, run: "testjobs:sleepy", params: {seconds: 4}, resources: {cpu: 0.5}}
           - {name: fits, run: "testjobs:hog", params: {chunks: 2}, resources: {cpu: 0.5, memory: 400MiB}}
+          - {name: sleeper, run: "testjobs:hog_then_sleep", resources: {cpu: 0.5, memory: 100MiB}}
     """)
     scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
     sub = submit_spec(spec, settings)
-    py, cmd, neighbour, fits = drive(scheduler, store, sub.experiment_id, timeout=120)
+    py, cmd, neighbour, fits, sleeper = drive(scheduler, store, sub.experiment_id, timeout=120)
+    # Allocating at once and then blocking in C (shorter than the kill grace) is caught too
+    assert store.attempts(sleeper.id)[0].state is AttemptState.OUT_OF_MEMORY
     # The Python hog: out of memory twice (retried once, as allowed), then failed with the cause
     attempts = store.attempts(py.id)
     assert [a.state for a in attempts] == [AttemptState.OUT_OF_MEMORY] * 2

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,28 +16,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from helpers import free_port, kill_processes_naming  # noqa: E402
+
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_tree(temp: Path) -> None:
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(temp) in part for part in proc.info["cmdline"] or []):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-
-
 def test_scheduler_survives_ray_going_down_and_resumes(tmp_path):
-    port = _free_port()
+    port = free_port()
     token = tmp_path / "token"
     token.write_text(secrets.token_hex(32))
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "LABQ_HOME": str(tmp_path / "h"),
@@ -69,7 +56,7 @@ def test_scheduler_survives_ray_going_down_and_resumes(tmp_path):
         assert labq("scheduler", "start", "--address", f"127.0.0.1:{port}").returncode == 0
         supervisor = int((tmp_path / "h" / "scheduler.pid").read_text())
         # When Ray goes away under the scheduler
-        _kill_tree(temps[0])
+        kill_processes_naming(temps[0])
         # Then the scheduler says so (stuck Ray calls, then Ray ends the driver and
         # the supervisor records Ray as down) and keeps the same supervisor
         deadline = time.monotonic() + 150
@@ -99,4 +86,4 @@ def test_scheduler_survives_ray_going_down_and_resumes(tmp_path):
     finally:
         labq("scheduler", "stop")
         for temp in temps:
-            _kill_tree(temp)
+            kill_processes_naming(temp)

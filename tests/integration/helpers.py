@@ -63,3 +63,24 @@ def assert_resources_released(timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"resources not released: {leaked}")
         time.sleep(0.2)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_processes_naming(path: Path) -> None:
+    """End every process whose command line names ``path`` (a Ray temp dir a test
+    started): never `ray stop`, which would end every Ray on the machine."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(path) in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,20 +20,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+from helpers import free_port, kill_processes_naming
+
 pytestmark = pytest.mark.ray
 HERE = Path(__file__).parent
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def cluster(tmp_path):
-    port = _free_port()
+    port = free_port()
     # Short path: Ray's unix sockets live under it and have a length limit.
     temp = Path(tempfile.mkdtemp(prefix="lqr-", dir="/tmp"))
     token = tmp_path / "token"
@@ -49,12 +44,7 @@ def cluster(tmp_path):
     try:
         yield {"address": f"127.0.0.1:{port}", "env": env, "temp": temp}
     finally:
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if any(str(temp) in part for part in proc.info["cmdline"] or []):
-                    proc.kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+        kill_processes_naming(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 

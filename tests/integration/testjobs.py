@@ -81,3 +81,12 @@ def hog(ctx):
         time.sleep(0.02)
     time.sleep(2)
     return {"allocated_mib": 25 * len(chunks)}
+
+
+def hog_then_sleep(ctx):
+    """Over its request at once, then blocked in C for less than the kill grace."""
+    block = bytearray(300 * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(2.0)
+    return {"held_mib": len(block) // 2**20}
