@@ -37,7 +37,7 @@ def parse_memory(value: int | float | str) -> int:
             raise ValueError(f"expected a size such as 512MiB or 2GiB, got {_short(value)}")
         size = float(match.group(1)) * _MEM_UNITS[unit]
     if not (0 <= size <= MAX_BYTES) or (isinstance(size, float) and not math.isfinite(size)):
-        raise ValueError(f"expected a size from 0 to 1PiB such as 512MiB or 2GiB, got {_short(value)}")
+        raise ValueError(f"expected a non-negative size such as 512MiB or 2GiB (at most 1PiB), got {_short(value)}")
     return int(size)
 
 
@@ -47,7 +47,8 @@ def parse_duration(value: int | float | str) -> float:
         raise ValueError("expected a duration such as 90s, 10m or 2h")
     if isinstance(value, (int, float)):
         if abs(value) > MAX_SECONDS:
-            raise ValueError(f"expected a duration up to a year such as 90s, 10m or 2h, got {_short(value)}")
+            raise ValueError(f"expected a positive duration such as 90s, 10m or 2h (at most a year), "
+                             f"got {_short(value)}")
         seconds = float(value)
     else:
         match = _DUR_RE.match(str(value).lower())
@@ -55,7 +56,7 @@ def parse_duration(value: int | float | str) -> float:
             raise ValueError(f"expected a duration such as 90s, 10m or 2h, got {value!r}")
         seconds = float(match.group(1)) * _DUR_UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_SECONDS:
-        raise ValueError(f"expected a positive duration such as 90s, 10m or 2h, got {value!r}")
+        raise ValueError(f"expected a positive duration such as 90s, 10m or 2h (at most a year), got {_short(value)}")
     return seconds
 
 
