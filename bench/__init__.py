@@ -1,0 +1,1 @@
+"""labq benchmarks: python bench/run_all.py [--quick]; see BENCHMARKS.md."""

@@ -1,0 +1,369 @@
+"""Shared helpers for labq's benchmarks: machine facts, statistics, tables, the
+BENCHMARKS.md writer, and Ray processes that clean up after themselves.
+
+Every Ray this suite starts lives under its own short temp dir (``/tmp/lqb-*``),
+and cleanup kills only processes whose command line names that dir (plus their
+descendants: Ray workers rename themselves ``ray::...`` and lose the dir from
+their command line).  Nothing here runs ``ray stop``: other Ray instances on the
+machine (test runs) are left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+VENV_BIN = Path(sys.executable).parent
+RAY_CLI = str(VENV_BIN / "ray")
+LABQ_CLI = str(VENV_BIN / "labq")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+# ---------------------------------------------------------------- arguments
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small N: a smoke run")
+    p.add_argument("--json-out", help="also write the results as JSON here (run_all uses it)")
+    p.add_argument("--no-md", action="store_true", help="do not append to BENCHMARKS.md")
+    return p
+
+
+def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data: dict[str, Any]) -> None:
+    """Print the section, append it to BENCHMARKS.md, dump JSON for run_all."""
+    section = render_section(title, markdown, quick=args.quick)
+    print(section)
+    if not args.no_md:
+        append_markdown(section)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"name": name, "title": title, "quick": args.quick,
+                                                   "markdown": markdown, "data": data}, default=str, indent=1))
+
+
+# ---------------------------------------------------------------- machine
+
+def mem_total_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def git_rev() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def machine_line() -> str:
+    try:
+        import ray
+
+        ray_version = ray.__version__
+    except Exception:
+        ray_version = "not installed"
+    load = os.getloadavg()
+    return (f"{os.cpu_count()} cores, {mem_total_gib():.1f} GiB RAM (/proc/meminfo), "
+            f"Python {platform.python_version()}, Ray {ray_version}, {platform.system()} {platform.release()}, "
+            f"labq {git_rev()}, load avg at start {load[0]:.2f}")
+
+
+def now_stamp() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+# ---------------------------------------------------------------- statistics
+
+def median(xs: Iterable[float]) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def percentile(xs: Iterable[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return float("nan")
+    k = max(0, min(len(xs) - 1, int(round(p / 100 * len(xs) + 0.5)) - 1))
+    return xs[k]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if x != x:
+            return "n/a"
+        if abs(x) >= 100:
+            return f"{x:,.0f}"
+        if abs(x) >= 10:
+            return f"{x:.1f}"
+        return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.2f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[fmt(c) for c in row] for row in rows]
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(out)
+
+
+def rss(pid: int | None = None) -> int:
+    import psutil
+
+    return psutil.Process(pid or os.getpid()).memory_info().rss
+
+
+# ---------------------------------------------------------------- BENCHMARKS.md
+
+HEADER = """# labq benchmarks
+
+Produced by `python bench/run_all.py` (full) or `python bench/run_all.py --quick`
+(small N, a smoke run); each `bench/bench_<name>.py` also runs alone. Every run
+appends dated sections below, so the newest results are at the end. Headlines
+are ratios measured side by side in one run on the same machine (timings on
+this shared 2-core machine are noisy; compare ratios, not bare times).
+`python bench/profile_throughput.py [--py-spy]` (not part of run_all) adds a
+section on what limits labq's throughput.
+"""
+
+
+def render_section(title: str, markdown: str, quick: bool) -> str:
+    mode = "quick" if quick else "full"
+    return f"## {title} ({mode}, {now_stamp()})\n\nMachine: {machine_line()}\n\n{markdown.strip()}\n"
+
+
+def append_markdown(text: str) -> None:
+    if not BENCHMARKS_MD.exists():
+        BENCHMARKS_MD.write_text(HEADER)
+    with open(BENCHMARKS_MD, "a", encoding="utf-8") as f:
+        f.write("\n" + text.rstrip() + "\n")
+
+
+# ---------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_tempdir(prefix: str = "lqb-") -> Path:
+    """Short, because Ray's unix sockets live under it and have a length limit."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def kill_processes_under(marker: str | Path, timeout: float = 10.0) -> int:
+    """Kill every process whose command line contains ``marker`` and all their
+    descendants.  Returns how many were signalled."""
+    import psutil
+
+    marker = str(marker)
+    me = os.getpid()
+    targets: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != me and any(marker in part for part in proc.info["cmdline"] or []):
+                targets[proc.pid] = proc
+                for child in proc.children(recursive=True):
+                    if child.pid != me:
+                        targets[child.pid] = child
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in targets.values():
+        try:
+            proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    psutil.wait_procs(list(targets.values()), timeout=timeout)
+    return len(targets)
+
+
+@contextmanager
+def local_ray(num_cpus: float, num_gpus: int | None = None) -> Iterator[Path]:
+    """An in-process Ray of our own (as labq's scheduler starts it: address="local",
+    no dashboard), under a temp dir we can clean up precisely."""
+    import ray
+
+    temp = short_tempdir()
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=str(temp),
+             log_to_driver=False, namespace="labq", configure_logging=False)
+    try:
+        yield temp
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            kill_processes_under(temp)
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+class RayHead:
+    """`ray start --head` with the dashboard (for Ray Jobs), token auth on (Ray
+    2.60's default) with a token file of our own, every port chosen free, under a
+    temp dir.  ``env`` is what clients (ray job submit, the SDK) need."""
+
+    def __init__(self, num_cpus: float = 2):
+        self.temp = short_tempdir("lqh-")
+        self.token_path = self.temp / "auth_token"
+        self.token_path.write_text(secrets.token_hex(32))
+        os.chmod(self.token_path, 0o600)
+        self.port = free_port()
+        self.dashboard_port = free_port()
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        self.env.pop("RAY_ADDRESS", None)
+        self.num_cpus = num_cpus
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self, timeout: float = 180) -> "RayHead":
+        cmd = [RAY_CLI, "start", "--head", f"--port={self.port}", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+               "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+               f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
+               f"--object-manager-port={free_port()}", f"--temp-dir={self.temp}", "--disable-usage-stats"]
+        proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start --head failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        self._wait_dashboard(timeout)
+        return self
+
+    def _wait_dashboard(self, timeout: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        token = self.token_path.read_text().strip()
+        while time.monotonic() < deadline:
+            try:
+                req = urllib.request.Request(self.dashboard + "/api/version", headers={"Authorization": f"Bearer {token}"})
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except Exception:
+                time.sleep(0.5)
+        raise RuntimeError(f"the dashboard at {self.dashboard} did not answer within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        kill_processes_under(self.temp)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+    def __enter__(self) -> "RayHead":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- specs
+
+NOOP_MODULE = '''\
+"""Trivial jobs for labq's benchmarks."""
+import time
+
+
+def noop(ctx):
+    return {"ok": 1}
+
+
+def sleepy(ctx):
+    time.sleep(float(ctx.params.get("seconds", 60)))
+    return {"ok": 1}
+'''
+
+
+def write_noop_spec(directory: Path, experiment: str, n: int, cpu: float = 0.1, target: str = "benchjobs:noop",
+                    params: dict[str, Any] | None = None) -> Path:
+    """A spec directory holding ``benchjobs.py`` and a sweep of ``n`` jobs (or one
+    job when n == 1), as tests/integration/helpers.write_spec does."""
+    code = directory / "code"
+    code.mkdir(parents=True, exist_ok=True)
+    (code / "benchjobs.py").write_text(NOOP_MODULE)
+    params_text = json.dumps(params or {})
+    sweep = f"\n    sweep: {{grid: {{i: {json.dumps(list(range(n)))}}}}}" if n > 1 else ""
+    spec = code / f"{experiment}.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        experiment: {experiment}
+        stages:
+          - name: s
+            run: {target}
+            params: {params_text}
+            resources: {{cpu: {cpu}}}""") + sweep + "\n")
+    return spec
+
+
+def scheduler_in_thread(home: Path, poll_interval: float = 0.2, backend=None):
+    """A real Scheduler (real store, real policy, real RayBackend on the Ray this
+    process started) running labq's own loop.run in a thread, as the daemon runs it.
+    Returns (scheduler, stop_event, thread, settings)."""
+    import threading
+
+    from scheduler.config import SchedulerSettings, Settings
+    from scheduler.loop import Scheduler, run
+    from scheduler.store import Store
+
+    if backend is None:
+        from scheduler.ray_backend import RayBackend
+
+        backend = RayBackend()
+        backend.connect()  # returns at once: Ray is already initialised by local_ray()
+    settings = Settings(home=str(home), scheduler=SchedulerSettings(poll_interval=poll_interval))
+    store = Store(home)
+    sched = Scheduler(store, backend, settings)
+    sched.reconcile(time.time())
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(sched, stop), name="labq-scheduler", daemon=True)
+    thread.start()
+    return sched, stop, thread, settings
+
+
+def wait_experiment(store, experiment_id: int, timeout: float, poll: float = 0.05):
+    """Block until every job of the experiment is terminal; returns the jobs."""
+    from scheduler.states import JobState
+
+    terminal = [s.value for s in JobState if s.is_terminal()]
+    deadline = time.monotonic() + timeout
+    q = ("SELECT COUNT(*) FROM jobs WHERE experiment_id = ? AND state NOT IN (" + ",".join("?" * len(terminal)) + ")")
+    while True:
+        left = store._conn.execute(q, (experiment_id, *terminal)).fetchone()[0]
+        if left == 0:
+            return store.jobs_of_experiment(experiment_id)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"experiment {experiment_id}: {left} jobs not terminal after {timeout:.0f}s")
+        time.sleep(poll)

@@ -1,0 +1,88 @@
+"""A stand-in for scheduler.ray_backend.RayBackend with no Ray behind it: a
+fixed list of nodes, launch() hands back a dummy handle, and the benchmark says
+which handles have finished.  The Scheduler, its policy and its store stay
+real, so a benchmark can time labq's own control plane at scales where real
+Ray work would drown it.  Nothing here imports Ray."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.states import AttemptState
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    """The fields the scheduler reads from ray_backend.RayNode."""
+
+    node_id: str
+    address: str
+    alive: bool
+    resources: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Handle:
+    n: int
+
+
+def make_nodes(count: int, cpu: float = 16, gpu: int = 2, memory_gib: float = 64,
+               custom: dict[str, float] | None = None) -> list[FakeNode]:
+    return [FakeNode(node_id=f"{i:056x}", address=f"10.0.{i // 250}.{i % 250}", alive=True,
+                     resources={"CPU": cpu, "GPU": gpu, "memory": memory_gib * 2**30, f"node:10.0.{i // 250}.{i % 250}": 1.0,
+                                **(custom or {})})
+            for i in range(count)]
+
+
+@dataclass
+class FakeBackend:
+    node_list: list[FakeNode]
+    launched: list[tuple[Handle, dict[str, Any]]] = field(default_factory=list)
+    first_launch_at: float | None = None  # time.perf_counter() of the first launch call
+    done: set[Handle] = field(default_factory=set)
+    _running: list[Handle] = field(default_factory=list)
+
+    def connect(self) -> None:
+        pass
+
+    def is_up(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+    def nodes(self) -> list[FakeNode]:
+        return list(self.node_list)
+
+    def local_node_id(self) -> str:
+        return self.node_list[0].node_id
+
+    def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
+               custom: dict[str, float], node_id: str | None, package: str | None) -> Handle:
+        if self.first_launch_at is None:
+            self.first_launch_at = time.perf_counter()
+        handle = Handle(len(self.launched))
+        self.launched.append((handle, task))
+        self._running.append(handle)
+        return handle
+
+    def finish_oldest(self, k: int) -> None:
+        """The k longest-running handles finish (successfully)."""
+        for handle in self._running[:k]:
+            self.done.add(handle)
+        self._running = self._running[k:]
+
+    def wait(self, refs: list[Handle], timeout: float) -> list[Handle]:
+        return [r for r in refs if r in self.done]
+
+    def outcome(self, ref: Handle) -> tuple[AttemptState, dict[str, Any] | None, str | None]:
+        self.done.discard(ref)
+        now = time.time()
+        return AttemptState.SUCCEEDED, {"outcome": "succeeded", "metrics": {"accuracy": 0.9}, "artifacts": [],
+                                        "exit_code": 0, "error": None, "started_at": now, "ended_at": now,
+                                        "node_id": None, "gpu_ids": [], "peak_rss": 1}, None
+
+    def cancel(self, ref: Handle, force: bool) -> None:
+        pass
