@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from scheduler.config import Settings, load_settings
 from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
-from scheduler.records import Job
+from scheduler.records import Job, is_id
 from scheduler.states import JobState
 from scheduler.store import Store
 
@@ -107,7 +107,7 @@ def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[i
     """Job ids from the CLI's arguments (numbers) and/or --experiment NAME."""
     job_ids: list[int] = []
     for ref in ids:
-        if not (ref.isascii() and ref.isdigit() and len(ref) <= 18):
+        if not is_id(ref):
             raise UnknownIdError(f"{ref!r} is not a job id (a number); use --experiment NAME for an experiment")
         store.job(int(ref))  # raises for an unknown id
         job_ids.append(int(ref))

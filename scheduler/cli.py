@@ -40,11 +40,6 @@ def _store(ctx: click.Context):
     return Store(_settings(ctx).home_path)
 
 
-def _is_id(ref: str) -> bool:
-    """A job id: ASCII digits that fit SQLite's integers (not '²', not 10**400)."""
-    return ref.isascii() and ref.isdigit() and len(ref) <= 18
-
-
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -216,7 +211,9 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
     from scheduler import api, render
 
     store = _store(ctx)
-    if _is_id(ref):
+    from scheduler.records import is_id
+
+    if is_id(ref):
         job = store.job(int(ref))
         attempts, events = store.attempts(job.id), store.events(job.id)
         if as_json:

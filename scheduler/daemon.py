@@ -80,10 +80,7 @@ def status(home: Path) -> DaemonStatus:
             pid = int(_pid_path(home).read_text())
         except (FileNotFoundError, ValueError):
             pid = None
-        try:
-            state = json.loads(_state_path(home).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            state = {}
+        state = _read_state(home)
     age = time.time() - state["heartbeat"] if state.get("heartbeat") else None
     ray_state = state.get("ray") if running else None
     if ray_state == "up" and age is not None and age > STALE_HEARTBEAT_SECONDS:
@@ -123,7 +120,7 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
                 return None
             raise SchedulerError(f"the scheduler exited with code {proc.returncode}; see {log_path(home)}")
         st = status(home)
-        if st.running and st.ray == "up" and _state_pid(home) == proc.pid:
+        if st.running and st.ray == "up" and _read_state(home).get("pid") == proc.pid:
             return proc.pid
         time.sleep(0.1)
     raise SchedulerError(f"the scheduler did not connect to Ray within {READY_TIMEOUT_SECONDS:.0f}s; "
@@ -167,11 +164,8 @@ def _reap_previous_local_ray(home: Path) -> int:
     holds the lock, so the old one is gone: end the processes it recorded, checking
     start times so a reused pid is never touched.  Never used for a Ray at an
     address, which is not ours to stop."""
-    try:
-        old = json.loads(_state_path(home).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-    if old.get("address") not in (None, "local"):
+    old = _read_state(home)
+    if not old or old.get("address") not in (None, "local"):
         return 0
     import psutil
 
@@ -265,11 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _state_pid(home: Path) -> int | None:
+def _read_state(home: Path) -> dict:
+    """scheduler.json as the last writer left it ({} when missing or half-written)."""
     try:
-        return json.loads(_state_path(home).read_text()).get("pid")
+        return json.loads(_state_path(home).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        return {}
 
 
 def _die_with_parent() -> None:
@@ -283,10 +278,7 @@ def _die_with_parent() -> None:
 
 def _old_ray(home: Path) -> dict:
     """What the last child recorded of its local Ray, kept so the next one reaps it."""
-    try:
-        old = json.loads(_state_path(home).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    old = _read_state(home)
     return {k: old.get(k) for k in ("address", "ray_session_dir", "ray_processes")}
 
 

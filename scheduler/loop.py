@@ -31,7 +31,7 @@ NODE_REFRESH_SECONDS = 2.0
 # Errors that mean the node, not just the worker, is gone.
 NODE_FAILURES = ("NodeDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
 SUSPECT_NODE_SECONDS = 60.0
-UNSCHEDULABLE_FRESHNESS_SECONDS = 0.5
+NODE_FRESHNESS_SECONDS = 0.5
 _NON_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
 
 
@@ -192,10 +192,12 @@ class Scheduler:
         often the first sign that its node died."""
         if not node_id:
             return "unknown"
-        try:
-            self._refresh_nodes(time.time())
-        except Exception:  # Ray itself may be the thing that is down
-            pass
+        now = time.time()
+        if now - self._nodes_at > NODE_FRESHNESS_SECONDS:  # once per pass, not once per lost attempt
+            try:
+                self._refresh_nodes(now)
+            except Exception:  # Ray itself may be the thing that is down
+                pass
         node = self._known.get(node_id)
         if node is None:
             return node_id[:8]
@@ -254,7 +256,7 @@ class Scheduler:
         demands = [policy.Demand(job_id=j.id, cpu=j.cpu, gpu=j.gpu, memory=j.memory or 0, custom=j.custom,
                                  priority=j.priority, seq=j.id) for j in pending]
         decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
-        if decision.unschedulable and now - self._nodes_at > UNSCHEDULABLE_FRESHNESS_SECONDS:
+        if decision.unschedulable and now - self._nodes_at > NODE_FRESHNESS_SECONDS:
             # Unschedulable is final: judge it on a fresh view (a node may just have joined).
             self._refresh_nodes(now)
             decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))

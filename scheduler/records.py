@@ -13,6 +13,13 @@ from typing import Any
 from scheduler.states import AttemptState, JobState
 
 
+def is_id(ref: object) -> bool:
+    """A job or experiment id as typed by a user: ASCII digits that fit SQLite's
+    integers (not '²', not 10**400)."""
+    text = str(ref)
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 @dataclass
 class Job:
     id: int

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
-from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot
+from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
 SCHEMA_VERSION = 1
@@ -476,7 +476,7 @@ class Store:
 
     def experiment(self, ref: str | int) -> Experiment:
         """By id, or by name (the newest experiment of that name)."""
-        if isinstance(ref, int) or (str(ref).isascii() and str(ref).isdigit() and len(str(ref)) <= 18):
+        if isinstance(ref, int) or is_id(ref):
             row = self._conn.execute("SELECT * FROM experiments WHERE id = ?", (int(ref),)).fetchone()
         else:
             row = self._conn.execute("SELECT * FROM experiments WHERE name = ? ORDER BY id DESC LIMIT 1",
