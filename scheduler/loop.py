@@ -164,11 +164,16 @@ class Scheduler:
                 # The worker may have died without ending its command's tree (a
                 # shell does not pass PDEATHSIG on): end it before any retry starts.
                 self._kill_command_group(run)
+            node_failed = False
             if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
-                if error and any(e in error for e in NODE_FAILURES) and run.attempt.node_id:
+                node_failed = bool(error and any(e in error for e in NODE_FAILURES))
+                if node_failed and run.attempt.node_id:
                     self._suspect[run.attempt.node_id] = now + SUSPECT_NODE_SECONDS
                 error = f"{error} (on node {self._describe_node(run.attempt.node_id)})"
-            finished.append({"attempt_id": attempt_id, "outcome": state, "result": result, "error": error})
+            # A dead node is not the job's fault (SLURM requeues NODE_FAIL jobs too):
+            # requeue without charging its retries.
+            finished.append({"attempt_id": attempt_id, "outcome": state, "result": result, "error": error,
+                             "free_retry": node_failed and state is AttemptState.LOST})
             runs.append((run, state))
         if not finished:
             return

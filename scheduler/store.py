@@ -26,6 +26,8 @@ from scheduler.states import AttemptState, JobState, can_transition
 SCHEMA_VERSION = 1
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
+# Requeues not charged to a job (scheduler restarts, dead nodes) stop here.
+MAX_FREE_RETRIES = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -277,7 +279,8 @@ class Store:
         marks every job downstream as upstream_failed.  Idempotent per attempt:
         an attempt already finished is left as it is.  ``free_retry`` requeues a
         lost attempt even without retries left: for losses that were not the job's
-        fault, such as a scheduler restart."""
+        fault, such as a scheduler restart or its node dying; at most
+        ``MAX_FREE_RETRIES`` times, so a job that keeps killing its node ends."""
         with self._tx() as cur:
             return self._finish(cur, attempt_id=attempt_id, outcome=outcome, now=now, result=result, error=error,
                                 free_retry=free_retry)
@@ -313,7 +316,7 @@ class Store:
         # Attempts lost through no fault of the job do not count against retries.
         charged = row["number"] - row["free_retries"]
         target = self._job_outcome(outcome, charged, row["retries"])
-        if free_retry and outcome is AttemptState.LOST:
+        if free_retry and outcome is AttemptState.LOST and row["free_retries"] < MAX_FREE_RETRIES:
             target = JobState.PENDING
             cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
         reason = None if target in (JobState.SUCCEEDED, JobState.CANCELLED) else _first_line(error or result.get("error"))

@@ -403,6 +403,19 @@ def test_free_retry_does_not_use_up_the_retry_budget(store, submit):
     assert store.finish_attempt(a2.id, AttemptState.FAILED, NOW + 4, error="boom") is JobState.PENDING
 
 
+def test_free_retries_are_capped_so_a_job_that_keeps_killing_its_node_ends(store, submit):
+    from scheduler.store import MAX_FREE_RETRIES
+    _, ids, _ = submit(JOIN)  # retries: 0
+    job = ids[0]
+    for n in range(MAX_FREE_RETRIES):
+        (att,) = start(store, job, now=NOW + 2 * n)
+        assert store.finish_attempt(att.id, AttemptState.LOST, NOW + 2 * n + 1, error="NodeDiedError",
+                                    free_retry=True) is JobState.PENDING
+    (att,) = start(store, job, now=NOW + 100)
+    assert store.finish_attempt(att.id, AttemptState.LOST, NOW + 101, error="NodeDiedError",
+                                free_retry=True) is JobState.FAILED
+
+
 def test_finish_attempt_is_idempotent(store, submit):
     experiment_id, ids, _ = submit(CHAIN)
     prep = ids[0]
