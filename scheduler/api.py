@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from scheduler import wakeup
 from scheduler.config import Settings, load_settings
 from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
 from scheduler.records import Job, is_id
@@ -65,6 +66,7 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
             mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time())
     finally:
         store.close()
+    wakeup.notify(home)
     counts: dict[str, int] = {}
     for d in drafts:
         counts[d.stage] = counts.get(d.stage, 0) + 1
@@ -100,7 +102,9 @@ def cancel(store: Store, ids: list[str], experiment: str | None, settings: Setti
             raise PermissionDenied(
                 f"{len(foreign)} of these jobs belong to {owners} (e.g. job {foreign[0].id}); you ({user}) may cancel "
                 "only your own jobs unless listed in cluster.yaml metadata.labq.admins")
-    return store.cancel(job_ids, time.time())
+    done = store.cancel(job_ids, time.time())
+    wakeup.notify(settings.home_path)
+    return done
 
 
 def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[int]:

@@ -9,6 +9,7 @@ write the queue never import Ray, torch or pandas.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -26,6 +27,7 @@ EXIT_OK = 0
 EXIT_JOBS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_LABQ_ERROR = 3
+RESULTS_TABLE_ROWS = 50
 
 
 def _settings(ctx: click.Context):
@@ -308,18 +310,26 @@ def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, sho
 @click.option("--sort", help="Metric or param to sort by (default: the main metric, best first).")
 @click.option("--asc/--desc", "ascending", default=None, help="Sort direction (default: best first).")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG: main metric against each swept param.")
+@click.option("--limit", type=click.IntRange(min=1, max=10_000_000), default=None,
+              help=f"Rows to show, best first [table: {RESULTS_TABLE_ROWS}; --json/--csv: all].")
 @click.pass_context
 def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, sort: str | None,
-            ascending: bool | None, plot: str | None) -> None:
+            ascending: bool | None, plot: str | None, limit: int | None) -> None:
     """One row per job of EXPERIMENT: params and metrics, best first."""
     from scheduler import api
 
     res = api.results(_store(ctx), experiment, sort=sort, ascending=ascending)
+    total = len(res.rows)
+    if limit is None and not (as_json or as_csv):
+        limit = RESULTS_TABLE_ROWS  # a terminal cannot show 100k rows; rich would take minutes to lay them out
+    plotted = res
+    if limit is not None:
+        res = dataclasses.replace(res, rows=res.rows[:limit])
     if plot:
         from scheduler.plots import plot_results
 
         try:
-            plot_results(res, plot)
+            plot_results(plotted, plot)
         except OSError as exc:
             raise UserError(f"--plot {plot}: cannot write it: {exc.strerror or exc}") from None
     if as_json:
@@ -333,7 +343,10 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
     else:
         from scheduler import render
 
-        render.console.print(render.results_table(res))
+        render.console.print(render.results_table(res, total=total))
+        if total > len(res.rows):
+            render.console.print(f"... {total - len(res.rows)} more (--limit N, or --csv / --json for all)",
+                                 highlight=False)
         if plot:
             render.console.print(f"wrote {plot}", highlight=False)
 

@@ -19,7 +19,7 @@ from typing import Any
 from scheduler import policy
 from scheduler.config import Settings
 from scheduler.records import Attempt, Job, NodeSnapshot
-from scheduler.states import AttemptState
+from scheduler.states import AttemptState, JobState
 from scheduler.store import Store
 from workers import bundle
 from workers.attempt import OOM_MARKER, kill_process_group
@@ -65,6 +65,12 @@ class Scheduler:
         self._seen_version: int | None = None
         self._reasons: dict[int, str] = {}
         self._dirty = True
+        # The pending queue, kept current from the events table instead of
+        # re-reading (and re-decoding) every pending job each pass.
+        self._pending: dict[int, tuple[Job, policy.Demand]] = {}
+        self._events_seen: int | None = None
+        # Set by a submit's nudge (scheduler.wakeup) to end the idle sleep early.
+        self.wake = threading.Event()
 
     # ------------------------------------------------------------ restart
 
@@ -104,7 +110,8 @@ class Scheduler:
         if refs:
             self._collect(self.backend.wait(refs, timeout=timeout), now_fn())
         else:
-            time.sleep(timeout)
+            self.wake.wait(timeout)
+        self.wake.clear()
 
     def _stop_requested(self, now: float) -> None:
         cancelled = self.store.cancel_requested() if self.running else set()
@@ -254,12 +261,11 @@ class Scheduler:
     def _schedule(self, now: float) -> None:
         if now - self._nodes_at > NODE_REFRESH_SECONDS or not self._nodes:
             self._refresh_nodes(now)
-        pending = self.store.pending_jobs()
-        if not pending:
+        self._sync_pending()
+        if not self._pending:
             return
-        jobs = {j.id: j for j in pending}
-        demands = [policy.Demand(job_id=j.id, cpu=j.cpu, gpu=j.gpu, memory=j.memory or 0, custom=j.custom,
-                                 priority=j.priority, seq=j.id) for j in pending]
+        jobs = {job_id: job for job_id, (job, _) in self._pending.items()}
+        demands = [demand for _, demand in self._pending.values()]
         decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
         if decision.unschedulable and now - self._nodes_at > NODE_FRESHNESS_SECONDS:
             # Unschedulable is final: judge it on a fresh view (a node may just have joined).
@@ -279,6 +285,25 @@ class Scheduler:
         for attempt in started:
             self._launch(attempt, jobs[attempt.job_id], placements[attempt.job_id], now)
             self._reasons.pop(attempt.job_id, None)
+
+    def _sync_pending(self) -> None:
+        """Bring the pending view up to date: everything on the first pass, then
+        only the jobs whose state changed since the last event seen."""
+        if self._events_seen is None:
+            self._events_seen = self.store.last_event_id()
+            self._pending = {j.id: (j, _demand(j)) for j in self.store.pending_jobs()}
+            return
+        self._events_seen, changed = self.store.jobs_changed_since(self._events_seen)
+        for start in range(0, len(changed), 5000):
+            chunk = changed[start:start + 5000]
+            for job_id in chunk:
+                self._pending.pop(job_id, None)
+            for job in self.store.jobs_by_ids(chunk):
+                if job.state is JobState.PENDING and not job.cancel_requested:
+                    self._pending[job.id] = (job, _demand(job))
+        for job_id in changed:
+            if job_id not in self._pending:
+                self._reasons.pop(job_id, None)
 
     def _launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> None:
         extra = self.store.launch_context(job.id)
@@ -343,6 +368,11 @@ class Scheduler:
                                           allocated=allocated, running_jobs=per_node.get(n.node_id, 0), gpus=gpus,
                                           updated_at=now))
         self.store.save_nodes(snapshots)
+
+
+def _demand(job: Job) -> policy.Demand:
+    return policy.Demand(job_id=job.id, cpu=job.cpu, gpu=job.gpu, memory=job.memory or 0, custom=job.custom,
+                         priority=job.priority, seq=job.id)
 
 
 def run(scheduler: Scheduler, stop: threading.Event, *, idle_timeout: float = 0.0, now_fn=time.time) -> None:

@@ -68,9 +68,10 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
     return table
 
 
-def results_table(res: Any, limit: int | None = None) -> Table:
+def results_table(res: Any, limit: int | None = None, total: int | None = None) -> Table:
     metric_label = f"{res.metric} ({res.mode})" if res.metric else "no metrics"
-    table = Table(title=f"{res.experiment}: {len(res.rows)} jobs, sorted by {metric_label}", title_justify="left")
+    count = len(res.rows) if total is None else total
+    table = Table(title=f"{res.experiment}: {count} jobs, sorted by {metric_label}", title_justify="left")
     table.add_column("", no_wrap=True, min_width=1)
     for col in ("id", "stage", "state"):
         table.add_column(col, no_wrap=True, min_width=len(col) if col != "state" else 9)

@@ -405,6 +405,19 @@ class Store:
     def pending_jobs(self) -> list[Job]:
         return self._jobs("WHERE j.state = 'pending' AND j.cancel_requested = 0 ORDER BY j.priority DESC, j.id", ())
 
+    def last_event_id(self) -> int:
+        return self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def jobs_changed_since(self, event_id: int) -> tuple[int, list[int]]:
+        """(newest event id, ids of the jobs that changed state after ``event_id``).
+        Every state change writes an event in the same transaction, and writers
+        commit one at a time, so a reader never sees a newer id before an older one:
+        the loop keeps its pending view current by reading only what moved."""
+        rows = self._conn.execute("SELECT id, job_id FROM events WHERE id > ? ORDER BY id", (event_id,)).fetchall()
+        if not rows:
+            return event_id, []
+        return rows[-1][0], list(dict.fromkeys(r[1] for r in rows))
+
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
         rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()
         jobs = {j.id: j for j in self.jobs_by_ids([r["job_id"] for r in rows])}

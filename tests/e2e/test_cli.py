@@ -96,6 +96,10 @@ def test_run_quickstart_end_to_end(home):
     assert nodes["scheduler"]["running"] and nodes["nodes"][0]["total"]["CPU"] == 2
     assert labq("results", "quickstart", "--plot", str(home / "q.png"), home=home).returncode == 0
     assert (home / "q.png").stat().st_size > 1000
+    # A table shows the best rows only, and says how many it left out
+    top = labq("results", "quickstart", "--limit", "2", home=home, check=True).stdout
+    assert "7 jobs" in top and "5 more" in top and str(train[0]["job_id"]) in top
+    assert len(json.loads(labq("results", "quickstart", "--json", "--limit", "3", home=home, check=True).stdout)) == 3
 
 
 def test_queue_shows_why_jobs_wait_and_cancel_by_experiment(tmp_path, home):
