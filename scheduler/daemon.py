@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scheduler.config import Settings
-from scheduler import wakeup
 from scheduler.errors import SchedulerError
 
 READY_TIMEOUT_SECONDS = 90.0
@@ -336,18 +335,11 @@ def _child(args) -> int:
             write_state("up" if backend.is_up() else "down")
 
     threading.Thread(target=heartbeat, daemon=True).start()
-    try:
-        listener: wakeup.Listener | None = wakeup.Listener(home, scheduler.wake)
-    except OSError as exc:  # without it, submits are seen at the next poll
-        log.warning("no submit nudges (%s): new jobs wait up to poll_interval", exc)
-        listener = None
     idle = args.idle_timeout if args.idle_timeout is not None else 0.0
     log.info("scheduler running (pid %d, supervisor %d, home %s)", os.getpid(), supervisor, home)
     try:
         run(scheduler, stop_event, idle_timeout=idle)
     finally:
-        if listener is not None:
-            listener.close()
         scheduler.release_all(time.time(), "scheduler stopped while the attempt ran")
         write_state("stopped")
         backend.shutdown()

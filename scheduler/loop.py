@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler import policy
+from scheduler import policy, wakeup
 from scheduler.config import Settings
 from scheduler.records import Attempt, Job, NodeSnapshot
 from scheduler.states import AttemptState, JobState
@@ -292,6 +292,8 @@ class Scheduler:
         if self._events_seen is None:
             self._events_seen = self.store.last_event_id()
             self._pending = {j.id: (j, _demand(j)) for j in self.store.pending_jobs()}
+            # What the store already says: a restart rewrites only reasons that changed.
+            self._reasons = {j.id: j.reason for j, _ in self._pending.values() if j.reason}
             return
         self._events_seen, changed = self.store.jobs_changed_since(self._events_seen)
         for start in range(0, len(changed), 5000):
@@ -301,6 +303,8 @@ class Scheduler:
             for job in self.store.jobs_by_ids(chunk):
                 if job.state is JobState.PENDING and not job.cancel_requested:
                     self._pending[job.id] = (job, _demand(job))
+                    if job.reason:
+                        self._reasons[job.id] = job.reason
         for job_id in changed:
             if job_id not in self._pending:
                 self._reasons.pop(job_id, None)
@@ -379,6 +383,19 @@ def run(scheduler: Scheduler, stop: threading.Event, *, idle_timeout: float = 0.
     """Tick until ``stop`` is set (or, with ``idle_timeout``, until nothing has been
     pending or running for that long)."""
     poll = scheduler.settings.scheduler.poll_interval
+    try:
+        listener: wakeup.Listener | None = wakeup.Listener(scheduler.settings.home_path, scheduler.wake)
+    except OSError as exc:  # without it, new jobs are seen at the next poll
+        log.warning("no submit nudges (%s): new jobs wait up to poll_interval", exc)
+        listener = None
+    try:
+        _run_passes(scheduler, stop, poll, idle_timeout, now_fn)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _run_passes(scheduler: Scheduler, stop: threading.Event, poll: float, idle_timeout: float, now_fn) -> None:
     idle_since: float | None = None
     while not stop.is_set():
         now = now_fn()
