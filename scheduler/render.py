@@ -206,3 +206,19 @@ def nodes_table(nodes: list[Any], now: float) -> Table:
                       f"{format_bytes(n.allocated.get('memory', 0))}/{format_bytes(n.total.get('memory', 0))}",
                       str(n.running_jobs), gpus, f"{format_seconds(now - n.updated_at)} ago")
     return table
+
+
+def usage_table(rows: list[dict[str, Any]], groups: tuple[str, ...], since: str, half_life: float) -> Table:
+    table = Table(title=f"usage over the last {since} (decayed: half-life {format_seconds(half_life)})",
+                  title_justify="left")
+    for col in groups:
+        table.add_column(col, no_wrap=True)
+    for col in ("jobs", "attempts", "cpu-hours", "gpu-hours", "avg wait", "decayed cpu-h", "decayed gpu-h"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(*[str(r[g]) for g in groups], str(r["jobs"]), str(r["attempts"]), f"{r['cpu_hours']:.2f}",
+                      f"{r['gpu_hours']:.2f}", format_seconds(r["avg_wait_s"]), f"{r['decayed_cpu_hours']:.2f}",
+                      f"{r['decayed_gpu_hours']:.2f}")
+    if not rows:
+        table.caption = "no job held resources in this period"
+    return table

@@ -418,6 +418,21 @@ class Store:
             return event_id, []
         return rows[-1][0], list(dict.fromkeys(r[1] for r in rows))
 
+    def held_since(self, after: float) -> list[Any]:
+        """Every attempt that held resources at some time after ``after`` (running
+        ones included), with its job's user, queue and shape: the input of
+        :mod:`scheduler.accounting`."""
+        from scheduler.accounting import Held
+
+        rows = self._conn.execute(
+            "SELECT j.user, j.queue, j.id, j.cpu, j.gpu, a.dispatched_at, a.ended_at, j.submitted_at, first.at"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " JOIN (SELECT job_id, MIN(dispatched_at) AS at FROM attempts GROUP BY job_id) first"
+            "   ON first.job_id = j.id"
+            " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= ?)", (after,)).fetchall()
+        return [Held(user=r[0], queue=r[1], job_id=r[2], cpu=r[3], gpu=r[4], dispatched_at=r[5], ended_at=r[6],
+                     submitted_at=r[7], first_started_at=r[8]) for r in rows]
+
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
         rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()
         jobs = {j.id: j for j in self.jobs_by_ids([r["job_id"] for r in rows])}
