@@ -12,6 +12,7 @@ environment variables (``LABQ_RUN_DIR``, ``LABQ_PARAMS``...) and report by writi
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,30 @@ class JobContext:
         if stage not in self.inputs:
             raise LookupError(f"no upstream stage {stage!r}; have: {', '.join(self.inputs) or 'none'}")
         return self.inputs[stage]
+
+    def cap_torch_gpu_memory(self) -> float | None:
+        """Cap this process's CUDA caching allocator at the job's share of its GPU
+        (``torch.cuda.set_per_process_memory_fraction``), before the first
+        allocation; returns the fraction, or None when nothing is capped.  A job
+        holding whole GPUs gets the cap an earlier job in a reused worker set
+        lifted.  Does nothing unless the job has imported torch itself and CUDA is
+        available: it never imports torch, and logical GPUs stay on the CPU.
+        labq's worker also applies it at the start of a job when CUDA already runs
+        in the worker, and its watchdog ends a job over its share either way."""
+        torch = sys.modules.get("torch")
+        if torch is None or not self.gpu_ids or not torch.cuda.is_available():
+            return None
+        from workers.gpu import gpu_share
+
+        # Ray set CUDA_VISIBLE_DEVICES to the job's GPUs: they are cuda:0, cuda:1...
+        total = int(torch.cuda.get_device_properties(0).total_memory) if self.resources.get("gpu_memory") else None
+        share = gpu_share(self.resources, total)
+        if share is not None:
+            torch.cuda.set_per_process_memory_fraction(share, torch.device("cuda", 0))
+            return share
+        for index in range(len(self.gpu_ids)):
+            torch.cuda.set_per_process_memory_fraction(1.0, torch.device("cuda", index))
+        return None
 
     def report(self, step: int | None = None, **metrics: Any) -> None:
         """Record metrics for one step (an epoch, an iteration). Appends one JSON

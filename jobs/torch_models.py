@@ -123,17 +123,9 @@ def select_device(ctx: JobContext) -> tuple[torch.device, float | None]:
     allocator at that share of the device's memory; None when nothing is capped."""
     if not ctx.gpu_ids or not torch.cuda.is_available():
         return torch.device("cpu"), None
-    device = torch.device("cuda:0")
-    try:
-        share = float(ctx.resources.get("gpu", 0) or 0)
-    except (TypeError, ValueError):
-        share = 0.0
-    if 0 < share < 1:
-        torch.cuda.set_per_process_memory_fraction(share, device)
-        return device, share
-    # Ray reuses worker processes: lift a cap an earlier fractional job set here.
-    torch.cuda.set_per_process_memory_fraction(1.0, device)
-    return device, None
+    # A fractional share (gpu: 0.25, or gpu_memory) caps; whole GPUs lift a cap an
+    # earlier fractional job set in this (reused) Ray worker.
+    return torch.device("cuda:0"), ctx.cap_torch_gpu_memory()
 
 
 def limit_threads(ctx: JobContext) -> int:

@@ -49,6 +49,8 @@ class Job:
     node_id: str | None = None
     gpu_ids: list[str] = field(default_factory=list)
     depends_on: list[int] = field(default_factory=list)
+    gpu_memory: int | None = None  # bytes on one GPU: asked instead of a gpu share
+    oom_gpu_scale: float | None = None  # retry_on_oom: grow the GPU share by this after a GPU OOM
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -71,6 +73,7 @@ class Attempt:
     exit_code: int | None = None
     error: str | None = None
     peak_rss: int | None = None
+    gpu_share: float | None = None  # share of each GPU booked for it (gpu_memory turned into a fraction)
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
 

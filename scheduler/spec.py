@@ -47,12 +47,15 @@ class _Strict(BaseModel):
 
 class Resources(_Strict):
     """What one job of a stage asks for.  ``gpu`` up to 1 is a share of one GPU;
-    above 1 it must be a whole number of GPUs on one node."""
+    above 1 it must be a whole number of GPUs on one node.  ``gpu_memory`` asks
+    for a share of one GPU by its memory instead (the scheduler turns it into a
+    fraction of the card it picks)."""
 
     cpu: float = Field(1.0, ge=0, le=1e6, allow_inf_nan=False)
     gpu: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
     memory: Memory = None  # bytes
     custom: dict[str, Annotated[float, Field(allow_inf_nan=False, le=1e9)]] = Field(default_factory=dict)
+    gpu_memory: Memory = None  # bytes on one GPU
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> "Resources":
@@ -61,7 +64,25 @@ class Resources(_Strict):
         for name, amount in self.custom.items():
             if amount < 0:
                 raise ValueError(f"custom.{name}: expected a non-negative amount, got {amount:g}")
+        if self.gpu_memory is not None:
+            if self.gpu:
+                raise ValueError("gpu_memory: expected either gpu (a share or a number of GPUs) or gpu_memory "
+                                 "(memory on one GPU, such as 6GiB), not both")
+            if self.gpu_memory <= 0:
+                raise ValueError("gpu_memory: expected a positive size such as 6GiB")
         return self
+
+    @property
+    def fractional_gpu(self) -> bool:
+        """A share of one GPU (by fraction or by memory), not whole GPUs."""
+        return self.gpu_memory is not None or 0 < self.gpu < 1
+
+
+class RetryOnOom(_Strict):
+    """How to retry a job that ran out of GPU memory: with its GPU share (or
+    gpu_memory) multiplied by ``gpu_scale``, up to a whole GPU."""
+
+    gpu_scale: float = Field(gt=1, le=1e3, allow_inf_nan=False)
 
 
 class Distribution(_Strict):
@@ -119,11 +140,15 @@ class Stage(_Strict):
     resources: Resources = Field(default_factory=Resources)
     retries: int = Field(0, ge=0, le=100)
     timeout: Duration = None  # seconds
+    retry_on_oom: RetryOnOom | None = None
 
     @model_validator(mode="after")
     def _run_or_command(self) -> "Stage":
         if (self.run is None) == (self.command is None):
             raise ValueError("expected exactly one of run (module:function) or command")
+        if self.retry_on_oom is not None and not self.resources.fractional_gpu:
+            raise ValueError("retry_on_oom: expected a stage with a share of one GPU to scale "
+                             "(resources.gpu below 1, or resources.gpu_memory)")
         return self
 
 
@@ -284,6 +309,8 @@ def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             model = Resources
         elif model is Stage and item == "sweep":
             model = Sweep
+        elif model is Stage and item == "retry_on_oom":
+            model = RetryOnOom
         elif model is Sweep and item == "random":
             model = "random params"
         elif model == "random params":

@@ -68,8 +68,12 @@ class AttemptState(str, Enum):
     # The worker process or node died, or the scheduler lost its handle on it
     # (e.g. it was restarted); the cause is in the attempt's `error`.
     LOST = "lost"
-    # Ray's memory monitor (or the OS) killed it for using too much memory.
+    # Ray's memory monitor (or the OS) killed it for using too much memory, or
+    # labq's watchdog ended it for going over its memory or GPU-memory share.
     OUT_OF_MEMORY = "out_of_memory"
+    # Stopped to give a queue below its guarantee the resources it is owed; the
+    # job is requeued (not charged to its retries) and resumes from its checkpoint.
+    PREEMPTED = "preempted"
 
     def is_terminal(self) -> bool:
         return self is not AttemptState.RUNNING

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     user TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0, free_retries INTEGER NOT NULL DEFAULT 0,
     submitted_at REAL NOT NULL,
-    started_at REAL, ended_at REAL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]');
+    started_at REAL, ended_at REAL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]',
+    gpu_memory INTEGER, oom_gpu_scale REAL);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_experiment ON jobs(experiment_id);
 CREATE TABLE IF NOT EXISTS job_deps (
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL REFERENCES jobs(id), number INTEGER NOT NULL,
     state TEXT NOT NULL, run_dir TEXT NOT NULL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]',
     dispatched_at REAL, started_at REAL, ended_at REAL, exit_code INTEGER, error TEXT, peak_rss INTEGER,
-    UNIQUE (job_id, number));
+    gpu_share REAL, UNIQUE (job_id, number));
 CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
 CREATE TABLE IF NOT EXISTS results (
     attempt_id INTEGER PRIMARY KEY REFERENCES attempts(id), job_id INTEGER NOT NULL,
@@ -73,7 +74,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 _JOB_COLUMNS = (
     "j.id, j.experiment_id, e.name AS experiment, j.stage, j.params, j.swept, j.target_kind, j.target, "
     "j.cpu, j.gpu, j.memory, j.custom, j.retries, j.timeout, j.queue, j.priority, j.user, j.state, j.reason, "
-    "j.attempts, j.cancel_requested, j.submitted_at, j.started_at, j.ended_at, j.node_id, j.gpu_ids"
+    "j.attempts, j.cancel_requested, j.submitted_at, j.started_at, j.ended_at, j.node_id, j.gpu_ids, "
+    "j.gpu_memory, j.oom_gpu_scale"
 )
 _JOB_FROM = " FROM jobs j JOIN experiments e ON e.id = j.experiment_id "
 
@@ -209,11 +211,12 @@ class Store:
                 res = stage.resources
                 cur.execute(
                     "INSERT INTO jobs (experiment_id, stage, params, swept, target_kind, target, cpu, gpu, memory,"
-                    " custom, retries, timeout, queue, priority, user, state, reason, submitted_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " custom, retries, timeout, queue, priority, user, state, reason, submitted_at, gpu_memory,"
+                    " oom_gpu_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (experiment_id, draft.stage, _dumps(draft.params), _dumps(draft.swept), target_kind, target,
                      res.cpu, res.gpu, res.memory, _dumps(res.custom), stage.retries, stage.timeout, queue,
-                     priority, user, state.value, reason, now))
+                     priority, user, state.value, reason, now, res.gpu_memory,
+                     stage.retry_on_oom.gpu_scale if stage.retry_on_oom else None))
                 ids.append(cur.lastrowid)
             cur.executemany("INSERT INTO job_deps (job_id, dep_job_id) VALUES (?, ?)",
                             [(ids[d.index], ids[up]) for d in drafts for up in d.depends_on])
@@ -244,25 +247,27 @@ class Store:
                     (now, job_id, attempt_id, f"{current.value} -> {target.value}" + (f": {message}" if message else "")))
         return current
 
-    def start_attempts(self, placements: Iterable[tuple[int, str | None]], run_dir_for, now: float) -> list[Attempt]:
-        """Create one attempt per placed job and mark the jobs running, in one
-        transaction.  A job cancelled since the policy looked is skipped."""
+    def start_attempts(self, placements: Iterable[tuple], run_dir_for, now: float) -> list[Attempt]:
+        """Create one attempt per placement ``(job_id, node_id[, gpu_share])`` and
+        mark the jobs running, in one transaction.  A job cancelled since the
+        policy looked is skipped."""
         started: list[Attempt] = []
         with self._tx() as cur:
-            for job_id, node_id in placements:
+            for job_id, node_id, *share in placements:
+                gpu_share = share[0] if share else None
                 row = cur.execute("SELECT state, attempts, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is None or row["state"] != JobState.PENDING.value or row["cancel_requested"]:
                     continue
                 number = row["attempts"] + 1
                 run_dir = str(run_dir_for(job_id, number))
                 cur.execute(
-                    "INSERT INTO attempts (job_id, number, state, run_dir, node_id, dispatched_at)"
-                    " VALUES (?, ?, 'running', ?, ?, ?)", (job_id, number, run_dir, node_id, now))
+                    "INSERT INTO attempts (job_id, number, state, run_dir, node_id, dispatched_at, gpu_share)"
+                    " VALUES (?, ?, 'running', ?, ?, ?, ?)", (job_id, number, run_dir, node_id, now, gpu_share))
                 attempt_id = cur.lastrowid
                 cur.execute("UPDATE jobs SET attempts = ?, node_id = ? WHERE id = ?", (number, node_id, job_id))
                 self._move(cur, job_id, JobState.RUNNING, now, f"attempt {number}", attempt_id)
                 started.append(Attempt(id=attempt_id, job_id=job_id, number=number, state=AttemptState.RUNNING,
-                                       run_dir=run_dir, node_id=node_id, dispatched_at=now))
+                                       run_dir=run_dir, node_id=node_id, dispatched_at=now, gpu_share=gpu_share))
         return started
 
     def finish_attempts(self, finished: list[dict[str, Any]], now: float) -> list[JobState]:
@@ -289,8 +294,8 @@ class Store:
                 result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False) -> JobState:
         result = result or {}
         row = cur.execute(
-            "SELECT a.state, a.number, a.job_id, j.retries, j.free_retries, j.state AS job_state, j.cancel_requested"
-            " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
+            "SELECT a.state, a.number, a.job_id, a.gpu_share, j.retries, j.free_retries, j.state AS job_state,"
+            " j.cancel_requested, j.gpu, j.gpu_memory, j.oom_gpu_scale FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
         if row is None:
             raise UnknownIdError(f"no attempt {attempt_id}")
         job_id = row["job_id"]
@@ -319,6 +324,18 @@ class Store:
         if free_retry and outcome is AttemptState.LOST and row["free_retries"] < MAX_FREE_RETRIES:
             target = JobState.PENDING
             cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
+        elif outcome is AttemptState.PREEMPTED:
+            # Made room for a queue owed its guarantee: not the job's doing, and it
+            # resumes from its checkpoint (the previous run dir) when it runs again.
+            target = JobState.PENDING
+            cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
+        elif outcome is AttemptState.OUT_OF_MEMORY and row["oom_gpu_scale"] and is_gpu_oom(error or result.get("error")):
+            grown = _grown_gpu_share(row)
+            if grown is not None:  # retry_on_oom: again, with more of the GPU, not charged
+                target = JobState.PENDING
+                cur.execute("UPDATE jobs SET gpu = ?, gpu_memory = NULL, free_retries = free_retries + 1"
+                            " WHERE id = ?", (grown, job_id))
+                detail += f"; retrying with gpu {grown:g}"
         reason = None if target in (JobState.SUCCEEDED, JobState.CANCELLED) else _first_line(error or result.get("error"))
         if target is JobState.PENDING:
             reason = f"requeued after attempt {row['number']} {outcome.value}"
@@ -590,6 +607,23 @@ def _first_line(text: str | None) -> str | None:
     return (lines[-1] if lines else "")[:300]
 
 
+GPU_OOM_MARKERS = ("exceeded GPU memory share", "CUDA out of memory")
+
+
+def is_gpu_oom(error: str | None) -> bool:
+    """Whether an attempt's error says it ran out of GPU (not host) memory."""
+    return bool(error) and any(m in error for m in GPU_OOM_MARKERS)
+
+
+def _grown_gpu_share(row: sqlite3.Row) -> float | None:
+    """The next share for a job that ran out of GPU memory: what its attempt had
+    times ``oom_gpu_scale``, capped at a whole GPU; None when it already had one."""
+    had = row["gpu_share"] or row["gpu"] or 0.0
+    if not had or had >= 1.0:
+        return None
+    return round(min(1.0, had * row["oom_gpu_scale"]), 4)
+
+
 def _job(r: sqlite3.Row) -> Job:
     return Job(id=r["id"], experiment_id=r["experiment_id"], experiment=r["experiment"], stage=r["stage"],
                params=json.loads(r["params"]), swept=json.loads(r["swept"]), target_kind=r["target_kind"],
@@ -598,7 +632,7 @@ def _job(r: sqlite3.Row) -> Job:
                state=JobState(r["state"]), reason=r["reason"], attempts=r["attempts"],
                cancel_requested=bool(r["cancel_requested"]), submitted_at=r["submitted_at"],
                started_at=r["started_at"], ended_at=r["ended_at"], node_id=r["node_id"],
-               gpu_ids=json.loads(r["gpu_ids"]))
+               gpu_ids=json.loads(r["gpu_ids"]), gpu_memory=r["gpu_memory"], oom_gpu_scale=r["oom_gpu_scale"])
 
 
 def _attempt(r: sqlite3.Row) -> Attempt:
@@ -606,6 +640,6 @@ def _attempt(r: sqlite3.Row) -> Attempt:
     return Attempt(id=r["id"], job_id=r["job_id"], number=r["number"], state=AttemptState(r["state"]),
                    run_dir=r["run_dir"], node_id=r["node_id"], gpu_ids=json.loads(r["gpu_ids"] or "[]"),
                    dispatched_at=r["dispatched_at"], started_at=r["started_at"], ended_at=r["ended_at"],
-                   exit_code=r["exit_code"], error=r["error"], peak_rss=r["peak_rss"],
+                   exit_code=r["exit_code"], error=r["error"], peak_rss=r["peak_rss"], gpu_share=r["gpu_share"],
                    metrics=json.loads(r["metrics"]) if "metrics" in keys and r["metrics"] else {},
                    artifacts=json.loads(r["artifacts"]) if "artifacts" in keys and r["artifacts"] else [])

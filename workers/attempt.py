@@ -2,7 +2,8 @@
 
 The worker owns everything that happens on the node: the run directory, the
 job's stdout/stderr, its context, the subprocess of a command job and its
-process group, peak memory, and the result file.  It returns the result instead
+process group, peak memory, GPU telemetry and the enforcement of memory and GPU
+memory shares, and the result file.  It returns the result instead
 of raising for a failing job, so the scheduler can tell "the job failed" (a
 result with an error) from "the worker died" (a Ray error).
 """
@@ -13,6 +14,7 @@ import contextlib
 import ctypes
 import importlib
 import os
+import resource
 import shlex
 import signal
 import subprocess
@@ -24,12 +26,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from jobs.api import JobContext, Upstream, set_current
-from workers import bundle
+from workers import bundle, gpu
 from workers.paths import RunPaths
 
 MAX_ERROR_CHARS = 8000
 RSS_SAMPLE_SECONDS = 0.2
 KILL_GRACE_SECONDS = 3.0
+# What the frameworks print or raise when the GPU itself is out of memory.
+CUDA_OOM_TEXTS = ("CUDA out of memory", "CUDA error: out of memory", "RESOURCE_EXHAUSTED: Out of memory",
+                  "OOM when allocating tensor")
+CUDA_OOM_ERROR = "out of GPU memory (CUDA out of memory)"
 
 
 def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
@@ -50,31 +56,43 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         cache_dir=Path(task["cache_dir"]) if task.get("cache_dir") else None,
     )
     _ensure_code_on_path(task.get("code_dir"))
+    resources = task.get("resources") or {}
+    command = task["target_kind"] != "callable"
+    nvml = gpu.open_nvml() if gpu_ids else None  # NVML only for jobs that hold a GPU
+    watch = gpu.watch_for(resources, gpu_ids, nvml)
     started = time.time()
-    sampler = _RssSampler(limit=(task.get("resources") or {}).get("memory"), paths=paths)
+    sampler = _RssSampler(limit=resources.get("memory"), paths=paths, command=command, gpu_watch=watch)
     sampler.start()
     returned: Any = None
     error = None
     exit_code = 0
     try:
-        if task["target_kind"] == "callable":
+        if not command:
             returned, error = _run_callable(task["target"], ctx, paths, sampler)
             exit_code = 0 if error is None else 1
         else:
-            exit_code = _run_command(task["target"], ctx, paths, sampler)
+            memory_total = watch.nvml.memory_total(watch.indices[0]) if watch else None
+            exit_code = _run_command(task["target"], ctx, paths, sampler,
+                                     gpu.share_environment(resources, memory_total) if gpu_ids else {})
             if sampler.exceeded:
                 error = sampler.exceeded
             elif exit_code != 0:
                 error = f"command exited with code {exit_code}" + _tail(paths.stderr)
+                if _cuda_oom_in(paths.stderr):
+                    sampler.oom_cause = "cuda"
+                    error = CUDA_OOM_ERROR + ": " + error
     finally:
         sampler.stop()
+        gpu_usage = _gpu_usage(watch)
+        if nvml is not None:
+            nvml.close()
     metrics, _ = paths.read_reported_metrics()
     if isinstance(returned, dict):
         metrics.update(returned)
     elif isinstance(returned, (int, float)) and not isinstance(returned, bool):
         metrics["result"] = returned
     result = {
-        "outcome": "succeeded" if error is None else ("out_of_memory" if sampler.exceeded else "failed"),
+        "outcome": "succeeded" if error is None else ("out_of_memory" if sampler.oom_cause else "failed"),
         "metrics": _plain(metrics),
         "artifacts": paths.list_artifacts(),
         "exit_code": exit_code,
@@ -84,6 +102,14 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         "node_id": node_id,
         "gpu_ids": gpu_ids,
         "peak_rss": sampler.peak,
+        # What the worker process used before the job (0 for a command): the job's
+        # own peak is peak_rss minus this.
+        "rss_baseline": sampler.baseline,
+        "cpu_time": sampler.cpu_time,
+        # None, or what ended the job for memory: "memory" (its memory request),
+        # "gpu_share" (the GPU memory watchdog), "cuda" (the framework's own OOM).
+        "oom_cause": sampler.oom_cause if error is not None else None,
+        "gpu_usage": gpu_usage,
         "pid": os.getpid(),
     }
     paths.write_result(result)
@@ -95,6 +121,22 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         except bundle.BundleTooLarge as exc:
             result = {**result, "bundle_error": str(exc)}
     return result
+
+
+def _gpu_usage(watch: gpu.GpuWatch | None) -> dict[str, Any] | None:
+    """The job's GPU telemetry, and which of its processes (other than this
+    worker, whose CUDA context outlives a job) still hold GPU memory after it
+    ended: ``pids_left`` should be empty."""
+    if watch is None:
+        return None
+    try:
+        summary = watch.summary()
+        if summary is not None:
+            summary["pids_left"] = sorted(gpu.wait_gone(watch.seen - {os.getpid()}, gpu.GPU_RELEASE_SECONDS,
+                                                        watch.indices, watch.nvml))
+        return summary
+    except Exception:  # NVML failing at the end must not lose the job's result
+        return None
 
 
 def _receive_inputs(inputs: list[dict[str, Any]]) -> None:
@@ -132,19 +174,66 @@ def _run_callable(target: str, ctx: JobContext, paths: RunPaths, sampler: "_RssS
             func: Callable[[JobContext], Any] = getattr(importlib.import_module(module_name), func_name)
             sampler.job_thread = threading.get_ident()  # where the memory watchdog interrupts
             set_current(ctx)
+            _torch_before(ctx)
             try:
                 return func(ctx), None
             finally:
                 set_current(None)
+                _torch_after()
         except KeyboardInterrupt:
             if sampler.exceeded:  # our own memory watchdog interrupted the job
                 sys.stderr.write(sampler.exceeded + "\n")
                 return None, sampler.exceeded
             raise  # a cancel: let Ray see it
-        except BaseException:
+        except BaseException as exc:
             text = traceback.format_exc()
             sys.stderr.write(text)
+            if is_cuda_oom(exc):
+                sampler.oom_cause = "cuda"
+                first = str(exc).strip().splitlines()[:1]
+                head = f"{CUDA_OOM_ERROR}: {type(exc).__name__}: {first[0][:300] if first else ''}\n"
+                return None, head + text[-(MAX_ERROR_CHARS - len(head)):]
             return None, text[-MAX_ERROR_CHARS:]
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (by class name: the worker never imports
+    torch), or an older framework's error whose text says so."""
+    if any(cls.__name__ == "OutOfMemoryError" for cls in type(exc).__mro__):
+        return True
+    text = str(exc)
+    return any(t in text for t in CUDA_OOM_TEXTS)
+
+
+def _cuda_oom_in(stderr: Path, tail_bytes: int = 64 * 1024) -> bool:
+    """Did a command print a CUDA OOM near the end of its stderr?"""
+    try:
+        with open(stderr, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return False
+    return any(t in text for t in CUDA_OOM_TEXTS)
+
+
+def _torch_before(ctx: JobContext) -> None:
+    """In a worker where an earlier job already started CUDA, apply this job's
+    cap (or lift the earlier job's) before it allocates.  Never imports torch,
+    and never starts CUDA for a job that may not use it: a job that imports torch
+    itself calls ``ctx.cap_torch_gpu_memory()`` (labq's trainers do)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "cuda", None) is not None and torch.cuda.is_initialized():
+        with contextlib.suppress(Exception):  # a broken device is the job's error to meet, not the worker's
+            ctx.cap_torch_gpu_memory()
+
+
+def _torch_after() -> None:
+    """Give the caching allocator's blocks back, so a reused worker does not hold
+    a finished job's GPU memory against the next job or the card's neighbours."""
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "cuda", None) is not None and torch.cuda.is_initialized():
+        with contextlib.suppress(Exception):
+            torch.cuda.empty_cache()
 
 
 @contextlib.contextmanager
@@ -180,10 +269,12 @@ def command_line(template: str, params: dict[str, Any]) -> str:
     return template.format_map({k: shlex.quote(str(v)) for k, v in params.items()})
 
 
-def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler") -> int:
+def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler",
+                 gpu_env: dict[str, str] | None = None) -> int:
     import json
 
     env = dict(os.environ)
+    env.update(gpu_env or {})
     env.update({
         "LABQ_JOB_ID": str(ctx.job_id), "LABQ_ATTEMPT": str(ctx.attempt), "LABQ_EXPERIMENT": ctx.experiment,
         "LABQ_STAGE": ctx.stage, "LABQ_RUN_DIR": str(ctx.run_dir), "LABQ_PARAMS": json.dumps(ctx.params, default=str),
@@ -197,18 +288,34 @@ def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_Rss
     paths.pgid.write_text(str(proc.pid))
     sampler.command_pgid = proc.pid
     try:
-        while True:
-            try:
-                code = proc.wait(timeout=0.1)
-            except subprocess.TimeoutExpired:
-                if sampler.exceeded:
-                    kill_process_group(proc.pid, grace=1.0)
-                continue
-            kill_process_group(proc.pid, grace=1.0)  # background children die with the job
-            return code
+        code = _wait_command(proc, sampler)
+        kill_process_group(proc.pid, grace=1.0)  # background children die with the job
+        return code
     except BaseException:  # cancel (KeyboardInterrupt) or worker shutdown
         kill_process_group(proc.pid)
         raise
+
+
+def _wait_command(proc: subprocess.Popen, sampler: "_RssSampler") -> int:
+    """Wait for the command, letting the sampler watch its tree in this thread
+    (no thread of its own), and reap it with wait4 for its CPU time and the
+    peak RSS of its largest process, which even a command too short to be
+    sampled has."""
+    delay = 0.0005
+    while True:
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): no rusage
+            return proc.wait()
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            sampler.command_finished(usage)
+            return proc.returncode
+        sampler.poll(time.monotonic())
+        if sampler.exceeded:
+            kill_process_group(proc.pid, grace=1.0)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _child_setup() -> None:
@@ -264,62 +371,218 @@ def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
 OOM_MARKER = "out_of_memory"
 
 
-class _RssSampler(threading.Thread):
-    """Peak resident memory of this process and its children, sampled; and the
-    enforcement of the job's ``memory`` request, which Ray itself only counts.
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_HAVE_PROC = Path("/proc/loadavg").exists() and Path("/proc/self/statm").exists()
 
-    The job's usage is the tree's RSS above what the Ray worker used before the
-    job started.  Over the limit on two samples in a row: a command's process
-    group is killed by the command loop; a Python job gets KeyboardInterrupt, and
-    if that cannot land (blocked in C) the worker kills itself after a grace
-    period, leaving a marker the scheduler reads as out-of-memory."""
 
-    def __init__(self, limit: int | None = None, paths: RunPaths | None = None) -> None:
-        super().__init__(daemon=True, name="labq-rss")
+def _last_pid() -> int | None:
+    """The last pid the kernel handed out in this pid namespace."""
+    if not _HAVE_PROC:
+        return None
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            return int(f.read().split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _rss(pid: int | str) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_self() -> int | None:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _tree(root: int, since_pid: int | None, pgid: int | None = None) -> set[int]:
+    """``root``'s descendants (and, with ``pgid``, members of that process group)
+    created after the kernel handed out ``since_pid``.  Only the processes
+    newer than the job are read, not all of /proc, which is what made the old
+    psutil ``children(recursive=True)`` the costliest part of a short job."""
+    last = _last_pid()
+    if not _HAVE_PROC:
+        return _tree_psutil(root)
+    if since_pid is not None and last == since_pid:
+        return set()  # no process was created since: the job has none
+    parent: dict[int, int] = {}
+    group: set[int] = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if since_pid is not None and last is not None:
+            newer = since_pid < pid <= last if last > since_pid else (pid > since_pid or pid <= last)  # pids wrapped
+            if not newer:
+                continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parent[pid] = int(fields[1])
+        if pgid is not None and int(fields[2]) == pgid:
+            group.add(pid)
+    found: set[int] = set(group)
+    frontier = {root}
+    while frontier:
+        kids = {p for p, pp in parent.items() if pp in frontier and p not in found}
+        found.update(kids)
+        frontier = kids
+    found.discard(root)
+    return found
+
+
+def _tree_psutil(root: int) -> set[int]:
+    """The portable (slow) way, where there is no /proc."""
+    try:
+        import psutil
+
+        return {c.pid for c in psutil.Process(root).children(recursive=True)}
+    except Exception:
+        return set()
+
+
+class _RssSampler:
+    """Peak resident memory of the job, GPU telemetry, and the enforcement of the
+    job's ``memory`` request (which Ray itself only counts) and of its GPU memory
+    share (which Ray does not count at all).
+
+    Cheap by default: a Python job with no memory request and no GPU runs with no
+    thread at all; its peak is the worker's VmHWM, reset as the job starts, plus
+    its child processes' (read once at the end, and from the kernel's rusage of
+    reaped children).  A command is watched from the loop that waits for it.  A
+    thread samples only where something must be enforced or measured while the
+    job runs: a Python job with a memory request or a GPU.
+
+    The job's usage is its RSS above what the Ray worker used before the job
+    started.  Over the limit on two samples in a row (or over its GPU share past
+    the grace period): a command's process group is killed by the command loop; a
+    Python job gets KeyboardInterrupt, and if that cannot land (blocked in C) the
+    worker kills itself after a grace period, leaving a marker the scheduler
+    reads as out-of-memory."""
+
+    def __init__(self, limit: int | None = None, paths: RunPaths | None = None, command: bool = False,
+                 gpu_watch: gpu.GpuWatch | None = None) -> None:
         self.peak: int | None = None
         self.limit = limit
         self.paths = paths
+        self.command = command
+        self.gpu = gpu_watch
         self.exceeded: str | None = None
+        self.oom_cause: str | None = None  # "memory", "gpu_share", "cuda"
         self.command_pgid: int | None = None
         self.job_thread: int | None = None
+        self.cpu_time: float | None = None
         self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._over = 0
+        self._tree_peak = 0  # the largest sum over the job's processes (children only, for a Python job)
+        self._next_rss = 0.0
+        self._next_gpu = 0.0
+        self._hwm = False
         # Measured here, in the caller's thread, before the job starts: a job that
         # allocates at once must not hide its memory inside the baseline.
-        self._baseline = self._tree_rss()
+        self.baseline = 0 if command else _rss("self")
+        self._since_pid = _last_pid()
+        self._usage0 = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
 
-    @staticmethod
-    def _tree_rss() -> int:
-        try:
-            import psutil
-        except ImportError:
-            return 0
-        me = psutil.Process()
-        total = 0
-        try:
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    total += child.memory_info().rss
-        except psutil.Error:
-            pass
-        return total
+    def start(self) -> None:
+        now = time.monotonic()
+        self._next_rss = now + (0.1 if self.command else 0.0)  # a command this short has wait4's figure
+        if self.command:
+            return  # the command loop calls poll()
+        self._hwm = _HAVE_PROC and _reset_peak_rss()
+        if self.limit or self.gpu is not None or not self._hwm:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="labq-rss")
+            self._thread.start()
 
-    def run(self) -> None:
-        baseline = self._baseline
-        over = 0
+    def _run(self) -> None:
         while True:
-            total = self._tree_rss()
-            self.peak = max(self.peak or 0, total)
-            if self.limit and not self.exceeded:
-                over = over + 1 if total - baseline > self.limit else 0
-                if over >= 2:
-                    self._exceed(total - baseline)
-            if self._stop_event.wait(RSS_SAMPLE_SECONDS):
+            self.poll(time.monotonic())
+            wait = RSS_SAMPLE_SECONDS if (self.limit or not self._hwm) else gpu.GPU_SAMPLE_SECONDS
+            if self._stop_event.wait(wait):
                 return
 
-    def _exceed(self, used: int) -> None:
-        self.exceeded = (f"out of memory: the job used {used / 2**20:.0f} MiB, more than its memory request of "
-                         f"{self.limit / 2**20:.0f} MiB")
+    def _root(self) -> int | None:
+        return self.command_pgid if self.command else os.getpid()
+
+    def _pids(self) -> set[int]:
+        """The job's processes: a command's tree and group; a Python job's
+        worker and its children."""
+        root = self._root()
+        if root is None:
+            return set()
+        return {root} | _tree(root, self._since_pid, self.command_pgid)
+
+    def poll(self, now: float) -> None:
+        """One round of whatever is due: an RSS sample, a GPU sample."""
+        pids: set[int] | None = None
+        if (self.command or self.limit or not self._hwm) and now >= self._next_rss:
+            self._next_rss = now + RSS_SAMPLE_SECONDS
+            pids = self._pids()
+            self._sample_rss(pids)
+        if self.gpu is not None and now >= self._next_gpu:
+            self._next_gpu = now + gpu.GPU_SAMPLE_SECONDS
+            try:
+                reason = self.gpu.sample(self._pids() if pids is None else pids, now)
+            except Exception:  # NVML failing mid-job must not end the job: stop watching
+                self.gpu = None
+                reason = None
+            if reason and not self.exceeded:
+                self._exceed(reason, "gpu_share")
+
+    def _sample_rss(self, pids: set[int]) -> None:
+        if self.command:
+            total = sum(_rss(p) for p in pids)
+            self._tree_peak = max(self._tree_peak, total)
+            used = total
+        else:
+            own = _rss("self")
+            children = sum(_rss(p) for p in pids if p != os.getpid())
+            self._tree_peak = max(self._tree_peak, children)
+            self.peak = max(self.peak or 0, own + children)
+            used = own + children - self.baseline
+        if self.limit and not self.exceeded:
+            self._over = self._over + 1 if used > self.limit else 0
+            if self._over >= 2:
+                self._exceed(f"out of memory: the job used {used / 2**20:.0f} MiB, more than its memory request of "
+                             f"{self.limit / 2**20:.0f} MiB", "memory")
+
+    def command_finished(self, usage: resource.struct_rusage) -> None:
+        """The command's own rusage from wait4: its (and its reaped descendants')
+        CPU time, and the peak RSS of the largest of them."""
+        self.cpu_time = usage.ru_utime + usage.ru_stime
+        self._tree_peak = max(self._tree_peak, usage.ru_maxrss * 1024)
+
+    def _exceed(self, message: str, cause: str) -> None:
+        self.exceeded = message
+        self.oom_cause = cause
         if self.command_pgid is not None:
             return  # the command loop kills the group
         if self.job_thread is not None:
@@ -336,4 +599,23 @@ class _RssSampler(threading.Thread):
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=1)
+        if self._thread is not None:
+            self._thread.join(timeout=1)
+        if self.command:
+            self.peak = self._tree_peak or None
+            return
+        # A Python job: its own peak, plus its children's (alive now, sampled, or
+        # the largest reaped one, which the kernel remembers).
+        self_end, children_end = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        self_start, children_start = self._usage0
+        self.cpu_time = (self_end.ru_utime - self_start.ru_utime + self_end.ru_stime - self_start.ru_stime
+                         + children_end.ru_utime - children_start.ru_utime
+                         + children_end.ru_stime - children_start.ru_stime)
+        children = max(self._tree_peak, sum(_rss(p) for p in _tree(os.getpid(), self._since_pid)) if _HAVE_PROC else 0)
+        if children_end.ru_maxrss > children_start.ru_maxrss:
+            children = max(children, children_end.ru_maxrss * 1024)
+        own = _peak_rss_self() if self._hwm else None
+        if own is not None:
+            self.peak = max(self.peak or 0, own + children)
+        elif self.peak is None:
+            self.peak = _rss("self") + children or None

@@ -864,3 +864,52 @@ def test_set_unknown_key_rejected_by_validation(tmp_path):
 def test_set_bad_dataset_rejected_by_check_params(tmp_path):
     err = reject(tmp_path, QUICKSTART, ["stages.prep.params.dataset=nope"])
     assert_problem(err, "stages[prep].params", "dataset: unknown value 'nope'")
+
+
+# ------------------------------------------------------------------ GPU memory requests and OOM-aware retry
+
+@pytest.mark.parametrize("text, size", [("6GiB", 6 * 2**30), ("512MiB", 512 * 2**20), ("8G", 8 * 10**9)])
+def test_gpu_memory_request_accepted_in_size_units(tmp_path, text, size):
+    res = load(tmp_path, resources(f"gpu_memory: {text}")).stage("train").resources
+    assert res.gpu_memory == size and res.gpu == 0 and res.fractional_gpu
+
+
+def test_gpu_memory_and_gpu_together_rejected(tmp_path):
+    err = reject(tmp_path, resources("gpu: 0.5, gpu_memory: 6GiB"))
+    assert_problem(err, "stages[train].resources", "gpu_memory:", "either gpu", "not both")
+
+
+@pytest.mark.parametrize("value, fragment", [("lots", "expected a size such as 512MiB or 2GiB"),
+                                             ("-1GiB", "expected a size"), (".inf", "non-negative size")])
+def test_bad_gpu_memory_rejected_with_its_key(tmp_path, value, fragment):
+    err = reject(tmp_path, resources(f"gpu_memory: {value}"))
+    assert_problem(err, "stages[train].resources.gpu_memory", fragment)
+
+
+def test_zero_gpu_memory_rejected(tmp_path):
+    err = reject(tmp_path, resources("gpu_memory: 0"))
+    assert_problem(err, "stages[train].resources", "gpu_memory:", "positive size")
+
+
+@pytest.mark.parametrize("request_", ["gpu: 0.25", "gpu_memory: 4GiB"])
+def test_retry_on_oom_accepted_for_a_gpu_share(tmp_path, request_):
+    spec = load(tmp_path, one_stage(f"retry_on_oom: {{gpu_scale: 2}}, resources: {{{request_}}}"))
+    assert spec.stage("train").retry_on_oom.gpu_scale == 2
+
+
+@pytest.mark.parametrize("scale, fragment", [(1, "greater than 1"), (0.5, "greater than 1"), (".inf", "finite"),
+                                             (".nan", "finite"), ("'x'", "valid number")])
+def test_retry_on_oom_scale_must_be_finite_and_above_one(tmp_path, scale, fragment):
+    err = reject(tmp_path, one_stage(f"retry_on_oom: {{gpu_scale: {scale}}}, resources: {{gpu: 0.25}}"))
+    assert_problem(err, "stages[train].retry_on_oom.gpu_scale", fragment)
+
+
+def test_retry_on_oom_unknown_key_lists_valid_ones(tmp_path):
+    err = reject(tmp_path, one_stage("retry_on_oom: {scale: 2}, resources: {gpu: 0.25}"))
+    assert_problem(err, "stages[train].retry_on_oom.scale", "unknown key; expected one of: gpu_scale")
+
+
+@pytest.mark.parametrize("request_", ["cpu: 1", "gpu: 1", "gpu: 2"])
+def test_retry_on_oom_needs_a_share_of_one_gpu_to_scale(tmp_path, request_):
+    err = reject(tmp_path, one_stage(f"retry_on_oom: {{gpu_scale: 2}}, resources: {{{request_}}}"))
+    assert_problem(err, "stages[train]", "retry_on_oom:", "share of one GPU")

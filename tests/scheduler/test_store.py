@@ -701,3 +701,52 @@ def test_opening_waits_for_a_concurrent_initialiser(home):
     finally:
         release.join()
         other.close()
+
+
+GPU_SWEEP = """
+experiment: gpus
+stages:
+  - name: fit
+    command: "echo fit"
+    resources: {gpu: 0.25}
+    retry_on_oom: {gpu_scale: 2}
+  - name: bymem
+    command: "echo mem"
+    resources: {gpu_memory: 6GiB}
+"""
+
+
+def test_gpu_oom_retries_with_a_doubled_share_up_to_a_whole_gpu_without_charging(store, submit):
+    _, (fit, bymem), _ = submit(GPU_SWEEP)
+    assert store.job(fit).oom_gpu_scale == 2 and store.job(bymem).gpu_memory == 6 * 2**30
+    shares = []
+    for n in range(2):
+        (att,) = store.start_attempts([(fit, "n", store.job(fit).gpu)], run_dir_for, NOW + 10 * n)
+        shares.append(att.gpu_share)
+        assert store.finish_attempt(att.id, AttemptState.OUT_OF_MEMORY, NOW + 10 * n + 1,
+                                    error="exceeded GPU memory share") is JobState.PENDING
+    # 0.25 -> 0.5 -> 1.0; a job that ran out with a whole GPU is charged like any failure (retries: 0)
+    assert shares == [0.25, 0.5] and store.job(fit).gpu == 1.0
+    (att,) = store.start_attempts([(fit, "n", store.job(fit).gpu)], run_dir_for, NOW + 40)
+    assert store.finish_attempt(att.id, AttemptState.OUT_OF_MEMORY, NOW + 41,
+                                error="CUDA out of memory. Tried to allocate 2.00 GiB") is JobState.FAILED
+    assert "retrying with gpu 0.5" in " ".join(e.message for e in store.events(fit))
+
+
+def test_host_memory_oom_does_not_grow_the_gpu_share(store, submit):
+    _, (fit, _), _ = submit(GPU_SWEEP)
+    (att,) = store.start_attempts([(fit, "n", 0.25)], run_dir_for, NOW + 1)
+    assert store.finish_attempt(att.id, AttemptState.OUT_OF_MEMORY, NOW + 2,
+                                error="used 3.0GiB, over its memory request of 2.0GiB") is JobState.FAILED
+    assert store.job(fit).gpu == 0.25
+
+
+def test_a_preempted_attempt_requeues_without_charging_and_keeps_history(store, submit):
+    _, ids, _ = submit(JOIN)  # retries: 0
+    (a1,) = start(store, ids[0])
+    assert store.finish_attempt(a1.id, AttemptState.PREEMPTED, NOW + 2,
+                                error="preempted: queue 'prod' is below its guarantee") is JobState.PENDING
+    (a2,) = start(store, ids[0], now=NOW + 3)
+    assert a2.number == 2
+    assert store.finish_attempt(a2.id, AttemptState.SUCCEEDED, NOW + 4, result={"metrics": {}}) is JobState.SUCCEEDED
+    assert [a.state for a in store.attempts(ids[0])] == [AttemptState.PREEMPTED, AttemptState.SUCCEEDED]
