@@ -86,3 +86,16 @@ class FakeBackend:
 
     def cancel(self, ref: Handle, force: bool) -> None:
         pass
+
+    def read_gpus(self, node_ids: list[str]) -> dict[str, Handle]:
+        """Telemetry readings: done at once, as on a machine without NVML."""
+        handles = {}
+        for node_id in node_ids:
+            handle = Handle(-1 - len(self.done) - len(handles))
+            self.done.add(handle)
+            handles[node_id] = handle
+        return handles
+
+    def value(self, ref: Handle) -> Any:
+        self.done.discard(ref)
+        return []

@@ -27,6 +27,21 @@ class Held:
     ended_at: float | None
     submitted_at: float  # the job's
     first_started_at: float | None  # the job's first dispatch: its wait ends there
+    memory: int = 0  # bytes
+
+
+def decayed_usage(held: list[Held], now: float, half_life: float, dominant) -> dict:
+    """Decayed dominant-share-seconds keyed by queue and by (queue, user), as
+    :class:`scheduler.policy.UsageBook` keeps them; ``dominant(cpu, gpu, memory)``
+    gives a share of the cluster."""
+    usage: dict = {}
+    for h in held:
+        end = now if h.ended_at is None else min(h.ended_at, now)
+        value = dominant(h.cpu, h.gpu, h.memory) * decayed_seconds(h.dispatched_at, end, now, half_life)
+        if value:
+            for key in (h.queue, (h.queue, h.user)):
+                usage[key] = usage.get(key, 0.0) + value
+    return usage
 
 
 def decayed_seconds(start: float, end: float, now: float, half_life: float) -> float:

@@ -169,6 +169,8 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
             "node_id": attempt.node_id if attempt else None, "gpu_ids": attempt.gpu_ids if attempt else [],
             "peak_rss": attempt.peak_rss if attempt else None, "run_dir": attempt.run_dir if attempt else None,
             "error": (attempt.error.strip().splitlines()[-1] if attempt and attempt.error else None),
+            "gpu_usage": attempt.usage.get("gpu_usage") if attempt else None,
+            "advice": advice_for(job, attempt) if attempt and attempt.ended_at else [],
         })
     # The main metric is judged on the last stage: it is what the experiment is for.
     last_stage = jobs[-1].stage if jobs else None
@@ -198,6 +200,27 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
             r["best"] = r is best
     return Results(experiment=exp.name, experiment_id=exp.id, metric=metric, mode=mode, rows=rows,
                    varying_params=varying, metric_names=metric_names)
+
+
+def advice_for(job: Job, attempt: Any) -> list[str]:
+    """What the attempt used against what the job asked for (scheduler.advice)."""
+    from scheduler.advice import advise
+
+    requested = {"cpu": job.cpu, "gpu": attempt.gpu_share or job.gpu, "gpu_memory": job.gpu_memory,
+                 "memory": job.memory}
+    usage = {"peak_rss": attempt.peak_rss, "started_at": attempt.started_at, "ended_at": attempt.ended_at,
+             **attempt.usage}
+    return advise(requested, usage)
+
+
+def advice_summary(rows: list[dict[str, Any]], top: int = 3) -> list[str]:
+    """The most common advice over an experiment's jobs, with how many jobs it fits."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for line in row.get("advice") or []:
+            counts[line] = counts.get(line, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [f"{line} ({n} job{'s' if n != 1 else ''})" for line, n in ranked]
 
 
 def _varying_params(rows: list[dict[str, Any]]) -> list[str]:

@@ -222,7 +222,9 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
             _print_json({**job.to_json(), "attempts_detail": [a.to_json() for a in attempts],
                          "events": [e.to_json() for e in events]})
         else:
-            render.console.print(render.status_view(job, attempts, events))
+            finished = [a for a in attempts if a.ended_at]
+            advice = api.advice_for(job, finished[-1]) if finished else []
+            render.console.print(render.status_view(job, attempts, events, advice))
         return
     exp = store.experiment(ref)
     jobs = store.jobs_of_experiment(exp.id)
@@ -344,11 +346,43 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
         from scheduler import render
 
         render.console.print(render.results_table(res, total=total))
+        for line in api.advice_summary(plotted.rows):
+            render.console.print(f"right-sizing: {line}", highlight=False)
         if total > len(res.rows):
             render.console.print(f"... {total - len(res.rows)} more (--limit N, or --csv / --json for all)",
                                  highlight=False)
         if plot:
             render.console.print(f"wrote {plot}", highlight=False)
+
+
+@cli.command()
+@click.option("--since", default="7d", show_default=True, help="Period to report: a duration back from now (12h, 7d).")
+@click.option("--by", type=click.Choice(["user", "queue", "both"]), default="both", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One object per group.")
+@click.pass_context
+def usage(ctx: click.Context, since: str, by: str, as_json: bool) -> None:
+    """Resource-hours, jobs and waiting per user and queue (like SLURM's sreport),
+    and the decayed usage fair share ranks by."""
+    from scheduler import accounting
+    from scheduler.units import parse_duration
+
+    try:
+        period = parse_duration(since)
+    except ValueError as exc:
+        raise UserError(f"--since {since}: {exc}") from None
+    settings = _settings(ctx)
+    half_life = settings.scheduler.usage_half_life
+    now = time.time()
+    # Decayed usage needs history: ten half-lives back weighs under 0.1%.
+    held = _store(ctx).held_since(min(now - period, now - 10 * half_life))
+    groups = ("user",) if by == "user" else ("queue",) if by == "queue" else ("queue", "user")
+    rows = accounting.summarize(held, since=now - period, now=now, half_life=half_life, by=groups)
+    if as_json:
+        _print_json({"since": now - period, "now": now, "half_life_s": half_life, "rows": rows})
+        return
+    from scheduler import render
+
+    render.console.print(render.usage_table(rows, groups, since, half_life))
 
 
 @cli.command()
@@ -371,6 +405,59 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     elif st.ray == "down":
         render.console.print("Ray is DOWN: the scheduler keeps the queue and resumes when Ray is back", highlight=False)
     render.console.print(render.nodes_table(found, time.time()))
+
+
+@cli.command()
+@click.argument("trace", type=click.Path())
+@click.option("--nodes", "nodes_csv", type=click.Path(dir_okay=False), help="NODES.csv: node_id, cpu, gpu[, memory].")
+@click.option("--cluster", "cluster_yaml", type=click.Path(dir_okay=False),
+              help="A Ray cluster.yaml: node types x max_workers, queues from metadata.labq.")
+@click.option("--gpus", type=click.IntRange(min=0, max=1_000_000), help="One node with this many GPUs ...")
+@click.option("--cpus", type=_FiniteFloat(min=0, min_open=True, max=1e9), help="... and this many CPUs.")
+@click.option("--policy", "policies", multiple=True, metavar="NAME",
+              help="fifo, priority, fair or labq (repeatable; default: all four).")
+@click.option("--json", "as_json", is_flag=True, help="One object per policy.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of GPU and CPU allocation over time.")
+@click.pass_context
+def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml: str | None, gpus: int | None,
+             cpus: float | None, policies: tuple[str, ...], as_json: bool, plot: str | None) -> None:
+    """Replay TRACE.csv through the real policy in virtual time.
+
+    Prints avg JCT, avg and p95 wait, makespan and utilisation per policy.
+    """
+    from scheduler import policy, simulator
+
+    unknown = [p for p in policies if p not in policy.POLICIES]
+    if unknown:
+        raise UserError(f"--policy {unknown[0]}: unknown policy; choose from {', '.join(policy.POLICIES)}")
+    one_node = gpus is not None or cpus is not None
+    if sum([nodes_csv is not None, cluster_yaml is not None, one_node]) != 1:
+        raise UserError("labq simulate: give the cluster as one of --nodes NODES.csv, --cluster cluster.yaml, "
+                        "or --gpus N --cpus N")
+    jobs = simulator.load_trace(trace)
+    settings = _settings(ctx)
+    queues = settings.queue_configs()
+    if nodes_csv:
+        nodes = simulator.load_nodes(nodes_csv)
+    elif cluster_yaml:
+        from scheduler.config import load_settings
+
+        nodes, queues = simulator.cluster_from_yaml(cluster_yaml)
+        settings = load_settings(cluster_yaml)
+    else:
+        nodes = [simulator.node("node-0", cpus if cpus is not None else float(max(1, 4 * (gpus or 0))), gpus or 0)]
+    results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life)
+    if plot:
+        try:
+            simulator.plot_utilisation(results, plot)
+        except OSError as exc:
+            raise UserError(f"--plot {plot}: cannot write it: {exc.strerror or exc}") from None
+    if as_json:
+        _print_json([r.to_json() for r in results])
+        return
+    from scheduler import render
+
+    render.console.print(simulator.results_table(results, simulator.lower_bound(jobs, nodes)))
 
 
 # ---------------------------------------------------------------- the daemon

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from scheduler.errors import ConfigError
+from scheduler.units import parse_duration, parse_memory
+
+if TYPE_CHECKING:
+    from scheduler.policy import QueueConfig
 
 DEFAULT_HOME = "~/.labq"
 
@@ -33,6 +37,18 @@ class LocalRay(_Strict):
     num_gpus: int | None = Field(None, ge=0)
 
 
+def _memory(value: Any) -> Any:
+    return None if value is None else parse_memory(value)
+
+
+def _duration(value: Any) -> Any:
+    return value if value is None else parse_duration(value)
+
+
+Memory = Annotated[int | None, BeforeValidator(_memory)]
+Duration = Annotated[float, BeforeValidator(_duration)]
+
+
 class SchedulerSettings(_Strict):
     # How long the loop waits for Ray events before looking at the queue again.
     poll_interval: float = Field(0.2, gt=0, le=10)
@@ -41,11 +57,53 @@ class SchedulerSettings(_Strict):
     idle_timeout: float = Field(300.0, ge=0)
     # After a polite cancel, how long before the worker process is killed.
     cancel_grace: float = Field(3.0, ge=0)
+    # Fair share remembers past usage, halving its weight every this long
+    # (a duration: 90s, 12h, 7d, or seconds).
+    usage_half_life: Duration = 7 * 86400.0
+
+
+class QueueResources(_Strict):
+    """Amounts of cpu (cores), gpu (GPUs) and memory (a size such as 64GiB);
+    a resource left out is not governed."""
+
+    cpu: float | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
+    gpu: float | None = Field(None, ge=0, le=1e6, allow_inf_nan=False)
+    memory: Memory = None
+
+    def amounts(self) -> dict[str, float]:
+        return {k: float(v) for k, v in (("cpu", self.cpu), ("gpu", self.gpu), ("memory", self.memory))
+                if v is not None}
 
 
 class Queue(_Strict):
+    """A queue's share of the cluster: ``weight`` in fair share, a ``guarantee``
+    it is always entitled to, an optional hard ``limit``; whether it may
+    ``borrow`` idle capacity beyond its guarantee, and whether, under its
+    guarantee, it may ``preempt`` jobs that other queues run on borrowed capacity."""
+
     name: str
     description: str | None = None
+    weight: float = Field(1.0, gt=0, le=1e6, allow_inf_nan=False)
+    guarantee: QueueResources = Field(default_factory=QueueResources)
+    limit: QueueResources | None = None
+    borrow: bool = True
+    preempt: bool = False
+
+    @model_validator(mode="after")
+    def _limit_not_below_guarantee(self) -> "Queue":
+        if self.limit is not None:
+            for resource, amount in self.guarantee.amounts().items():
+                cap = self.limit.amounts().get(resource)
+                if cap is not None and cap < amount:
+                    raise ValueError(f"limit.{resource} ({cap:g}) is below guarantee.{resource} ({amount:g})")
+        return self
+
+    def config(self) -> "QueueConfig":
+        from scheduler.policy import QueueConfig
+
+        return QueueConfig(name=self.name, weight=self.weight, guarantee=self.guarantee.amounts(),
+                           limit=None if self.limit is None else self.limit.amounts(), borrow=self.borrow,
+                           preempt=self.preempt)
 
 
 class Settings(_Strict):
@@ -69,6 +127,20 @@ class Settings(_Strict):
 
     def queue_names(self) -> list[str]:
         return [q.name for q in self.queues]
+
+    def queue_configs(self) -> list["QueueConfig"]:
+        """The queues as the scheduling policy takes them."""
+        return [q.config() for q in self.queues]
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names_unique(cls, queues: list[Queue]) -> list[Queue]:
+        seen: set[str] = set()
+        for q in queues:
+            if q.name in seen:
+                raise ValueError(f"queue {q.name!r} is declared twice")
+            seen.add(q.name)
+        return queues
 
 
 def load_settings(cluster: str | Path | None = None) -> Settings:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler import policy, wakeup
+from scheduler import accounting, policy, wakeup
 from scheduler.config import Settings
-from scheduler.records import Attempt, Job, NodeSnapshot
-from scheduler.states import AttemptState, JobState
+from scheduler.records import Attempt, Job, NodeSnapshot, Waiting
+from scheduler.states import AttemptState
 from scheduler.store import Store
 from workers import bundle
 from workers.attempt import OOM_MARKER, kill_process_group
@@ -32,6 +32,8 @@ NODE_REFRESH_SECONDS = 2.0
 NODE_FAILURES = ("NodeDiedError", "LocalRayletDiedError", "TaskUnschedulableError")
 SUSPECT_NODE_SECONDS = 60.0
 NODE_FRESHNESS_SECONDS = 0.5
+# How often each GPU node's NVML readings are refreshed for `labq nodes`.
+GPU_TELEMETRY_SECONDS = 10.0
 _NON_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
 
 
@@ -43,7 +45,8 @@ class Running:
     job: Job
     ref: Any
     gpu_indices: tuple[int, ...]
-    stop_reason: AttemptState | None = None  # CANCELLED or TIMED_OUT once asked to stop
+    stop_reason: AttemptState | None = None  # CANCELLED, TIMED_OUT or PREEMPTED once asked to stop
+    stop_detail: str | None = None  # why, for the attempt's error
     stop_asked_at: float | None = None
     forced: bool = False
 
@@ -67,10 +70,16 @@ class Scheduler:
         self._dirty = True
         # The pending queue, kept current from the events table instead of
         # re-reading (and re-decoding) every pending job each pass.
-        self._pending: dict[int, tuple[Job, policy.Demand]] = {}
+        self._pending: dict[int, policy.Demand] = {}
+        self._pending_index = policy.PendingIndex()  # the same demands, grouped as decide wants them
         self._events_seen: int | None = None
+        self._queues = settings.queue_configs()
+        self._usage: policy.UsageBook | None = None  # decayed usage for fair share, from the first pass on
         # Set by a submit's nudge (scheduler.wakeup) to end the idle sleep early.
         self.wake = threading.Event()
+        self._gpu_readings: dict[str, list[dict[str, Any]]] = {}  # node id -> NVML readings per GPU
+        self._gpu_refs: dict[str, Any] = {}  # node id -> telemetry task in flight
+        self._gpu_read_at = 0.0
 
     # ------------------------------------------------------------ restart
 
@@ -98,6 +107,7 @@ class Scheduler:
     def tick(self, now: float) -> None:
         self._stop_requested(now)
         self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
+        self._read_gpus(now)
         version = self.store.data_version()
         if self._dirty or version != self._seen_version or now - self._nodes_at > NODE_REFRESH_SECONDS:
             self._seen_version = version
@@ -112,6 +122,27 @@ class Scheduler:
         else:
             self.wake.wait(timeout)
         self.wake.clear()
+
+    def _read_gpus(self, now: float) -> None:
+        """Keep NVML readings of every GPU node fresh, without ever blocking a pass:
+        start a reading per node, pick results up on later passes."""
+        if self._gpu_refs:
+            done = set(self.backend.wait(list(self._gpu_refs.values()), timeout=0))
+            for node_id, ref in list(self._gpu_refs.items()):
+                if ref in done:
+                    del self._gpu_refs[node_id]
+                    self._gpu_readings[node_id] = self.backend.value(ref) or []
+            if not self._gpu_refs:
+                self._save_node_snapshot(now)
+            elif now - self._gpu_read_at > 6 * GPU_TELEMETRY_SECONDS:  # a reading stuck on a dying node
+                self._gpu_refs.clear()
+            return
+        if now - self._gpu_read_at < GPU_TELEMETRY_SECONDS:
+            return
+        gpu_nodes = [n.node_id for n in self._nodes if n.resources.get("GPU", 0) > 0]
+        if gpu_nodes:
+            self._gpu_read_at = now
+            self._gpu_refs = self.backend.read_gpus(gpu_nodes)
 
     def _stop_requested(self, now: float) -> None:
         cancelled = self.store.cancel_requested() if self.running else set()
@@ -129,9 +160,9 @@ class Scheduler:
                 self._kill_command_group(run)
                 self.backend.cancel(run.ref, force=True)
 
-    def _ask_stop(self, run: Running, reason: AttemptState, now: float) -> None:
-        log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, reason.value)
-        run.stop_reason, run.stop_asked_at = reason, now
+    def _ask_stop(self, run: Running, reason: AttemptState, now: float, detail: str | None = None) -> None:
+        log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, detail or reason.value)
+        run.stop_reason, run.stop_asked_at, run.stop_detail = reason, now, detail
         self.backend.cancel(run.ref, force=False)
 
     @staticmethod
@@ -158,6 +189,8 @@ class Scheduler:
                 state = run.stop_reason
                 if state is AttemptState.TIMED_OUT:
                     error = f"ran longer than its timeout of {run.job.timeout:g}s"
+                elif state is AttemptState.PREEMPTED:
+                    error = run.stop_detail
             elif result is None and state is not AttemptState.CANCELLED:
                 paths = RunPaths(Path(run.attempt.run_dir))
                 result = paths.read_result()  # written before the worker died?
@@ -167,7 +200,7 @@ class Scheduler:
             if result is not None and result.get("bundle"):
                 bundle.unpack(result.pop("bundle"), Path(run.attempt.run_dir))
             if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY, AttemptState.CANCELLED,
-                         AttemptState.TIMED_OUT):
+                         AttemptState.TIMED_OUT, AttemptState.PREEMPTED):
                 # The worker may have died without ending its command's tree (a
                 # shell does not pass PDEATHSIG on): end it before any retry starts.
                 self._kill_command_group(run)
@@ -240,10 +273,15 @@ class Scheduler:
             r = n.resources
             custom = {k: v for k, v in r.items() if k not in _NON_CUSTOM and not k.startswith("node:")
                       and not k.startswith("accelerator_type:")}
+            gpus = int(r.get("GPU", 0))
+            # Card sizes come from NVML readings (none for logical GPUs): needed to place gpu_memory requests.
+            sizes = {g.get("index"): g.get("memory_total") for g in self._gpu_readings.get(n.node_id, [])}
+            gpu_memory = [int(sizes[i]) for i in range(gpus) if sizes.get(i)]
             nodes[n.node_id] = policy.Node(
                 node_id=n.node_id, cpu_total=r.get("CPU", 0.0), cpu_free=r.get("CPU", 0.0),
                 memory_total=int(r.get("memory", 0)), memory_free=int(r.get("memory", 0)),
-                gpu_free=[1.0] * int(r.get("GPU", 0)), custom_total=dict(custom), custom_free=dict(custom))
+                gpu_free=[1.0] * gpus, custom_total=dict(custom), custom_free=dict(custom),
+                gpu_memory=gpu_memory if len(gpu_memory) == gpus else [])
         for run in self.running.values():
             node = nodes.get(run.attempt.node_id or "")
             if node is None:
@@ -253,9 +291,10 @@ class Scheduler:
             node.memory_free -= job.memory or 0
             for k, v in job.custom.items():
                 node.custom_free[k] = node.custom_free.get(k, 0.0) - v
+            share = run.attempt.gpu_share or job.gpu
             for i in run.gpu_indices:
                 if i < len(node.gpu_free):
-                    node.gpu_free[i] -= job.gpu if job.gpu <= 1 else 1.0
+                    node.gpu_free[i] -= share if share <= 1 else 1.0
         return list(nodes.values())
 
     def _schedule(self, now: float) -> None:
@@ -264,58 +303,96 @@ class Scheduler:
         self._sync_pending()
         if not self._pending:
             return
-        jobs = {job_id: job for job_id, (job, _) in self._pending.items()}
-        demands = [demand for _, demand in self._pending.values()]
-        decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
+        decision = self._decide(now)
         if decision.unschedulable and now - self._nodes_at > NODE_FRESHNESS_SECONDS:
             # Unschedulable is final: judge it on a fresh view (a node may just have joined).
             self._refresh_nodes(now)
-            decision = policy.decide(demands, self.free_capacity(), known=self.free_capacity(list(self._known.values())))
+            decision = self._decide(now)
+        for job_id, why in decision.preempt.items():
+            run = next((r for r in self.running.values() if r.job.id == job_id and r.stop_reason is None), None)
+            if run is not None:
+                self._ask_stop(run, AttemptState.PREEMPTED, now, detail=f"preempted: {why}")
+        if decision.placements:  # start jobs first; the reasons of those left waiting can follow
+            placements = {p.job_id: p for p in decision.placements}
+            home = self.settings.home_path
+            started = self.store.start_attempts(((p.job_id, p.node_id, p.gpu_share) for p in decision.placements),
+                                                lambda job_id, n: run_dir_for(home, job_id, n), now)
+            jobs = {j.id: j for j in self.store.jobs_by_ids([a.job_id for a in started])}
+            for attempt in started:
+                self._launch(attempt, jobs[attempt.job_id], placements[attempt.job_id], now)
+                self._reasons.pop(attempt.job_id, None)
+            self._account(now)
         if decision.unschedulable:
             self.store.mark_unschedulable(decision.unschedulable, now)
         changed = {j: r for j, r in decision.waiting.items() if self._reasons.get(j) != r}
         self.store.set_reasons(changed)
         self._reasons.update(changed)
-        if not decision.placements:
-            return
-        placements = {p.job_id: p for p in decision.placements}
-        home = self.settings.home_path
-        started = self.store.start_attempts(((p.job_id, p.node_id) for p in decision.placements),
-                                            lambda job_id, n: run_dir_for(home, job_id, n), now)
-        for attempt in started:
-            self._launch(attempt, jobs[attempt.job_id], placements[attempt.job_id], now)
-            self._reasons.pop(attempt.job_id, None)
+
+    def _decide(self, now: float) -> policy.Decision:
+        known = self.free_capacity(list(self._known.values()))
+        self._account(now, known)
+        return policy.decide(self._pending_index, self.free_capacity(), known=known, running=self._running_jobs(),
+                             queues=self._queues, usage=self._usage.snapshot() if self._usage else None, now=now,
+                             policy="labq")
+
+    def _running_jobs(self) -> list[policy.RunningJob]:
+        return [policy.RunningJob(job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu,
+                                  gpu=r.attempt.gpu_share or r.job.gpu, memory=r.job.memory or 0,
+                                  node_id=r.attempt.node_id or "", gpu_indices=r.gpu_indices,
+                                  started_at=r.attempt.dispatched_at or 0.0, time_limit=r.job.timeout,
+                                  priority=r.job.priority)
+                for r in self.running.values()]
+
+    def _account(self, now: float, known: list[policy.Node] | None = None) -> None:
+        """Advance decayed usage to ``now`` with what runs; on the first pass,
+        seed it from the store's history so a restart forgets nobody's usage."""
+        if self._usage is None:
+            if not known:
+                return
+            capacity = policy.Capacity.of(known)
+            half_life = self.settings.scheduler.usage_half_life
+            self._usage = policy.UsageBook(half_life, capacity)
+            held = self.store.held_since(now - 10 * half_life)
+            self._usage.seed(accounting.decayed_usage(held, now, half_life, capacity.dominant), now)
+        elif known:
+            self._usage.capacity = policy.Capacity.of(known)
+        self._usage.advance(now, self._running_jobs())
 
     def _sync_pending(self) -> None:
         """Bring the pending view up to date: everything on the first pass, then
         only the jobs whose state changed since the last event seen."""
         if self._events_seen is None:
             self._events_seen = self.store.last_event_id()
-            self._pending = {j.id: (j, _demand(j)) for j in self.store.pending_jobs()}
+            waiting = self.store.waiting()
+            self._pending = {w.id: _demand(w) for w in waiting}
+            self._pending_index = policy.PendingIndex(self._pending.values())
             # What the store already says: a restart rewrites only reasons that changed.
-            self._reasons = {j.id: j.reason for j, _ in self._pending.values() if j.reason}
+            self._reasons = {w.id: w.reason for w in waiting if w.reason}
             return
         self._events_seen, changed = self.store.jobs_changed_since(self._events_seen)
         for start in range(0, len(changed), 5000):
             chunk = changed[start:start + 5000]
             for job_id in chunk:
-                self._pending.pop(job_id, None)
-            for job in self.store.jobs_by_ids(chunk):
-                if job.state is JobState.PENDING and not job.cancel_requested:
-                    self._pending[job.id] = (job, _demand(job))
-                    if job.reason:
-                        self._reasons[job.id] = job.reason
+                if self._pending.pop(job_id, None) is not None:
+                    self._pending_index.remove(job_id)
+            for w in self.store.waiting(chunk):
+                self._pending[w.id] = _demand(w)
+                self._pending_index.add(self._pending[w.id])
+                if w.reason:
+                    self._reasons[w.id] = w.reason
         for job_id in changed:
             if job_id not in self._pending:
                 self._reasons.pop(job_id, None)
 
     def _launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> None:
         extra = self.store.launch_context(job.id)
+        share = placement.gpu_share or job.gpu  # gpu_memory turned into a share of the chosen card
         task = {
             "job_id": job.id, "attempt": attempt.number, "experiment": job.experiment, "stage": job.stage,
             "params": job.params, "run_dir": attempt.run_dir, "target_kind": job.target_kind, "target": job.target,
             "inputs": extra["inputs"], "previous_run_dir": extra["previous_run_dir"],
-            "resources": {"cpu": job.cpu, "gpu": job.gpu, "memory": job.memory, "custom": job.custom},
+            "resources": {"cpu": job.cpu, "gpu": share, "memory": job.memory, "custom": job.custom,
+                          "gpu_memory": job.gpu_memory},
             "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
             "cache_dir": str(self.settings.home_path / "cache"),
             "collect_to_node": self._collect_node(),
@@ -324,7 +401,7 @@ class Scheduler:
             for up in task["inputs"]:  # the node cannot read the head's disk: send the artifacts
                 up["bundle"] = bundle.pack(Path(up["run_dir"]), only="artifacts")
         try:
-            ref = self.backend.launch(task, cpu=job.cpu, gpu=job.gpu, memory=job.memory, custom=job.custom,
+            ref = self.backend.launch(task, cpu=job.cpu, gpu=share, memory=job.memory, custom=job.custom,
                                       node_id=placement.node_id, package=extra["package"])
         except Exception as exc:  # bad runtime env, Ray gone mid-pass: the attempt failed to start
             log.exception("launching job %s failed", job.id)
@@ -367,16 +444,19 @@ class Scheduler:
             if f is not None:
                 allocated = {"CPU": round(f.cpu_total - f.cpu_free, 4), "GPU": round(len(f.gpu_free) - sum(f.gpu_free), 4),
                              "memory": f.memory_total - f.memory_free}
-            gpus = [{"index": i, "allocated": round(1.0 - share, 4)} for i, share in enumerate(f.gpu_free)] if f else []
+            readings = {g.get("index"): g for g in self._gpu_readings.get(n.node_id, [])}
+            gpus = [{**readings.get(i, {}), "index": i, "allocated": round(1.0 - share, 4)}
+                    for i, share in enumerate(f.gpu_free)] if f else []
             snapshots.append(NodeSnapshot(node_id=n.node_id, address=n.address, alive=n.alive, total=total,
                                           allocated=allocated, running_jobs=per_node.get(n.node_id, 0), gpus=gpus,
                                           updated_at=now))
         self.store.save_nodes(snapshots)
 
 
-def _demand(job: Job) -> policy.Demand:
-    return policy.Demand(job_id=job.id, cpu=job.cpu, gpu=job.gpu, memory=job.memory or 0, custom=job.custom,
-                         priority=job.priority, seq=job.id)
+def _demand(w: Waiting) -> policy.Demand:
+    return policy.Demand(job_id=w.id, cpu=w.cpu, gpu=w.gpu, memory=w.memory, custom=w.custom, priority=w.priority,
+                         seq=w.id, user=w.user, queue=w.queue, time_limit=w.timeout, submitted_at=w.submitted_at,
+                         gpu_memory=w.gpu_memory)
 
 
 def run(scheduler: Scheduler, stop: threading.Event, *, idle_timeout: float = 0.0, now_fn=time.time) -> None:

@@ -19,10 +19,19 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from scheduler.states import AttemptState
 from workers.attempt import run_attempt
+from workers.gpu import node_telemetry
 
 log = logging.getLogger("labq.ray")
 
 _remote_attempt = ray.remote(max_retries=0)(run_attempt)
+# A GPU job gets a fresh worker process: a worker that has started CUDA keeps
+# its first CUDA_VISIBLE_DEVICES and its torch memory cap, so reusing it could
+# put the next job on the wrong card (Ray only defaults max_calls=1 for GPU
+# functions declared with num_gpus, not for num_gpus given in .options()).
+_remote_gpu_attempt = ray.remote(max_retries=0, max_calls=1)(run_attempt)
+# NVML readings of one node's GPUs, for `labq nodes`: no CPU held, so it never
+# waits behind the jobs it reports on.
+_remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,23 @@ class RayBackend:
             options["runtime_env"] = {"working_dir": uri}
         if node_id:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-        return _remote_attempt.options(**options).remote(task)
+        remote = _remote_gpu_attempt if gpu > 0 else _remote_attempt
+        return remote.options(**options).remote(task)
+
+    @staticmethod
+    def read_gpus(node_ids: list[str]) -> dict[str, ray.ObjectRef]:
+        """Start one NVML reading on each node; collect with :meth:`wait` and :meth:`value`."""
+        return {n: _remote_telemetry.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n, soft=False))
+                .remote() for n in node_ids}
+
+    @staticmethod
+    def value(ref: ray.ObjectRef) -> Any:
+        """A finished helper task's return value, or None if it failed."""
+        try:
+            return ray.get(ref, timeout=5)
+        except Exception as exc:  # a node that died, a missing driver: no telemetry this time
+            log.debug("telemetry %s: %s", ref, exc)
+            return None
 
     @staticmethod
     def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:

@@ -58,6 +58,26 @@ class Job:
         return data
 
 
+@dataclass(slots=True)
+class Waiting:
+    """What the scheduler needs of a pending job to decide about it: its shape,
+    owner and order, without the params and targets only a launch needs (the
+    loop holds one per pending job, 100,000 of them in a big sweep)."""
+
+    id: int
+    cpu: float
+    gpu: float
+    memory: int
+    custom: dict[str, float]
+    priority: int
+    user: str
+    queue: str
+    timeout: float | None
+    submitted_at: float
+    gpu_memory: int
+    reason: str | None
+
+
 @dataclass
 class Attempt:
     id: int
@@ -76,6 +96,7 @@ class Attempt:
     gpu_share: float | None = None  # share of each GPU booked for it (gpu_memory turned into a fraction)
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)  # gpu_usage, cpu_time, ... (see store.USAGE_FIELDS)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

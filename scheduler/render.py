@@ -98,7 +98,15 @@ def results_table(res: Any, limit: int | None = None, total: int | None = None) 
     return table
 
 
-def status_view(job: Job, attempts: list[Any], events: list[Any]) -> Group:
+def _gpu_mem(usage: dict[str, Any]) -> str:
+    gpu = usage.get("gpu_usage") or {}
+    if not gpu.get("peak_memory"):
+        return "-"
+    total = gpu.get("memory_total")
+    return format_bytes(gpu["peak_memory"]) + (f" of {format_bytes(total)}" if total else "")
+
+
+def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[str] = ()) -> Group:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -110,22 +118,27 @@ def status_view(job: Job, attempts: list[Any], events: list[Any]) -> Group:
         ("run", f"{job.target_kind}: {job.target}"),
         ("params", ", ".join(f"{k}={_param(v)}" for k, v in job.params.items()) or "-"),
         ("resources", f"cpu {cpu}, gpu {gpu}, memory {format_bytes(job.memory) if job.memory else '-'}"
+         + (f", gpu_memory {format_bytes(job.gpu_memory)}" if job.gpu_memory else "")
          + (f", {job.custom}" if job.custom else "")),
         ("retries", f"{job.attempts} attempt(s) of {job.retries + 1} allowed"
          + (f", timeout {format_seconds(job.timeout)}" if job.timeout else "")),
         ("depends on", ", ".join(map(str, job.depends_on)) or "-"),
     ]
+    rows += [("advice", line) for line in advice]
     for k, v in rows:
         head.add_row(k, v)
     att = Table(title="attempts", title_justify="left")
-    for col in ("#", "state", "node", "gpu", "ran", "peak rss", "exit", "error / metrics", "run dir"):
+    for col in ("#", "state", "node", "gpu", "ran", "peak rss", "gpu mem", "exit", "error / metrics", "run dir"):
         att.add_column(col, overflow="fold")
     for a in attempts:
         ran = format_seconds(a.ended_at - a.started_at) if a.started_at and a.ended_at else "-"
         detail = (a.error.strip().splitlines()[-1] if a.error else
                   ", ".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:6]))
-        att.add_row(str(a.number), _state(a.state.value), (a.node_id or "-")[:8], ",".join(a.gpu_ids) or "-", ran,
-                    format_bytes(a.peak_rss), _fmt(a.exit_code), detail, a.run_dir)
+        gpus = ",".join(a.gpu_ids) or "-"
+        if a.gpu_share and a.gpu_ids and a.gpu_share < 1:
+            gpus += f" ({a.gpu_share:g})"
+        att.add_row(str(a.number), _state(a.state.value), (a.node_id or "-")[:8], gpus, ran,
+                    format_bytes(a.peak_rss), _gpu_mem(a.usage), _fmt(a.exit_code), detail, a.run_dir)
     ev = Table(title="events", title_justify="left")
     ev.add_column("time")
     ev.add_column("event", overflow="fold")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
-from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, is_id
+from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
 SCHEMA_VERSION = 1
@@ -28,6 +28,8 @@ APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Requeues not charged to a job (scheduler restarts, dead nodes) stop here.
 MAX_FREE_RETRIES = 5
+# What a worker measured beyond metrics (workers.attempt's result), kept per attempt.
+USAGE_FIELDS = ("gpu_usage", "oom_cause", "cpu_time", "rss_baseline")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -60,7 +62,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
 CREATE TABLE IF NOT EXISTS results (
     attempt_id INTEGER PRIMARY KEY REFERENCES attempts(id), job_id INTEGER NOT NULL,
-    metrics TEXT NOT NULL, artifacts TEXT NOT NULL, recorded_at REAL NOT NULL);
+    metrics TEXT NOT NULL, artifacts TEXT NOT NULL, recorded_at REAL NOT NULL,
+    usage TEXT NOT NULL DEFAULT '{}');
 CREATE INDEX IF NOT EXISTS results_job ON results(job_id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, job_id INTEGER NOT NULL, attempt_id INTEGER,
@@ -310,10 +313,11 @@ class Store:
              _dumps(result.get("gpu_ids") or []), result.get("exit_code"), error or result.get("error"),
              result.get("peak_rss"), attempt_id))
         if result:
-            cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at)"
-                        " VALUES (?, ?, ?, ?, ?)",
+            usage = {k: result[k] for k in USAGE_FIELDS if result.get(k) is not None}
+            cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at, usage)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
                         (attempt_id, job_id, _dumps(result.get("metrics") or {}),
-                         _dumps(result.get("artifacts") or []), now))
+                         _dumps(result.get("artifacts") or []), now, _dumps(usage)))
             cur.execute("UPDATE jobs SET node_id = COALESCE(?, node_id), gpu_ids = ? WHERE id = ?",
                         (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
         detail = f"attempt {row['number']} {outcome.value}" + (f": {_first_line(error or result.get('error'))}"
@@ -422,6 +426,21 @@ class Store:
     def pending_jobs(self) -> list[Job]:
         return self._jobs("WHERE j.state = 'pending' AND j.cancel_requested = 0 ORDER BY j.priority DESC, j.id", ())
 
+    def waiting(self, ids: list[int] | None = None) -> list[Waiting]:
+        """Pending jobs (all, or those of ``ids`` still pending) as the scheduler
+        decides on them; cheap to load: no params, no targets."""
+        sql = ("SELECT id, cpu, gpu, COALESCE(memory, 0), custom, priority, user, queue, timeout, submitted_at,"
+               " COALESCE(gpu_memory, 0), reason FROM jobs WHERE state = 'pending' AND cancel_requested = 0")
+        if ids is None:
+            rows = self._conn.execute(sql).fetchall()
+        else:
+            rows = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows += self._conn.execute(sql + " AND id IN (" + ",".join("?" * len(chunk)) + ")", chunk).fetchall()
+        return [Waiting(r[0], r[1], r[2], r[3], {} if r[4] == "{}" else json.loads(r[4]), r[5], r[6], r[7], r[8],
+                        r[9], r[10], r[11]) for r in rows]
+
     def last_event_id(self) -> int:
         return self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
@@ -442,13 +461,14 @@ class Store:
         from scheduler.accounting import Held
 
         rows = self._conn.execute(
-            "SELECT j.user, j.queue, j.id, j.cpu, j.gpu, a.dispatched_at, a.ended_at, j.submitted_at, first.at"
+            "SELECT j.user, j.queue, j.id, j.cpu, COALESCE(a.gpu_share, j.gpu), a.dispatched_at, a.ended_at,"
+            " j.submitted_at, first.at, COALESCE(j.memory, 0)"
             " FROM attempts a JOIN jobs j ON j.id = a.job_id"
             " JOIN (SELECT job_id, MIN(dispatched_at) AS at FROM attempts GROUP BY job_id) first"
             "   ON first.job_id = j.id"
             " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= ?)", (after,)).fetchall()
         return [Held(user=r[0], queue=r[1], job_id=r[2], cpu=r[3], gpu=r[4], dispatched_at=r[5], ended_at=r[6],
-                     submitted_at=r[7], first_started_at=r[8]) for r in rows]
+                     submitted_at=r[7], first_started_at=r[8], memory=r[9]) for r in rows]
 
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
         rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()
@@ -552,7 +572,7 @@ class Store:
 
     def attempts(self, job_id: int) -> list[Attempt]:
         rows = self._conn.execute(
-            "SELECT a.*, r.metrics, r.artifacts FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id"
+            "SELECT a.*, r.metrics, r.artifacts, r.usage FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id"
             " WHERE a.job_id = ? ORDER BY a.number", (job_id,)).fetchall()
         return [_attempt(r) for r in rows]
 
@@ -564,7 +584,7 @@ class Store:
     def final_results(self, experiment_id: int) -> dict[int, tuple[Attempt, dict[str, Any]]]:
         """The latest attempt of each job of an experiment with its metrics."""
         rows = self._conn.execute(
-            "SELECT a.*, r.metrics, r.artifacts FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            "SELECT a.*, r.metrics, r.artifacts, r.usage FROM attempts a JOIN jobs j ON j.id = a.job_id"
             " LEFT JOIN results r ON r.attempt_id = a.id"
             " WHERE j.experiment_id = ? AND a.number = j.attempts", (experiment_id,)).fetchall()
         return {r["job_id"]: (_attempt(r), json.loads(r["metrics"]) if r["metrics"] else {}) for r in rows}
@@ -642,4 +662,5 @@ def _attempt(r: sqlite3.Row) -> Attempt:
                    dispatched_at=r["dispatched_at"], started_at=r["started_at"], ended_at=r["ended_at"],
                    exit_code=r["exit_code"], error=r["error"], peak_rss=r["peak_rss"], gpu_share=r["gpu_share"],
                    metrics=json.loads(r["metrics"]) if "metrics" in keys and r["metrics"] else {},
-                   artifacts=json.loads(r["artifacts"]) if "artifacts" in keys and r["artifacts"] else [])
+                   artifacts=json.loads(r["artifacts"]) if "artifacts" in keys and r["artifacts"] else [],
+                   usage=json.loads(r["usage"]) if "usage" in keys and r["usage"] else {})

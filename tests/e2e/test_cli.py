@@ -100,6 +100,12 @@ def test_run_quickstart_end_to_end(home):
     top = labq("results", "quickstart", "--limit", "2", home=home, check=True).stdout
     assert "7 jobs" in top and "5 more" in top and str(train[0]["job_id"]) in top
     assert len(json.loads(labq("results", "quickstart", "--json", "--limit", "3", home=home, check=True).stdout)) == 3
+    # Accounting: the user's seven jobs and the cpu time they held, in the default queue
+    usage = json.loads(labq("usage", "--since", "1h", "--json", home=home, check=True).stdout)
+    (row,) = usage["rows"]
+    assert row["queue"] == "default" and row["jobs"] == 7 and row["attempts"] == 7
+    assert 0 < row["cpu_hours"] < 1 and row["decayed_cpu_hours"] == pytest.approx(row["cpu_hours"], rel=0.01)
+    assert labq("usage", "--since", "soon", home=home).returncode == 2
 
 
 def test_queue_shows_why_jobs_wait_and_cancel_by_experiment(tmp_path, home):

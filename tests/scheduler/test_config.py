@@ -61,3 +61,44 @@ def test_env_overrides_file(tmp_path, monkeypatch):
     assert settings.home_path == tmp_path / "env-home"
     assert settings.address == "ray://head:10001"
     assert settings.local.num_gpus == 4
+
+
+# ---------------------------------------------------------------- queues
+
+def test_queues_with_shares_load_into_policy_configs(tmp_path):
+    from scheduler.policy import QueueConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("metadata:\n  labq:\n    scheduler: {usage_half_life: 12h}\n    queues:\n"
+                    "      - {name: research, weight: 2, guarantee: {gpu: 4, memory: 64GiB}, limit: {gpu: 8},"
+                    " preempt: true}\n"
+                    "      - {name: batch, borrow: false, guarantee: {cpu: 16}}\n")
+    settings = load_settings(path)
+    assert settings.scheduler.usage_half_life == 12 * 3600
+    assert settings.queue_configs() == [
+        QueueConfig("research", weight=2.0, guarantee={"gpu": 4.0, "memory": float(64 * 2**30)},
+                    limit={"gpu": 8.0}, borrow=True, preempt=True),
+        QueueConfig("batch", guarantee={"cpu": 16.0}, borrow=False)]
+
+
+def test_queue_defaults_and_half_life_default():
+    from scheduler.config import Settings
+    from scheduler.policy import QueueConfig
+
+    settings = Settings()
+    assert settings.queue_configs() == [QueueConfig("default")]
+    assert settings.scheduler.usage_half_life == 7 * 86400
+
+
+@pytest.mark.parametrize("queues, message", [
+    ("[{name: a}, {name: a}]", r"metadata\.labq\.queues: Value error, queue 'a' is declared twice"),
+    ("[{name: a, guarantee: {gpu: 4}, limit: {gpu: 2}}]", r"queues\.0: .*limit\.gpu \(2\) is below guarantee\.gpu \(4\)"),
+    ("[{name: a, guarantee: {gpus: 4}}]", r"queues\.0\.guarantee\.gpus: unknown key"),
+    ("[{name: a, guarantee: {memory: lots}}]", r"queues\.0\.guarantee\.memory: .*expected a size"),
+    ("[{name: a, weight: 0}]", r"queues\.0\.weight: Input should be greater than 0"),
+])
+def test_bad_queue_settings_name_the_key(tmp_path, queues, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"metadata:\n  labq:\n    queues: {queues}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)

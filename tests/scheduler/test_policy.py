@@ -6,8 +6,6 @@ import copy
 import random
 from collections import defaultdict
 
-import pytest
-
 from scheduler import policy
 from scheduler.policy import Demand, Node, decide
 
@@ -122,7 +120,7 @@ def test_fractional_job_goes_best_fit_to_the_fullest_gpu_that_fits():
 def test_fractional_best_fit_across_nodes():
     nodes = [node("a", gpus=[1.0]), node("b", gpus=[0.6])]
     decision = decide([Demand(1, gpu=0.5)], nodes)
-    assert by_job(decision)[1] == policy.Placement(1, "b", (0,))
+    assert by_job(decision)[1] == policy.Placement(1, "b", (0,), gpu_share=0.5)
 
 
 def test_half_gpu_job_waits_when_no_single_gpu_has_half_free():

@@ -1,0 +1,130 @@
+"""Policy and simulator: how fast one decision is as the queue grows, and what
+each policy does with a synthetic trace, against the makespan lower bound.
+
+    python bench/bench_policy.py [--quick] [--no-md]
+
+(a) ``policy.decide`` over D pending demands and 100 nodes (16 CPUs, 4 GPUs,
+    64 GiB; the shapes of bench_queue_scale), median of 3, for D = 1k, 10k, 40k:
+    one shape, mixed shapes, and mixed shapes from 20 users in 3 queues with
+    a running job per node (the fair-share path).
+(b) ``labq simulate`` on a synthetic trace (scheduler.traces: heavy-tailed
+    durations, sweeps, 0.25/0.5/1/2-GPU jobs, unequal users) on 8 nodes of
+    8 GPUs, paced to offer 1.2x the GPU capacity: per policy avg JCT, avg and
+    p95 wait, makespan against its lower bound (total GPU-seconds / capacity,
+    or the longest job after its arrival), and the lightest user's avg wait.
+(c) The time to replay a 100,000-job trace (quick: 20,000) per policy.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import common  # noqa: E402
+from bench.bench_queue_scale import policy_inputs  # noqa: E402
+
+TITLE = "Policy: decision time, and policies compared in simulation"
+NODES = 8
+GPUS_PER_NODE = 8
+
+
+def time_decide(count: int, variant: str, reps: int = 3) -> dict:
+    from scheduler import policy
+
+    demands, nodes = policy_inputs(count, 100, mixed=variant != "one shape")
+    running = []
+    if variant == "fair share":
+        demands = [policy.Demand(d.job_id, d.cpu, d.gpu, d.memory, d.custom, d.priority, d.seq,
+                                 user=f"user{d.job_id % 20}", queue=f"q{d.job_id % 3}") for d in demands]
+        for i, n in enumerate(nodes):  # one 1-cpu job per node, so users and queues hold something
+            running.append(policy.RunningJob(10**9 + i, user=f"user{i % 20}", queue=f"q{i % 3}", cpu=1,
+                                             node_id=n.node_id, started_at=0.0, time_limit=3600.0))
+            n.cpu_free -= 1
+    queues = [policy.QueueConfig("q0", weight=2.0, guarantee={"gpu": 100}), policy.QueueConfig("q1"),
+              policy.QueueConfig("q2", limit={"gpu": 50})]
+    times, decision = [], None
+    for _ in range(reps):
+        started = time.perf_counter()
+        decision = policy.decide(demands, nodes, running=running, queues=queues, now=60.0)
+        times.append(time.perf_counter() - started)
+    return {"demands": count, "variant": variant, "median_ms": 1000 * common.median(times),
+            "placed": len(decision.placements), "waiting": len(decision.waiting)}
+
+
+def cluster():
+    from scheduler import simulator
+
+    return [simulator.node(f"node-{i}", 64, GPUS_PER_NODE, 512 * 2**30) for i in range(NODES)]
+
+
+def compare_policies(jobs_count: int) -> tuple[list, dict, str]:
+    from scheduler import simulator, traces
+
+    trace = traces.generate(jobs_count, seed=0, gpus=NODES * GPUS_PER_NODE, load=1.2)
+    nodes = cluster()
+    results = simulator.compare(trace, nodes)
+    bound = simulator.lower_bound(trace, nodes)
+    light = min(results[0].per_user, key=lambda u: results[0].per_user[u]["gpu_seconds"])
+    return results, bound, light
+
+
+def time_big_replay(jobs_count: int, policies: list[str]) -> list[dict]:
+    from scheduler import simulator, traces
+
+    started = time.perf_counter()
+    trace = traces.generate(jobs_count, seed=1, gpus=NODES * GPUS_PER_NODE, load=0.9)
+    made = time.perf_counter() - started
+    out = []
+    for name in policies:
+        r = simulator.simulate(trace, cluster(), name)
+        out.append({"policy": name, "jobs": jobs_count, "wall_s": r.wall_s, "decisions": r.decisions,
+                    "finished": r.finished, "generate_s": made})
+        print(f"  replay {jobs_count:,} jobs, {name}: {r.wall_s:.1f} s ({r.decisions:,} decisions)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.parser(__doc__.splitlines()[0])
+    args = p.parse_args(argv)
+    sizes = [1000, 10_000] if args.quick else [1000, 10_000, 40_000]
+    decide_rows = []
+    for count in sizes:
+        for variant in ("one shape", "mixed shapes", "fair share"):
+            r = time_decide(count, variant)
+            decide_rows.append(r)
+            print(f"  decide {count:,} x 100 nodes, {variant}: {r['median_ms']:.1f} ms ({r['placed']} placed)",
+                  flush=True)
+
+    results, bound, light = compare_policies(2000 if args.quick else 5000)
+    sim_rows = [[r.policy, r.avg_jct, r.avg_wait, r.p95_wait, r.makespan, bound["makespan"],
+                 common.ratio(r.makespan, bound["makespan"]), r.per_user[light]["avg_wait"], r.gpu_util, r.wall_s]
+                for r in results]
+    big = time_big_replay(20_000 if args.quick else 100_000, ["fifo", "labq"] if args.quick else
+                          ["fifo", "priority", "fair", "labq"])
+
+    md = ("policy.decide over 100 nodes (16 CPUs, 4 GPUs, 64 GiB), median of 3, with every waiting job's reason:\n\n"
+          + common.table(["pending", "variant", "ms", "placed"],
+                         [[r["demands"], r["variant"], r["median_ms"], r["placed"]] for r in decide_rows])
+          + f"\n\n`labq simulate` of a {results[0].jobs:,}-job synthetic trace (scheduler.traces, seed 0, offered "
+          f"load 1.2) on {NODES} nodes x {GPUS_PER_NODE} GPUs, 64 CPUs; times in seconds; lower bound = max(GPU-seconds"
+          f" / capacity {bound['gpu_work_bound']:,.0f}, longest job after its arrival {bound['longest_job']:,.0f}); "
+          f"light user = {light!r}, the least GPU work:\n\n"
+          + common.table(["policy", "avg JCT", "avg wait", "p95 wait", "makespan", "lower bound", "makespan / bound",
+                          "light user avg wait", "GPU util", "replay s"], sim_rows)
+          + "\n\nReplay time of a bigger trace (offered load 0.9):\n\n"
+          + common.table(["policy", "jobs", "decisions", "replay s"],
+                         [[r["policy"], r["jobs"], r["decisions"], r["wall_s"]] for r in big]))
+    data = {"decide": decide_rows, "simulate": [r.to_json() for r in results], "bound": bound, "light_user": light,
+            "replay": big,
+            "summary": {"decide_10k_ms": next(r["median_ms"] for r in decide_rows
+                                              if r["demands"] == 10_000 and r["variant"] == "mixed shapes")}}
+    common.finish(args, "policy", TITLE, md, data)
+    return data
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)

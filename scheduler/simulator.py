@@ -1,0 +1,544 @@
+"""`labq simulate`: replay a job trace through the real policy in virtual time.
+
+The same :func:`scheduler.policy.decide` the live loop calls decides here, on the
+same records; only time is virtual (no Ray, no sleeping).  A job's ``duration``
+plays its real run time and is never shown to the policy, which sees what the
+live scheduler sees: resources, priority, user, queue, submission time and the
+user's ``time_limit`` (a job is stopped at its limit, live and here).
+
+Events are processed in time order; at each distinct time, finished jobs free
+their resources, arrivals join the pending index, usage decays and accrues, and
+the policy decides.  Preempted jobs are requeued with their original submission
+order and resume from their checkpoint (the work done so far is kept).
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from scheduler import policy
+from scheduler.errors import UserError, one_line
+from scheduler.units import parse_duration, parse_memory
+
+MiB = 2**20
+DEFAULT_HALF_LIFE = policy.DEFAULT_HALF_LIFE
+TRACE_COLUMNS = ("job_id", "submit_time", "duration", "cpu", "gpu")
+NODE_COLUMNS = ("node_id", "cpu", "gpu")
+_TIMELINE_POINTS = 2000
+
+
+class TraceError(UserError):
+    """A trace, nodes or cluster file the simulator cannot use: names file, line, column."""
+
+
+@dataclass(frozen=True)
+class TraceJob:
+    """One row of a trace.  ``duration`` None: the job never ends."""
+
+    job_id: str
+    submit_time: float
+    duration: float | None
+    cpu: float = 1.0
+    gpu: float = 0.0
+    memory: int = 0  # bytes
+    user: str = ""
+    queue: str = "default"
+    priority: int = 0
+    time_limit: float | None = None
+
+
+# ---------------------------------------------------------------- reading input
+
+def _number(text: str, what: str, minimum: float = 0.0) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(what)
+    return value
+
+
+def _memory_mib(text: str) -> int:
+    """A plain number is MiB (as in the trace format); ``16GiB`` has its unit."""
+    text = text.strip()
+    try:
+        return int(_number(text, "") * MiB)
+    except ValueError:
+        return parse_memory(text)
+
+
+def _gpu(text: str) -> float:
+    value = _number(text, "")
+    if value > 1 and not value.is_integer():
+        raise ValueError
+    return value
+
+
+def _optional(parse, text: str | None):
+    return None if text is None or not text.strip() else parse(text.strip())
+
+
+_TRACE_FIELDS = {  # column -> (parser, what is expected)
+    "submit_time": (lambda t: _number(t, ""), "a number of seconds >= 0"),
+    "duration": (lambda t: _optional(lambda x: _number(x, ""), t), "seconds >= 0, or empty for a job that never ends"),
+    "cpu": (lambda t: _number(t, ""), "a number of cpus >= 0"),
+    "gpu": (_gpu, "a share of one GPU (0..1) or a whole number of GPUs"),
+    "memory": (lambda t: _optional(_memory_mib, t) or 0, "MiB, or a size such as 16GiB"),
+    "priority": (lambda t: int(t) if t and t.strip() else 0, "an integer"),
+    "time_limit": (lambda t: _optional(parse_duration, t), "a positive duration such as 3600, 90m or 2h"),
+}
+
+
+def _open_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[tuple[int, dict]], str]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise TraceError(f"{path}: line 1: missing column {missing[0]!r} (expected columns "
+                                 f"{', '.join(required)}, then optional ones)")
+            return [(reader.line_num, row) for row in reader], str(path)
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError, csv.Error) as exc:
+        raise TraceError(f"{path}: cannot read it as CSV: {one_line(exc)}") from None
+
+
+def load_trace(path: str | Path) -> list[TraceJob]:
+    """The trace's jobs in file order; a bad row raises TraceError naming its line."""
+    rows, name = _open_csv(path, TRACE_COLUMNS)
+    jobs: list[TraceJob] = []
+    seen: set[str] = set()
+    for line, row in rows:
+        job_id = (row.get("job_id") or "").strip()
+        if not job_id or job_id in seen:
+            raise TraceError(f"{name}: line {line}: column 'job_id': expected a unique id, got {job_id!r}")
+        seen.add(job_id)
+        values: dict[str, Any] = {}
+        for column, (parse, expected) in _TRACE_FIELDS.items():
+            text = row.get(column)
+            if column in TRACE_COLUMNS and column != "duration" and not (text or "").strip():
+                raise TraceError(f"{name}: line {line}: column {column!r}: expected {expected}, got nothing")
+            try:
+                values[column] = parse(text)
+            except (ValueError, TypeError):
+                raise TraceError(f"{name}: line {line}: column {column!r}: expected {expected}, "
+                                 f"got {one_line(text)!r}") from None
+        jobs.append(TraceJob(job_id=job_id, user=(row.get("user") or "").strip(),
+                             queue=(row.get("queue") or "").strip() or "default", **values))
+    if not jobs:
+        raise TraceError(f"{name}: no jobs in the trace")
+    return jobs
+
+
+def load_nodes(path: str | Path) -> list[policy.Node]:
+    """NODES.csv: node_id, cpu, gpu (count), optional memory (MiB or a size) and
+    gpu_memory (per GPU, MiB or a size); gpu_model and other columns are ignored."""
+    rows, name = _open_csv(path, NODE_COLUMNS)
+    nodes = []
+    for line, row in rows:
+        node_id = (row.get("node_id") or "").strip()
+        try:
+            cpu = _number(row.get("cpu") or "", "")
+        except ValueError:
+            raise TraceError(f"{name}: line {line}: column 'cpu': expected a number >= 0, got {row.get('cpu')!r}") from None
+        try:
+            gpus = int(row.get("gpu") or "")
+            if gpus < 0:
+                raise ValueError
+        except ValueError:
+            raise TraceError(f"{name}: line {line}: column 'gpu': expected a whole number of GPUs, "
+                             f"got {row.get('gpu')!r}") from None
+        sizes = {}
+        for column in ("memory", "gpu_memory"):
+            try:
+                sizes[column] = _optional(_memory_mib, row.get(column)) or 0
+            except ValueError:
+                raise TraceError(f"{name}: line {line}: column {column!r}: expected MiB, or a size such as 80GiB, "
+                                 f"got {row.get(column)!r}") from None
+        nodes.append(node(node_id or f"node-{len(nodes)}", cpu, gpus, sizes["memory"], sizes["gpu_memory"]))
+    if not nodes:
+        raise TraceError(f"{name}: no nodes in the file")
+    return nodes
+
+
+def node(node_id: str, cpu: float, gpus: int, memory: int = 0, gpu_memory: int = 0) -> policy.Node:
+    """An empty node of that size."""
+    return policy.Node(node_id=node_id, cpu_total=cpu, cpu_free=cpu, memory_total=memory, memory_free=memory,
+                       gpu_free=[1.0] * gpus, gpu_memory=[gpu_memory] * gpus if gpu_memory else [])
+
+
+def cluster_from_yaml(path: str | Path) -> tuple[list[policy.Node], list[policy.QueueConfig]]:
+    """Nodes and queues of a Ray cluster.yaml.  Each of ``available_node_types``
+    counts ``max_workers`` times (the head type once more): a backlog is what
+    drives the autoscaler to its maximum, so that is the cluster the queue gets;
+    the top-level ``max_workers`` caps the workers.  Queues from metadata.labq."""
+    import yaml
+
+    from scheduler.config import load_settings
+
+    queues = load_settings(path).queue_configs()  # a bad metadata.labq is a ConfigError naming the key
+    doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    types = doc.get("available_node_types") if isinstance(doc, dict) else None
+    if not isinstance(types, dict) or not types:
+        raise TraceError(f"{path}: available_node_types: expected node types with resources (CPU, GPU) to size "
+                         f"the simulated cluster; or give --nodes NODES.csv or --gpus/--cpus")
+    head = doc.get("head_node_type")
+    budget = doc.get("max_workers")
+    nodes: list[policy.Node] = []
+    for type_name, spec in types.items():
+        resources = (spec or {}).get("resources") or {}
+        try:
+            cpu, gpus = float(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+            memory = int(resources.get("memory", 0))
+            count = int(spec.get("max_workers", spec.get("min_workers", 0)) or 0)
+        except (TypeError, ValueError, AttributeError):
+            raise TraceError(f"{path}: available_node_types.{type_name}: expected numeric resources "
+                             f"and max_workers") from None
+        if isinstance(budget, int):
+            count = min(count, max(0, budget - sum(1 for n in nodes if not n.node_id.endswith("-head"))))
+        for i in range(count):
+            nodes.append(node(f"{type_name}-{i}", cpu, gpus, memory))
+        if type_name == head:
+            nodes.append(node(f"{type_name}-head", cpu, gpus, memory))
+    if not nodes or not any(n.cpu_total or n.gpu_total for n in nodes):
+        raise TraceError(f"{path}: available_node_types: no node type declares resources (CPU, GPU)")
+    return nodes, queues
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class SimResult:
+    """What one policy did with the trace.  Times in seconds, shares 0..1."""
+
+    policy: str
+    jobs: int
+    finished: int
+    unplaced: int
+    avg_jct: float | None
+    avg_wait: float | None
+    p95_wait: float | None
+    makespan: float
+    gpu_util: float | None
+    cpu_util: float | None
+    gpu_alloc_final: float | None
+    per_user: dict[str, dict[str, Any]]
+    preempted: int = 0
+    timed_out: int = 0
+    decisions: int = 0
+    wall_s: float = 0.0
+    timeline: list[tuple[float, float, float]] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "timeline"}
+        for k, v in data.items():
+            if isinstance(v, float):
+                data[k] = round(v, 6)
+        return data
+
+
+def lower_bound(trace: list[TraceJob], nodes: list[policy.Node]) -> dict[str, float]:
+    """No schedule finishes the finite jobs sooner than the total GPU (or CPU)
+    work spread over the whole cluster, nor than the longest job after its arrival."""
+    finite = [j for j in trace if j.duration is not None]
+    if not finite:
+        return {"makespan": 0.0, "gpu_work_bound": 0.0, "cpu_work_bound": 0.0, "longest_job": 0.0}
+    start = min(j.submit_time for j in finite)
+    capacity = policy.Capacity.of(nodes)
+    gpu_work = sum(j.gpu * j.duration for j in finite)
+    cpu_work = sum(j.cpu * j.duration for j in finite)
+    bounds = {"gpu_work_bound": gpu_work / capacity.gpu if capacity.gpu else 0.0,
+              "cpu_work_bound": cpu_work / capacity.cpu if capacity.cpu else 0.0,
+              "longest_job": max(j.submit_time - start + j.duration for j in finite)}
+    return {"makespan": max(bounds.values()), **bounds}
+
+
+# ---------------------------------------------------------------- the replay
+
+class _Replay:
+    """The virtual cluster: free capacity, pending index, running jobs, clocks."""
+
+    def __init__(self, trace: list[TraceJob], nodes: list[policy.Node], policy_name: str,
+                 queues: list[policy.QueueConfig] | None, half_life: float):
+        self.trace = trace
+        self.policy = policy_name
+        self.queues = queues
+        self.known = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0]))
+                      for n in nodes]
+        self.free = {n.node_id: node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0]))
+                     for n in nodes}
+        self.with_memory = any(n.memory_total for n in nodes)  # else memory is not simulated
+        self.capacity = policy.Capacity.of(self.known)
+        self.book = policy.UsageBook(half_life, self.capacity)
+        self.pending = policy.PendingIndex()
+        self.running = policy.RunningIndex()
+        self.remaining: dict[int, float | None] = {}
+        self.attempt: dict[int, int] = {}
+        self.ends: list[tuple[float, int, int]] = []  # (time, job, attempt)
+        self.first_start: dict[int, float] = {}
+        self.finish: dict[int, float] = {}
+        self.unschedulable: set[int] = set()
+        self.alloc = [0.0, 0.0]  # gpu, cpu held now
+        self.busy = [0.0, 0.0]  # gpu-seconds, cpu-seconds
+        self.timeline: list[tuple[float, float, float]] = []
+        self.preempted = self.timed_out = self.decisions = 0
+        self.last_t: float | None = None
+        self.last: policy.Decision | None = None  # the last decision, while it says what is stuck
+        self.may_change = True
+        self.may_preempt = any(q.preempt for q in queues or ())
+        self.example: dict[tuple, policy.Demand] = {}  # shape -> a demand of that shape
+
+    def demand(self, index: int) -> policy.Demand:
+        job = self.trace[index]
+        d = policy.Demand(job_id=index, cpu=job.cpu, gpu=job.gpu, memory=job.memory if self.with_memory else 0,
+                             priority=job.priority, seq=index, user=job.user, queue=job.queue,
+                             time_limit=job.time_limit, submitted_at=job.submit_time)
+        self.example.setdefault(d.shape(), d)
+        return d
+
+    def run(self) -> float | None:
+        order = sorted(range(len(self.trace)), key=lambda i: (self.trace[i].submit_time, i))
+        for i in order:
+            self.remaining[i] = self.trace[i].duration
+        next_arrival = 0
+        alloc_final = None
+        while next_arrival < len(order) or self.ends:
+            t = min(self.trace[order[next_arrival]].submit_time if next_arrival < len(order) else math.inf,
+                    self.ends[0][0] if self.ends else math.inf)
+            self._advance_clock(t)
+            while self.ends and self.ends[0][0] <= t:
+                _, job, attempt = heapq.heappop(self.ends)
+                if self.attempt.get(job) == attempt:
+                    self._end(job, t)
+            while next_arrival < len(order) and self.trace[order[next_arrival]].submit_time <= t:
+                self._arrive(self.demand(order[next_arrival]))
+                next_arrival += 1
+            if self.may_change:
+                self._decide(t)
+            if next_arrival == len(order) and alloc_final is None:
+                alloc_final = self.alloc[0] / self.capacity.gpu if self.capacity.gpu else None
+            self.timeline.append((t, self._share(0), self._share(1)))
+        return alloc_final
+
+    def _share(self, k: int) -> float:
+        total = self.capacity.gpu if k == 0 else self.capacity.cpu
+        return self.alloc[k] / total if total else 0.0
+
+    def _advance_clock(self, t: float) -> None:
+        if self.last_t is not None and t > self.last_t:
+            dt = t - self.last_t
+            self.busy[0] += self.alloc[0] * dt
+            self.busy[1] += self.alloc[1] * dt
+        self.last_t = t
+        self.book.advance(t)
+
+    def _arrive(self, d: policy.Demand) -> None:
+        self.pending.add(d)
+        stuck = self.last
+        if stuck is None or (stuck.blocked_by is None and d.shape() not in stuck.stuck_shapes):
+            self.may_change = True
+
+    def _freed(self, node_id: str) -> None:
+        """Capacity came back on one node: a decision is due if a stuck shape now fits there."""
+        if self.may_change or self.last is None:
+            self.may_change = True
+            return
+        free = self.free[node_id]
+        for shape in self.last.stuck_shapes:
+            if policy.fits_now(self.example[shape], free):
+                self.may_change = True
+                return
+
+    def _decide(self, t: float) -> None:
+        """Ask the policy.  A decision is skipped only when it provably places
+        nothing: the last one left every pending shape fitting nowhere (or, under
+        fifo, the head blocked), and since then nothing freed room for any of them."""
+        self.may_change = False
+        self.last = None
+        for _ in range(3):  # after a preemption, decide again at once: the freed room is there now
+            if not self.pending:
+                return
+            self.decisions += 1
+            decision = policy.decide(self.pending, list(self.free.values()), self.known,
+                                     running=self.running, queues=self.queues,
+                                     usage=self.book.snapshot(), now=t, policy=self.policy, explain=False)
+            for job in decision.unschedulable:
+                self.pending.remove(job)
+                self.unschedulable.add(job)
+            if decision.stuck_shapes and not self.may_preempt:
+                self.last = decision
+            for placement in decision.placements:
+                self._start(placement, t)
+            if not decision.preempt:
+                return
+            for job in decision.preempt:
+                self._preempt(job, t)
+
+    def _start(self, p: policy.Placement, t: float) -> None:
+        d = self.pending.remove(p.job_id)
+        run = policy.RunningJob(d.job_id, d.user, d.queue, d.cpu, p.gpu_share, d.memory, p.node_id, p.gpu_indices,
+                                t, d.time_limit, d.priority)
+        self._book(run, -1)
+        self.running.add(run)
+        self.book.add(run)
+        self.first_start.setdefault(d.job_id, t)
+        remaining = self.remaining[d.job_id]
+        self.attempt[d.job_id] = self.attempt.get(d.job_id, 0) + 1
+        runs_for = remaining if remaining is not None else math.inf
+        if d.time_limit is not None and d.time_limit < runs_for:
+            runs_for = d.time_limit
+        if runs_for < math.inf:
+            heapq.heappush(self.ends, (t + runs_for, d.job_id, self.attempt[d.job_id]))
+
+    def _book(self, run: policy.RunningJob, sign: int) -> None:
+        """Take (-1) or give back (+1) what ``run`` holds on its node."""
+        free = self.free[run.node_id]
+        free.cpu_free += sign * run.cpu
+        free.memory_free += sign * run.memory
+        share = 1.0 if run.gpu > 1 else run.gpu
+        for i in run.gpu_indices:
+            free.gpu_free[i] += sign * share
+        self.alloc[0] -= sign * share * len(run.gpu_indices)
+        self.alloc[1] -= sign * run.cpu
+
+    def _end(self, job: int, t: float) -> None:
+        run = self.running.remove(job)
+        self._book(run, +1)
+        self._freed(run.node_id)
+        self.book.remove(run)
+        remaining = self.remaining[job]
+        if run.time_limit is not None and (remaining is None or remaining > run.time_limit + 1e-9):
+            self.timed_out += 1
+        self.finish[job] = t
+
+    def _preempt(self, job: int, t: float) -> None:
+        run = self.running.remove(job)
+        self._book(run, +1)
+        self.may_change = True
+        self.book.remove(run)
+        self.attempt[job] += 1  # its end event no longer counts
+        if self.remaining[job] is not None:
+            self.remaining[job] = max(0.0, self.remaining[job] - (t - run.started_at))  # resumes from its checkpoint
+        self.preempted += 1
+        self.pending.add(self.demand(job))
+
+
+def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = policy.DEFAULT_POLICY,
+             queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE) -> SimResult:
+    """Replay ``trace`` on ``nodes`` (their totals; free capacity is ignored) under ``policy``."""
+    started = time.perf_counter()
+    replay = _Replay(trace, nodes, policy, queues, half_life)
+    alloc_final = replay.run()
+    return _result(replay, alloc_final, time.perf_counter() - started)
+
+
+def compare(trace: list[TraceJob], nodes: list[policy.Node], policies: Iterable[str] = policy.POLICIES,
+            queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE) -> list[SimResult]:
+    return [simulate(trace, nodes, name, queues, half_life) for name in policies]
+
+
+def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimResult:
+    trace = replay.trace
+    waits = sorted(replay.first_start[j] - trace[j].submit_time for j in replay.first_start)
+    jcts = [replay.finish[j] - trace[j].submit_time for j in replay.finish]
+    start = min(j.submit_time for j in trace)
+    end = max(replay.finish.values(), default=start)
+    makespan = end - start
+    capacity = replay.capacity
+    util = [replay.busy[0] / (capacity.gpu * makespan) if capacity.gpu and makespan else None,
+            replay.busy[1] / (capacity.cpu * makespan) if capacity.cpu and makespan else None]
+    return SimResult(
+        policy=replay.policy, jobs=len(trace), finished=len(replay.finish),
+        unplaced=len(trace) - len(replay.first_start), avg_jct=_mean(jcts), avg_wait=_mean(waits),
+        p95_wait=_percentile(waits, 95), makespan=makespan, gpu_util=util[0], cpu_util=util[1],
+        gpu_alloc_final=alloc_final, per_user=_per_user(replay), preempted=replay.preempted,
+        timed_out=replay.timed_out, decisions=replay.decisions, wall_s=wall_s,
+        timeline=_thin(replay.timeline, _TIMELINE_POINTS))
+
+
+def _per_user(replay: _Replay) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[int]] = {}
+    for i, job in enumerate(replay.trace):
+        groups.setdefault(job.user, []).append(i)
+    out = {}
+    for user, jobs in sorted(groups.items()):
+        waits = [replay.first_start[j] - replay.trace[j].submit_time for j in jobs if j in replay.first_start]
+        jcts = [replay.finish[j] - replay.trace[j].submit_time for j in jobs if j in replay.finish]
+        out[user] = {"jobs": len(jobs), "finished": len(jcts), "avg_wait": _mean(waits), "avg_jct": _mean(jcts),
+                     "gpu_seconds": sum(replay.trace[j].gpu * (replay.trace[j].duration or 0.0) for j in jobs)}
+    return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _percentile(sorted_xs: list[float], p: float) -> float | None:
+    """Nearest rank."""
+    if not sorted_xs:
+        return None
+    k = max(0, min(len(sorted_xs) - 1, math.ceil(p / 100 * len(sorted_xs)) - 1))
+    return sorted_xs[k]
+
+
+def _thin(points: list, most: int) -> list:
+    step = max(1, len(points) // most)
+    return points[::step]
+
+
+# ---------------------------------------------------------------- showing results
+
+def results_table(results: list[SimResult], bound: dict[str, float] | None = None):
+    """A rich Table: one row per policy."""
+    from rich.table import Table
+
+    from scheduler.units import format_seconds
+
+    table = Table(title="labq simulate" + (f" (makespan lower bound {format_seconds(bound['makespan'])})"
+                                            if bound else ""))
+    for column in ("policy", "jobs", "finished", "unplaced", "avg JCT", "avg wait", "p95 wait", "makespan",
+                   "GPU util", "CPU util", "GPU alloc at last arrival", "preempted"):
+        table.add_column(column, justify="left" if column == "policy" else "right")
+    for r in results:
+        table.add_row(r.policy, str(r.jobs), str(r.finished), str(r.unplaced), format_seconds(r.avg_jct),
+                      format_seconds(r.avg_wait), format_seconds(r.p95_wait), format_seconds(r.makespan),
+                      _pct(r.gpu_util), _pct(r.cpu_util), _pct(r.gpu_alloc_final), str(r.preempted))
+    return table
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def plot_utilisation(results: list[SimResult], out: str | Path) -> None:
+    """GPU and CPU allocation over virtual time, one line per policy (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    for r in results:
+        if not r.timeline:
+            continue
+        t0 = r.timeline[0][0]
+        hours = [(t - t0) / 3600 for t, _, _ in r.timeline]
+        axes[0].step(hours, [g for _, g, _ in r.timeline], where="post", label=r.policy, linewidth=1)
+        axes[1].step(hours, [c for _, _, c in r.timeline], where="post", label=r.policy, linewidth=1)
+    axes[0].set_ylabel("GPU allocated")
+    axes[1].set_ylabel("CPU allocated")
+    axes[1].set_xlabel("hours since the first arrival")
+    for ax in axes:
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("labq simulate: allocation over time")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

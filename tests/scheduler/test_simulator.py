@@ -1,0 +1,191 @@
+"""`labq simulate`: traces in, the real policy in virtual time, numbers out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler import simulator, traces
+from scheduler.policy import QueueConfig
+from scheduler.simulator import TraceError, TraceJob, load_nodes, load_trace, node, simulate
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER = "job_id,submit_time,duration,cpu,gpu"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def job(job_id, submit, duration, gpu=1.0, cpu=1.0, **extra) -> TraceJob:
+    return TraceJob(job_id=str(job_id), submit_time=submit, duration=duration, cpu=cpu, gpu=gpu, **extra)
+
+
+# ---------------------------------------------------------------- reading traces and nodes
+
+def test_trace_with_optional_columns(tmp_path):
+    trace = load_trace(write(tmp_path / "t.csv", HEADER + ",memory,user,queue,priority,time_limit,extra\n"
+                             "a,0,60,1,0.5,512,ana,gpu,2,2h,x\n"
+                             "b,1.5,,2,2,16GiB,,,,,\n"))
+    assert trace[0] == TraceJob("a", 0.0, 60.0, 1.0, 0.5, 512 * 2**20, "ana", "gpu", 2, 7200.0)
+    assert trace[1] == TraceJob("b", 1.5, None, 2.0, 2.0, 16 * 2**30, "", "default", 0, None)
+
+
+@pytest.mark.parametrize("row, message", [
+    ("b,1,x,1,1", "line 3: column 'duration': expected seconds >= 0, or empty for a job that never ends, got 'x'"),
+    ("b,-1,5,1,1", "line 3: column 'submit_time': expected a number of seconds >= 0, got '-1'"),
+    ("b,1,5,1,1.5", "line 3: column 'gpu': expected a share of one GPU (0..1) or a whole number of GPUs, got '1.5'"),
+    ("b,1,5,,1", "line 3: column 'cpu': expected a number of cpus >= 0, got nothing"),
+    ("a,1,5,1,1", "line 3: column 'job_id': expected a unique id, got 'a'"),
+])
+def test_bad_trace_row_names_file_line_and_column(tmp_path, row, message):
+    path = write(tmp_path / "t.csv", f"{HEADER}\na,0,5,1,1\n{row}\n")
+    with pytest.raises(TraceError) as err:
+        load_trace(path)
+    assert str(err.value) == f"{path}: {message}"
+
+
+def test_trace_missing_a_column(tmp_path):
+    path = write(tmp_path / "t.csv", "job_id,submit_time,duration,cpu\n1,0,1,1\n")
+    with pytest.raises(TraceError, match=r"line 1: missing column 'gpu'"):
+        load_trace(path)
+
+
+def test_nodes_file(tmp_path):
+    nodes = load_nodes(write(tmp_path / "n.csv", "node_id,cpu,gpu,memory,gpu_model,gpu_memory\n"
+                             "a,32,4,256GiB,A100,80GiB\nb,8,0,,,\n"))
+    assert [(n.node_id, n.cpu_total, n.gpu_total, n.memory_total) for n in nodes] == [
+        ("a", 32.0, 4, 256 * 2**30), ("b", 8.0, 0, 0)]
+    assert nodes[0].gpu_memory == [80 * 2**30] * 4
+    with pytest.raises(TraceError, match=r"line 2: column 'gpu': expected a whole number of GPUs, got '0.5'"):
+        load_nodes(write(tmp_path / "bad.csv", "node_id,cpu,gpu\na,4,0.5\n"))
+
+
+def test_cluster_yaml_sizes_nodes_by_max_workers_and_reads_queues(tmp_path):
+    path = write(tmp_path / "c.yaml", """
+cluster_name: x
+max_workers: 3
+head_node_type: head
+available_node_types:
+  head: {resources: {CPU: 8, GPU: 0}, node_config: {}, max_workers: 0}
+  gpu: {resources: {CPU: 32, GPU: 4}, node_config: {}, min_workers: 1, max_workers: 5}
+metadata:
+  labq:
+    queues:
+      - {name: research, weight: 2, guarantee: {gpu: 4}, preempt: true}
+""")
+    nodes, queues = simulator.cluster_from_yaml(path)
+    assert sorted((n.node_id, n.gpu_total) for n in nodes) == [("gpu-0", 4), ("gpu-1", 4), ("gpu-2", 4),
+                                                               ("head-head", 0)]
+    assert queues == [QueueConfig("research", weight=2.0, guarantee={"gpu": 4.0}, preempt=True)]
+
+
+# ---------------------------------------------------------------- the replay
+
+def test_one_gpu_three_jobs_in_a_row():
+    result = simulate([job(i, 0.0, 10.0) for i in range(3)], [node("n", 4, 1)], policy="fifo")
+    assert (result.finished, result.unplaced) == (3, 0)
+    assert result.avg_wait == pytest.approx(10.0)
+    assert result.avg_jct == pytest.approx(20.0)
+    assert result.p95_wait == pytest.approx(20.0)
+    assert result.makespan == pytest.approx(30.0)
+    assert result.gpu_util == pytest.approx(1.0)
+    assert result.gpu_alloc_final == pytest.approx(1.0)
+
+
+def test_fifo_head_blocks_while_priority_lets_small_jobs_past():
+    trace = [job("a", 0, 100, gpu=1), job("big", 1, 10, gpu=2), job("small", 2, 10, gpu=1)]
+    nodes = [node("n", 8, 2)]
+    fifo = simulate(trace, nodes, policy="fifo")
+    greedy = simulate(trace, nodes, policy="priority")
+    assert fifo.per_user[""]["avg_wait"] == pytest.approx((0 + 99 + 108) / 3)  # small waits behind big
+    assert greedy.per_user[""]["avg_wait"] == pytest.approx((0 + 99 + 0) / 3)
+
+
+def test_backfill_keeps_the_big_job_on_time_and_fills_the_gap():
+    # A 3-GPU job holds the node until t=100; a 4-GPU job waits; then long and short 1-GPU jobs arrive.
+    trace = [job("holder", 0, 100, gpu=3, time_limit=100), job("big", 1, 50, gpu=4, time_limit=100),
+             job("long", 2, 1000, gpu=1, time_limit=1000), job("short", 3, 40, gpu=1, time_limit=60)]
+    nodes = [node("n", 16, 4)]
+    starts = {}
+    for name in ("labq", "fair"):
+        replay = simulator._Replay(trace, nodes, name, None, 3600.0)
+        replay.run()
+        starts[name] = {trace[i].job_id: t for i, t in replay.first_start.items()}
+    assert starts["labq"]["big"] == 100.0  # exactly when the holder's limit ends
+    assert starts["labq"]["short"] == 3.0  # backfilled: done before t=100
+    assert starts["labq"]["long"] == 150.0  # after big, which it would have delayed
+    assert starts["fair"]["long"] == 2.0 and starts["fair"]["big"] == 1002.0
+
+
+def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint():
+    queues = [QueueConfig("research", guarantee={"gpu": 1}, preempt=True), QueueConfig("batch")]
+    trace = [job("b", 0, 100, gpu=1, queue="batch"), job("r", 10, 20, gpu=1, queue="research")]
+    result = simulate(trace, [node("n", 4, 1)], policy="labq", queues=queues)
+    assert result.preempted == 1
+    assert result.finished == 2
+    # r runs 10..30; b ran 0..10, resumes at 30 with 90 s left: ends at 120
+    assert result.makespan == pytest.approx(120.0)
+    assert result.avg_wait == pytest.approx(0.0)  # wait is until the first start
+
+
+def test_never_ending_unschedulable_and_timed_out_jobs():
+    trace = [job("forever", 0, None, gpu=0.5), job("huge", 0, 10, gpu=8), job("late", 1, 50, gpu=0.5, time_limit=20)]
+    result = simulate(trace, [node("n", 4, 1)], policy="labq")
+    assert (result.finished, result.unplaced, result.timed_out) == (1, 1, 1)
+    assert result.avg_jct == pytest.approx(20.0)
+
+
+def test_synthetic_trace_is_seeded_and_policies_all_finish_it(tmp_path):
+    jobs = traces.generate(400, seed=3, gpus=8, load=1.1)
+    assert jobs == traces.generate(400, seed=3, gpus=8, load=1.1)
+    traces.write_csv(jobs, tmp_path / "t.csv")
+    assert load_trace(tmp_path / "t.csv")[:50] == [
+        TraceJob(j.job_id, j.submit_time, j.duration, j.cpu, j.gpu, j.memory // 2**20 * 2**20, j.user, j.queue,
+                 j.priority, j.time_limit) for j in jobs[:50]]
+    assert {j.gpu for j in jobs} == {0.0, 0.25, 0.5, 1.0, 2.0}
+    nodes = [node("a", 32, 4, 512 * 2**30), node("b", 32, 4, 512 * 2**30)]
+    results = simulator.compare(jobs, nodes)
+    bound = simulator.lower_bound(jobs, nodes)["makespan"]
+    for r in results:
+        assert r.finished == 400 and r.unplaced == 0
+        assert r.makespan >= bound - 1e-6
+    by = {r.policy: r for r in results}
+    assert by["fair"].avg_wait < by["fifo"].avg_wait
+    assert by["labq"].avg_wait < by["fifo"].avg_wait
+
+
+# ---------------------------------------------------------------- the command
+
+@pytest.mark.e2e
+def test_labq_simulate_json(tmp_path):
+    traces.write_csv(traces.generate(150, seed=1, gpus=4), tmp_path / "t.csv")
+    write(tmp_path / "n.csv", "node_id,cpu,gpu\na,16,2\nb,16,2\n")
+    proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate", str(tmp_path / "t.csv"), "--nodes",
+                           str(tmp_path / "n.csv"), "--policy", "fifo", "--policy", "labq", "--json",
+                           "--plot", str(tmp_path / "u.png")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["policy"] for r in out] == ["fifo", "labq"]
+    for key in ("policy", "jobs", "finished", "unplaced", "avg_jct", "avg_wait", "p95_wait", "makespan", "gpu_util",
+                "cpu_util", "gpu_alloc_final", "per_user"):
+        assert key in out[0]
+    assert out[1]["jobs"] == 150 and out[1]["finished"] == 150
+    assert (tmp_path / "u.png").stat().st_size > 1000
+
+
+@pytest.mark.e2e
+def test_labq_simulate_bad_input_is_one_line_and_exit_2(tmp_path):
+    write(tmp_path / "t.csv", f"{HEADER}\n1,0,5,1,x\n")
+    proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate", str(tmp_path / "t.csv"), "--gpus", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "line 2: column 'gpu'" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate", str(tmp_path / "t.csv"), "--gpus", "1",
+                           "--policy", "lifo"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown policy" in proc.stderr
