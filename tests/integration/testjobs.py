@@ -90,3 +90,19 @@ def hog_then_sleep(ctx):
         block[i] = 1
     time.sleep(2.0)
     return {"held_mib": len(block) // 2**20}
+
+
+def checkpointed(ctx):
+    """Counts to `steps`, a step every 0.1 s, checkpointing each; a later attempt
+    resumes from the previous attempt's checkpoint."""
+    start = 0
+    if ctx.previous_run_dir is not None:
+        saved = ctx.previous_run_dir / "checkpoints" / "step.txt"
+        if saved.exists():
+            start = int(saved.read_text())
+    mark = ctx.checkpoints_dir / "step.txt"
+    mark.write_text(str(start))
+    for step in range(start, ctx.params.get("steps", 50)):
+        time.sleep(0.1)
+        mark.write_text(str(step + 1))
+    return {"resumed_from": start, "attempt": ctx.attempt}
