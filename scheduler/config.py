@@ -25,7 +25,7 @@ DEFAULT_HOME = "~/.labq"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use: keeps `labq queue` startup light
 
 
 class LocalRay(_Strict):
@@ -151,7 +151,8 @@ def load_settings(cluster: str | Path | None = None) -> Settings:
     if cluster:
         data = _read_labq_section(Path(cluster))
     try:
-        settings = Settings.model_validate(data)
+        # Nothing to validate without a cluster file: the defaults are valid by construction.
+        settings = Settings.model_validate(data) if data else Settings.model_construct()
     except ValidationError as exc:
         err = exc.errors()[0]
         key = "metadata.labq." + ".".join(str(x) for x in err["loc"])
