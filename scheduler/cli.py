@@ -178,6 +178,19 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
 
 # ---------------------------------------------------------------- reading
 
+def _start_estimates(ctx: click.Context, store, now: float) -> dict[int, float | None]:
+    """{pending job id: estimated start, or None} (scheduler.estimate); a failure
+    costs the estimates, never the listing."""
+    from scheduler import estimate
+
+    try:
+        starts = estimate.from_store(store, _settings(ctx), now)
+    except Exception as exc:  # an estimate is a nicety: say why it is missing, list the queue anyway
+        click.echo(f"warning: no start estimates: {one_line(str(exc)) or type(exc).__name__}", err=True)
+        return {}
+    return {job_id: None if at is None else round(at, 1) for job_id, at in starts.items()}
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One object per job.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000_000), default=200, show_default=True, help="Rows to show.")
@@ -188,8 +201,10 @@ def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
 
     store = _store(ctx)
     jobs = store.active_jobs(limit=limit)
+    now = time.time()
+    starts = _start_estimates(ctx, store, now) if any(j.state.value == "pending" for j in jobs) else {}
     if as_json:
-        _print_json([j.to_json() for j in jobs])
+        _print_json([{**j.to_json(), "estimated_start": starts.get(j.id)} for j in jobs])
         return
     from scheduler import render
 
@@ -197,7 +212,7 @@ def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
     st = daemon.status(store.home)
     unplaced = ("no scheduler running" if not st.running else
                 "scheduler starting (connecting to Ray)" if st.ray != "up" else "")
-    render.console.print(render.queue_table(jobs, time.time(), total, unplaced))
+    render.console.print(render.queue_table(jobs, now, total, unplaced, starts))
     if total > len(jobs):
         render.console.print(f"... {total - len(jobs)} more (--limit)", highlight=False)
     if total and not st.running:
@@ -218,25 +233,30 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
     if is_id(ref):
         job = store.job(int(ref))
         attempts, events = store.attempts(job.id), store.events(job.id)
+        now = time.time()
+        start = _start_estimates(ctx, store, now).get(job.id) if job.state.value == "pending" else None
         if as_json:
-            _print_json({**job.to_json(), "attempts_detail": [a.to_json() for a in attempts],
+            _print_json({**job.to_json(), "estimated_start": start, "attempts_detail": [a.to_json() for a in attempts],
                          "events": [e.to_json() for e in events]})
         else:
             finished = [a for a in attempts if a.ended_at]
             advice = api.advice_for(job, finished[-1]) if finished else []
-            render.console.print(render.status_view(job, attempts, events, advice))
+            render.console.print(render.status_view(job, attempts, events, advice, start, now))
         return
     exp = store.experiment(ref)
     jobs = store.jobs_of_experiment(exp.id)
     counts = api.active_state_counts(jobs)
+    now = time.time()
+    starts = _start_estimates(ctx, store, now) if counts.get("pending") else {}
     if as_json:
-        _print_json({**exp.to_json(), "counts": counts, "jobs": [j.to_json() for j in jobs]})
+        _print_json({**exp.to_json(), "counts": counts,
+                     "jobs": [{**j.to_json(), "estimated_start": starts.get(j.id)} for j in jobs]})
         return
     render.console.print(f"experiment {exp.name} (id {exp.id}) by {exp.user}, queue {exp.queue}, "
                          f"priority {exp.priority}, submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(exp.submitted_at))}",
                          highlight=False)
     render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
-    render.console.print(render.queue_table(jobs, time.time(), len(jobs)))
+    render.console.print(render.queue_table(jobs, now, len(jobs), starts=starts))
 
 
 @cli.command()

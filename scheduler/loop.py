@@ -18,7 +18,7 @@ from typing import Any
 
 from scheduler import accounting, policy, wakeup
 from scheduler.config import Settings
-from scheduler.records import Attempt, Job, NodeSnapshot, Waiting
+from scheduler.records import Attempt, Job, NodeSnapshot
 from scheduler.states import AttemptState
 from scheduler.store import Store
 from workers import bundle
@@ -34,7 +34,6 @@ SUSPECT_NODE_SECONDS = 60.0
 NODE_FRESHNESS_SECONDS = 0.5
 # How often each GPU node's NVML readings are refreshed for `labq nodes`.
 GPU_TELEMETRY_SECONDS = 10.0
-_NON_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
 
 
 @dataclass
@@ -270,18 +269,7 @@ class Scheduler:
         behind just-launched tasks."""
         nodes = {}
         for n in (self._nodes if nodes_in is None else nodes_in):
-            r = n.resources
-            custom = {k: v for k, v in r.items() if k not in _NON_CUSTOM and not k.startswith("node:")
-                      and not k.startswith("accelerator_type:")}
-            gpus = int(r.get("GPU", 0))
-            # Card sizes come from NVML readings (none for logical GPUs): needed to place gpu_memory requests.
-            sizes = {g.get("index"): g.get("memory_total") for g in self._gpu_readings.get(n.node_id, [])}
-            gpu_memory = [int(sizes[i]) for i in range(gpus) if sizes.get(i)]
-            nodes[n.node_id] = policy.Node(
-                node_id=n.node_id, cpu_total=r.get("CPU", 0.0), cpu_free=r.get("CPU", 0.0),
-                memory_total=int(r.get("memory", 0)), memory_free=int(r.get("memory", 0)),
-                gpu_free=[1.0] * gpus, custom_total=dict(custom), custom_free=dict(custom),
-                gpu_memory=gpu_memory if len(gpu_memory) == gpus else [])
+            nodes[n.node_id] = policy.node_of(n.node_id, n.resources, self._gpu_readings.get(n.node_id, ()))
         for run in self.running.values():
             node = nodes.get(run.attempt.node_id or "")
             if node is None:
@@ -364,7 +352,7 @@ class Scheduler:
         if self._events_seen is None:
             self._events_seen = self.store.last_event_id()
             waiting = self.store.waiting()
-            self._pending = {w.id: _demand(w) for w in waiting}
+            self._pending = {w.id: policy.demand_of(w) for w in waiting}
             self._pending_index = policy.PendingIndex(self._pending.values())
             # What the store already says: a restart rewrites only reasons that changed.
             self._reasons = {w.id: w.reason for w in waiting if w.reason}
@@ -376,7 +364,7 @@ class Scheduler:
                 if self._pending.pop(job_id, None) is not None:
                     self._pending_index.remove(job_id)
             for w in self.store.waiting(chunk):
-                self._pending[w.id] = _demand(w)
+                self._pending[w.id] = policy.demand_of(w)
                 self._pending_index.add(self._pending[w.id])
                 if w.reason:
                     self._reasons[w.id] = w.reason
@@ -451,12 +439,6 @@ class Scheduler:
                                           allocated=allocated, running_jobs=per_node.get(n.node_id, 0), gpus=gpus,
                                           updated_at=now))
         self.store.save_nodes(snapshots)
-
-
-def _demand(w: Waiting) -> policy.Demand:
-    return policy.Demand(job_id=w.id, cpu=w.cpu, gpu=w.gpu, memory=w.memory, custom=w.custom, priority=w.priority,
-                         seq=w.id, user=w.user, queue=w.queue, time_limit=w.timeout, submitted_at=w.submitted_at,
-                         gpu_memory=w.gpu_memory)
 
 
 def run(scheduler: Scheduler, stop: threading.Event, *, idle_timeout: float = 0.0, now_fn=time.time) -> None:

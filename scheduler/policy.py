@@ -52,7 +52,7 @@ import bisect
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 # Ray accounts resources in units of 1/10000; compare in the same grain.
 _GRAIN = 10_000
@@ -175,6 +175,31 @@ class Decision:
     # capacity frees up, another decision could place nothing of these shapes.
     stuck_shapes: frozenset = frozenset()
     blocked_by: int | None = None  # fifo: the job at the head that does not fit; all else waits behind it
+
+
+# Ray resources that are not custom resources a job may ask for by name.
+_NOT_CUSTOM = ("CPU", "GPU", "memory", "object_store_memory")
+
+
+def node_of(node_id: str, resources: Mapping[str, float], gpu_readings: Iterable[Mapping] = ()) -> Node:
+    """An empty node as Ray reports its resources; ``gpu_readings`` (NVML's, one
+    per GPU index) give card sizes, which ``gpu_memory`` requests need."""
+    custom = {k: float(v) for k, v in resources.items()
+              if k not in _NOT_CUSTOM and not k.startswith(("node:", "accelerator_type:"))}
+    gpus = int(resources.get("GPU", 0))
+    sizes = {g.get("index"): g.get("memory_total") for g in gpu_readings}
+    gpu_memory = [int(sizes[i]) for i in range(gpus) if sizes.get(i)]
+    cpu, memory = float(resources.get("CPU", 0.0)), int(resources.get("memory", 0))
+    return Node(node_id=node_id, cpu_total=cpu, cpu_free=cpu, memory_total=memory, memory_free=memory,
+                gpu_free=[1.0] * gpus, custom_total=custom, custom_free=dict(custom),
+                gpu_memory=gpu_memory if len(gpu_memory) == gpus else [])
+
+
+def demand_of(w: Any) -> Demand:
+    """A pending job (:class:`scheduler.records.Waiting`) as the policy sees it."""
+    return Demand(job_id=w.id, cpu=w.cpu, gpu=w.gpu, memory=w.memory, custom=w.custom, priority=w.priority,
+                  seq=w.id, user=w.user, queue=w.queue, time_limit=w.timeout, submitted_at=w.submitted_at,
+                  gpu_memory=w.gpu_memory)
 
 
 def order(demands: Iterable[Demand]) -> list[Demand]:

@@ -45,11 +45,31 @@ def _res(job: Job) -> tuple[str, str]:
     return f"{job.cpu:g}", (f"{job.gpu:g}" if job.gpu else "-")
 
 
-def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason: str = "") -> Table:
+def start_text(at: float | None, now: float) -> str:
+    """An estimated start (scheduler.estimate) as a rough delay: "<1m", "~3m",
+    "~1h10m", "~2d3h"; "-" when there is no estimate."""
+    if at is None:
+        return "-"
+    minutes = round(max(0.0, at - now) / 60)
+    if minutes < 1:
+        return "<1m"
+    if minutes < 60:
+        return f"~{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"~{hours}h{minutes}m" if minutes else f"~{hours}h"
+    days, hours = divmod(hours, 24)
+    return f"~{days}d{hours}h" if hours else f"~{days}d"
+
+
+def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason: str = "",
+                starts: dict[int, float | None] | None = None) -> Table:
     """``unplaced_reason`` explains pending jobs no scheduler has looked at yet
-    (none running, or Ray still starting)."""
+    (none running, or Ray still starting); ``starts`` are pending jobs' estimated
+    starts (scheduler.estimate), shown as a delay from ``now``."""
     table = Table(title=f"{total_active} active job{'s' if total_active != 1 else ''}", title_justify="left")
-    for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "why"):
+    for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "starts",
+                "why"):
         table.add_column(col, overflow="fold" if col == "why" else "ellipsis", no_wrap=col != "why")
     for job in jobs:
         cpu, gpu = _res(job)
@@ -63,8 +83,9 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
         why = job.reason or (unplaced_reason if job.state.value == "pending" else "")
         if job.cancel_requested:
             why = "cancelling"
+        start = start_text((starts or {}).get(job.id), now) if job.state.value == "pending" else ""
         table.add_row(str(job.id), job.experiment, job.stage, _state(job.state.value), job.queue, str(job.priority),
-                      cpu, gpu, node, timing, why)
+                      cpu, gpu, node, timing, start, why)
     return table
 
 
@@ -106,7 +127,16 @@ def _gpu_mem(usage: dict[str, Any]) -> str:
     return format_bytes(gpu["peak_memory"]) + (f" of {format_bytes(total)}" if total else "")
 
 
-def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[str] = ()) -> Group:
+def _start_detail(start: float | None, now: float) -> str:
+    if start is None:
+        return "- (no estimate: it waits for a job whose run time is unknown, or too many jobs are ahead)"
+    return (f"{start_text(start, now)} (around {time.strftime('%H:%M', time.localtime(start))}; estimated from "
+            f"past runs of each stage, else time limits)")
+
+
+def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[str] = (),
+                start: float | None = None, now: float | None = None) -> Group:
+    """``start``: a pending job's estimated start (scheduler.estimate), if any."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -115,6 +145,7 @@ def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[s
         ("job", f"{job.id}  ({job.experiment} / {job.stage})"),
         ("state", _state(job.state.value)),
         ("why", job.reason or "-"),
+        *([("starts", _start_detail(start, time.time() if now is None else now))] if job.state.value == "pending" else []),
         ("run", f"{job.target_kind}: {job.target}"),
         ("params", ", ".join(f"{k}={_param(v)}" for k, v in job.params.items()) or "-"),
         ("resources", f"cpu {cpu}, gpu {gpu}, memory {format_bytes(job.memory) if job.memory else '-'}"

@@ -470,6 +470,32 @@ class Store:
         return [Held(user=r[0], queue=r[1], job_id=r[2], cpu=r[3], gpu=r[4], dispatched_at=r[5], ended_at=r[6],
                      submitted_at=r[7], first_started_at=r[8], memory=r[9]) for r in rows]
 
+    def stage_durations(self, job_ids: list[int], recent: int = 50) -> dict[int, list[float]]:
+        """For each of ``job_ids``: how long (seconds, dispatch to end) the latest
+        ``recent`` succeeded attempts of the same experiment name and stage held
+        their resources; [] when none has succeeded yet.  Jobs of one stage share
+        one list.  The history :mod:`scheduler.estimate` guesses durations from."""
+        pair_of: dict[int, tuple[str, str]] = {}
+        for start in range(0, len(job_ids), 500):
+            chunk = job_ids[start:start + 500]
+            for r in self._conn.execute(
+                    "SELECT j.id, e.name, j.stage FROM jobs j JOIN experiments e ON e.id = j.experiment_id"
+                    " WHERE j.id IN (" + ",".join("?" * len(chunk)) + ")", chunk):
+                pair_of[r[0]] = (r[1], r[2])
+        names = sorted({name for name, _ in pair_of.values()})
+        durations: dict[tuple[str, str], list[float]] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            rows = self._conn.execute(
+                "SELECT name, stage, held FROM (SELECT e.name, j.stage, a.ended_at - a.dispatched_at AS held,"
+                " ROW_NUMBER() OVER (PARTITION BY e.name, j.stage ORDER BY a.ended_at DESC) AS n"
+                " FROM experiments e JOIN jobs j ON j.experiment_id = e.id JOIN attempts a ON a.job_id = j.id"
+                " WHERE e.name IN (" + ",".join("?" * len(chunk)) + ") AND a.state = 'succeeded'"
+                " AND a.dispatched_at IS NOT NULL AND a.ended_at IS NOT NULL) WHERE n <= ?", (*chunk, recent))
+            for name, stage, held in rows:
+                durations.setdefault((name, stage), []).append(max(0.0, held))
+        return {job_id: durations.get(pair, []) for job_id, pair in pair_of.items()}
+
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
         rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()
         jobs = {j.id: j for j in self.jobs_by_ids([r["job_id"] for r in rows])}

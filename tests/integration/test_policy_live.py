@@ -4,7 +4,7 @@ checkpoint, and fair share lets a light user in ahead of a heavy user's backlog.
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +25,15 @@ def _scheduler(home, backend, queues):
     return Scheduler(store, backend, settings), store, settings
 
 
+def _steps_done(store, job_id) -> int:
+    """How far the job's running attempt has checkpointed (a GPU job's worker may still be starting)."""
+    mark = Path(store.attempts(job_id)[-1].run_dir) / "checkpoints" / "step.txt"
+    try:
+        return int(mark.read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def test_a_queue_below_its_guarantee_preempts_a_borrower_which_resumes_from_its_checkpoint(tmp_path, ray_backend):
     sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [
         {"name": "batch", "borrow": True},
@@ -40,7 +49,7 @@ def test_a_queue_below_its_guarantee_preempts_a_borrower_which_resumes_from_its_
     """)
     borrowed = submit_spec(batch, settings)
     drive(sched, store, borrowed.experiment_id, until=lambda jobs: all(j.state is JobState.RUNNING for j in jobs))
-    time.sleep(1.5)  # let them checkpoint a few steps
+    drive(sched, store, borrowed.experiment_id, until=lambda jobs: all(_steps_done(store, j.id) >= 3 for j in jobs))
     # When the prod queue, guaranteed one GPU, submits a job needing it
     prod = write_spec(tmp_path, """
         experiment: urgent

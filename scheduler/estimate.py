@@ -1,0 +1,287 @@
+"""When will a pending job start?  The live policy, replayed forward in virtual time.
+
+What runs now and what waits are handed to the simulator's replay, which asks
+the same :func:`scheduler.policy.decide` (``policy="labq"``) the live loop asks,
+each time a job is expected to end: the first time a pending job is placed is its
+estimated start.  Nothing here reads the clock, the store or Ray; the last
+section turns what the store holds into these plain inputs for the CLI.
+
+How long a job runs (:func:`expected_duration`): the median of the latest
+succeeded attempts of the same experiment name and stage (how long each held its
+resources, dispatch to end); without any, its timeout; without a timeout, it is
+unknown.  A job is stopped at its timeout, so the guess never exceeds it.
+
+Unknown durations: a job whose duration is unknown holds its resources forever
+in the replay.  A running one therefore blocks its share of its node, and a
+pending one still gets an estimate (when it can start) but then blocks what it
+took.  So a job whose start depends on such a job ending gets no estimate
+(None), while jobs that start on other capacity, or before it, still get one.
+A running job already past its expected end is taken to end ``MIN_REMAINING``
+seconds from now.
+
+Bounded work: the replay is fed at most ``limit`` jobs of each class of
+interchangeable jobs (same queue, user, priority, shape and time limit; within a
+class jobs start in submission order, so no job past the first ``limit`` of its
+class can be among the first ``limit`` to start), and stops once ``limit``
+pending jobs have a start or its decisions have walked ``WORK_BUDGET`` classes
+and running jobs in all.  Every job not started by then gets None.
+
+Not modelled: jobs still blocked on upstream jobs (no estimate), jobs submitted
+later, failures and retries, and custom resources held by running jobs (the
+records do not carry them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import operator
+import statistics
+from typing import Any, Iterable, Mapping, Sequence
+
+from scheduler import policy, simulator
+
+DEFAULT_LIMIT = 500
+# The replay also stops once its decisions have walked this many classes of
+# pending jobs and running jobs in all (a few microseconds each): with a few
+# classes it reaches ``limit`` starts first; with thousands it stops early.
+WORK_BUDGET = 30_000
+# A running job past its expected end is assumed to end this many seconds from now.
+MIN_REMAINING = 1.0
+# How many recent successes of a stage its duration is guessed from.
+RECENT_RUNS = 50
+
+
+def expected_duration(history: Sequence[float], timeout: float | None) -> float | None:
+    """Seconds a job is expected to hold its resources: the median of ``history``
+    (past successes of its stage), else ``timeout``; never more than ``timeout``
+    (it is stopped there); None when neither is known."""
+    guess = statistics.median(history) if history else None
+    if timeout:
+        return timeout if guess is None else min(guess, timeout)
+    return guess
+
+
+# ---------------------------------------------------------------- the replay
+
+class _Forward(simulator._Replay):
+    """The simulator's virtual cluster started from now: the nodes' totals, the
+    running jobs already booked on them, and usage seeded from the live history."""
+
+    def __init__(self, nodes: list[policy.Node], known: list[policy.Node],
+                 queues: list[policy.QueueConfig] | None, usage: Mapping | None, half_life: float, now: float):
+        super().__init__([], known, policy.DEFAULT_POLICY, queues, half_life)
+        self.known = [_empty(n) for n in known]
+        self.free = {n.node_id: _empty(n) for n in nodes}
+        self.capacity = policy.Capacity.of(self.known)
+        self.book = policy.UsageBook(half_life, self.capacity)
+        self.book.seed(usage or {}, now)
+        self.last_t = now
+        self.demands: dict[int, policy.Demand] = {}
+        self.work = 0  # classes visited by decisions so far
+
+    def demand(self, job_id: int) -> policy.Demand:
+        """A job to requeue (after a preemption in the replay)."""
+        return self.demands[job_id]
+
+    def _decide(self, t: float) -> None:
+        self.work += len(self.pending.classes()) + len(self.running) + 1
+        super()._decide(t)
+
+    def _book(self, run: policy.RunningJob, sign: int) -> None:
+        if run.node_id in self.free:  # a job on a dead node holds nothing placeable
+            super()._book(run, sign)
+
+    def _freed(self, node_id: str) -> None:
+        if node_id in self.free:
+            super()._freed(node_id)
+
+    def load(self, pending: Iterable[policy.Demand], running: Iterable[policy.RunningJob],
+             durations: Mapping[int, float | None], now: float) -> None:
+        self.pending = policy.PendingIndex(pending)
+        for (*_, shape, _), jobs in self.pending.classes():
+            self.example.setdefault(shape, jobs[0][2])
+            for _, job_id, d in jobs:
+                self.demands[job_id] = d
+                self.remaining[job_id] = durations.get(job_id)
+        for r in running:
+            free = self.free.get(r.node_id)
+            if free is not None:
+                r = dataclasses.replace(r, gpu_indices=tuple(i for i in r.gpu_indices if i < free.gpu_total))
+            self.demands[r.job_id] = policy.Demand(
+                job_id=r.job_id, cpu=r.cpu, gpu=r.gpu, memory=r.memory, priority=r.priority, seq=r.job_id,
+                user=r.user, queue=r.queue, time_limit=r.time_limit, submitted_at=r.started_at)
+            self._book(r, -1)
+            self.running.add(r)
+            self.book.add(r)
+            self.attempt[r.job_id] = 1
+            duration = durations.get(r.job_id)
+            if duration is None:
+                self.remaining[r.job_id] = None  # never ends: what waits for its room gets no estimate
+                continue
+            left = max(r.started_at + duration - now, MIN_REMAINING)
+            self.remaining[r.job_id] = left
+            heapq.heappush(self.ends, (now + left, r.job_id, 1))
+
+    def forward(self, now: float, limit: int, work_budget: int) -> None:
+        """Decide now, then at each expected end, until ``limit`` jobs have started,
+        nothing more will end, or the decisions have used up ``work_budget``."""
+        self._decide(now)
+        while self.ends and len(self.first_start) < limit and self.work < work_budget:
+            t = self.ends[0][0]
+            self._advance_clock(t)
+            while self.ends and self.ends[0][0] <= t:
+                _, job, attempt = heapq.heappop(self.ends)
+                if self.attempt.get(job) == attempt:
+                    self._end(job, t)
+            if self.may_change:
+                self._decide(t)
+
+
+def _empty(n: policy.Node) -> policy.Node:
+    """A copy of ``n`` with everything free."""
+    return dataclasses.replace(n, cpu_free=n.cpu_total, memory_free=n.memory_total, gpu_free=[1.0] * n.gpu_total,
+                               custom_total=dict(n.custom_total), custom_free=dict(n.custom_total),
+                               gpu_memory=list(n.gpu_memory))
+
+
+def estimate_starts(pending: Iterable[policy.Demand], running: Iterable[policy.RunningJob],
+                    nodes: list[policy.Node], *, durations: Mapping[int, float | None], now: float,
+                    known: list[policy.Node] | None = None, queues: list[policy.QueueConfig] | None = None,
+                    usage: Mapping | None = None, half_life: float = policy.DEFAULT_HALF_LIFE,
+                    limit: int = DEFAULT_LIMIT, work_budget: int = WORK_BUDGET) -> dict[int, float | None]:
+    """{pending job id: estimated start (epoch seconds), or None}.
+
+    ``nodes`` may be placed on and ``known`` (default: the same) are all nodes, as
+    :func:`policy.decide` takes them; only their totals count: what is free is
+    worked out from ``running`` (each with its node and GPU indices).
+    ``durations`` maps job ids, running and pending, to expected run time in
+    seconds (:func:`expected_duration`); a missing or None one never ends.
+    ``usage`` is the decayed usage at ``now`` (:class:`policy.Usage`)."""
+    pending = list(pending)
+    out: dict[int, float | None] = {d.job_id: None for d in pending}
+    if not pending or limit <= 0:
+        return out
+    fed = first_of_each_class(pending, limit)
+    replay = _Forward(nodes, nodes if known is None else known, queues, usage,
+                      getattr(usage, "half_life", half_life), now)
+    replay.load(fed, running, durations, now)
+    replay.forward(now, limit, work_budget)
+    counted = 0
+    for job_id, at in replay.first_start.items():  # in the order they started
+        if job_id in out and counted < limit:
+            out[job_id] = at
+            counted += 1
+    return out
+
+
+def first_of_each_class(pending: Iterable[policy.Demand], limit: int) -> list[policy.Demand]:
+    """The first ``limit`` jobs, in submission order, of each class of
+    interchangeable jobs (as :class:`policy.PendingIndex` groups them): within a
+    class jobs start in that order, so only these can be among the first ``limit``
+    jobs to start."""
+    taken: dict[tuple, int] = {}
+    fed = []
+    for d in sorted(pending, key=operator.attrgetter("seq", "job_id")):
+        key = policy.PendingIndex._key(d)
+        count = taken.get(key, 0)
+        if count < limit:
+            taken[key] = count + 1
+            fed.append(d)
+    return fed
+
+
+# ---------------------------------------------------------------- inputs from the store's records
+
+def nodes_from_snapshots(snapshots: Iterable[Any]) -> tuple[list[policy.Node], list[policy.Node], dict[str, list[float]]]:
+    """(alive nodes, all nodes, allocated share per GPU of each alive node) from
+    the scheduler's last :class:`records.NodeSnapshot` of each node."""
+    alive: list[policy.Node] = []
+    known: list[policy.Node] = []
+    allocated: dict[str, list[float]] = {}
+    for s in snapshots:
+        node = policy.node_of(s.node_id, s.total, s.gpus)
+        known.append(node)
+        if s.alive:
+            alive.append(node)
+            shares = {g.get("index"): float(g.get("allocated") or 0.0) for g in s.gpus}
+            allocated[s.node_id] = [shares.get(i, 0.0) for i in range(node.gpu_total)]
+    return alive, known, allocated
+
+
+def place_running(running: Iterable[policy.RunningJob], nodes: list[policy.Node],
+                  allocated: Mapping[str, list[float]] | None = None) -> list[policy.RunningJob]:
+    """Give GPU indices to running jobs that lack them (the store records a running
+    attempt's node and GPU share, not which GPU): whole-GPU jobs first, then shares,
+    largest first, each onto the GPU whose ``allocated`` share (the node snapshot's
+    reading) best matches, else the fullest GPU with room."""
+    gpus_of = {n.node_id: n.gpu_total for n in nodes}
+    free = {node_id: [1.0] * count for node_id, count in gpus_of.items()}
+    hint = {node_id: list((allocated or {}).get(node_id) or [0.0] * count) for node_id, count in gpus_of.items()}
+    placed: list[policy.RunningJob] = []
+    for r in sorted(running, key=lambda r: (-(r.gpu > 1), -r.gpu, r.job_id)):
+        if r.gpu_indices or r.gpu <= 0 or r.node_id not in free:
+            placed.append(r)
+            continue
+        room, told = free[r.node_id], hint[r.node_id]
+        if r.gpu > 1:
+            order = sorted(range(len(room)), key=lambda i: (-(told[i] >= 1 - 1e-6), i))
+            chosen = tuple(i for i in order if room[i] >= 1 - 1e-6)[:int(round(r.gpu))]
+            share = 1.0
+        else:
+            fits = [i for i in range(len(room)) if room[i] >= r.gpu - 1e-6]
+            matching = [i for i in fits if told[i] >= r.gpu - 1e-6]
+            pick = min(matching, key=lambda i: (told[i], i)) if matching else (
+                min(fits, key=lambda i: (room[i], i)) if fits else None)
+            chosen = () if pick is None else (pick,)
+            share = r.gpu
+        for i in chosen:
+            room[i] -= share
+            told[i] = max(0.0, told[i] - share)
+        placed.append(dataclasses.replace(r, gpu_indices=chosen))
+    return placed
+
+
+def _first_waiting(waiting: list[Any], limit: int) -> list[Any]:
+    """:func:`first_of_each_class` on the store's rows, before paying for a Demand
+    per row: the key here is as fine as the policy's classes or finer, so it keeps
+    every job that one keeps."""
+    taken: dict[tuple, int] = {}
+    kept = []
+    for w in sorted(waiting, key=operator.attrgetter("id")):
+        key = (w.queue, w.user, w.priority, w.cpu, w.gpu, w.memory, w.gpu_memory, w.timeout,
+               tuple(sorted(w.custom.items())) if w.custom else ())
+        count = taken.get(key, 0)
+        if count < limit:
+            taken[key] = count + 1
+            kept.append(w)
+    return kept
+
+
+def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT) -> dict[int, float | None]:
+    """Estimates for every pending job from what the store holds: pending and
+    running jobs, the scheduler's last node snapshots, the queues of ``settings``,
+    and decayed usage from the attempts' history (as the live loop seeds it)."""
+    from scheduler import accounting
+
+    waiting = store.waiting()
+    if not waiting:
+        return {}
+    alive, known, allocated = nodes_from_snapshots(store.nodes())
+    rows = store.running_attempts()
+    running = place_running(
+        (policy.RunningJob(job_id=job.id, user=job.user, queue=job.queue, cpu=job.cpu,
+                           gpu=attempt.gpu_share or job.gpu, memory=job.memory or 0, node_id=attempt.node_id or "",
+                           started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority)
+         for attempt, job in rows), alive, allocated)
+    pending = [policy.demand_of(w) for w in _first_waiting(waiting, limit)]  # the rest get no estimate
+    timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
+    history = store.stage_durations(list(timeouts), recent=RECENT_RUNS)
+    durations = {job_id: expected_duration(history.get(job_id, ()), timeout) for job_id, timeout in timeouts.items()}
+    half_life = settings.scheduler.usage_half_life
+    capacity = policy.Capacity.of(known)
+    held = store.held_since(now - 10 * half_life)
+    usage = policy.Usage(accounting.decayed_usage(held, now, half_life, capacity.dominant), half_life)
+    starts = estimate_starts(pending, running, alive, known=known, durations=durations, now=now,
+                             queues=settings.queue_configs(), usage=usage, half_life=half_life, limit=limit)
+    return {w.id: starts.get(w.id) for w in waiting}
