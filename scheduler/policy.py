@@ -894,18 +894,29 @@ class _Pass:
                         for cursor, e in enumerate(cls.jobs[start:], start))
         line.sort()
         waiting = self.decision.waiting
+        suffixes: dict[tuple, str] = {}  # (queue, user) -> "; user at 2.1x fair share"
+        past_count: dict[tuple, str] = {}  # (class, queue, user) -> the whole text, once positions stop counting
         for ahead, (*_, index, cursor) in enumerate(line):
             cls = classes[index]
             d = cls.jobs[cursor][2]
-            why = cls.why if cls.why is not None else f"behind job {self.blocked_by} (fifo: strict submission order)"
+            group = (d.queue, d.user)
+            suffix = suffixes.get(group)
+            if suffix is None:
+                entitled = self.entitled.get(group)
+                suffix = suffixes[group] = (f"; user at {self._user_load(*group) / entitled:.1f}x fair share"
+                                            if entitled else "")
             if ahead >= AHEAD_COUNTED:  # a stable text: each start would otherwise rewrite every reason
-                text = f"{why}; {AHEAD_COUNTED}+ jobs ahead"
+                text = past_count.get((index, group))
+                if text is None:
+                    text = past_count[(index, group)] = f"{self._why(cls)}; {AHEAD_COUNTED}+ jobs ahead{suffix}"
+            elif ahead:
+                text = f"{self._why(cls)}; {ahead} job{'s' if ahead != 1 else ''} ahead{suffix}"
             else:
-                text = f"{why}; {ahead} job{'s' if ahead != 1 else ''} ahead" if ahead else why
-            entitled = self.entitled.get((d.queue, d.user))
-            if entitled:
-                text += f"; user at {self._user_load(d.queue, d.user) / entitled:.1f}x fair share"
+                text = self._why(cls) + suffix
             waiting[d.job_id] = text
+
+    def _why(self, cls: "_Class") -> str:
+        return cls.why if cls.why is not None else f"behind job {self.blocked_by} (fifo: strict submission order)"
 
     def _never_fits(self, d: Demand, shape: tuple) -> str | None:
         if shape not in self.never:
