@@ -42,7 +42,13 @@ class FakeBackend:
     launched: list[tuple[Handle, dict[str, Any]]] = field(default_factory=list)
     first_launch_at: float | None = None  # time.perf_counter() of the first launch call
     done: set[Handle] = field(default_factory=set)
+    # Node id -> what NVML reads there, per GPU as workers.gpu.node_telemetry gives it
+    # (with "pids"); a node not listed reads [], as one without NVML.
+    gpu_readings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _running: list[Handle] = field(default_factory=list)
+    _outcomes: dict[Handle, tuple[AttemptState, dict[str, Any] | None, str | None]] = field(default_factory=dict)
+    _readings: dict[Handle, list[dict[str, Any]]] = field(default_factory=dict)
+    _reads: int = 0
 
     def connect(self) -> None:
         pass
@@ -74,11 +80,20 @@ class FakeBackend:
             self.done.add(handle)
         self._running = self._running[k:]
 
+    def end(self, handle: Handle, state: AttemptState, result: dict[str, Any] | None = None,
+            error: str | None = None) -> None:
+        """``handle`` finishes with this outcome (a cancel or a crash returns no result)."""
+        self._running.remove(handle)
+        self.done.add(handle)
+        self._outcomes[handle] = (state, result, error)
+
     def wait(self, refs: list[Handle], timeout: float) -> list[Handle]:
         return [r for r in refs if r in self.done]
 
     def outcome(self, ref: Handle) -> tuple[AttemptState, dict[str, Any] | None, str | None]:
         self.done.discard(ref)
+        if ref in self._outcomes:
+            return self._outcomes.pop(ref)
         now = time.time()
         return AttemptState.SUCCEEDED, {"outcome": "succeeded", "metrics": {"accuracy": 0.9}, "artifacts": [],
                                         "exit_code": 0, "error": None, "started_at": now, "ended_at": now,
@@ -88,14 +103,16 @@ class FakeBackend:
         pass
 
     def read_gpus(self, node_ids: list[str]) -> dict[str, Handle]:
-        """Telemetry readings: done at once, as on a machine without NVML."""
+        """Telemetry readings, taken now from ``gpu_readings`` and done at once."""
         handles = {}
         for node_id in node_ids:
-            handle = Handle(-1 - len(self.done) - len(handles))
+            handle = Handle(-1 - self._reads)  # apart from launched handles (0, 1, ...)
+            self._reads += 1
             self.done.add(handle)
+            self._readings[handle] = [dict(g) for g in self.gpu_readings.get(node_id, [])]
             handles[node_id] = handle
         return handles
 
     def value(self, ref: Handle) -> Any:
         self.done.discard(ref)
-        return []
+        return self._readings.pop(ref, [])

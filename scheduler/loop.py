@@ -34,6 +34,11 @@ SUSPECT_NODE_SECONDS = 60.0
 NODE_FRESHNESS_SECONDS = 0.5
 # How often each GPU node's NVML readings are refreshed for `labq nodes`.
 GPU_TELEMETRY_SECONDS = 10.0
+# A GPU share whose attempt ended uncleanly stays booked ("draining") until NVML
+# lists none of the attempt's processes on its node: that node is read this
+# often meanwhile, and the share is released anyway after the deadline.
+DRAIN_READ_SECONDS = 1.0
+DRAIN_DEADLINE_SECONDS = 30.0
 
 
 @dataclass
@@ -48,6 +53,22 @@ class Running:
     stop_detail: str | None = None  # why, for the attempt's error
     stop_asked_at: float | None = None
     forced: bool = False
+
+
+@dataclass(frozen=True)
+class Draining:
+    """The GPU share of an ended attempt whose processes may still hold GPU
+    memory: booked in free_capacity until a reading of its node taken after
+    ``ended_at`` lists none of ``pids``, or until ``deadline``."""
+
+    attempt_id: int
+    job_id: int
+    node_id: str
+    gpu_indices: tuple[int, ...]
+    share: float  # per GPU index
+    pids: frozenset[int]
+    ended_at: float
+    deadline: float
 
 
 class Scheduler:
@@ -78,7 +99,10 @@ class Scheduler:
         self.wake = threading.Event()
         self._gpu_readings: dict[str, list[dict[str, Any]]] = {}  # node id -> NVML readings per GPU
         self._gpu_refs: dict[str, Any] = {}  # node id -> telemetry task in flight
+        self._gpu_asked: dict[str, float] = {}  # node id -> when its reading in flight was started
+        self._gpu_taken: dict[str, float] = {}  # node id -> when its latest reading was started
         self._gpu_read_at = 0.0
+        self._draining: dict[int, Draining] = {}  # attempt id -> GPU share kept booked after it ended
 
     # ------------------------------------------------------------ restart
 
@@ -124,24 +148,76 @@ class Scheduler:
 
     def _read_gpus(self, now: float) -> None:
         """Keep NVML readings of every GPU node fresh, without ever blocking a pass:
-        start a reading per node, pick results up on later passes."""
-        if self._gpu_refs:
-            done = set(self.backend.wait(list(self._gpu_refs.values()), timeout=0))
-            for node_id, ref in list(self._gpu_refs.items()):
-                if ref in done:
-                    del self._gpu_refs[node_id]
-                    self._gpu_readings[node_id] = self.backend.value(ref) or []
-            if not self._gpu_refs:
-                self._save_node_snapshot(now)
-            elif now - self._gpu_read_at > 6 * GPU_TELEMETRY_SECONDS:  # a reading stuck on a dying node
-                self._gpu_refs.clear()
+        start a reading per node, pick results up on later passes.  A node with
+        a draining share is read every DRAIN_READ_SECONDS until it is released."""
+        done = set(self.backend.wait(list(self._gpu_refs.values()), timeout=0)) if self._gpu_refs else set()
+        for node_id, ref in list(self._gpu_refs.items()):
+            if ref in done:
+                del self._gpu_refs[node_id]
+                self._gpu_readings[node_id] = self.backend.value(ref) or []
+                self._gpu_taken[node_id] = self._gpu_asked.pop(node_id)
+            elif now - self._gpu_asked[node_id] > 6 * GPU_TELEMETRY_SECONDS:  # stuck on a dying node
+                del self._gpu_refs[node_id], self._gpu_asked[node_id]
+        if self._draining:
+            self._release_drained(now)
+        if done and not self._gpu_refs:
+            self._save_node_snapshot(now)
+        due = {d.node_id for d in self._draining.values()
+               if self._gpu_taken.get(d.node_id, -1.0) < d.ended_at
+               or now - self._gpu_taken[d.node_id] >= DRAIN_READ_SECONDS}
+        if now - self._gpu_read_at >= GPU_TELEMETRY_SECONDS:
+            gpu_nodes = {n.node_id for n in self._nodes if n.resources.get("GPU", 0) > 0}
+            if gpu_nodes:
+                self._gpu_read_at = now
+                due |= gpu_nodes
+        due -= self._gpu_refs.keys()
+        if due:
+            self._gpu_refs.update(self.backend.read_gpus(sorted(due)))
+            self._gpu_asked.update(dict.fromkeys(due, now))
+
+    def _drain(self, run: Running, state: AttemptState, result: dict[str, Any] | None, now: float) -> None:
+        """Keep the GPU share of an ended attempt booked while its processes may
+        still hold GPU memory: after any end but a success, and after a success
+        whose worker saw processes left on the GPUs (``gpu_usage.pids_left``).
+        Released at once on a node without NVML (its reading is [])."""
+        node_id = run.attempt.node_id
+        if not run.gpu_indices or not node_id or self._gpu_readings.get(node_id) == []:
             return
-        if now - self._gpu_read_at < GPU_TELEMETRY_SECONDS:
+        pids = {int(p) for p in ((result or {}).get("gpu_usage") or {}).get("pids_left") or ()}
+        if state is AttemptState.SUCCEEDED and not pids:
             return
-        gpu_nodes = [n.node_id for n in self._nodes if n.resources.get("GPU", 0) > 0]
-        if gpu_nodes:
-            self._gpu_read_at = now
-            self._gpu_refs = self.backend.read_gpus(gpu_nodes)
+        pids |= RunPaths(Path(run.attempt.run_dir)).read_gpu_pids()
+        if result and result.get("pid"):
+            pids.add(int(result["pid"]))
+        if not pids:  # killed before it recorded them, or a run dir this machine cannot read
+            log.info("job %s attempt %s: no record of its GPU processes; its share is released unchecked",
+                     run.job.id, run.attempt.number)
+            return
+        share = run.attempt.gpu_share or run.job.gpu
+        self._draining[run.attempt.id] = Draining(
+            attempt_id=run.attempt.id, job_id=run.job.id, node_id=node_id, gpu_indices=run.gpu_indices,
+            share=min(share, 1.0), pids=frozenset(pids), ended_at=now, deadline=now + DRAIN_DEADLINE_SECONDS)
+
+    def _release_drained(self, now: float) -> None:
+        """Release each draining share whose node, read after its attempt ended,
+        lists none of its pids on any GPU; past the deadline, release it anyway
+        and say which pids are left."""
+        for attempt_id, d in list(self._draining.items()):
+            readings = self._gpu_readings.get(d.node_id)
+            fresh = readings is not None and self._gpu_taken.get(d.node_id, -1.0) >= d.ended_at
+            left = d.pids & {int(p) for g in readings or () for p in g.get("pids") or ()}
+            if fresh and not left:
+                log.debug("job %s: its processes left the GPUs of node %s", d.job_id, d.node_id[:8])
+            elif now >= d.deadline:
+                log.warning("job %s (attempt id %s) ended %.0fs ago and %s on node %s; releasing its GPU share "
+                            "anyway", d.job_id, attempt_id, now - d.ended_at,
+                            f"NVML still lists its pids {sorted(left)}" if fresh
+                            else f"no NVML reading came back since (its pids {sorted(d.pids)} unchecked)",
+                            self._describe_node(d.node_id))
+            else:
+                continue
+            del self._draining[attempt_id]
+            self._dirty = True
 
     def _stop_requested(self, now: float) -> None:
         cancelled = self.store.cancel_requested() if self.running else set()
@@ -225,8 +301,9 @@ class Scheduler:
                 self.running[run.attempt.id] = run
                 self._by_ref[run.ref] = run.attempt.id
             raise
-        for (run, state), job_state in zip(runs, states):
+        for (run, state), item, job_state in zip(runs, finished, states):
             log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, state.value, job_state.value)
+            self._drain(run, state, item["result"], now)
         self._dirty = True
 
     # ------------------------------------------------------------ placement
@@ -283,6 +360,11 @@ class Scheduler:
             for i in run.gpu_indices:
                 if i < len(node.gpu_free):
                     node.gpu_free[i] -= share if share <= 1 else 1.0
+        for d in self._draining.values():  # ended, but its processes may still hold GPU memory
+            node = nodes.get(d.node_id)
+            for i in d.gpu_indices if node is not None else ():
+                if i < len(node.gpu_free):
+                    node.gpu_free[i] -= d.share
         return list(nodes.values())
 
     def _schedule(self, now: float) -> None:
@@ -296,9 +378,12 @@ class Scheduler:
             # Unschedulable is final: judge it on a fresh view (a node may just have joined).
             self._refresh_nodes(now)
             decision = self._decide(now)
+        draining_on = {d.node_id for d in self._draining.values()}
         for job_id, why in decision.preempt.items():
             run = next((r for r in self.running.values() if r.job.id == job_id and r.stop_reason is None), None)
-            if run is not None:
+            # A share draining on that node comes back soon (often the last victim's):
+            # preempt there only if it is still needed once it has.
+            if run is not None and run.attempt.node_id not in draining_on:
                 self._ask_stop(run, AttemptState.PREEMPTED, now, detail=f"preempted: {why}")
         if decision.placements:  # start jobs first; the reasons of those left waiting can follow
             placements = {p.job_id: p for p in decision.placements}
@@ -424,6 +509,13 @@ class Scheduler:
         per_node: dict[str, int] = {}
         for run in self.running.values():
             per_node[run.attempt.node_id or ""] = per_node.get(run.attempt.node_id or "", 0) + 1
+        # Part of "allocated": shares of ended jobs whose processes NVML still lists.
+        draining: dict[tuple[str, int], dict[str, Any]] = {}
+        for d in self._draining.values():
+            for i in d.gpu_indices:
+                entry = draining.setdefault((d.node_id, i), {"draining": 0.0, "draining_jobs": []})
+                entry["draining"] = round(entry["draining"] + d.share, 4)
+                entry["draining_jobs"].append(d.job_id)
         snapshots = []
         for n in self._known.values():
             f = free.get(n.node_id) if n.alive else None
@@ -433,7 +525,8 @@ class Scheduler:
                 allocated = {"CPU": round(f.cpu_total - f.cpu_free, 4), "GPU": round(len(f.gpu_free) - sum(f.gpu_free), 4),
                              "memory": f.memory_total - f.memory_free}
             readings = {g.get("index"): g for g in self._gpu_readings.get(n.node_id, [])}
-            gpus = [{**readings.get(i, {}), "index": i, "allocated": round(1.0 - share, 4)}
+            gpus = [{**readings.get(i, {}), "index": i, "allocated": round(1.0 - share, 4),
+                     **draining.get((n.node_id, i), {})}
                     for i, share in enumerate(f.gpu_free)] if f else []
             snapshots.append(NodeSnapshot(node_id=n.node_id, address=n.address, alive=n.alive, total=total,
                                           allocated=allocated, running_jobs=per_node.get(n.node_id, 0), gpus=gpus,

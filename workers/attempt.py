@@ -61,7 +61,11 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     nvml = gpu.open_nvml() if gpu_ids else None  # NVML only for jobs that hold a GPU
     watch = gpu.watch_for(resources, gpu_ids, nvml)
     started = time.time()
-    sampler = _RssSampler(limit=resources.get("memory"), paths=paths, command=command, gpu_watch=watch)
+    sampler = _RssSampler(limit=resources.get("memory"), paths=paths, command=command, gpu_watch=watch,
+                          record_gpu_pids=bool(gpu_ids))
+    # Before the job touches a GPU: the scheduler drains this attempt's share
+    # until NVML lists none of these pids, even if this worker is killed.
+    sampler.record_gpu_pids({os.getpid()})
     sampler.start()
     returned: Any = None
     error = None
@@ -287,6 +291,7 @@ def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_Rss
                                 stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup)
     paths.pgid.write_text(str(proc.pid))
     sampler.command_pgid = proc.pid
+    sampler.record_gpu_pids({proc.pid})
     try:
         code = _wait_command(proc, sampler)
         kill_process_group(proc.pid, grace=1.0)  # background children die with the job
@@ -488,7 +493,7 @@ class _RssSampler:
     reads as out-of-memory."""
 
     def __init__(self, limit: int | None = None, paths: RunPaths | None = None, command: bool = False,
-                 gpu_watch: gpu.GpuWatch | None = None) -> None:
+                 gpu_watch: gpu.GpuWatch | None = None, record_gpu_pids: bool = False) -> None:
         self.peak: int | None = None
         self.limit = limit
         self.paths = paths
@@ -497,6 +502,8 @@ class _RssSampler:
         self.exceeded: str | None = None
         self.oom_cause: str | None = None  # "memory", "gpu_share", "cuda"
         self.command_pgid: int | None = None
+        # What the run dir's gpu_pids lists (None: not a GPU attempt, nothing kept).
+        self.gpu_pids: set[int] | None = set() if record_gpu_pids else None
         self.job_thread: int | None = None
         self.cpu_time: float | None = None
         self._stop_event = threading.Event()
@@ -556,6 +563,17 @@ class _RssSampler:
                 reason = None
             if reason and not self.exceeded:
                 self._exceed(reason, "gpu_share")
+            if self.gpu is not None:
+                self.record_gpu_pids(self.gpu.seen)  # the job's other processes NVML saw on its GPUs
+
+    def record_gpu_pids(self, pids: set[int]) -> None:
+        """Add ``pids`` to the run dir's list of processes that may hold GPU
+        memory (rewritten only when it grows)."""
+        if self.gpu_pids is None or self.paths is None or pids <= self.gpu_pids:
+            return
+        self.gpu_pids |= pids
+        with contextlib.suppress(OSError):  # a full disk must not end the job
+            self.paths.write_gpu_pids(self.gpu_pids)
 
     def _sample_rss(self, pids: set[int]) -> None:
         if self.command:

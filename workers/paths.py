@@ -8,6 +8,8 @@
         checkpoints/               where a job saves state to resume from
         result.json                the attempt's outcome, written atomically
         pgid                       process group of a command job (for cleanup)
+        gpu_pids                   pids that may hold GPU memory, one a line (a GPU
+                                   attempt's worker, its command, what NVML saw)
 """
 
 from __future__ import annotations
@@ -61,6 +63,27 @@ class RunPaths:
     @property
     def pgid(self) -> Path:
         return self.root / "pgid"
+
+    @property
+    def gpu_pids(self) -> Path:
+        return self.root / "gpu_pids"
+
+    def write_gpu_pids(self, pids: set[int]) -> None:
+        """Atomic, so the scheduler never reads half a list, even from a worker
+        killed mid-write."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".gpu_pids.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(f"{pid}\n" for pid in sorted(pids)))
+        os.replace(tmp, self.gpu_pids)
+
+    def read_gpu_pids(self) -> set[int]:
+        """The recorded pids; empty when the attempt recorded none (no GPU, or
+        a run dir this machine cannot read)."""
+        try:
+            text = self.gpu_pids.read_text(encoding="utf-8")
+        except OSError:
+            return set()
+        return {int(line) for line in text.split() if line.isdigit()}
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
