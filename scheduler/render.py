@@ -241,7 +241,7 @@ def nodes_table(nodes: list[Any], now: float) -> Table:
         table.add_column(col, no_wrap=True)
     for n in nodes:
         gpus = "  ".join(
-            f"{g['index']}:{g['allocated']:g}" + (f" {g['model']} {g.get('memory_used', 0) / 2**30:.1f}/"
+            f"{g['index']}:{g['allocated']:g}" + (f" ({g['draining']:g} draining)" if g.get("draining") else "") + (f" {g['model']} {g.get('memory_used', 0) / 2**30:.1f}/"
                                                   f"{g.get('memory_total', 0) / 2**30:.0f}GiB" if g.get("model") else "")
             for g in n.gpus) or "-"
         table.add_row(n.node_id[:8], n.address, _state("alive" if n.alive else "dead"),
