@@ -66,7 +66,8 @@ class FakeBackend:
         return self.node_list[0].node_id
 
     def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
-               custom: dict[str, float], node_id: str | None, package: str | None) -> Handle:
+               custom: dict[str, float], node_id: str | None, package: str | None,
+               fresh_worker: bool = False) -> Handle:
         if self.first_launch_at is None:
             self.first_launch_at = time.perf_counter()
         handle = Handle(len(self.launched))

@@ -51,6 +51,9 @@ class Running:
     gpu_indices: tuple[int, ...]
     stop_reason: AttemptState | None = None  # CANCELLED, TIMED_OUT or PREEMPTED once asked to stop
     stop_detail: str | None = None  # why, for the attempt's error
+    # gpu_indices start as the policy's plan; Ray picks the GPU inside the node,
+    # so they are replaced by what the worker reports Ray gave it.
+    gpus_confirmed: bool = False
     stop_asked_at: float | None = None
     forced: bool = False
 
@@ -130,6 +133,7 @@ class Scheduler:
     def tick(self, now: float) -> None:
         self._stop_requested(now)
         self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
+        self._confirm_gpus()
         self._read_gpus(now)
         version = self.store.data_version()
         if self._dirty or version != self._seen_version or now - self._nodes_at > NODE_REFRESH_SECONDS:
@@ -145,6 +149,25 @@ class Scheduler:
         else:
             self.wake.wait(timeout)
         self.wake.clear()
+
+    def _confirm_gpus(self) -> None:
+        """Book each GPU attempt on the GPUs Ray really gave it (the worker writes
+        them as it starts): Ray places a fractional job best-fit as labq does, but
+        jobs of one shape launched together can swap cards, and a share Ray freed
+        a moment before labq recorded the end can be reused on another index."""
+        for run in self.running.values():
+            if run.gpus_confirmed or not run.gpu_indices:
+                continue
+            ids = RunPaths(Path(run.attempt.run_dir)).read_gpu_ids()
+            if ids is None:
+                continue  # not started yet (or a run dir on another node: the plan stands)
+            run.gpus_confirmed = True
+            node = self._known.get(run.attempt.node_id or "")
+            gpus = int(node.resources.get("GPU", 0)) if node else 0
+            if ids and tuple(ids) != run.gpu_indices and all(i < gpus for i in ids):
+                log.debug("job %s: Ray put it on GPU %s, not %s", run.job.id, ids, list(run.gpu_indices))
+                run.gpu_indices = tuple(ids)
+                self._dirty = True
 
     def _read_gpus(self, now: float) -> None:
         """Keep NVML readings of every GPU node fresh, without ever blocking a pass:
@@ -474,8 +497,11 @@ class Scheduler:
             for up in task["inputs"]:  # the node cannot read the head's disk: send the artifacts
                 up["bundle"] = bundle.pack(Path(up["run_dir"]), only="artifacts")
         try:
+            # A worker that has used CUDA keeps its first device: real GPUs get a fresh
+            # worker per job. Logical GPUs (NVML read nothing there) have no CUDA to keep.
+            fresh = share > 0 and self._gpu_readings.get(placement.node_id or "") != []
             ref = self.backend.launch(task, cpu=job.cpu, gpu=share, memory=job.memory, custom=job.custom,
-                                      node_id=placement.node_id, package=extra["package"])
+                                      node_id=placement.node_id, package=extra["package"], fresh_worker=fresh)
         except Exception as exc:  # bad runtime env, Ray gone mid-pass: the attempt failed to start
             log.exception("launching job %s failed", job.id)
             self.store.finish_attempt(attempt.id, AttemptState.LOST, now, error=f"could not launch on Ray: {exc}")

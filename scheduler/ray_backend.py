@@ -24,10 +24,10 @@ from workers.gpu import node_telemetry
 log = logging.getLogger("labq.ray")
 
 _remote_attempt = ray.remote(max_retries=0)(run_attempt)
-# A GPU job gets a fresh worker process: a worker that has started CUDA keeps
-# its first CUDA_VISIBLE_DEVICES and its torch memory cap, so reusing it could
-# put the next job on the wrong card (Ray only defaults max_calls=1 for GPU
-# functions declared with num_gpus, not for num_gpus given in .options()).
+# A job on a real GPU gets a fresh worker process: a worker that has started
+# CUDA keeps its first CUDA_VISIBLE_DEVICES and its torch memory cap, so reusing
+# it could put the next job on the wrong card (Ray only defaults max_calls=1 for
+# GPU functions declared with num_gpus, not for num_gpus given in .options()).
 _remote_gpu_attempt = ray.remote(max_retries=0, max_calls=1)(run_attempt)
 # NVML readings of one node's GPUs, for `labq nodes`: no CPU held, so it never
 # waits behind the jobs it reports on.
@@ -116,7 +116,8 @@ class RayBackend:
     # ------------------------------------------------------------ tasks
 
     def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
-               custom: dict[str, float], node_id: str | None, package: str | None) -> ray.ObjectRef:
+               custom: dict[str, float], node_id: str | None, package: str | None,
+               fresh_worker: bool = False) -> ray.ObjectRef:
         options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": gpu, "resources": dict(custom) or None,
                                    "name": f"labq-job-{task['job_id']}-{task['attempt']}"}
         if memory:
@@ -126,7 +127,7 @@ class RayBackend:
             options["runtime_env"] = {"working_dir": uri}
         if node_id:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-        remote = _remote_gpu_attempt if gpu > 0 else _remote_attempt
+        remote = _remote_gpu_attempt if fresh_worker else _remote_attempt
         return remote.options(**options).remote(task)
 
     @staticmethod

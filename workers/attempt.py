@@ -44,6 +44,9 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     paths = RunPaths(Path(task["run_dir"]))
     paths.create()
     node_id, gpu_ids = _placement()
+    if gpu_ids:  # Ray, not labq, picks the GPU inside the node: tell the scheduler which
+        with contextlib.suppress(OSError):
+            paths.write_gpu_ids(gpu_ids)
     _receive_inputs(task.get("inputs", []))
     ctx = JobContext(
         job_id=task["job_id"], attempt=task["attempt"], experiment=task["experiment"], stage=task["stage"],

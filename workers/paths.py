@@ -10,6 +10,8 @@
         pgid                       process group of a command job (for cleanup)
         gpu_pids                   pids that may hold GPU memory, one a line (a GPU
                                    attempt's worker, its command, what NVML saw)
+        gpu_ids                    the GPUs Ray gave the attempt, one a line, written
+                                   as it starts (the scheduler corrects its books)
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ class RunPaths:
         except OSError:
             return set()
         return {int(line) for line in text.split() if line.isdigit()}
+
+    @property
+    def gpu_ids(self) -> Path:
+        return self.root / "gpu_ids"
+
+    def write_gpu_ids(self, ids: list[str]) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".gpu_ids.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+        os.replace(tmp, self.gpu_ids)
+
+    def read_gpu_ids(self) -> list[int] | None:
+        """The GPU indices Ray assigned, or None while the worker has not started
+        (or the run dir is on another node)."""
+        try:
+            text = self.gpu_ids.read_text(encoding="utf-8")
+        except OSError:
+            return None
+        return [int(line) for line in text.split() if line.isdigit()]
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
