@@ -23,7 +23,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
-BENCHMARKS = ["throughput", "latency", "cli", "mlwork", "queue_scale", "footprint", "policy"]
+BENCHMARKS = ["throughput", "latency", "cli", "mlwork", "queue_scale", "footprint", "policy", "sim_vs_ray"]
 LIMIT_S = {"quick": 420, "full": 1200}
 
 
