@@ -500,8 +500,9 @@ def render(runs: list[dict[str, Any]], trace: list, bursts: list[Burst], load: f
         disagree = pk["disagreements"]
         over = sorted({g for gs in pk["over_1"].values() for g in gs})
         parts.append(
-            "Dispatch -> job body start by how many jobs were starting at once (each GPU job gets a fresh Ray "
-            "worker process, max_calls=1; a CPU job reuses an idle worker of its code package when there is one):\n\n"
+            "Dispatch -> job body start by how many jobs were starting at once (a job reuses an idle Ray worker of "
+            "its code package when there is one; on real GPUs, not these logical ones, each GPU job gets a fresh "
+            "worker):\n\n"
             + common.table(["jobs starting at once", "jobs", "mean s", "max s"], res["launch_concurrency"]))
         disagree_n = len(disagree)
         parts.append(
