@@ -13,6 +13,12 @@ from typing import Any
 from scheduler.states import AttemptState, JobState
 
 
+def _fields(record: Any) -> dict[str, Any]:
+    """A record's fields, shallow: the values are already plain (json-able) data,
+    and dataclasses.asdict's deep copy made `labq queue --json` twice as slow."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 def is_id(ref: object) -> bool:
     """A job or experiment id as typed by a user: ASCII digits that fit SQLite's
     integers (not '²', not 10**400)."""
@@ -53,7 +59,7 @@ class Job:
     oom_gpu_scale: float | None = None  # retry_on_oom: grow the GPU share by this after a GPU OOM
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = _fields(self)
         data["state"] = self.state.value
         return data
 
@@ -99,7 +105,7 @@ class Attempt:
     usage: dict[str, Any] = field(default_factory=dict)  # gpu_usage, cpu_time, ... (see store.USAGE_FIELDS)
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = _fields(self)
         data["state"] = self.state.value
         return data
 
