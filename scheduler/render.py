@@ -252,6 +252,11 @@ def nodes_table(nodes: list[Any], now: float) -> Table:
     return table
 
 
+def _hours(h: float) -> str:
+    """Two decimals, but a few seconds of use still shows as more than 0.00."""
+    return f"{h:.2f}" if h >= 0.1 or h == 0 else f"{h:.2g}"
+
+
 def usage_table(rows: list[dict[str, Any]], groups: tuple[str, ...], since: str, half_life: float) -> Table:
     table = Table(title=f"usage over the last {since} (decayed: half-life {format_seconds(half_life)})",
                   title_justify="left")
@@ -260,9 +265,9 @@ def usage_table(rows: list[dict[str, Any]], groups: tuple[str, ...], since: str,
     for col in ("jobs", "attempts", "cpu-hours", "gpu-hours", "avg wait", "decayed cpu-h", "decayed gpu-h"):
         table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(*[str(r[g]) for g in groups], str(r["jobs"]), str(r["attempts"]), f"{r['cpu_hours']:.2f}",
-                      f"{r['gpu_hours']:.2f}", format_seconds(r["avg_wait_s"]), f"{r['decayed_cpu_hours']:.2f}",
-                      f"{r['decayed_gpu_hours']:.2f}")
+        table.add_row(*[str(r[g]) for g in groups], str(r["jobs"]), str(r["attempts"]), _hours(r["cpu_hours"]),
+                      _hours(r["gpu_hours"]), format_seconds(r["avg_wait_s"]), _hours(r["decayed_cpu_hours"]),
+                      _hours(r["decayed_gpu_hours"]))
     if not rows:
         table.caption = "no job held resources in this period"
     return table
