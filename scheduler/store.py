@@ -462,10 +462,8 @@ class Store:
 
         rows = self._conn.execute(
             "SELECT j.user, j.queue, j.id, j.cpu, COALESCE(a.gpu_share, j.gpu), a.dispatched_at, a.ended_at,"
-            " j.submitted_at, first.at, COALESCE(j.memory, 0)"
+            " j.submitted_at, j.started_at, COALESCE(j.memory, 0)"  # jobs.started_at: its first dispatch
             " FROM attempts a JOIN jobs j ON j.id = a.job_id"
-            " JOIN (SELECT job_id, MIN(dispatched_at) AS at FROM attempts GROUP BY job_id) first"
-            "   ON first.job_id = j.id"
             " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= ?)", (after,)).fetchall()
         return [Held(user=r[0], queue=r[1], job_id=r[2], cpu=r[3], gpu=r[4], dispatched_at=r[5], ended_at=r[6],
                      submitted_at=r[7], first_started_at=r[8], memory=r[9]) for r in rows]
