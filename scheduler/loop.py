@@ -177,7 +177,9 @@ class Scheduler:
         for node_id, ref in list(self._gpu_refs.items()):
             if ref in done:
                 del self._gpu_refs[node_id]
-                self._gpu_readings[node_id] = self.backend.value(ref) or []
+                reading = self.backend.value(ref)
+                if reading is not None:  # a failed reading is not "no NVML here": keep the last one
+                    self._gpu_readings[node_id] = reading
                 self._gpu_taken[node_id] = self._gpu_asked.pop(node_id)
             elif now - self._gpu_asked[node_id] > 6 * GPU_TELEMETRY_SECONDS:  # stuck on a dying node
                 del self._gpu_refs[node_id], self._gpu_asked[node_id]
@@ -394,6 +396,9 @@ class Scheduler:
         if now - self._nodes_at > NODE_REFRESH_SECONDS or not self._nodes:
             self._refresh_nodes(now)
         self._sync_pending()
+        # Fair share's usage must follow every start and end, queue empty or not:
+        # it charges what ran since the last call to what was running then.
+        self._account(now, self.free_capacity(list(self._known.values())))
         if not self._pending:
             return
         decision = self._decide(now)
@@ -401,12 +406,13 @@ class Scheduler:
             # Unschedulable is final: judge it on a fresh view (a node may just have joined).
             self._refresh_nodes(now)
             decision = self._decide(now)
-        draining_on = {d.node_id for d in self._draining.values()}
-        for job_id, why in decision.preempt.items():
+        # One preemption at a time: while a victim is stopping or its GPU share
+        # drains, the room it makes is not yet visible, and the policy would pick
+        # a second victim for the same job.
+        settling = self._draining or any(r.stop_reason is AttemptState.PREEMPTED for r in self.running.values())
+        for job_id, why in ({} if settling else decision.preempt).items():
             run = next((r for r in self.running.values() if r.job.id == job_id and r.stop_reason is None), None)
-            # A share draining on that node comes back soon (often the last victim's):
-            # preempt there only if it is still needed once it has.
-            if run is not None and run.attempt.node_id not in draining_on:
+            if run is not None:
                 self._ask_stop(run, AttemptState.PREEMPTED, now, detail=f"preempted: {why}")
         if decision.placements:  # start jobs first; the reasons of those left waiting can follow
             placements = {p.job_id: p for p in decision.placements}
@@ -418,6 +424,14 @@ class Scheduler:
                 self._launch(attempt, jobs[attempt.job_id], placements[attempt.job_id], now)
                 self._reasons.pop(attempt.job_id, None)
             self._account(now)
+        if decision.unschedulable and any(d.gpu_memory for d in self._pending.values()):
+            # Card sizes come from NVML readings: until every GPU node has been read,
+            # "no card is big enough" is not yet known.
+            unread = any(n.resources.get("GPU", 0) > 0 and n.node_id not in self._gpu_readings
+                         for n in self._known.values() if n.alive)
+            if unread:
+                decision.unschedulable = {j: why for j, why in decision.unschedulable.items()
+                                          if not self._pending[j].gpu_memory}
         if decision.unschedulable:
             self.store.mark_unschedulable(decision.unschedulable, now)
         changed = {j: r for j, r in decision.waiting.items() if self._reasons.get(j) != r}
@@ -426,7 +440,6 @@ class Scheduler:
 
     def _decide(self, now: float) -> policy.Decision:
         known = self.free_capacity(list(self._known.values()))
-        self._account(now, known)
         return policy.decide(self._pending_index, self.free_capacity(), known=known, running=self._running_jobs(),
                              queues=self._queues, usage=self._usage.snapshot() if self._usage else None, now=now,
                              policy="labq")

@@ -23,10 +23,17 @@ from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
 from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added since schema 1, added in place to a database written by it.
+MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
+                  "ALTER TABLE jobs ADD COLUMN oom_gpu_scale REAL",
+                  "ALTER TABLE jobs ADD COLUMN node_requeues INTEGER NOT NULL DEFAULT 0",
+                  "ALTER TABLE attempts ADD COLUMN gpu_share REAL",
+                  "ALTER TABLE results ADD COLUMN usage TEXT NOT NULL DEFAULT '{}'"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
-# Requeues not charged to a job (scheduler restarts, dead nodes) stop here.
+# Requeues for losses not the job's fault (scheduler restarts, dead nodes) stop
+# here; preemptions and retry_on_oom growth are counted apart.
 MAX_FREE_RETRIES = 5
 # What a worker measured beyond metrics (workers.attempt's result), kept per attempt.
 USAGE_FIELDS = ("gpu_usage", "oom_cause", "cpu_time", "rss_baseline")
@@ -48,7 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0, free_retries INTEGER NOT NULL DEFAULT 0,
     submitted_at REAL NOT NULL,
     started_at REAL, ended_at REAL, node_id TEXT, gpu_ids TEXT NOT NULL DEFAULT '[]',
-    gpu_memory INTEGER, oom_gpu_scale REAL);
+    gpu_memory INTEGER, oom_gpu_scale REAL, node_requeues INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_experiment ON jobs(experiment_id);
 CREATE TABLE IF NOT EXISTS job_deps (
@@ -155,6 +162,8 @@ class Store:
             version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StoreError(f"{self.path}: written by a newer labq (schema {version}); upgrade labq")
+            if version < SCHEMA_VERSION:
+                self._migrate(conn)
             return
         with self._tx(conn) as cur:
             if cur.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
@@ -164,6 +173,16 @@ class Store:
                     cur.execute(statement)
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?), ('schema_version', ?)",
                         (APP_ID, str(SCHEMA_VERSION)))
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Bring a database of an older schema up to date, in one transaction
+        (re-checked under the lock: another process may have done it)."""
+        with self._tx(conn) as cur:
+            version = int(cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    cur.execute(statement)
+            cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         self._conn.close()
@@ -298,7 +317,7 @@ class Store:
         result = result or {}
         row = cur.execute(
             "SELECT a.state, a.number, a.job_id, a.gpu_share, j.retries, j.free_retries, j.state AS job_state,"
-            " j.cancel_requested, j.gpu, j.gpu_memory, j.oom_gpu_scale FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
+            " j.cancel_requested, j.gpu, j.gpu_memory, j.oom_gpu_scale, j.node_requeues FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
         if row is None:
             raise UnknownIdError(f"no attempt {attempt_id}")
         job_id = row["job_id"]
@@ -325,9 +344,10 @@ class Store:
         # Attempts lost through no fault of the job do not count against retries.
         charged = row["number"] - row["free_retries"]
         target = self._job_outcome(outcome, charged, row["retries"])
-        if free_retry and outcome is AttemptState.LOST and row["free_retries"] < MAX_FREE_RETRIES:
+        if free_retry and outcome is AttemptState.LOST and row["node_requeues"] < MAX_FREE_RETRIES:
             target = JobState.PENDING
-            cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
+            cur.execute("UPDATE jobs SET free_retries = free_retries + 1, node_requeues = node_requeues + 1"
+                        " WHERE id = ?", (job_id,))
         elif outcome is AttemptState.PREEMPTED:
             # Made room for a queue owed its guarantee: not the job's doing, and it
             # resumes from its checkpoint (the previous run dir) when it runs again.
@@ -665,7 +685,8 @@ def _grown_gpu_share(row: sqlite3.Row) -> float | None:
     had = row["gpu_share"] or row["gpu"] or 0.0
     if not had or had >= 1.0:
         return None
-    return round(min(1.0, had * row["oom_gpu_scale"]), 4)
+    grown = round(min(1.0, had * row["oom_gpu_scale"]), 4)
+    return grown if grown > had else None  # a scale of 1.00001 must not requeue for free forever
 
 
 def _job(r: sqlite3.Row) -> Job:

@@ -200,9 +200,10 @@ class RecordedNvml:
 
 # ---------------------------------------------------------------- node and cleanup
 
-def node_telemetry(nvml: Any = None) -> list[dict[str, Any]]:
+def node_telemetry(nvml: Any = None) -> list[dict[str, Any]] | None:
     """Every GPU of this node now: index, uuid, model, memory total/used,
-    utilisation, temperature, power and the pids on it.  [] without NVML."""
+    utilisation, temperature, power and the pids on it.  [] without NVML;
+    None when a read failed midway (the caller keeps its last reading)."""
     own = nvml is None
     nvml = open_nvml() if own else nvml
     if nvml is None:
@@ -214,8 +215,8 @@ def node_telemetry(nvml: Any = None) -> list[dict[str, Any]]:
             item["pids"] = sorted(nvml.process_memory(reading.index))
             out.append(item)
         return out
-    except Exception:  # a GPU fell off the bus mid-read: report nothing rather than fail `labq nodes`
-        return []
+    except Exception:  # a GPU fell off the bus mid-read: no reading (None), which is not "no NVML" ([])
+        return None
     finally:
         if own:
             nvml.close()

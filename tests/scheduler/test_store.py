@@ -750,3 +750,27 @@ def test_a_preempted_attempt_requeues_without_charging_and_keeps_history(store, 
     assert a2.number == 2
     assert store.finish_attempt(a2.id, AttemptState.SUCCEEDED, NOW + 4, result={"metrics": {}}) is JobState.SUCCEEDED
     assert [a.state for a in store.attempts(ids[0])] == [AttemptState.PREEMPTED, AttemptState.SUCCEEDED]
+
+
+def test_a_schema_1_database_is_migrated_in_place(tmp_path):
+    from scheduler.store import MIGRATIONS, SCHEMA_VERSION
+    home = tmp_path / "home"
+    Store(home).close()
+    # Given a database as labq's schema 1 wrote it (without the columns added since)
+    conn = sqlite3.connect(home / "labq.db")
+    for statement in MIGRATIONS[2]:
+        table, column = statement.split()[2], statement.split()[5]
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When labq opens it, it adds them, and the queue works
+    store = Store(home)
+    spec = tmp_path / "join.yaml"
+    spec.write_text(JOIN)
+    _, ids, _ = _submit_yaml(store, spec)
+    (att,) = start(store, ids[0])
+    assert store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2, result={"metrics": {}}) is JobState.SUCCEEDED
+    assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == \
+        str(SCHEMA_VERSION)
+    store.close()

@@ -1,0 +1,101 @@
+"""The live loop around the policy, tick by tick with plain data: fair-share usage
+follows starts and ends even while nothing waits, gpu_memory requests wait for
+the cards' sizes instead of being judged unschedulable, and one preemption
+at a time.  A real Scheduler and SQLite store; FakeBackend stands in for Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.fake_backend import FakeBackend, make_nodes
+from scheduler import accounting
+from scheduler.config import Queue, Settings
+from scheduler.loop import Scheduler
+from scheduler.states import AttemptState, JobState
+from scheduler.store import Store
+from workers.paths import RunPaths
+
+from test_store import NOW, _submit_yaml
+
+
+def _spec(tmp_path: Path, name: str, resources: str, n: int = 1, queue: str = "default") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"""
+experiment: {name}
+queue: {queue}
+stages:
+  - name: train
+    command: "true"
+    sweep: {{grid: {{seed: {list(range(n))}}}}}
+    resources: {resources}
+""")
+    return path
+
+
+def _done(run) -> dict:
+    return {"outcome": "succeeded", "metrics": {}, "artifacts": [], "exit_code": 0}
+
+
+def test_usage_stops_growing_when_jobs_end_while_nothing_waits(tmp_path):
+    node = make_nodes(1, cpu=16, gpu=0)[0]
+    store, backend = Store(tmp_path / "home"), FakeBackend([node])
+    sched = Scheduler(store, backend, Settings(home=str(tmp_path / "home")))
+    _submit_yaml(store, _spec(tmp_path, "a", "{cpu: 4}", n=4))
+    sched.tick(NOW)
+    assert len(sched.running) == 4
+    for run in list(sched.running.values()):
+        backend.end(run.ref, AttemptState.SUCCEEDED, _done(run))
+    sched.tick(NOW + 60)  # the four end a minute in; the queue is empty now
+    assert not sched.running
+    later = NOW + 10 * 3600
+    _submit_yaml(store, _spec(tmp_path, "b", "{cpu: 1}"))
+    sched.tick(later)
+    # The loop's decayed usage equals what the store's history says: 1 minute, not 10 hours
+    truth = accounting.decayed_usage(store.held_since(0), later, sched._usage.half_life, sched._usage.capacity.dominant)
+    assert sched._usage.snapshot()["default"] == pytest.approx(truth["default"], rel=0.01)
+    store.close()
+
+
+def test_a_gpu_memory_request_waits_for_the_cards_sizes_instead_of_failing(tmp_path):
+    node = make_nodes(1, cpu=4, gpu=2)[0]
+    store, backend = Store(tmp_path / "home"), FakeBackend([node])
+    backend.gpu_readings[node.node_id] = [{"index": i, "memory_total": 80 * 2**30, "pids": []} for i in range(2)]
+    sched = Scheduler(store, backend, Settings(home=str(tmp_path / "home")))
+    _, (job_id,), _ = _submit_yaml(store, _spec(tmp_path, "gm", "{cpu: 1, gpu_memory: 8GiB}"))
+    sched.tick(NOW)  # no NVML reading has come back yet
+    assert store.job(job_id).state is JobState.PENDING
+    for t in (1, 2, 3):  # the reading is started, picked up, and the job placed at 8/80 of a card
+        sched.tick(NOW + t)
+    (run,) = sched.running.values()
+    assert run.attempt.gpu_share == pytest.approx(0.1)
+    store.close()
+
+
+def test_one_preemption_at_a_time_while_the_first_victims_share_drains(tmp_path):
+    nodes = make_nodes(2, cpu=4, gpu=1)
+    store, backend = Store(tmp_path / "home"), FakeBackend(nodes)
+    for n in nodes:
+        backend.gpu_readings[n.node_id] = [{"index": 0, "memory_total": 80 * 2**30, "pids": []}]
+    settings = Settings(home=str(tmp_path / "home"),
+                        queues=[Queue(name="low"), Queue(name="high", guarantee={"gpu": 1}, preempt=True)])
+    sched = Scheduler(store, backend, settings)
+    _submit_yaml(store, _spec(tmp_path, "lo", "{cpu: 1, gpu: 1}", n=2, queue="low"))
+    sched.tick(NOW)
+    sched.tick(NOW + 3)
+    assert len(sched.running) == 2
+    _submit_yaml(store, _spec(tmp_path, "hi", "{cpu: 1, gpu: 1}", queue="high"))
+    sched.tick(NOW + 6)
+    (victim,) = [r for r in sched.running.values() if r.stop_reason is AttemptState.PREEMPTED]
+    # The victim ends, but NVML still lists its process for a while
+    RunPaths(Path(victim.attempt.run_dir)).create()
+    RunPaths(Path(victim.attempt.run_dir)).write_gpu_pids({4242})
+    backend.gpu_readings[victim.attempt.node_id][0]["pids"] = [4242]
+    backend.end(victim.ref, AttemptState.CANCELLED)
+    for t in (6.3, 6.6, 6.9):
+        sched.tick(NOW + t)
+    # No second job was stopped for the same guarantee
+    assert not [r for r in sched.running.values() if r.stop_reason is not None]
+    assert sched._draining
+    store.close()
