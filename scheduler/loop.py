@@ -398,7 +398,7 @@ class Scheduler:
         self._sync_pending()
         # Fair share's usage must follow every start and end, queue empty or not:
         # it charges what ran since the last call to what was running then.
-        self._account(now, self.free_capacity(list(self._known.values())))
+        self._account(now)
         if not self._pending:
             return
         decision = self._decide(now)
@@ -452,19 +452,19 @@ class Scheduler:
                                   priority=r.job.priority)
                 for r in self.running.values()]
 
-    def _account(self, now: float, known: list[policy.Node] | None = None) -> None:
+    def _account(self, now: float) -> None:
         """Advance decayed usage to ``now`` with what runs; on the first pass,
-        seed it from the store's history so a restart forgets nobody's usage."""
+        seed it from the store's history so a restart forgets nobody's usage.
+        Shares are of every node known, dead ones included (totals, not free)."""
+        if not self._known:
+            return
+        capacity = policy.Capacity.of(policy.node_of(n.node_id, n.resources) for n in self._known.values())
         if self._usage is None:
-            if not known:
-                return
-            capacity = policy.Capacity.of(known)
             half_life = self.settings.scheduler.usage_half_life
             self._usage = policy.UsageBook(half_life, capacity)
             held = self.store.held_since(now - 10 * half_life)
             self._usage.seed(accounting.decayed_usage(held, now, half_life, capacity.dominant), now)
-        elif known:
-            self._usage.capacity = policy.Capacity.of(known)
+        self._usage.capacity = capacity
         self._usage.advance(now, self._running_jobs())
 
     def _sync_pending(self) -> None:

@@ -451,13 +451,7 @@ class Store:
         decides on them; cheap to load: no params, no targets."""
         sql = ("SELECT id, cpu, gpu, COALESCE(memory, 0), custom, priority, user, queue, timeout, submitted_at,"
                " COALESCE(gpu_memory, 0), reason FROM jobs WHERE state = 'pending' AND cancel_requested = 0")
-        if ids is None:
-            rows = self._conn.execute(sql).fetchall()
-        else:
-            rows = []
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                rows += self._conn.execute(sql + " AND id IN (" + ",".join("?" * len(chunk)) + ")", chunk).fetchall()
+        rows = self._conn.execute(sql).fetchall() if ids is None else self._rows_in(sql + " AND id IN ", ids)
         return [Waiting(r[0], r[1], r[2], r[3], {} if r[4] == "{}" else json.loads(r[4]), r[5], r[6], r[7], r[8],
                         r[9], r[10], r[11]) for r in rows]
 
@@ -493,25 +487,19 @@ class Store:
         ``recent`` succeeded attempts of the same experiment name and stage held
         their resources; [] when none has succeeded yet.  Jobs of one stage share
         one list.  The history :mod:`scheduler.estimate` guesses durations from."""
-        pair_of: dict[int, tuple[str, str]] = {}
-        for start in range(0, len(job_ids), 500):
-            chunk = job_ids[start:start + 500]
-            for r in self._conn.execute(
-                    "SELECT j.id, e.name, j.stage FROM jobs j JOIN experiments e ON e.id = j.experiment_id"
-                    " WHERE j.id IN (" + ",".join("?" * len(chunk)) + ")", chunk):
-                pair_of[r[0]] = (r[1], r[2])
+        pair_of = {r[0]: (r[1], r[2]) for r in self._rows_in(
+            "SELECT j.id, e.name, j.stage FROM jobs j JOIN experiments e ON e.id = j.experiment_id WHERE j.id IN ",
+            job_ids)}
         names = sorted({name for name, _ in pair_of.values()})
         durations: dict[tuple[str, str], list[float]] = {}
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            rows = self._conn.execute(
+        for name, stage, held in self._rows_in(
                 "SELECT name, stage, held FROM (SELECT e.name, j.stage, a.ended_at - a.dispatched_at AS held,"
                 " ROW_NUMBER() OVER (PARTITION BY e.name, j.stage ORDER BY a.ended_at DESC) AS n"
                 " FROM experiments e JOIN jobs j ON j.experiment_id = e.id JOIN attempts a ON a.job_id = j.id"
-                " WHERE e.name IN (" + ",".join("?" * len(chunk)) + ") AND a.state = 'succeeded'"
-                " AND a.dispatched_at IS NOT NULL AND a.ended_at IS NOT NULL) WHERE n <= ?", (*chunk, recent))
-            for name, stage, held in rows:
-                durations.setdefault((name, stage), []).append(max(0.0, held))
+                " WHERE e.name IN ", names,
+                " AND a.state = 'succeeded' AND a.dispatched_at IS NOT NULL AND a.ended_at IS NOT NULL) WHERE n <= ?",
+                (recent,)):
+            durations.setdefault((name, stage), []).append(max(0.0, held))
         return {job_id: durations.get(pair, []) for job_id, pair in pair_of.items()}
 
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
@@ -561,11 +549,17 @@ class Store:
         return job
 
     def jobs_by_ids(self, ids: list[int]) -> list[Job]:
-        out: list[Job] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            out += self._jobs("WHERE j.id IN (" + ",".join("?" * len(chunk)) + ")", tuple(chunk))
-        return out
+        return [_job(r) for r in self._rows_in("SELECT " + _JOB_COLUMNS + _JOB_FROM + "WHERE j.id IN ", ids)]
+
+    def _rows_in(self, sql: str, values: list[Any], tail: str = "", tail_args: tuple = ()) -> list[sqlite3.Row]:
+        """``sql`` ending in "IN ", then ``tail``, run over ``values`` in chunks:
+        SQLite caps the number of bound parameters."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(values), 500):
+            chunk = values[start:start + 500]
+            rows += self._conn.execute(sql + "(" + ",".join("?" * len(chunk)) + ")" + tail,
+                                       (*chunk, *tail_args)).fetchall()
+        return rows
 
     def active_jobs(self, limit: int | None = None) -> list[Job]:
         """Running first, then pending and blocked in the order they will be considered."""
