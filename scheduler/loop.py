@@ -238,7 +238,7 @@ class Scheduler:
                             "anyway", d.job_id, attempt_id, now - d.ended_at,
                             f"NVML still lists its pids {sorted(left)}" if fresh
                             else f"no NVML reading came back since (its pids {sorted(d.pids)} unchecked)",
-                            self._describe_node(d.node_id))
+                            self._describe_node(d.node_id, now))
             else:
                 continue
             del self._draining[attempt_id]
@@ -308,8 +308,8 @@ class Scheduler:
             if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
                 node_failed = bool(error and any(e in error for e in NODE_FAILURES))
                 if node_failed and run.attempt.node_id:
-                    self._suspect[run.attempt.node_id] = now + SUSPECT_NODE_SECONDS
-                error = f"{error} (on node {self._describe_node(run.attempt.node_id)})"
+                    self._mark_suspect(run.attempt.node_id, now)
+                error = f"{error} (on node {self._describe_node(run.attempt.node_id, now)})"
             # A dead node is not the job's fault (SLURM requeues NODE_FAIL jobs too):
             # requeue without charging its retries.
             finished.append({"attempt_id": attempt_id, "outcome": state, "result": result, "error": error,
@@ -333,12 +333,11 @@ class Scheduler:
 
     # ------------------------------------------------------------ placement
 
-    def _describe_node(self, node_id: str | None) -> str:
+    def _describe_node(self, node_id: str | None, now: float) -> str:
         """'ab12cd34 at 10.0.0.11, now dead' — refreshed, since a lost attempt is
         often the first sign that its node died."""
         if not node_id:
             return "unknown"
-        now = time.time()
         if now - self._nodes_at > NODE_FRESHNESS_SECONDS:  # once per pass, not once per lost attempt
             try:
                 self._refresh_nodes(now)
@@ -348,6 +347,14 @@ class Scheduler:
         if node is None:
             return node_id[:8]
         return f"{node_id[:8]} at {node.address}" + ("" if node.alive else ", now dead")
+
+    def _mark_suspect(self, node_id: str, now: float) -> None:
+        """Stop placing on a node an attempt was just lost on, from this pass on:
+        the placement view is cut at once, not at the next node refresh, which
+        may be seconds away while the requeued job is placed in the same pass."""
+        self._suspect[node_id] = now + SUSPECT_NODE_SECONDS
+        self._nodes = [n for n in self._nodes if n.node_id != node_id]
+        self._dirty = True
 
     def _refresh_nodes(self, now: float) -> None:
         """All nodes Ray knows, dead ones included: they are shown as dead, never

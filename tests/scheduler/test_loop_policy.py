@@ -99,3 +99,24 @@ def test_one_preemption_at_a_time_while_the_first_victims_share_drains(tmp_path)
     assert not [r for r in sched.running.values() if r.stop_reason is not None]
     assert sched._draining
     store.close()
+
+
+def test_a_job_lost_with_its_node_is_not_placed_there_again_before_ray_reports_it_dead(tmp_path):
+    nodes = make_nodes(2, cpu=2, gpu=0)
+    store, backend = Store(tmp_path / "home"), FakeBackend(nodes)
+    sched = Scheduler(store, backend, Settings(home=str(tmp_path / "home")))
+    _, job_ids, _ = _submit_yaml(store, _spec(tmp_path, "two", "{cpu: 2}", n=2))
+    sched.tick(NOW)
+    assert {r.attempt.node_id for r in sched.running.values()} == {n.node_id for n in nodes}
+    victim = next(r for r in sched.running.values() if r.attempt.node_id == nodes[1].node_id)
+    # Its node dies, but Ray still lists it alive (health checks have not failed yet),
+    # and the node view was refreshed a moment ago
+    backend.end(victim.ref, AttemptState.LOST, error="NodeDiedError: Task failed because the node it was "
+                                                     "running on is dead or unavailable.")
+    sched.tick(NOW + 0.1)
+    sched.tick(NOW + 0.2)
+    # Then the requeued job waits for the other node instead of being lost there a second time
+    assert store.job(victim.job.id).state is JobState.PENDING
+    assert all(r.attempt.node_id == nodes[0].node_id for r in sched.running.values())
+    assert [a.state for a in store.attempts(victim.job.id)] == [AttemptState.LOST]
+    store.close()
