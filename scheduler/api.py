@@ -9,18 +9,17 @@ Nothing here imports Ray; pandas is imported only by ``results_frame``.
 from __future__ import annotations
 
 import getpass
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from scheduler import wakeup
 from scheduler.config import Settings, load_settings
 from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
 from scheduler.records import Job, is_id
 from scheduler.states import JobState
-from scheduler.store import Store
+from scheduler.store import Store, is_number
 
 # Metrics labq knows the direction of, in the order it prefers them as the main one.
 _BIGGER_IS_BETTER = ("accuracy", "val_accuracy", "f1_macro", "roc_auc", "r2", "auc", "score")
@@ -125,10 +124,11 @@ def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[i
 
 # ---------------------------------------------------------------- results
 
-def main_metric(metric: str | None, mode: str | None, metrics: list[dict[str, Any]]) -> tuple[str | None, str]:
+def main_metric(metric: str | None, mode: str | None, names: Iterable[str]) -> tuple[str | None, str]:
     """The metric to sort by and its direction: the spec's, else the first known
-    metric present in the results, else the first numeric one."""
-    names = {k for m in metrics for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metric among ``names`` (the numeric metrics of the last stage), else the
+    first of them by name."""
+    names = set(names)
     if metric:
         return metric, mode or ("min" if metric in _SMALLER_IS_BETTER else "max")
     for name in _BIGGER_IS_BETTER:
@@ -149,57 +149,85 @@ class Results:
     rows: list[dict[str, Any]]
     varying_params: list[str]
     metric_names: list[str]
+    total: int  # jobs in the experiment; more than len(rows) for one page
+    advice: list[str]  # the most common right-sizing advice over all its jobs, with counts
 
 
-def results(store: Store, experiment: str, sort: str | None = None, ascending: bool | None = None) -> Results:
-    """One row per job with params, final metrics, timing and placement, best first."""
+def results(store: Store, experiment: str, sort: str | None = None, ascending: bool | None = None,
+            limit: int | None = None) -> Results:
+    """One row per job with params, final metrics, timing and placement, best
+    first; the first ``limit`` rows only, when given.
+
+    A page ranked by a metric is read through the store's rank index (a 100k-job
+    experiment costs a few queries); all rows, or a page sorted by a param or a
+    field, decode every job."""
     exp = store.experiment(experiment)
-    jobs = store.jobs_of_experiment(exp.id)
-    finals = store.final_results(exp.id)
-    rows = []
-    for job in jobs:
-        attempt, metrics = finals.get(job.id, (None, {}))
-        started = attempt.started_at if attempt else None
-        ended = attempt.ended_at if attempt else None
-        rows.append({
-            "job_id": job.id, "experiment": exp.name, "stage": job.stage, "state": job.state.value,
-            "params": job.params, "swept": job.swept, "metrics": metrics, "attempts": job.attempts,
-            "started_at": started, "ended_at": ended,
-            "duration": (ended - started) if started and ended else None,
-            "node_id": attempt.node_id if attempt else None, "gpu_ids": attempt.gpu_ids if attempt else [],
-            "peak_rss": attempt.peak_rss if attempt else None, "run_dir": attempt.run_dir if attempt else None,
-            "error": (attempt.error.strip().splitlines()[-1] if attempt and attempt.error else None),
-            "gpu_usage": attempt.usage.get("gpu_usage") if attempt else None,
-            "advice": advice_for(job, attempt) if attempt and attempt.ended_at else [],
-        })
+    total, last_stage = store.job_count(exp.id)
+    names = store.final_metric_names(exp.id)
     # The main metric is judged on the last stage: it is what the experiment is for.
-    last_stage = jobs[-1].stage if jobs else None
-    metric, mode = main_metric(exp.metric, exp.mode, [r["metrics"] for r in rows if r["stage"] == last_stage])
-    key = sort or metric
-    if key:
-        desc = (mode == "max") if ascending is None else not ascending
-        if sort and ascending is None:
-            desc = sort not in _SMALLER_IS_BETTER
+    metric, mode = main_metric(exp.metric, exp.mode, names.get(last_stage, ()))
+    key, desc = _sort_order(sort, ascending, metric, mode)
+    if limit is not None and (key is None or any(key in n for n in names.values())):
+        ids = store.ranked_job_ids(exp.id, key, desc, limit)
+        finals = store.final_attempts(ids)
+        advice = store.final_advice(exp.id, ids)
+        rows = [_row(exp.name, job, *finals.get(job.id, (None, {})), advice.get(job.id, []))
+                for job in sorted(store.jobs_by_ids(ids), key=lambda j: ids.index(j.id))]
+        varying = store.varying_params(exp.id)
+        known = {k for n in names.values() for k in n}
+    else:
+        jobs = store.jobs_of_experiment(exp.id)
+        finals = store.final_results(exp.id)
+        advice = store.final_advice(exp.id)
+        rows = [_row(exp.name, job, *finals.get(job.id, (None, {})), advice.get(job.id, [])) for job in jobs]
+        varying = _varying_params(rows)  # in job order, as the store finds them
+        if key:
+            def sort_key(row: dict[str, Any]) -> tuple:
+                value = row["metrics"].get(key, row["params"].get(key, row.get(key)))
+                missing = not is_number(value)
+                return (missing, 0 if missing else (-value if desc else value))
 
-        def sort_key(row: dict[str, Any]) -> tuple:
-            value = row["metrics"].get(key, row["params"].get(key, row.get(key)))
-            missing = not isinstance(value, (int, float)) or isinstance(value, bool) or (
-                isinstance(value, float) and math.isnan(value))
-            return (missing, 0 if missing else (-value if desc else value))
-
-        rows.sort(key=sort_key)
-    varying = _varying_params(rows)
+            rows.sort(key=sort_key)
+        rows = rows[:limit]
+        known = set()
     # Main metric first, then the rest of the last stage's, then other stages'.
-    last_names = {k for r in rows if r["stage"] == last_stage for k in r["metrics"]}
-    metric_names = sorted({k for r in rows for k in r["metrics"]},
+    last_names = set(names.get(last_stage, ())) | {k for r in rows if r["stage"] == last_stage for k in r["metrics"]}
+    metric_names = sorted(known | {k for r in rows for k in r["metrics"]},
                           key=lambda k: (k != metric, k not in last_names, k))
     if metric:
-        best = next((r for r in rows if r["stage"] == last_stage and isinstance(r["metrics"].get(metric), (int, float))),
-                    None)
+        # The best row leads the ranking, so it is in any page that holds it.
+        best = next((r for r in rows if r["stage"] == last_stage and is_number(r["metrics"].get(metric))), None)
         for r in rows:
             r["best"] = r is best
+    summary = [f"{line} ({n} job{'s' if n != 1 else ''})" for line, n in store.advice_counts(exp.id, ADVICE_SHOWN)]
     return Results(experiment=exp.name, experiment_id=exp.id, metric=metric, mode=mode, rows=rows,
-                   varying_params=varying, metric_names=metric_names)
+                   varying_params=varying, metric_names=metric_names, total=total, advice=summary)
+
+
+ADVICE_SHOWN = 3  # the most common advice lines `labq results` prints
+
+
+def _sort_order(sort: str | None, ascending: bool | None, metric: str | None, mode: str) -> tuple[str | None, bool]:
+    """(the key rows are sorted by, whether larger comes first)."""
+    if sort:
+        return sort, (sort not in _SMALLER_IS_BETTER) if ascending is None else not ascending
+    return metric, (mode == "max") if ascending is None else not ascending
+
+
+def _row(experiment: str, job: Job, attempt: Any, metrics: dict[str, Any], advice: list[str]) -> dict[str, Any]:
+    started = attempt.started_at if attempt else None
+    ended = attempt.ended_at if attempt else None
+    return {
+        "job_id": job.id, "experiment": experiment, "stage": job.stage, "state": job.state.value,
+        "params": job.params, "swept": job.swept, "metrics": metrics, "attempts": job.attempts,
+        "started_at": started, "ended_at": ended,
+        "duration": (ended - started) if started and ended else None,
+        "node_id": attempt.node_id if attempt else None, "gpu_ids": attempt.gpu_ids if attempt else [],
+        "peak_rss": attempt.peak_rss if attempt else None, "run_dir": attempt.run_dir if attempt else None,
+        "error": (attempt.error.strip().splitlines()[-1] if attempt and attempt.error else None),
+        "gpu_usage": attempt.usage.get("gpu_usage") if attempt else None,
+        "advice": advice if attempt and attempt.ended_at else [],
+    }
 
 
 def advice_for(job: Job, attempt: Any) -> list[str]:
@@ -211,16 +239,6 @@ def advice_for(job: Job, attempt: Any) -> list[str]:
     usage = {"peak_rss": attempt.peak_rss, "started_at": attempt.started_at, "ended_at": attempt.ended_at,
              **attempt.usage}
     return advise(requested, usage)
-
-
-def advice_summary(rows: list[dict[str, Any]], top: int = 3) -> list[str]:
-    """The most common advice over an experiment's jobs, with how many jobs it fits."""
-    counts: dict[str, int] = {}
-    for row in rows:
-        for line in row.get("advice") or []:
-            counts[line] = counts.get(line, 0) + 1
-    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
-    return [f"{line} ({n} job{'s' if n != 1 else ''})" for line, n in ranked]
 
 
 def _varying_params(rows: list[dict[str, Any]]) -> list[str]:

@@ -9,7 +9,6 @@ write the queue never import Ray, torch or pandas.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -111,8 +110,9 @@ def _wait_and_report(ctx: click.Context, submitted, show_results: bool) -> int:
     with render.Progress(submitted.experiment, len(submitted.job_ids)) as progress:
         jobs = api.wait(store, submitted.experiment_id, on_update=progress.update)
     if show_results:
-        res = api.results(store, str(submitted.experiment_id))
+        res = api.results(store, str(submitted.experiment_id), limit=RESULTS_TABLE_ROWS)
         render.console.print(render.results_table(res))
+        _print_more(res)
     counts = api.active_state_counts(jobs)
     render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
     if not api.succeeded_all(jobs):
@@ -347,14 +347,12 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
     """One row per job of EXPERIMENT: params and metrics, best first."""
     from scheduler import api
 
-    res = api.results(_store(ctx), experiment, sort=sort, ascending=ascending)
-    total = len(res.rows)
     if limit is None and not (as_json or as_csv):
         limit = RESULTS_TABLE_ROWS  # a terminal cannot show 100k rows; rich would take minutes to lay them out
-    plotted = res
-    if limit is not None:
-        res = dataclasses.replace(res, rows=res.rows[:limit])
+    store = _store(ctx)
+    res = api.results(store, experiment, sort=sort, ascending=ascending, limit=limit)
     if plot:
+        plotted = res if len(res.rows) == res.total else api.results(store, experiment, sort=sort, ascending=ascending)
         from scheduler.plots import plot_results
 
         try:
@@ -372,14 +370,21 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
     else:
         from scheduler import render
 
-        render.console.print(render.results_table(res, total=total))
-        for line in api.advice_summary(plotted.rows):
-            render.console.print(f"right-sizing: {line}", highlight=False)
-        if total > len(res.rows):
-            render.console.print(f"... {total - len(res.rows)} more (--limit N, or --csv / --json for all)",
-                                 highlight=False)
+        render.console.print(render.results_table(res))
+        _print_more(res)
         if plot:
             render.console.print(f"wrote {plot}", highlight=False)
+
+
+def _print_more(res) -> None:
+    """Under a results table: the common right-sizing advice, and how many rows it left out."""
+    from scheduler import render
+
+    for line in res.advice:
+        render.console.print(f"right-sizing: {line}", highlight=False)
+    if res.total > len(res.rows):
+        render.console.print(f"... {res.total - len(res.rows)} more (--limit N, or --csv / --json for all)",
+                             highlight=False)
 
 
 @cli.command()

@@ -91,7 +91,7 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
 
 def results_table(res: Any, limit: int | None = None, total: int | None = None) -> Table:
     metric_label = f"{res.metric} ({res.mode})" if res.metric else "no metrics"
-    count = len(res.rows) if total is None else total
+    count = res.total if total is None else total
     table = Table(title=f"{res.experiment}: {count} jobs, sorted by {metric_label}", title_justify="left")
     table.add_column("", no_wrap=True, min_width=1)
     for col in ("id", "stage", "state"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -23,13 +24,25 @@ from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
 from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Columns added since schema 1, added in place to a database written by it.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "ALTER TABLE jobs ADD COLUMN oom_gpu_scale REAL",
                   "ALTER TABLE jobs ADD COLUMN node_requeues INTEGER NOT NULL DEFAULT 0",
                   "ALTER TABLE attempts ADD COLUMN gpu_share REAL",
-                  "ALTER TABLE results ADD COLUMN usage TEXT NOT NULL DEFAULT '{}'"]}
+                  "ALTER TABLE results ADD COLUMN usage TEXT NOT NULL DEFAULT '{}'"],
+              # A statement, or a function of the cursor for work SQL alone cannot do.
+              3: ["CREATE TABLE final_metrics (experiment_id INTEGER NOT NULL, job_id INTEGER NOT NULL,"
+                  " stage TEXT NOT NULL, name TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (job_id, name))"
+                  " WITHOUT ROWID",
+                  "CREATE INDEX final_metrics_rank ON final_metrics(experiment_id, name, value)",
+                  "CREATE TABLE final_advice (experiment_id INTEGER NOT NULL, job_id INTEGER NOT NULL,"
+                  " line TEXT NOT NULL)",
+                  "CREATE INDEX final_advice_experiment ON final_advice(experiment_id, line)",
+                  "CREATE INDEX final_advice_job ON final_advice(job_id)",
+                  "CREATE TABLE metric_names (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, name TEXT NOT NULL,"
+                  " PRIMARY KEY (experiment_id, stage, name)) WITHOUT ROWID",
+                  lambda cur: _backfill_finals(cur)]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Requeues for losses not the job's fault (scheduler restarts, dead nodes) stop
@@ -76,6 +89,23 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, job_id INTEGER NOT NULL, attempt_id INTEGER,
     kind TEXT NOT NULL, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id);
+-- What `labq results` ranks and summarises, kept per job for its latest attempt
+-- (emptied when a new attempt starts, filled when it ends with a result), so a
+-- 100k-job experiment's best rows come from an index, not from decoding 100k
+-- results.  Numeric metrics only: anything else cannot be ranked.
+CREATE TABLE IF NOT EXISTS final_metrics (
+    experiment_id INTEGER NOT NULL, job_id INTEGER NOT NULL, stage TEXT NOT NULL, name TEXT NOT NULL,
+    value REAL NOT NULL, PRIMARY KEY (job_id, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS final_metrics_rank ON final_metrics(experiment_id, name, value);
+CREATE TABLE IF NOT EXISTS final_advice (
+    experiment_id INTEGER NOT NULL, job_id INTEGER NOT NULL, line TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS final_advice_experiment ON final_advice(experiment_id, line);
+CREATE INDEX IF NOT EXISTS final_advice_job ON final_advice(job_id);
+-- Every numeric metric name a stage's jobs ever recorded: the candidates for the
+-- main metric and the columns, without a scan of final_metrics.
+CREATE TABLE IF NOT EXISTS metric_names (
+    experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (experiment_id, stage, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, address TEXT NOT NULL, alive INTEGER NOT NULL, total TEXT NOT NULL,
     allocated TEXT NOT NULL, running_jobs INTEGER NOT NULL, gpus TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -181,7 +211,7 @@ class Store:
             version = int(cur.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target]:
-                    cur.execute(statement)
+                    statement(cur) if callable(statement) else cur.execute(statement)
             cur.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -287,6 +317,9 @@ class Store:
                     " VALUES (?, ?, 'running', ?, ?, ?, ?)", (job_id, number, run_dir, node_id, now, gpu_share))
                 attempt_id = cur.lastrowid
                 cur.execute("UPDATE jobs SET attempts = ?, node_id = ? WHERE id = ?", (number, node_id, job_id))
+                if number > 1:  # the job's results are its latest attempt's: none yet
+                    cur.execute("DELETE FROM final_metrics WHERE job_id = ?", (job_id,))
+                    cur.execute("DELETE FROM final_advice WHERE job_id = ?", (job_id,))
                 self._move(cur, job_id, JobState.RUNNING, now, f"attempt {number}", attempt_id)
                 started.append(Attempt(id=attempt_id, job_id=job_id, number=number, state=AttemptState.RUNNING,
                                        run_dir=run_dir, node_id=node_id, dispatched_at=now, gpu_share=gpu_share))
@@ -316,8 +349,10 @@ class Store:
                 result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False) -> JobState:
         result = result or {}
         row = cur.execute(
-            "SELECT a.state, a.number, a.job_id, a.gpu_share, j.retries, j.free_retries, j.state AS job_state,"
-            " j.cancel_requested, j.gpu, j.gpu_memory, j.oom_gpu_scale, j.node_requeues FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
+            "SELECT a.state, a.number, a.job_id, a.gpu_share, a.started_at, j.retries, j.free_retries,"
+            " j.state AS job_state, j.cancel_requested, j.gpu, j.gpu_memory, j.oom_gpu_scale, j.node_requeues,"
+            " j.experiment_id, j.stage, j.cpu, j.memory"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE a.id = ?", (attempt_id,)).fetchone()
         if row is None:
             raise UnknownIdError(f"no attempt {attempt_id}")
         job_id = row["job_id"]
@@ -339,6 +374,9 @@ class Store:
                          _dumps(result.get("artifacts") or []), now, _dumps(usage)))
             cur.execute("UPDATE jobs SET node_id = COALESCE(?, node_id), gpu_ids = ? WHERE id = ?",
                         (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
+            _write_finals(cur, row, result.get("metrics") or {},
+                          {"peak_rss": result.get("peak_rss"), "started_at": result.get("started_at") or row["started_at"],
+                           "ended_at": result.get("ended_at") or now, **usage})
         detail = f"attempt {row['number']} {outcome.value}" + (f": {_first_line(error or result.get('error'))}"
                                                                 if (error or result.get("error")) else "")
         # Attempts lost through no fault of the job do not count against retries.
@@ -627,6 +665,83 @@ class Store:
             " WHERE j.experiment_id = ? AND a.number = j.attempts", (experiment_id,)).fetchall()
         return {r["job_id"]: (_attempt(r), json.loads(r["metrics"]) if r["metrics"] else {}) for r in rows}
 
+    # ------------------------------------------------------------ one page of results, ranked in SQL
+
+    def job_count(self, experiment_id: int) -> tuple[int, str | None]:
+        """(how many jobs the experiment has, the stage of its last job)."""
+        row = self._conn.execute("SELECT COUNT(*), MAX(id) FROM jobs WHERE experiment_id = ?",
+                                 (experiment_id,)).fetchone()
+        last = self._conn.execute("SELECT stage FROM jobs WHERE id = ?", (row[1],)).fetchone() if row[1] else None
+        return row[0], last[0] if last else None
+
+    def final_metric_names(self, experiment_id: int) -> dict[str, list[str]]:
+        """{stage: names of the numeric metrics its jobs recorded}."""
+        names: dict[str, list[str]] = {}
+        for stage, name in self._conn.execute(
+                "SELECT stage, name FROM metric_names WHERE experiment_id = ? ORDER BY stage, name", (experiment_id,)):
+            names.setdefault(stage, []).append(name)
+        return names
+
+    def ranked_job_ids(self, experiment_id: int, metric: str | None, descending: bool, limit: int) -> list[int]:
+        """The first ``limit`` jobs by ``metric`` (best first, ties by id), then
+        the jobs without it by id: from the rank index, whatever the experiment's size."""
+        ids: list[int] = []
+        if metric:
+            order = "DESC" if descending else "ASC"
+            ids = [r[0] for r in self._conn.execute(
+                f"SELECT job_id FROM final_metrics WHERE experiment_id = ? AND name = ? ORDER BY value {order}, job_id"
+                " LIMIT ?", (experiment_id, metric, limit))]
+        if len(ids) < limit:
+            ids += [r[0] for r in self._conn.execute(
+                "SELECT id FROM jobs j WHERE experiment_id = ? AND NOT EXISTS (SELECT 1 FROM final_metrics f"
+                " WHERE f.job_id = j.id AND f.name = ?) ORDER BY id LIMIT ?",
+                (experiment_id, metric or "", limit - len(ids)))]
+        return ids
+
+    def final_attempts(self, job_ids: list[int]) -> dict[int, tuple[Attempt, dict[str, Any]]]:
+        """The latest attempt of each of ``job_ids`` with its metrics."""
+        rows = self._rows_in(
+            "SELECT a.*, r.metrics, r.artifacts, r.usage FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " LEFT JOIN results r ON r.attempt_id = a.id WHERE a.number = j.attempts AND j.id IN ", job_ids)
+        return {r["job_id"]: (_attempt(r), json.loads(r["metrics"]) if r["metrics"] else {}) for r in rows}
+
+    def final_advice(self, experiment_id: int, job_ids: list[int] | None = None) -> dict[int, list[str]]:
+        """{job id: right-sizing advice on its latest attempt} (jobs with some)."""
+        if job_ids is None:
+            rows = self._conn.execute("SELECT job_id, line FROM final_advice WHERE experiment_id = ? ORDER BY rowid",
+                                      (experiment_id,)).fetchall()
+        else:
+            rows = self._rows_in("SELECT job_id, line FROM final_advice WHERE job_id IN ", job_ids, " ORDER BY rowid")
+        advice: dict[int, list[str]] = {}
+        for job_id, line in rows:
+            advice.setdefault(job_id, []).append(line)
+        return advice
+
+    def advice_counts(self, experiment_id: int, top: int) -> list[tuple[str, int]]:
+        """The most common advice lines over the experiment's jobs, most jobs first."""
+        return [(r[0], r[1]) for r in self._conn.execute(
+            "SELECT line, COUNT(*) AS n FROM final_advice WHERE experiment_id = ? GROUP BY line"
+            " ORDER BY n DESC, line LIMIT ?", (experiment_id, top))]
+
+    def varying_params(self, experiment_id: int) -> list[str]:
+        """Params whose value differs between jobs of one stage.  Within a stage
+        only swept params can differ (scheduler.sweep), so each stage's first job
+        names the candidates, and one indexed probe per candidate settles it."""
+        varying: list[str] = []
+        firsts = self._conn.execute(
+            "SELECT stage, params, swept FROM jobs WHERE id IN"
+            " (SELECT MIN(id) FROM jobs WHERE experiment_id = ? GROUP BY stage) ORDER BY id", (experiment_id,))
+        for stage, params_text, swept_text in firsts.fetchall():
+            params, swept = json.loads(params_text), json.loads(swept_text)
+            for name in (k for k in params if k in swept and k not in varying):
+                path = _json_path(name)
+                if self._conn.execute(
+                        "SELECT 1 FROM jobs WHERE experiment_id = ? AND stage = ?"
+                        " AND json_quote(json_extract(params, ?)) IS NOT json_quote(json_extract(?, ?)) LIMIT 1",
+                        (experiment_id, stage, path, params_text, path)).fetchone():
+                    varying.append(name)
+        return varying
+
     # ------------------------------------------------------------ nodes and heartbeat
 
     def save_nodes(self, nodes: list[NodeSnapshot]) -> None:
@@ -652,10 +767,48 @@ class Store:
         return row[0] if row else None
 
 
+def _json_path(key: str) -> str:
+    """SQLite's JSON path to a top-level key, whatever characters it holds."""
+    return '$."' + key.replace('"', '""') + '"'
+
+
 def _is_storage_failure(exc: sqlite3.Error) -> bool:
     """Disk full, read-only or failing storage: the user's environment, not a bug."""
     text = str(exc).lower()
     return any(s in text for s in ("disk is full", "disk i/o error", "readonly database", "unable to open"))
+
+
+def _write_finals(cur: sqlite3.Cursor, row: sqlite3.Row, metrics: dict[str, Any], usage: dict[str, Any]) -> None:
+    """The ranked metrics and the right-sizing advice of a job's latest attempt
+    (``row``: the attempt joined with its job)."""
+    from scheduler.advice import advise
+
+    experiment_id, job_id = row["experiment_id"], row["job_id"]
+    ranked = [(experiment_id, job_id, row["stage"], k, v) for k, v in metrics.items() if is_number(v)]
+    cur.executemany("INSERT OR REPLACE INTO final_metrics VALUES (?, ?, ?, ?, ?)", ranked)
+    cur.executemany("INSERT OR IGNORE INTO metric_names VALUES (?, ?, ?)", [r[:1] + r[2:4] for r in ranked])
+    requested = {"cpu": row["cpu"], "gpu": row["gpu_share"] or row["gpu"], "gpu_memory": row["gpu_memory"],
+                 "memory": row["memory"]}
+    cur.executemany("INSERT INTO final_advice VALUES (?, ?, ?)",
+                    [(experiment_id, job_id, line) for line in advise(requested, usage)])
+
+
+def is_number(value: Any) -> bool:
+    """A value a result can be ranked by: an int or float, not a bool, not NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _backfill_finals(cur: sqlite3.Cursor) -> None:
+    """Schema 3: rank and advise the latest attempt of every job that has a result."""
+    rows = cur.execute(
+        "SELECT a.id AS attempt_id, a.job_id, a.gpu_share, a.started_at, a.ended_at, a.peak_rss, j.experiment_id,"
+        " j.stage, j.cpu, j.gpu, j.gpu_memory, j.memory, r.metrics, r.usage FROM jobs j"
+        " JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts JOIN results r ON r.attempt_id = a.id"
+        " WHERE a.ended_at IS NOT NULL").fetchall()
+    for r in rows:
+        usage = {"peak_rss": r["peak_rss"], "started_at": r["started_at"], "ended_at": r["ended_at"],
+                 **json.loads(r["usage"] or "{}")}
+        _write_finals(cur, r, json.loads(r["metrics"] or "{}"), usage)
 
 
 def _first_line(text: str | None) -> str | None:

@@ -761,6 +761,7 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path):
     for statement in MIGRATIONS[2]:
         table, column = statement.split()[2], statement.split()[5]
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    _drop_schema_3(conn)
     conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -773,4 +774,48 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path):
     assert store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2, result={"metrics": {}}) is JobState.SUCCEEDED
     assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == \
         str(SCHEMA_VERSION)
+    store.close()
+
+
+def _drop_schema_3(conn: sqlite3.Connection) -> None:
+    conn.execute("DROP TABLE final_metrics")
+    conn.execute("DROP TABLE final_advice")
+    conn.execute("DROP TABLE metric_names")
+
+
+def test_a_schema_2_database_gets_its_results_ranked_and_advised_on_migration(tmp_path):
+    from scheduler import api
+
+    home = tmp_path / "home"
+    store = Store(home)
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("""
+experiment: mig
+stages:
+  - name: train
+    command: "true"
+    resources: {cpu: 4, memory: 8GiB}
+    sweep: {grid: {lr: [1, 2, 3]}}
+""")
+    _, ids, _ = _submit_yaml(store, spec)
+    for job_id, acc in zip(ids, (0.7, 0.9, 0.8)):
+        (att,) = start(store, job_id)
+        store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2, result={
+            "metrics": {"accuracy": acc, "note": "text"}, "peak_rss": 300 * 2**20, "started_at": NOW + 1,
+            "ended_at": NOW + 61, "cpu_time": 60.0})
+    store.close()
+    # Given the database as schema 2 left it: results, but no rank or advice tables
+    conn = sqlite3.connect(home / "labq.db")
+    _drop_schema_3(conn)
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    # When labq opens it, the results are ranked and advised as if recorded now
+    store = Store(home)
+    page = api.results(store, "mig", limit=2)
+    assert [r["params"]["lr"] for r in page.rows] == [2, 3]
+    assert page.total == 3 and page.metric == "accuracy" and page.rows[0]["best"]
+    assert page.advice == ["asked 4 cpu, used 1.00 cores on average: 1.25 would pack 3.2x as many (3 jobs)",
+                           "asked 8.0GiB memory, peak 300.0MiB: 512.0MiB would pack 16x as many (3 jobs)"]
+    assert all(len(r["advice"]) == 2 for r in page.rows)
     store.close()
