@@ -51,7 +51,7 @@ stages:
     params: {{estimator: sklearn.ensemble.RandomForestClassifier}}
     sweep:
       grid: {{a: {list(range(a))}, b: {list(range(b))}}}
-    resources: {{cpu: 0.5}}
+    resources: {{cpu: 0.5, memory: 4GiB}}
 """)
     t0 = time.time()
     spec, raw = load_spec(spec_path)
@@ -79,7 +79,8 @@ stages:
                           "artifacts": ["model.joblib"], "exit_code": 0 if ok else 1,
                           "error": None if ok else "Traceback ...\nValueError: bad value",
                           "started_at": now + 1, "ended_at": now + 2 + rng.random() * 30, "node_id": "node-a",
-                          "gpu_ids": [], "peak_rss": rng.randrange(10**8, 10**9)}
+                          "gpu_ids": [], "peak_rss": rng.randrange(10**8, 10**9), "rss_baseline": 60 * 2**20,
+                          "cpu_time": rng.uniform(1, 30)}
                 finished.append({"attempt_id": att.id, "outcome": AttemptState.SUCCEEDED if ok else AttemptState.FAILED,
                                  "result": result, "error": result["error"]})
             store.finish_attempts(finished, now + 3)

@@ -44,6 +44,18 @@ def decayed_usage(held: list[Held], now: float, half_life: float, dominant) -> d
     return usage
 
 
+def usage_of_shapes(rows: list[tuple], dominant) -> dict:
+    """:func:`decayed_usage` from ``Store.decayed_use`` rows (the same sum, done
+    by SQLite per queue, user and shape)."""
+    usage: dict = {}
+    for queue, user, cpu, gpu, memory, seconds in rows:
+        value = dominant(cpu, gpu, memory) * (seconds or 0.0)
+        if value:
+            for key in (queue, (queue, user)):
+                usage[key] = usage.get(key, 0.0) + value
+    return usage
+
+
 def decayed_seconds(start: float, end: float, now: float, half_life: float) -> float:
     """∫ 2^-((now - t) / half_life) dt over [start, end]: a second of use counts
     1 now, 1/2 one half-life ago.  Closed form, so history of any length costs

@@ -242,29 +242,14 @@ def place_running(running: Iterable[policy.RunningJob], nodes: list[policy.Node]
     return placed
 
 
-def _first_waiting(waiting: list[Any], limit: int) -> list[Any]:
-    """:func:`first_of_each_class` on the store's rows, before paying for a Demand
-    per row: the key here is as fine as the policy's classes or finer, so it keeps
-    every job that one keeps."""
-    taken: dict[tuple, int] = {}
-    kept = []
-    for w in sorted(waiting, key=operator.attrgetter("id")):
-        key = (w.queue, w.user, w.priority, w.cpu, w.gpu, w.memory, w.gpu_memory, w.timeout,
-               tuple(sorted(w.custom.items())) if w.custom else ())
-        count = taken.get(key, 0)
-        if count < limit:
-            taken[key] = count + 1
-            kept.append(w)
-    return kept
-
-
 def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT) -> dict[int, float | None]:
-    """Estimates for every pending job from what the store holds: pending and
+    """Estimates for the pending jobs from what the store holds (the oldest
+    ``limit`` of each queue, user and shape; the rest get none): pending and
     running jobs, the scheduler's last node snapshots, the queues of ``settings``,
     and decayed usage from the attempts' history (as the live loop seeds it)."""
     from scheduler import accounting
 
-    waiting = store.waiting()
+    waiting = store.waiting(per_shape=limit)  # the rest get no estimate
     if not waiting:
         return {}
     alive, known, allocated = nodes_from_snapshots(store.nodes())
@@ -274,14 +259,14 @@ def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT
                            gpu=attempt.gpu_share or job.gpu, memory=job.memory or 0, node_id=attempt.node_id or "",
                            started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority)
          for attempt, job in rows), alive, allocated)
-    pending = [policy.demand_of(w) for w in _first_waiting(waiting, limit)]  # the rest get no estimate
+    pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
     history = store.stage_durations(list(timeouts), recent=RECENT_RUNS)
     durations = {job_id: expected_duration(history.get(job_id, ()), timeout) for job_id, timeout in timeouts.items()}
     half_life = settings.scheduler.usage_half_life
     capacity = policy.Capacity.of(known)
-    held = store.held_since(now - 10 * half_life)
-    usage = policy.Usage(accounting.decayed_usage(held, now, half_life, capacity.dominant), half_life)
+    shapes = store.decayed_use(now - 10 * half_life, now, half_life)
+    usage = policy.Usage(accounting.usage_of_shapes(shapes, capacity.dominant), half_life)
     starts = estimate_starts(pending, running, alive, known=known, durations=durations, now=now,
                              queues=settings.queue_configs(), usage=usage, half_life=half_life, limit=limit)
     return {w.id: starts.get(w.id) for w in waiting}

@@ -469,8 +469,8 @@ class Scheduler:
         if self._usage is None:
             half_life = self.settings.scheduler.usage_half_life
             self._usage = policy.UsageBook(half_life, capacity)
-            held = self.store.held_since(now - 10 * half_life)
-            self._usage.seed(accounting.decayed_usage(held, now, half_life, capacity.dominant), now)
+            shapes = self.store.decayed_use(now - 10 * half_life, now, half_life)
+            self._usage.seed(accounting.usage_of_shapes(shapes, capacity.dominant), now)
         self._usage.capacity = capacity
         self._usage.advance(now, self._running_jobs())
 

@@ -484,12 +484,22 @@ class Store:
     def pending_jobs(self) -> list[Job]:
         return self._jobs("WHERE j.state = 'pending' AND j.cancel_requested = 0 ORDER BY j.priority DESC, j.id", ())
 
-    def waiting(self, ids: list[int] | None = None) -> list[Waiting]:
+    def waiting(self, ids: list[int] | None = None, per_shape: int | None = None) -> list[Waiting]:
         """Pending jobs (all, or those of ``ids`` still pending) as the scheduler
-        decides on them; cheap to load: no params, no targets."""
-        sql = ("SELECT id, cpu, gpu, COALESCE(memory, 0), custom, priority, user, queue, timeout, submitted_at,"
-               " COALESCE(gpu_memory, 0), reason FROM jobs WHERE state = 'pending' AND cancel_requested = 0")
-        rows = self._conn.execute(sql).fetchall() if ids is None else self._rows_in(sql + " AND id IN ", ids)
+        decides on them; cheap to load: no params, no targets.  ``per_shape``:
+        only the oldest that many of each queue, user, priority and request shape
+        (what an estimate looks at; the policy treats the rest of a shape alike)."""
+        columns = ("id, cpu, gpu, COALESCE(memory, 0), custom, priority, user, queue, timeout, submitted_at,"
+                   " COALESCE(gpu_memory, 0), reason")
+        sql = f"SELECT {columns} FROM jobs WHERE state = 'pending' AND cancel_requested = 0"
+        if per_shape is not None:
+            rows = self._conn.execute(
+                f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY queue, user, priority, cpu, gpu,"
+                " memory, gpu_memory, timeout, custom ORDER BY id) AS nth FROM jobs"
+                " WHERE state = 'pending' AND cancel_requested = 0) WHERE nth <= ? ORDER BY id",
+                (per_shape,)).fetchall()
+        else:
+            rows = self._conn.execute(sql).fetchall() if ids is None else self._rows_in(sql + " AND id IN ", ids)
         return [Waiting(r[0], r[1], r[2], r[3], {} if r[4] == "{}" else json.loads(r[4]), r[5], r[6], r[7], r[8],
                         r[9], r[10], r[11]) for r in rows]
 
@@ -519,6 +529,21 @@ class Store:
             " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= ?)", (after,)).fetchall()
         return [Held(user=r[0], queue=r[1], job_id=r[2], cpu=r[3], gpu=r[4], dispatched_at=r[5], ended_at=r[6],
                      submitted_at=r[7], first_started_at=r[8], memory=r[9]) for r in rows]
+
+    def decayed_use(self, after: float, now: float, half_life: float) -> list[tuple]:
+        """:func:`scheduler.accounting.decayed_usage`'s sum done in SQL, grouped by
+        queue, user and shape: ``(queue, user, cpu, gpu, memory, decayed
+        seconds)`` rows, a handful however long the history.  The closed form is
+        accounting.decayed_seconds'; a test holds the two to the same numbers."""
+        k = math.log(2) / half_life if half_life > 0 else 0.0
+        held = ("(exp(-:k * (:now - MIN(COALESCE(a.ended_at, :now), :now))) - exp(-:k * (:now - a.dispatched_at))) / :k"
+                if k else "MIN(COALESCE(a.ended_at, :now), :now) - a.dispatched_at")
+        return [tuple(r) for r in self._conn.execute(
+            "SELECT j.queue, j.user, j.cpu, COALESCE(a.gpu_share, j.gpu) AS g, COALESCE(j.memory, 0) AS m,"
+            f" SUM(CASE WHEN MIN(COALESCE(a.ended_at, :now), :now) > a.dispatched_at THEN {held} ELSE 0 END)"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= :after)"
+            " GROUP BY j.queue, j.user, j.cpu, g, m", {"k": k, "now": now, "after": after})]
 
     def stage_durations(self, job_ids: list[int], recent: int = 50) -> dict[int, list[float]]:
         """For each of ``job_ids``: how long (seconds, dispatch to end) the latest

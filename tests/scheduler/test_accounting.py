@@ -65,3 +65,37 @@ def test_store_reports_held_attempts_with_their_jobs(tmp_path):
     assert got[0].submitted_at == NOW and got[0].cpu == 1.0
     assert [h.job_id for h in store.held_since(NOW + 100)] == [ids[1]]  # ended ones before are left out
     store.close()
+
+
+@pytest.mark.parametrize("half_life", [7 * 24 * H, 60.0, 0.0])
+def test_the_stores_sql_sum_of_decayed_use_equals_the_python_one(tmp_path, half_life):
+    from scheduler.accounting import decayed_usage, usage_of_shapes
+    from scheduler.policy import Capacity, node_of
+
+    store = Store(tmp_path / "home")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("""
+experiment: shapes
+stages:
+  - name: s
+    command: "true"
+    sweep: {grid: {i: [1, 2, 3, 4, 5, 6]}}
+    resources: {cpu: 2, gpu: 0.5, memory: 1GiB}
+""")
+    _, ids, _ = _submit_yaml(store, spec)
+    # ended long ago, ended recently, ended before it started (clock skew), a share of its own, still running
+    for n, (job_id, start, end, share) in enumerate([(ids[0], NOW - 5 * H, NOW - 4 * H, None),
+                                                     (ids[1], NOW - 100, NOW - 10, None),
+                                                     (ids[2], NOW - 50, NOW - 60, None),
+                                                     (ids[3], NOW - 30, NOW - 20, 0.25),
+                                                     (ids[4], NOW - 40, None, None)]):
+        (a,) = store.start_attempts([(job_id, "n", share)], run_dir_for, start)
+        if end is not None:
+            store.finish_attempt(a.id, AttemptState.SUCCEEDED, end, result={"metrics": {}, "ended_at": end})
+    capacity = Capacity.of([node_of("n", {"CPU": 8, "GPU": 2, "memory": 16 * 2**30})])
+    after = NOW - 10 * half_life if half_life else 0
+    want = decayed_usage(store.held_since(after), NOW, half_life, capacity.dominant)
+    got = usage_of_shapes(store.decayed_use(after, NOW, half_life), capacity.dominant)
+    assert want and set(got) == set(want)
+    assert all(got[k] == pytest.approx(want[k], rel=1e-9) for k in want)
+    store.close()
