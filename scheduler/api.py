@@ -167,14 +167,18 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
     # The main metric is judged on the last stage: it is what the experiment is for.
     metric, mode = main_metric(exp.metric, exp.mode, names.get(last_stage, ()))
     key, desc = _sort_order(sort, ascending, metric, mode)
-    if limit is not None and (key is None or any(key in n for n in names.values())):
+    known = {k for n in names.values() for k in n}
+    # The index ranks metrics only; a key that is also a param or a row field
+    # ranks some jobs by that instead (as the full read does).
+    if limit is not None and (key is None or (key in known and key not in ROW_FIELDS
+                                               and key not in store.param_names(exp.id))):
         ids = store.ranked_job_ids(exp.id, key, desc, limit)
         finals = store.final_attempts(ids)
         advice = store.final_advice(exp.id, ids)
+        position = {job_id: i for i, job_id in enumerate(ids)}
         rows = [_row(exp.name, job, *finals.get(job.id, (None, {})), advice.get(job.id, []))
-                for job in sorted(store.jobs_by_ids(ids), key=lambda j: ids.index(j.id))]
+                for job in sorted(store.jobs_by_ids(ids), key=lambda j: position[j.id])]
         varying = store.varying_params(exp.id)
-        known = {k for n in names.values() for k in n}
     else:
         jobs = store.jobs_of_experiment(exp.id)
         finals = store.final_results(exp.id)
@@ -189,7 +193,6 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
 
             rows.sort(key=sort_key)
         rows = rows[:limit]
-        known = set()
     # Main metric first, then the rest of the last stage's, then other stages'.
     last_names = set(names.get(last_stage, ())) | {k for r in rows if r["stage"] == last_stage for k in r["metrics"]}
     metric_names = sorted(known | {k for r in rows for k in r["metrics"]},
@@ -212,6 +215,11 @@ def _sort_order(sort: str | None, ascending: bool | None, metric: str | None, mo
     if sort:
         return sort, (sort not in _SMALLER_IS_BETTER) if ascending is None else not ascending
     return metric, (mode == "max") if ascending is None else not ascending
+
+
+ROW_FIELDS = frozenset({"job_id", "experiment", "stage", "state", "params", "swept", "metrics", "attempts",
+                        "started_at", "ended_at", "duration", "node_id", "gpu_ids", "peak_rss", "run_dir", "error",
+                        "gpu_usage", "advice", "best"})
 
 
 def _row(experiment: str, job: Job, attempt: Any, metrics: dict[str, Any], advice: list[str]) -> dict[str, Any]:

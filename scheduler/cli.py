@@ -112,7 +112,7 @@ def _wait_and_report(ctx: click.Context, submitted, show_results: bool) -> int:
     if show_results:
         res = api.results(store, str(submitted.experiment_id), limit=RESULTS_TABLE_ROWS)
         render.console.print(render.results_table(res))
-        _print_more(res)
+        _print_more(res, f"labq results {submitted.experiment} --limit N, --csv or --json")
     counts = api.active_state_counts(jobs)
     render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
     if not api.succeeded_all(jobs):
@@ -182,9 +182,18 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
 
 # ---------------------------------------------------------------- reading
 
-def _start_estimates(ctx: click.Context, store, now: float) -> dict[int, float | None]:
-    """{pending job id: estimated start, or None} (scheduler.estimate); a failure
-    costs the estimates, never the listing."""
+# The running scheduler's estimates (written every loop.ESTIMATE_SECONDS) are
+# used while younger than this; otherwise the CLI replays the queue itself.
+ESTIMATES_FRESH_SECONDS = 60.0
+
+
+def _start_estimates(ctx: click.Context, store, now: float, job_ids: list[int]) -> dict[int, float | None]:
+    """{pending job id: estimated start, or None} (scheduler.estimate) for
+    ``job_ids``: the scheduler's own, else worked out here from the store; a
+    failure costs the estimates, never the listing."""
+    at, starts = store.estimates(job_ids)
+    if at is not None and now - at < ESTIMATES_FRESH_SECONDS:
+        return {job_id: None if start is None else round(start, 1) for job_id, start in starts.items()}
     from scheduler import estimate
 
     try:
@@ -209,7 +218,8 @@ def queue(ctx: click.Context, as_json: bool, limit: int | None) -> None:
         limit = QUEUE_TABLE_ROWS  # a screenful; rich takes ~1 ms a row to lay out
     jobs = store.active_jobs(limit=limit)
     now = time.time()
-    starts = _start_estimates(ctx, store, now) if any(j.state.value == "pending" for j in jobs) else {}
+    pending = [j.id for j in jobs if j.state.value == "pending"]
+    starts = _start_estimates(ctx, store, now, pending) if pending else {}
     if as_json:
         _print_json([{**j.to_json(), "estimated_start": starts.get(j.id)} for j in jobs])
         return
@@ -241,7 +251,7 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
         job = store.job(int(ref))
         attempts, events = store.attempts(job.id), store.events(job.id)
         now = time.time()
-        start = _start_estimates(ctx, store, now).get(job.id) if job.state.value == "pending" else None
+        start = _start_estimates(ctx, store, now, [job.id]).get(job.id) if job.state.value == "pending" else None
         if as_json:
             _print_json({**job.to_json(), "estimated_start": start, "attempts_detail": [a.to_json() for a in attempts],
                          "events": [e.to_json() for e in events]})
@@ -254,7 +264,8 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
     jobs = store.jobs_of_experiment(exp.id)
     counts = api.active_state_counts(jobs)
     now = time.time()
-    starts = _start_estimates(ctx, store, now) if counts.get("pending") else {}
+    starts = (_start_estimates(ctx, store, now, [j.id for j in jobs if j.state.value == "pending"])
+              if counts.get("pending") else {})
     if as_json:
         _print_json({**exp.to_json(), "counts": counts,
                      "jobs": [{**j.to_json(), "estimated_start": starts.get(j.id)} for j in jobs]})
@@ -371,20 +382,19 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
         from scheduler import render
 
         render.console.print(render.results_table(res))
-        _print_more(res)
+        _print_more(res, "--limit N, or --csv / --json for all")
         if plot:
             render.console.print(f"wrote {plot}", highlight=False)
 
 
-def _print_more(res) -> None:
+def _print_more(res, hint: str) -> None:
     """Under a results table: the common right-sizing advice, and how many rows it left out."""
     from scheduler import render
 
     for line in res.advice:
         render.console.print(f"right-sizing: {line}", highlight=False)
     if res.total > len(res.rows):
-        render.console.print(f"... {res.total - len(res.rows)} more (--limit N, or --csv / --json for all)",
-                             highlight=False)
+        render.console.print(f"... {res.total - len(res.rows)} more ({hint})", highlight=False)
 
 
 @cli.command()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler import accounting, policy, wakeup
+from scheduler import accounting, estimate, policy, wakeup
 from scheduler.config import Settings
 from scheduler.records import Attempt, Job, NodeSnapshot
 from scheduler.states import AttemptState
@@ -39,6 +39,10 @@ GPU_TELEMETRY_SECONDS = 10.0
 # often meanwhile, and the share is released anyway after the deadline.
 DRAIN_READ_SECONDS = 1.0
 DRAIN_DEADLINE_SECONDS = 30.0
+# How often the scheduler replays its queue forward to estimate start times for
+# `labq queue` (SLURM's backfill pass writes expected starts the same way).  The
+# CLI reads them instead of replaying 100k pending jobs itself.
+ESTIMATE_SECONDS = 10.0
 
 
 @dataclass
@@ -106,6 +110,8 @@ class Scheduler:
         self._gpu_taken: dict[str, float] = {}  # node id -> when its latest reading was started
         self._gpu_read_at = 0.0
         self._draining: dict[int, Draining] = {}  # attempt id -> GPU share kept booked after it ended
+        self._estimated_at: float | None = None
+        self._estimated_any = True  # the table may hold estimates from an earlier run
 
     # ------------------------------------------------------------ restart
 
@@ -140,6 +146,39 @@ class Scheduler:
             self._seen_version = version
             self._dirty = False
             self._schedule(now)
+        if self._estimated_at is None or now - self._estimated_at >= ESTIMATE_SECONDS:
+            self._estimated_at = now
+            self._estimate(now)
+
+    def _estimate(self, now: float) -> None:
+        """Write the estimated start of the pending jobs (scheduler.estimate) from
+        what this loop holds: its pending view, what runs where, its nodes and
+        its decayed usage.  Only durations come from the store.  An estimate is a
+        nicety: a failure is logged, never fatal to the loop."""
+        if not self._pending:
+            if self._estimated_any:
+                self.store.save_estimates({}, now)
+                self._estimated_any = False
+            return
+        try:
+            running = self._running_jobs()
+            started = {r.job_id for r in running}  # placed this pass: the pending view drops them on the next
+            fed = estimate.first_of_each_class((d for d in self._pending.values() if d.job_id not in started),
+                                               estimate.DEFAULT_LIMIT)
+            timeouts = {d.job_id: d.time_limit for d in fed} | {r.job_id: r.time_limit for r in running}
+            history = self.store.stage_durations(list(timeouts), recent=estimate.RECENT_RUNS)
+            durations = {job_id: estimate.expected_duration(history.get(job_id, ()), timeout)
+                         for job_id, timeout in timeouts.items()}
+            nodes = {n.node_id: policy.node_of(n.node_id, n.resources, self._gpu_readings.get(n.node_id, ()))
+                     for n in self._known.values()}
+            starts = estimate.estimate_starts(
+                fed, running, [nodes[n.node_id] for n in self._nodes], known=list(nodes.values()),
+                durations=durations, now=now, queues=self._queues,
+                usage=self._usage.snapshot() if self._usage else None, half_life=self.settings.scheduler.usage_half_life)
+            self.store.save_estimates(starts, now)
+            self._estimated_any = True
+        except Exception:
+            log.exception("estimating start times failed; `labq queue` shows none until the next try")
 
     def wait_for_events(self, timeout: float, now_fn=time.time) -> None:
         """Sleep until a task finishes or ``timeout`` passes (the loop's only sleep)."""

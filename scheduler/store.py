@@ -42,7 +42,8 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "CREATE INDEX final_advice_job ON final_advice(job_id)",
                   "CREATE TABLE metric_names (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, name TEXT NOT NULL,"
                   " PRIMARY KEY (experiment_id, stage, name)) WITHOUT ROWID",
-                  lambda cur: _backfill_finals(cur)]}
+                  lambda cur: _backfill_finals(cur),
+                  "CREATE TABLE estimates (job_id INTEGER PRIMARY KEY, start REAL)"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Requeues for losses not the job's fault (scheduler restarts, dead nodes) stop
@@ -106,6 +107,9 @@ CREATE INDEX IF NOT EXISTS final_advice_job ON final_advice(job_id);
 CREATE TABLE IF NOT EXISTS metric_names (
     experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, name TEXT NOT NULL,
     PRIMARY KEY (experiment_id, stage, name)) WITHOUT ROWID;
+-- The running scheduler's estimated start of each pending job it replayed (NULL:
+-- not known), all rewritten at once, and meta 'estimated_at' says when.
+CREATE TABLE IF NOT EXISTS estimates (job_id INTEGER PRIMARY KEY, start REAL);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, address TEXT NOT NULL, alive INTEGER NOT NULL, total TEXT NOT NULL,
     allocated TEXT NOT NULL, running_jobs INTEGER NOT NULL, gpus TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -154,6 +158,10 @@ class Store:
             self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
+            try:
+                conn.execute("SELECT exp(0)")
+            except sqlite3.OperationalError:  # SQLite built without its math functions
+                conn.create_function("exp", 1, math.exp, deterministic=True)
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise StoreError(
@@ -748,6 +756,15 @@ class Store:
             "SELECT line, COUNT(*) AS n FROM final_advice WHERE experiment_id = ? GROUP BY line"
             " ORDER BY n DESC, line LIMIT ?", (experiment_id, top))]
 
+    def param_names(self, experiment_id: int) -> set[str]:
+        """Every param name of the experiment's stages (each stage's jobs share them)."""
+        names: set[str] = set()
+        for (params,) in self._conn.execute(
+                "SELECT params FROM jobs WHERE id IN (SELECT MIN(id) FROM jobs WHERE experiment_id = ? GROUP BY stage)",
+                (experiment_id,)):
+            names.update(json.loads(params))
+        return names
+
     def varying_params(self, experiment_id: int) -> list[str]:
         """Params whose value differs between jobs of one stage.  Within a stage
         only swept params can differ (scheduler.sweep), so each stage's first job
@@ -759,13 +776,30 @@ class Store:
         for stage, params_text, swept_text in firsts.fetchall():
             params, swept = json.loads(params_text), json.loads(swept_text)
             for name in (k for k in params if k in swept and k not in varying):
-                path = _json_path(name)
+                # By decoded key (json_each), not by a JSON path: any key text matches.
                 if self._conn.execute(
-                        "SELECT 1 FROM jobs WHERE experiment_id = ? AND stage = ?"
-                        " AND json_quote(json_extract(params, ?)) IS NOT json_quote(json_extract(?, ?)) LIMIT 1",
-                        (experiment_id, stage, path, params_text, path)).fetchone():
+                        "SELECT 1 FROM jobs j WHERE experiment_id = ? AND stage = ?"
+                        " AND (SELECT json_quote(value) FROM json_each(j.params) WHERE key = ?)"
+                        " IS NOT (SELECT json_quote(value) FROM json_each(?) WHERE key = ?) LIMIT 1",
+                        (experiment_id, stage, name, params_text, name)).fetchone():
                     varying.append(name)
         return varying
+
+    # ------------------------------------------------------------ start estimates
+
+    def save_estimates(self, starts: dict[int, float | None], now: float) -> None:
+        """Replace every estimate with ``starts`` (the scheduler's latest replay)."""
+        with self._tx() as cur:
+            cur.execute("DELETE FROM estimates")
+            cur.executemany("INSERT INTO estimates (job_id, start) VALUES (?, ?)", list(starts.items()))
+            cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('estimated_at', ?)", (repr(now),))
+
+    def estimates(self, job_ids: list[int]) -> tuple[float | None, dict[int, float | None]]:
+        """(when the scheduler last estimated, or None; {job id: estimated start}
+        for those of ``job_ids`` it estimated)."""
+        at = self.meta("estimated_at")
+        rows = self._rows_in("SELECT job_id, start FROM estimates WHERE job_id IN ", job_ids)
+        return (float(at) if at else None), {r[0]: r[1] for r in rows}
 
     # ------------------------------------------------------------ nodes and heartbeat
 
@@ -792,11 +826,6 @@ class Store:
         return row[0] if row else None
 
 
-def _json_path(key: str) -> str:
-    """SQLite's JSON path to a top-level key, whatever characters it holds."""
-    return '$."' + key.replace('"', '""') + '"'
-
-
 def _is_storage_failure(exc: sqlite3.Error) -> bool:
     """Disk full, read-only or failing storage: the user's environment, not a bug."""
     text = str(exc).lower()
@@ -809,7 +838,7 @@ def _write_finals(cur: sqlite3.Cursor, row: sqlite3.Row, metrics: dict[str, Any]
     from scheduler.advice import advise
 
     experiment_id, job_id = row["experiment_id"], row["job_id"]
-    ranked = [(experiment_id, job_id, row["stage"], k, v) for k, v in metrics.items() if is_number(v)]
+    ranked = [(experiment_id, job_id, row["stage"], k, float(v)) for k, v in metrics.items() if is_number(v)]
     cur.executemany("INSERT OR REPLACE INTO final_metrics VALUES (?, ?, ?, ?, ?)", ranked)
     cur.executemany("INSERT OR IGNORE INTO metric_names VALUES (?, ?, ?)", [r[:1] + r[2:4] for r in ranked])
     requested = {"cpu": row["cpu"], "gpu": row["gpu_share"] or row["gpu"], "gpu_memory": row["gpu_memory"],
@@ -819,8 +848,14 @@ def _write_finals(cur: sqlite3.Cursor, row: sqlite3.Row, metrics: dict[str, Any]
 
 
 def is_number(value: Any) -> bool:
-    """A value a result can be ranked by: an int or float, not a bool, not NaN."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    """A value a result can be ranked by: an int or float (one a double can hold),
+    not a bool, not NaN."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return not math.isnan(float(value))
+    except OverflowError:  # an int beyond any double: nothing to rank it against
+        return False
 
 
 def _backfill_finals(cur: sqlite3.Cursor) -> None:

@@ -120,3 +120,25 @@ def test_a_job_lost_with_its_node_is_not_placed_there_again_before_ray_reports_i
     assert all(r.attempt.node_id == nodes[0].node_id for r in sched.running.values())
     assert [a.state for a in store.attempts(victim.job.id)] == [AttemptState.LOST]
     store.close()
+
+
+def test_the_loop_writes_start_estimates_the_cli_reads_instead_of_replaying(tmp_path):
+    node = make_nodes(1, cpu=2, gpu=0)[0]
+    store, backend = Store(tmp_path / "home"), FakeBackend([node])
+    sched = Scheduler(store, backend, Settings(home=str(tmp_path / "home")))
+    spec = _spec(tmp_path, "est", "{cpu: 2}", n=3)
+    spec.write_text(spec.read_text().replace("command:", "timeout: 60s\n    command:"))
+    _, ids, _ = _submit_yaml(store, spec)
+    sched.tick(NOW)
+    # One runs; the other two start when the one before reaches its time limit
+    at, starts = store.estimates(ids)
+    assert at == NOW and starts == {ids[1]: NOW + 60, ids[2]: NOW + 120}
+    # Not again before ESTIMATE_SECONDS; then the queue is empty, so none are left
+    for run in list(sched.running.values()):
+        backend.end(run.ref, AttemptState.CANCELLED)
+    store.cancel(ids, NOW + 1)
+    sched.tick(NOW + 1)
+    assert store.estimates(ids)[0] == NOW
+    sched.tick(NOW + 11)
+    assert store.estimates(ids) == (NOW + 11, {})
+    store.close()

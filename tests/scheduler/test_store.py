@@ -781,6 +781,7 @@ def _drop_schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE final_metrics")
     conn.execute("DROP TABLE final_advice")
     conn.execute("DROP TABLE metric_names")
+    conn.execute("DROP TABLE estimates")
 
 
 def test_a_schema_2_database_gets_its_results_ranked_and_advised_on_migration(tmp_path):
