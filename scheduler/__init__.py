@@ -5,3 +5,6 @@ everything else works on plain records so tests and the simulator can drive it.
 """
 
 __version__ = "0.1.0"
+
+# Where state lives unless LABQ_HOME or cluster.yaml says otherwise.
+DEFAULT_HOME = "~/.labq"

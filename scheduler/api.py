@@ -12,14 +12,16 @@ import getpass
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from scheduler import wakeup
-from scheduler.config import Settings, load_settings
 from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
 from scheduler.records import Job, is_id
 from scheduler.states import JobState
 from scheduler.store import Store, is_number
+
+if TYPE_CHECKING:  # pydantic costs ~100 ms to import: only the verbs that read settings pay it
+    from scheduler.config import Settings
 
 # Metrics labq knows the direction of, in the order it prefers them as the main one.
 _BIGGER_IS_BETTER = ("accuracy", "val_accuracy", "f1_macro", "roc_auc", "r2", "auc", "score")
@@ -38,6 +40,8 @@ class Submitted:
 
 
 def open_store(settings: Settings | None = None) -> Store:
+    from scheduler.config import load_settings
+
     return Store((settings or load_settings()).home_path)
 
 
@@ -48,6 +52,8 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
     from scheduler.packaging import snapshot
     from scheduler.spec import load_spec
     from scheduler.sweep import plan_jobs
+
+    from scheduler.config import load_settings
 
     settings = settings or load_settings()
     source = str(spec_path)
@@ -275,6 +281,8 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
 def results_frame(experiment: str, home: str | Path | None = None):
     """The results of an experiment as a pandas DataFrame, one row per job."""
     import pandas as pd
+
+    from scheduler.config import load_settings
 
     settings = load_settings()
     store = Store(home or settings.home_path)

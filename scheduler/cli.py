@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from scheduler import __version__
+from scheduler import DEFAULT_HOME, __version__
 from scheduler.errors import LabqError, UserError, one_line
 
 EXIT_OK = 0
@@ -39,6 +39,10 @@ def _settings(ctx: click.Context):
 def _store(ctx: click.Context):
     from scheduler.store import Store
 
+    if not (ctx.obj.get("cluster") or os.environ.get("LABQ_CLUSTER")):
+        # Without a cluster file only LABQ_HOME says where state lives: skip
+        # loading the settings (pydantic alone is ~100 ms of a 0.5 s budget).
+        return Store(Path(os.environ.get("LABQ_HOME") or DEFAULT_HOME).expanduser())
     return Store(_settings(ctx).home_path)
 
 

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from scheduler import DEFAULT_HOME  # defined beside __version__: the CLI reads it without pydantic
 from scheduler.errors import ConfigError
 from scheduler.units import parse_duration, parse_memory
 
 if TYPE_CHECKING:
     from scheduler.policy import QueueConfig
 
-DEFAULT_HOME = "~/.labq"
 
 
 class _Strict(BaseModel):

@@ -21,9 +21,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from scheduler.config import Settings
 from scheduler.errors import SchedulerError
+
+if TYPE_CHECKING:
+    from scheduler.config import Settings
 
 READY_TIMEOUT_SECONDS = 90.0
 
