@@ -155,12 +155,12 @@ class Scheduler:
         what this loop holds: its pending view, what runs where, its nodes and
         its decayed usage.  Only durations come from the store.  An estimate is a
         nicety: a failure is logged, never fatal to the loop."""
-        if not self._pending:
-            if self._estimated_any:
-                self.store.save_estimates({}, now)
-                self._estimated_any = False
-            return
         try:
+            if not self._pending:
+                if self._estimated_any:
+                    self.store.save_estimates({}, now)
+                    self._estimated_any = False
+                return
             running = self._running_jobs()
             started = {r.job_id for r in running}  # placed this pass: the pending view drops them on the next
             fed = estimate.first_of_each_class((d for d in self._pending.values() if d.job_id not in started),
