@@ -34,14 +34,9 @@ def decayed_usage(held: list[Held], now: float, half_life: float, dominant) -> d
     """Decayed dominant-share-seconds keyed by queue and by (queue, user), as
     :class:`scheduler.policy.UsageBook` keeps them; ``dominant(cpu, gpu, memory)``
     gives a share of the cluster."""
-    usage: dict = {}
-    for h in held:
-        end = now if h.ended_at is None else min(h.ended_at, now)
-        value = dominant(h.cpu, h.gpu, h.memory) * decayed_seconds(h.dispatched_at, end, now, half_life)
-        if value:
-            for key in (h.queue, (h.queue, h.user)):
-                usage[key] = usage.get(key, 0.0) + value
-    return usage
+    return usage_of_shapes([(h.queue, h.user, h.cpu, h.gpu, h.memory,
+                             decayed_seconds(h.dispatched_at, now if h.ended_at is None else min(h.ended_at, now),
+                                             now, half_life)) for h in held], dominant)
 
 
 def usage_of_shapes(rows: list[tuple], dominant) -> dict:

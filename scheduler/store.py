@@ -756,24 +756,23 @@ class Store:
             "SELECT line, COUNT(*) AS n FROM final_advice WHERE experiment_id = ? GROUP BY line"
             " ORDER BY n DESC, line LIMIT ?", (experiment_id, top))]
 
+    def _stage_firsts(self, experiment_id: int) -> list[sqlite3.Row]:
+        """(stage, params, swept) of each stage's first job, in stage order: every
+        job of a stage has the same param names and differs only in swept values."""
+        return self._conn.execute(
+            "SELECT stage, params, swept FROM jobs WHERE id IN"
+            " (SELECT MIN(id) FROM jobs WHERE experiment_id = ? GROUP BY stage) ORDER BY id", (experiment_id,)).fetchall()
+
     def param_names(self, experiment_id: int) -> set[str]:
-        """Every param name of the experiment's stages (each stage's jobs share them)."""
-        names: set[str] = set()
-        for (params,) in self._conn.execute(
-                "SELECT params FROM jobs WHERE id IN (SELECT MIN(id) FROM jobs WHERE experiment_id = ? GROUP BY stage)",
-                (experiment_id,)):
-            names.update(json.loads(params))
-        return names
+        """Every param name of the experiment's stages."""
+        return {name for row in self._stage_firsts(experiment_id) for name in json.loads(row["params"])}
 
     def varying_params(self, experiment_id: int) -> list[str]:
         """Params whose value differs between jobs of one stage.  Within a stage
         only swept params can differ (scheduler.sweep), so each stage's first job
         names the candidates, and one indexed probe per candidate settles it."""
         varying: list[str] = []
-        firsts = self._conn.execute(
-            "SELECT stage, params, swept FROM jobs WHERE id IN"
-            " (SELECT MIN(id) FROM jobs WHERE experiment_id = ? GROUP BY stage) ORDER BY id", (experiment_id,))
-        for stage, params_text, swept_text in firsts.fetchall():
+        for stage, params_text, swept_text in self._stage_firsts(experiment_id):
             params, swept = json.loads(params_text), json.loads(swept_text)
             for name in (k for k in params if k in swept and k not in varying):
                 # By decoded key (json_each), not by a JSON path: any key text matches.
