@@ -4,7 +4,8 @@ What runs now and what waits are handed to the simulator's replay, which asks
 the same :func:`scheduler.policy.decide` (``policy="labq"``) the live loop asks,
 each time a job is expected to end: the first time a pending job is placed is its
 estimated start.  Nothing here reads the clock, the store or Ray; the last
-section turns what the store holds into these plain inputs for the CLI.
+section turns what the store holds into these plain inputs (for the CLI, and
+the durations for the live loop).
 
 How long a job runs (:func:`expected_duration`): the median of the latest
 succeeded attempts of the same experiment name and stage (how long each held its
@@ -242,6 +243,13 @@ def place_running(running: Iterable[policy.RunningJob], nodes: list[policy.Node]
     return placed
 
 
+def durations_from(store: Any, timeouts: Mapping[int, float | None]) -> dict[int, float | None]:
+    """:func:`expected_duration` of each job in ``timeouts`` (job id -> its
+    timeout), from the store's history of its experiment and stage."""
+    history = store.stage_durations(list(timeouts), recent=RECENT_RUNS)
+    return {job_id: expected_duration(history.get(job_id, ()), timeout) for job_id, timeout in timeouts.items()}
+
+
 def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT) -> dict[int, float | None]:
     """Estimates for the pending jobs from what the store holds (the oldest
     ``limit`` of each queue, user and shape; the rest get none): pending and
@@ -261,8 +269,7 @@ def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT
          for attempt, job in rows), alive, allocated)
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
-    history = store.stage_durations(list(timeouts), recent=RECENT_RUNS)
-    durations = {job_id: expected_duration(history.get(job_id, ()), timeout) for job_id, timeout in timeouts.items()}
+    durations = durations_from(store, timeouts)
     half_life = settings.scheduler.usage_half_life
     capacity = policy.Capacity.of(known)
     shapes = store.decayed_use(now - 10 * half_life, now, half_life)

@@ -166,9 +166,7 @@ class Scheduler:
             fed = estimate.first_of_each_class((d for d in self._pending.values() if d.job_id not in started),
                                                estimate.DEFAULT_LIMIT)
             timeouts = {d.job_id: d.time_limit for d in fed} | {r.job_id: r.time_limit for r in running}
-            history = self.store.stage_durations(list(timeouts), recent=estimate.RECENT_RUNS)
-            durations = {job_id: estimate.expected_duration(history.get(job_id, ()), timeout)
-                         for job_id, timeout in timeouts.items()}
+            durations = estimate.durations_from(self.store, timeouts)
             nodes = {n.node_id: policy.node_of(n.node_id, n.resources, self._gpu_readings.get(n.node_id, ()))
                      for n in self._known.values()}
             starts = estimate.estimate_starts(
