@@ -146,13 +146,16 @@ class LabqRunner:
     """A scheduler thread on the in-process Ray; each run submits the same
     N-job sweep under a new experiment name (same code snapshot)."""
 
-    def __init__(self, temp: Path, n: int, timeout: float):
+    def __init__(self, temp: Path, n: int, timeout: float, pack_seconds: float = 0.25):
         from scheduler.store import Store
 
         self.n, self.timeout = n, timeout
+        # The same spec dir for every runner: the same code snapshot, so the same Ray workers.
         self.spec = common.write_noop_spec(temp / "spec", "tp", n, cpu=0.1)
-        home = temp / "home"
-        self.sched, self.stop, self.thread, self.settings = common.scheduler_in_thread(home, poll_interval=0.2)
+        self.label = "labq" if pack_seconds else "labq, packing off"
+        home = temp / ("home" if pack_seconds else "home-nopack")
+        self.sched, self.stop, self.thread, self.settings = common.scheduler_in_thread(
+            home, poll_interval=0.2, pack_seconds=pack_seconds)
         self.store = Store(home)
         self.tree = TreeCpu(temp)
         self.runs: list[dict] = []
@@ -162,7 +165,7 @@ class LabqRunner:
         r = run_labq(self.spec, self.settings, self.store, f"tp-{rep}", self.n, self.timeout, self.tree)
         r["kind"] = "cold" if rep == 0 else "warm"
         self.runs.append(r)
-        print(f"  labq run {rep + 1} ({r['kind']}): {r['jobs_per_s']:.1f} jobs/s, submit {r['submit_s']:.2f}s, "
+        print(f"  {self.label} run {rep + 1} ({r['kind']}): {r['jobs_per_s']:.1f} jobs/s, submit {r['submit_s']:.2f}s, "
               f"driver CPU {r['driver_cpu_pct']:.0f}%, per job: dispatch->start {r['dispatch_to_start_ms']:.0f} ms, "
               f"run {r['start_to_end_ms']:.0f} ms, end->recorded {r['end_to_recorded_ms']:.0f} ms, "
               f"{r['mean_in_flight']:.1f} in flight, {r['workers_started']} workers started, "
@@ -360,6 +363,14 @@ def main(argv: list[str] | None = None) -> dict:
                 labq.run()
         finally:
             labq.close()
+        print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, {1 + reps} runs", flush=True)
+        unpacked = LabqRunner(temp, n, timeout, pack_seconds=0)
+        try:
+            for _ in range(1 + reps):
+                unpacked.run()
+        finally:
+            unpacked.close()
+        data["labq_unpacked"] = unpacked.runs
         print(f"raw Ray: {n} no-op tasks, a first run then {reps} more back to back", flush=True)
         raw = RawRunner(n, temp)
         for _ in range(1 + reps):
@@ -408,6 +419,8 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
     k = len(labq) - 1
     rows = [_row("labq, cold (run 1)", labq[:1], data["n"], False),
             _row(f"labq, warm (median of runs 2-{k + 1})", labq[1:], data["n"], True),
+            *([_row(f"labq, packing off (median of runs 2-{k + 1})", data["labq_unpacked"][1:], data["n"], True)]
+              if data.get("labq_unpacked") else []),
             _row("raw Ray tasks, run 1", raw[:1], data["n"], False),
             _row(f"raw Ray tasks, warm (median of runs 2-{len(raw)})", raw[1:], data["n"], True)]
     summary = {"labq_cold_jobs_per_s": labq_cold, "labq_warm_jobs_per_s": labq_warm, "raw_jobs_per_s": raw_warm,
@@ -415,6 +428,10 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
     ratio_rows = [["labq / raw Ray tasks, warm", labq_warm / raw_warm],
                   ["labq / raw Ray tasks, cold (run 1 of each)", labq_cold / raw_cold],
                   ["labq warm / labq cold", labq_warm / labq_cold]]
+    if data.get("labq_unpacked"):
+        unpacked_warm = med(r["jobs_per_s"] for r in data["labq_unpacked"][1:])
+        ratio_rows.insert(1, ["labq with packing off / raw Ray tasks, warm", unpacked_warm / raw_warm])
+        summary["labq_unpacked_over_raw"] = unpacked_warm / raw_warm
     notes = []
     if "tune" in data:
         rows.append(_row("Ray Tune, defaults (a new actor per trial)", [data["tune"]], data["tune_n"], False))
@@ -459,6 +476,10 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
         notes.append(f"Ray Tune ran {data['tune_n']} trials, not {data['n']}: by default each trial is a new actor "
                      "(a new worker process), about 1 trial/s here, so N trials would take far too long. Jobs/s is a "
                      "rate, so the ratio still compares like with like.")
+    notes.append("labq packs jobs of a stage it has seen end in under half of scheduler.pack_seconds (0.25 s) "
+                 "several to a Ray task once three have ended (scheduler/packing.py); each job is still its own "
+                 "attempt with its own run dir, logs and result. 'packing off' is the same scheduler with "
+                 "pack_seconds: 0, one Ray task per job.")
     md = ("Trivial jobs per second, higher is better; labq at {cpu: 0.1} on a local Ray with 2 CPUs (20 slots).\n\n"
           + common.table(["system", "jobs", "jobs/s", "runs (jobs/s)", "workers started", "CPU ms/job, all",
                           "CPU ms/job, driver", "CPU ms/job, workers", "driver CPU %"], rows)

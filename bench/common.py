@@ -328,7 +328,7 @@ def write_noop_spec(directory: Path, experiment: str, n: int, cpu: float = 0.1, 
     return spec
 
 
-def scheduler_in_thread(home: Path, poll_interval: float = 0.2, backend=None):
+def scheduler_in_thread(home: Path, poll_interval: float = 0.2, backend=None, pack_seconds: float = 0.25):
     """A real Scheduler (real store, real policy, real RayBackend on the Ray this
     process started) running labq's own loop.run in a thread, as the daemon runs it.
     Returns (scheduler, stop_event, thread, settings)."""
@@ -343,8 +343,9 @@ def scheduler_in_thread(home: Path, poll_interval: float = 0.2, backend=None):
 
         backend = RayBackend()
         backend.connect()  # returns at once: Ray is already initialised by local_ray()
-    settings = Settings(home=str(home), scheduler=SchedulerSettings(poll_interval=poll_interval))
-    store = Store(home)
+    settings = Settings(home=str(home), scheduler=SchedulerSettings(poll_interval=poll_interval,
+                                                                    pack_seconds=pack_seconds))
+    store = Store(home, fsync_commits=False)  # as the daemon opens it
     sched = Scheduler(store, backend, settings)
     sched.reconcile(time.time())
     stop = threading.Event()

@@ -49,6 +49,7 @@ class FakeBackend:
     _outcomes: dict[Handle, tuple[AttemptState, dict[str, Any] | None, str | None]] = field(default_factory=dict)
     _readings: dict[Handle, list[dict[str, Any]]] = field(default_factory=dict)
     _reads: int = 0
+    packs: dict[Handle, int] = field(default_factory=dict)  # pack handle -> how many jobs it runs
 
     def connect(self) -> None:
         pass
@@ -75,6 +76,17 @@ class FakeBackend:
         self._running.append(handle)
         return handle
 
+    def launch_pack(self, tasks: list[dict[str, Any]], *, cpu: float, memory: int | None,
+                    custom: dict[str, float], node_id: str | None, package: str | None) -> Handle:
+        """One handle for the pack; ``launched`` lists each of its tasks under it."""
+        if self.first_launch_at is None:
+            self.first_launch_at = time.perf_counter()
+        handle = Handle(len(self.launched))
+        self.launched.extend((handle, task) for task in tasks)
+        self._running.append(handle)
+        self.packs[handle] = len(tasks)
+        return handle
+
     def finish_oldest(self, k: int) -> None:
         """The k longest-running handles finish (successfully)."""
         for handle in self._running[:k]:
@@ -91,14 +103,26 @@ class FakeBackend:
     def wait(self, refs: list[Handle], timeout: float) -> list[Handle]:
         return [r for r in refs if r in self.done]
 
+    def wait_any(self, refs: list[Handle], timeout: float) -> None:
+        pass  # what is done is done at once
+
     def outcome(self, ref: Handle) -> tuple[AttemptState, dict[str, Any] | None, str | None]:
         self.done.discard(ref)
         if ref in self._outcomes:
             return self._outcomes.pop(ref)
-        now = time.time()
-        return AttemptState.SUCCEEDED, {"outcome": "succeeded", "metrics": {"accuracy": 0.9}, "artifacts": [],
-                                        "exit_code": 0, "error": None, "started_at": now, "ended_at": now,
-                                        "node_id": None, "gpu_ids": [], "peak_rss": 1}, None
+        return AttemptState.SUCCEEDED, _succeeded(), None
+
+    def pack_outcomes(self, ref: Handle, count: int) -> list[tuple[AttemptState, dict[str, Any] | None, str | None]]:
+        """Each job's end: as :meth:`end` set it for the pack (a list of results,
+        or one Ray error for all), else all succeeded."""
+        self.done.discard(ref)
+        self.packs.pop(ref, None)
+        if ref not in self._outcomes:
+            return [(AttemptState.SUCCEEDED, _succeeded(), None) for _ in range(count)]
+        state, result, error = self._outcomes.pop(ref)
+        if isinstance(result, list):
+            return [(AttemptState.from_worker_outcome(r.get("outcome")), r, r.get("error")) for r in result]
+        return [(state, None, error)] * count
 
     def cancel(self, ref: Handle, force: bool) -> None:
         pass
@@ -117,3 +141,9 @@ class FakeBackend:
     def value(self, ref: Handle) -> Any:
         self.done.discard(ref)
         return self._readings.pop(ref, [])
+
+
+def _succeeded() -> dict[str, Any]:
+    now = time.time()
+    return {"outcome": "succeeded", "metrics": {"accuracy": 0.9}, "artifacts": [], "exit_code": 0, "error": None,
+            "started_at": now, "ended_at": now, "node_id": None, "gpu_ids": [], "peak_rss": 1}

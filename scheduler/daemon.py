@@ -326,7 +326,7 @@ def _child(args) -> int:
         return 75
     if address is None:
         session["dir"] = backend.session_dir()
-    store = Store(home)
+    store = Store(home, fsync_commits=False)  # see Store: kill -9 loses nothing, a power cut may rerun jobs
     scheduler = Scheduler(store, backend, settings)
     lost = scheduler.reconcile(time.time())
     if lost:

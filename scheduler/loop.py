@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scheduler import accounting, estimate, policy, wakeup
+from scheduler import accounting, estimate, packing, policy, wakeup
 from scheduler.config import Settings
 from scheduler.records import Attempt, Job, NodeSnapshot
 from scheduler.states import AttemptState
@@ -60,6 +60,10 @@ class Running:
     gpus_confirmed: bool = False
     stop_asked_at: float | None = None
     forced: bool = False
+    # Packed with other short jobs in one Ray task (scheduler.packing): the pack
+    # holds one share, booked on its first job; the rest hold nothing of their own.
+    packed: bool = False
+    holds: bool = True
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ class Scheduler:
         self.backend = backend
         self.settings = settings
         self.running: dict[int, Running] = {}  # attempt id -> Running
-        self._by_ref: dict[Any, int] = {}
+        self._by_ref: dict[Any, list[int]] = {}  # Ray handle -> the attempt ids it runs (several for a pack)
         self._nodes: list[Any] = []  # alive nodes
         self._known: dict[str, Any] = {}  # every node seen, by id
         self._head_node: str | None = None
@@ -112,6 +116,7 @@ class Scheduler:
         self._draining: dict[int, Draining] = {}  # attempt id -> GPU share kept booked after it ended
         self._estimated_at: float | None = None
         self._estimated_any = True  # the table may hold estimates from an earlier run
+        self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
 
     # ------------------------------------------------------------ restart
 
@@ -162,7 +167,7 @@ class Scheduler:
                     self._estimated_any = False
                 return
             running = self._running_jobs()
-            started = {r.job_id for r in running}  # placed this pass: the pending view drops them on the next
+            started = {r.job.id for r in self.running.values()}  # placed this pass: the pending view drops them on the next
             fed = estimate.first_of_each_class((d for d in self._pending.values() if d.job_id not in started),
                                                estimate.DEFAULT_LIMIT)
             timeouts = {d.job_id: d.time_limit for d in fed} | {r.job_id: r.time_limit for r in running}
@@ -179,10 +184,11 @@ class Scheduler:
             log.exception("estimating start times failed; `labq queue` shows none until the next try")
 
     def wait_for_events(self, timeout: float, now_fn=time.time) -> None:
-        """Sleep until a task finishes or ``timeout`` passes (the loop's only sleep)."""
+        """Sleep until a task finishes or ``timeout`` passes (the loop's only
+        sleep); the next tick records what finished (one ray.wait, not two)."""
         refs = list(self._by_ref)
         if refs:
-            self._collect(self.backend.wait(refs, timeout=timeout), now_fn())
+            self.backend.wait_any(refs, timeout=timeout)
         else:
             self.wake.wait(timeout)
         self.wake.clear()
@@ -298,8 +304,13 @@ class Scheduler:
                 self.backend.cancel(run.ref, force=True)
 
     def _ask_stop(self, run: Running, reason: AttemptState, now: float, detail: str | None = None) -> None:
+        """Stop an attempt: its Ray task, so for a packed job its whole pack.  The
+        other jobs of a pack are sorted out when it ends (see :meth:`_pack_ends`);
+        preempting a pack preempts all of it."""
         log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, detail or reason.value)
-        run.stop_reason, run.stop_asked_at, run.stop_detail = reason, now, detail
+        for other in ([self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]):
+            if other is run or (reason is AttemptState.PREEMPTED and other.stop_reason is None):
+                other.stop_reason, other.stop_asked_at, other.stop_detail = reason, now, detail
         self.backend.cancel(run.ref, force=False)
 
     @staticmethod
@@ -316,42 +327,22 @@ class Scheduler:
         """Record every finished task of this pass in one transaction."""
         finished = []
         runs = []
+        taken = []
         for ref in ready:
-            attempt_id = self._by_ref.pop(ref, None)
-            if attempt_id is None:
+            attempt_ids = self._by_ref.pop(ref, None)
+            if attempt_ids is None:
                 continue
-            run = self.running.pop(attempt_id)
-            state, result, error = self.backend.outcome(ref)
-            if run.stop_reason is not None and state is not AttemptState.SUCCEEDED:
-                state = run.stop_reason
-                if state is AttemptState.TIMED_OUT:
-                    error = f"ran longer than its timeout of {run.job.timeout:g}s"
-                elif state is AttemptState.PREEMPTED:
-                    error = run.stop_detail
-            elif result is None and state is not AttemptState.CANCELLED:
-                paths = RunPaths(Path(run.attempt.run_dir))
-                result = paths.read_result()  # written before the worker died?
-                oom = paths.root / OOM_MARKER
-                if state is AttemptState.LOST and oom.exists():  # labq's memory watchdog ended it
-                    state, error = AttemptState.OUT_OF_MEMORY, oom.read_text()
-            if result is not None and result.get("bundle"):
-                bundle.unpack(result.pop("bundle"), Path(run.attempt.run_dir))
-            if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY, AttemptState.CANCELLED,
-                         AttemptState.TIMED_OUT, AttemptState.PREEMPTED):
-                # The worker may have died without ending its command's tree (a
-                # shell does not pass PDEATHSIG on): end it before any retry starts.
-                self._kill_command_group(run)
-            node_failed = False
-            if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
-                node_failed = bool(error and any(e in error for e in NODE_FAILURES))
-                if node_failed and run.attempt.node_id:
-                    self._mark_suspect(run.attempt.node_id, now)
-                error = f"{error} (on node {self._describe_node(run.attempt.node_id, now)})"
-            # A dead node is not the job's fault (SLURM requeues NODE_FAIL jobs too):
-            # requeue without charging its retries.
-            finished.append({"attempt_id": attempt_id, "outcome": state, "result": result, "error": error,
-                             "free_retry": node_failed and state is AttemptState.LOST})
-            runs.append((run, state))
+            members = [self.running.pop(a) for a in attempt_ids]
+            taken.append((ref, members))
+            if members[0].packed:
+                ends = self._pack_ends(members, self.backend.pack_outcomes(ref, len(members)), now)
+            else:
+                ends = [(members[0], *self.backend.outcome(ref), {})]
+            for run, state, result, error, extra in ends:
+                item = self._ended(run, state, result, error, now)
+                item.update(extra)
+                finished.append(item)
+                runs.append((run, item["outcome"]))
         if not finished:
             return
         try:
@@ -359,14 +350,88 @@ class Scheduler:
         except Exception:
             # Not recorded (disk full, say): keep the handles and retry next pass;
             # a finished Ray task's result can be fetched again.
-            for (run, _), item in zip(runs, finished):
-                self.running[run.attempt.id] = run
-                self._by_ref[run.ref] = run.attempt.id
+            for ref, members in taken:
+                for run in members:
+                    self.running[run.attempt.id] = run
+                self._by_ref[ref] = [run.attempt.id for run in members]
             raise
         for (run, state), item, job_state in zip(runs, finished, states):
             log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, state.value, job_state.value)
             self._drain(run, state, item["result"], now)
+            result = item["result"] or {}
+            if result.get("started_at") and result.get("ended_at"):
+                self._short.observe((run.job.experiment_id, run.job.stage), result["ended_at"] - result["started_at"])
         self._dirty = True
+
+    def _ended(self, run: Running, state: AttemptState, result: dict[str, Any] | None, error: str | None,
+               now: float) -> dict[str, Any]:
+        """How one attempt ended, as the store records it."""
+        attempt_id = run.attempt.id
+        if run.stop_reason is not None and state is not AttemptState.SUCCEEDED:
+            state = run.stop_reason
+            if state is AttemptState.TIMED_OUT:
+                error = f"ran longer than its timeout of {run.job.timeout:g}s"
+            elif state is AttemptState.PREEMPTED:
+                error = run.stop_detail
+        elif result is None and state is not AttemptState.CANCELLED:
+            paths = RunPaths(Path(run.attempt.run_dir))
+            result = paths.read_result()  # written before the worker died?
+            oom = paths.root / OOM_MARKER
+            if state is AttemptState.LOST and oom.exists():  # labq's memory watchdog ended it
+                state, error = AttemptState.OUT_OF_MEMORY, oom.read_text()
+        if result is not None and result.get("bundle"):
+            bundle.unpack(result.pop("bundle"), Path(run.attempt.run_dir))
+        if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY, AttemptState.CANCELLED,
+                     AttemptState.TIMED_OUT, AttemptState.PREEMPTED):
+            # The worker may have died without ending its command's tree (a
+            # shell does not pass PDEATHSIG on): end it before any retry starts.
+            self._kill_command_group(run)
+        node_failed = False
+        if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY):
+            node_failed = bool(error and any(e in error for e in NODE_FAILURES))
+            if node_failed and run.attempt.node_id:
+                self._mark_suspect(run.attempt.node_id, now)
+            error = f"{error} (on node {self._describe_node(run.attempt.node_id, now)})"
+        # A dead node is not the job's fault (SLURM requeues NODE_FAIL jobs too):
+        # requeue without charging its retries.
+        return {"attempt_id": attempt_id, "outcome": state, "result": result, "error": error,
+                "free_retry": node_failed and state is AttemptState.LOST}
+
+    def _pack_ends(self, members: list[Running], outcomes: list[tuple], now: float) -> list[tuple]:
+        """(run, state, result, error, overrides) for each job of an ended pack.
+        A pack that returned has each job's own result.  One that ended in a Ray
+        error (killed, stopped, its node lost) is sorted out from the run dirs:
+        a result.json means the job finished; a run dir without one means it was
+        the job running, which meets the error as a lone job would; no run dir
+        means it never started, and it is requeued without being charged.  A
+        follower's share is booked from its own start (``slot_from``), not from
+        the pack's launch, so fair share and `labq usage` count each job once."""
+        ends = []
+        for run, (state, result, error) in zip(members, outcomes):
+            extra: dict[str, Any] = {}
+            if result is None:
+                paths = RunPaths(Path(run.attempt.run_dir))
+                saved = paths.read_result()
+                if saved is not None:  # finished before the pack ended
+                    state, result, error = AttemptState.from_worker_outcome(saved.get("outcome")), saved, saved.get("error")
+                elif not paths.root.exists():  # never started
+                    extra = {"slot_from": now}
+                    if run.stop_reason in (AttemptState.CANCELLED, AttemptState.PREEMPTED):
+                        ends.append((run, run.stop_reason, None, run.stop_detail or "stopped before it started",
+                                     extra))
+                        continue
+                    ends.append((run, AttemptState.LOST, None, f"not started: the pack it was queued in ended first "
+                                 f"({error})", {**extra, "free_retry": True}))
+                    continue
+                elif run.stop_reason is None and state is AttemptState.CANCELLED:
+                    # Its pack was stopped for another job of it: not this job's doing.
+                    ends.append((run, AttemptState.LOST, None, "interrupted: its pack was stopped to end another "
+                                 "job of it", {"free_retry": True}))
+                    continue
+            if run is not members[0] and result is not None and result.get("started_at"):
+                extra = {"slot_from": result["started_at"]}
+            ends.append((run, state, result, error, extra))
+        return ends
 
     # ------------------------------------------------------------ placement
 
@@ -418,7 +483,7 @@ class Scheduler:
             nodes[n.node_id] = policy.node_of(n.node_id, n.resources, self._gpu_readings.get(n.node_id, ()))
         for run in self.running.values():
             node = nodes.get(run.attempt.node_id or "")
-            if node is None:
+            if node is None or not run.holds:
                 continue
             job = run.job
             node.cpu_free -= job.cpu
@@ -458,16 +523,11 @@ class Scheduler:
             run = next((r for r in self.running.values() if r.job.id == job_id and r.stop_reason is None), None)
             if run is not None:
                 self._ask_stop(run, AttemptState.PREEMPTED, now, detail=f"preempted: {why}")
-        if decision.placements:  # start jobs first; the reasons of those left waiting can follow
-            placements = {p.job_id: p for p in decision.placements}
-            home = self.settings.home_path
-            started = self.store.start_attempts(((p.job_id, p.node_id, p.gpu_share) for p in decision.placements),
-                                                lambda job_id, n: run_dir_for(home, job_id, n), now)
-            jobs = {j.id: j for j in self.store.jobs_by_ids([a.job_id for a in started])}
-            for attempt in started:
-                self._launch(attempt, jobs[attempt.job_id], placements[attempt.job_id], now)
-                self._reasons.pop(attempt.job_id, None)
+        if decision.placements:  # start jobs first; the reasons of those left waiting go in the same transaction
+            self._start(decision.placements, decision.waiting, now)
             self._account(now)
+        else:
+            self._set_reasons(decision.waiting, set())
         if decision.unschedulable and any(d.gpu_memory for d in self._pending.values()):
             # Card sizes come from NVML readings: until every GPU node has been read,
             # "no card is big enough" is not yet known.
@@ -478,9 +538,68 @@ class Scheduler:
                                           if not self._pending[j].gpu_memory}
         if decision.unschedulable:
             self.store.mark_unschedulable(decision.unschedulable, now)
-        changed = {j: r for j, r in decision.waiting.items() if self._reasons.get(j) != r}
-        self.store.set_reasons(changed)
+
+    def _set_reasons(self, waiting: dict[int, str], started: set[int], store: bool = True) -> dict[int, str]:
+        """Why each job waits, where that changed (and ``started`` jobs do not):
+        written now, or (``store=False``) returned for the caller's transaction."""
+        changed = {j: r for j, r in waiting.items() if self._reasons.get(j) != r and j not in started}
+        if store:
+            self.store.set_reasons(changed)
         self._reasons.update(changed)
+        return changed
+
+    def _start(self, placements: list[policy.Placement], waiting: dict[int, str], now: float) -> None:
+        """Start the policy's placements, each with the followers packed behind
+        it (scheduler.packing), and write why the rest wait, in one transaction;
+        then launch them."""
+        packs = self._packs(placements)
+        rows = [(p.job_id, p.node_id, p.gpu_share) for p in placements]
+        by_leader = {p.job_id: p for p in placements}
+        rows += [(f, by_leader[lead].node_id, None) for lead, followers in packs.items() for f in followers]
+        reasons = self._set_reasons(waiting, {f for followers in packs.values() for f in followers}, store=False)
+        home = self.settings.home_path
+        started = {a.job_id: a for a in self.store.start_attempts(rows, lambda job_id, n: run_dir_for(home, job_id, n),
+                                                                  now, reasons=reasons)}
+        jobs = {j.id: j for j in self.store.jobs_by_ids(list(started))}
+        for p in placements:
+            # A leader cancelled since the policy looked is not started: its followers still are.
+            members = [started[j] for j in [p.job_id, *packs.get(p.job_id, ())] if j in started]
+            if len(members) == 1:
+                self._launch(members[0], jobs[members[0].job_id], p, now)
+            elif members:
+                self._launch_pack(members, jobs, p, now)
+        for job_id in started:
+            self._reasons.pop(job_id, None)
+
+    def _packs(self, placements: list[policy.Placement]) -> dict[int, list[int]]:
+        """Leader job id -> the jobs packed behind it: its class's next pending
+        jobs of the same experiment and stage, as many as its stage's measured
+        durations allow (scheduler.packing).  Only CPU jobs, and in collect mode
+        only on the head (a pack's jobs are sorted out from their run dirs)."""
+        if not self._short.any_packable():
+            return {}
+        head = self._collect_node()
+        leads = [p for p in placements if (d := self._pending.get(p.job_id)) is not None and not d.gpu
+                 and not d.gpu_memory and (head is None or p.node_id == head)]
+        if not leads:
+            return {}
+        stages = self.store.job_stages([p.job_id for p in leads])
+        # No more than an even split of the class's backlog over the slots in use,
+        # so the last packs do not leave most slots idle while a few finish.
+        slots = len(placements) + sum(1 for r in self.running.values() if r.holds)
+        sizes = [(p.job_id, min(self._short.pack_size(stages[p.job_id], self._pending[p.job_id].time_limit),
+                                -(-len(self._pending_index.peers(p.job_id) or ()) // slots)))
+                 for p in leads if p.job_id in stages]
+        if all(size < 2 for _, size in sizes):
+            return {}
+        candidates = packing.pick_followers(sizes, self._pending_index.peers, {p.job_id for p in placements})
+        stages.update(self.store.job_stages([f for followers in candidates.values() for f in followers]))
+        packs = {}
+        for lead, followers in candidates.items():
+            same = [f for f in followers if stages.get(f) == stages[lead]]
+            if same:
+                packs[lead] = same
+        return packs
 
     def _decide(self, now: float) -> policy.Decision:
         known = self.free_capacity(list(self._known.values()))
@@ -494,7 +613,7 @@ class Scheduler:
                                   node_id=r.attempt.node_id or "", gpu_indices=r.gpu_indices,
                                   started_at=r.attempt.dispatched_at or 0.0, time_limit=r.job.timeout,
                                   priority=r.job.priority)
-                for r in self.running.values()]
+                for r in self.running.values() if r.holds]
 
     def _account(self, now: float) -> None:
         """Advance decayed usage to ``now`` with what runs; on the first pass,
@@ -537,7 +656,8 @@ class Scheduler:
             if job_id not in self._pending:
                 self._reasons.pop(job_id, None)
 
-    def _launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> None:
+    def _task(self, attempt: Attempt, job: Job, placement: policy.Placement) -> tuple[dict[str, Any], str | None]:
+        """What the worker is given for one attempt, and the code package it needs."""
         extra = self.store.launch_context(job.id)
         share = placement.gpu_share or job.gpu  # gpu_memory turned into a share of the chosen card
         task = {
@@ -553,19 +673,49 @@ class Scheduler:
         if task["collect_to_node"] and placement.node_id and placement.node_id != task["collect_to_node"]:
             for up in task["inputs"]:  # the node cannot read the head's disk: send the artifacts
                 up["bundle"] = bundle.pack(Path(up["run_dir"]), only="artifacts")
+        return task, extra["package"]
+
+    def _launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> None:
+        task, package = self._task(attempt, job, placement)
+        share = task["resources"]["gpu"]
         try:
             # A worker that has used CUDA keeps its first device: real GPUs get a fresh
             # worker per job. Logical GPUs (NVML read nothing there) have no CUDA to keep.
             fresh = share > 0 and self._gpu_readings.get(placement.node_id or "") != []
             ref = self.backend.launch(task, cpu=job.cpu, gpu=share, memory=job.memory, custom=job.custom,
-                                      node_id=placement.node_id, package=extra["package"], fresh_worker=fresh)
+                                      node_id=placement.node_id, package=package, fresh_worker=fresh)
         except Exception as exc:  # bad runtime env, Ray gone mid-pass: the attempt failed to start
             log.exception("launching job %s failed", job.id)
             self.store.finish_attempt(attempt.id, AttemptState.LOST, now, error=f"could not launch on Ray: {exc}")
             self._dirty = True
             return
         self.running[attempt.id] = Running(attempt=attempt, job=job, ref=ref, gpu_indices=placement.gpu_indices)
-        self._by_ref[ref] = attempt.id
+        self._by_ref[ref] = [attempt.id]
+
+    def _launch_pack(self, attempts: list[Attempt], jobs: dict[int, Job], placement: policy.Placement,
+                     now: float) -> None:
+        """One Ray task for several short jobs of one stage, with the first one's
+        share (they all have the same): they run one after another in it."""
+        tasks = []
+        package = None
+        for attempt in attempts:
+            task, package = self._task(attempt, jobs[attempt.job_id], placement)
+            tasks.append(task)
+        lead = jobs[attempts[0].job_id]
+        try:
+            ref = self.backend.launch_pack(tasks, cpu=lead.cpu, memory=lead.memory, custom=lead.custom,
+                                           node_id=placement.node_id, package=package)
+        except Exception as exc:
+            log.exception("launching a pack of %d jobs (job %s first) failed", len(attempts), lead.id)
+            self.store.finish_attempts([{"attempt_id": a.id, "outcome": AttemptState.LOST,
+                                         "error": f"could not launch on Ray: {exc}"} for a in attempts], now)
+            self._dirty = True
+            return
+        for i, attempt in enumerate(attempts):
+            self.running[attempt.id] = Running(attempt=attempt, job=jobs[attempt.job_id], ref=ref, gpu_indices=(),
+                                               packed=True, holds=i == 0)
+        self._by_ref[ref] = [a.id for a in attempts]
+        log.debug("job %s: packed with %d more short jobs of its stage", lead.id, len(attempts) - 1)
 
     def _collect_node(self) -> str | None:
         """The head's node id when run dirs must be carried back to it."""

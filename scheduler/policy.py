@@ -337,6 +337,12 @@ class PendingIndex:
             del self._classes[key]
         return demand
 
+    def peers(self, job_id: int) -> list[tuple[int, int, Demand]] | None:
+        """The class of ``job_id`` (it included) in submission order: the index's
+        own list, not a copy (scheduler.packing draws a pack's followers from it)."""
+        key = self._class_of.get(job_id)
+        return None if key is None else self._classes[key]
+
     def classes(self) -> Iterable[tuple[tuple, list[tuple[int, int, Demand]]]]:
         """(queue, user, priority, shape, time_limit), and its jobs in submission order."""
         return self._classes.items()

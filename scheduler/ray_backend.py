@@ -18,7 +18,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from scheduler.states import AttemptState
-from workers.attempt import run_attempt
+from workers.attempt import run_attempt, run_attempts
 from workers.gpu import node_telemetry
 
 log = logging.getLogger("labq.ray")
@@ -29,6 +29,8 @@ _remote_attempt = ray.remote(max_retries=0)(run_attempt)
 # it could put the next job on the wrong card (Ray only defaults max_calls=1 for
 # GPU functions declared with num_gpus, not for num_gpus given in .options()).
 _remote_gpu_attempt = ray.remote(max_retries=0, max_calls=1)(run_attempt)
+# A pack of short jobs run one after another in one task (scheduler.packing).
+_remote_pack = ray.remote(max_retries=0)(run_attempts)
 # NVML readings of one node's GPUs, for `labq nodes`: no CPU held, so it never
 # waits behind the jobs it reports on.
 _remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
@@ -48,6 +50,7 @@ class RayBackend:
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self._uploaded: dict[str, str] = {}
+        self._pack_remotes: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------ connection
 
@@ -64,6 +67,7 @@ class RayBackend:
             ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False,
                      **kwargs)
         self._uploaded.clear()
+        self._pack_remotes.clear()
 
     @staticmethod
     def session_dir() -> str | None:
@@ -130,6 +134,39 @@ class RayBackend:
         remote = _remote_gpu_attempt if fresh_worker else _remote_attempt
         return remote.options(**options).remote(task)
 
+    def launch_pack(self, tasks: list[dict[str, Any]], *, cpu: float, memory: int | None,
+                    custom: dict[str, float], node_id: str | None, package: str | None) -> ray.ObjectRef:
+        """One task that runs ``tasks`` one after another with one job's share
+        (no GPU: packs are CPU jobs); read its end with :meth:`pack_outcomes`."""
+        uri = self.working_dir_uri(package)
+        key = (cpu, memory, tuple(sorted(custom.items())), node_id, uri)
+        remote = self._pack_remotes.get(key)
+        if remote is None:
+            # .options() validates and parses the runtime env each call (~1 ms):
+            # one per shape, node and code snapshot, not one per pack.
+            options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": 0, "resources": dict(custom) or None,
+                                       "name": "labq-pack"}
+            if memory:
+                options["memory"] = memory
+            if uri:
+                options["runtime_env"] = {"working_dir": uri}
+            if node_id:
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+            if len(self._pack_remotes) >= 256:
+                self._pack_remotes.clear()
+            remote = self._pack_remotes[key] = _remote_pack.options(**options)
+        return remote.remote(tasks)
+
+    @classmethod
+    def pack_outcomes(cls, ref: ray.ObjectRef, count: int) -> list[tuple[AttemptState, dict[str, Any] | None, str | None]]:
+        """(attempt state, result, error) of each job of a finished pack; when
+        the pack itself ended in a Ray error, that error for every job (with no
+        result: the scheduler reads what each job left in its run dir)."""
+        state, results, error = cls.outcome(ref, pack=True)
+        if results is None:
+            return [(state, None, error)] * count
+        return [(AttemptState.from_worker_outcome(r.get("outcome")), r, r.get("error")) for r in results]
+
     @staticmethod
     def read_gpus(node_ids: list[str]) -> dict[str, ray.ObjectRef]:
         """Start one NVML reading on each node; collect with :meth:`wait` and :meth:`value`."""
@@ -158,8 +195,15 @@ class RayBackend:
         return ready
 
     @staticmethod
-    def outcome(ref: ray.ObjectRef) -> tuple[AttemptState, dict[str, Any] | None, str | None]:
-        """(attempt state, result, error) of a finished task."""
+    def wait_any(refs: list[ray.ObjectRef], timeout: float) -> None:
+        """Block until one of ``refs`` is done or ``timeout`` passes."""
+        if refs:
+            ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+
+    @staticmethod
+    def outcome(ref: ray.ObjectRef, pack: bool = False) -> tuple[AttemptState, Any, str | None]:
+        """(attempt state, result, error) of a finished task (with ``pack``, the
+        result is the pack's list of results)."""
         from ray import exceptions as rex
 
         try:
@@ -180,6 +224,8 @@ class RayBackend:
             return AttemptState.FAILED, None, f"worker error: {_short(exc)}"
         except rex.RayError as exc:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
+        if pack:
+            return AttemptState.SUCCEEDED, result, None
         state = AttemptState.from_worker_outcome(result.get("outcome"))
         return state, result, result.get("error")
 

@@ -131,9 +131,17 @@ def _dumps(value: Any) -> str:
 class Store:
     """One connection to the state database.  Cheap to open (no Ray, no pandas)."""
 
-    def __init__(self, home: str | Path):
+    def __init__(self, home: str | Path, *, fsync_commits: bool = True):
+        """``fsync_commits=False`` is for the scheduler's own connection
+        (synchronous=NORMAL under WAL): a commit is safe from any crash of the
+        process, kill -9 included, without waiting for the disk; an OS crash or
+        power cut may take back its last few transitions, which the next start
+        treats like any loss (attempts it had started are requeued; a job whose
+        end was not kept runs again).  What users commit (submit, cancel) is
+        fsync'd, and carries the scheduler's earlier commits to disk with it."""
         self.home = Path(home).expanduser()
         self.path = self.home / "labq.db"
+        self._fsync_commits = fsync_commits
         self._conn = self._connect()
 
     # ------------------------------------------------------------ opening
@@ -156,7 +164,7 @@ class Store:
             # database must be left byte-for-byte as it was.
             self._check_identity(conn)
             self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA synchronous = FULL" if self._fsync_commits else "PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             try:
                 conn.execute("SELECT exp(0)")
@@ -307,12 +315,16 @@ class Store:
                     (now, job_id, attempt_id, f"{current.value} -> {target.value}" + (f": {message}" if message else "")))
         return current
 
-    def start_attempts(self, placements: Iterable[tuple], run_dir_for, now: float) -> list[Attempt]:
+    def start_attempts(self, placements: Iterable[tuple], run_dir_for, now: float,
+                       reasons: dict[int, str] | None = None) -> list[Attempt]:
         """Create one attempt per placement ``(job_id, node_id[, gpu_share])`` and
-        mark the jobs running, in one transaction.  A job cancelled since the
-        policy looked is skipped."""
+        mark the jobs running, in one transaction, which also writes ``reasons``
+        (:meth:`set_reasons`) for the jobs left waiting.  A job cancelled since
+        the policy looked is skipped."""
         started: list[Attempt] = []
         with self._tx() as cur:
+            if reasons:
+                self._write_reasons(cur, reasons)
             for job_id, node_id, *share in placements:
                 gpu_share = share[0] if share else None
                 row = cur.execute("SELECT state, attempts, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -354,7 +366,11 @@ class Store:
                                 free_retry=free_retry)
 
     def _finish(self, cur: sqlite3.Cursor, *, attempt_id: int, outcome: AttemptState, now: float,
-                result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False) -> JobState:
+                result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False,
+                slot_from: float | None = None) -> JobState:
+        """``slot_from``: when the attempt really got its share, for a job packed
+        behind others (scheduler.packing): its dispatch moves there, so usage
+        counts each job of a pack from its own start, not the pack's launch."""
         result = result or {}
         row = cur.execute(
             "SELECT a.state, a.number, a.job_id, a.gpu_share, a.started_at, j.retries, j.free_retries,"
@@ -370,10 +386,11 @@ class Store:
             outcome = AttemptState.CANCELLED  # whatever ended it, the user asked for it to end
         cur.execute(
             "UPDATE attempts SET state = ?, ended_at = ?, started_at = COALESCE(?, started_at),"
-            " node_id = COALESCE(?, node_id), gpu_ids = ?, exit_code = ?, error = ?, peak_rss = ? WHERE id = ?",
+            " node_id = COALESCE(?, node_id), gpu_ids = ?, exit_code = ?, error = ?, peak_rss = ?,"
+            " dispatched_at = COALESCE(?, dispatched_at) WHERE id = ?",
             (outcome.value, result.get("ended_at") or now, result.get("started_at"), result.get("node_id"),
              _dumps(result.get("gpu_ids") or []), result.get("exit_code"), error or result.get("error"),
-             result.get("peak_rss"), attempt_id))
+             result.get("peak_rss"), slot_from, attempt_id))
         if result:
             usage = {k: result[k] for k in USAGE_FIELDS if result.get(k) is not None}
             cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at, usage)"
@@ -458,8 +475,12 @@ class Store:
         if not reasons:
             return
         with self._tx() as cur:
-            cur.executemany("UPDATE jobs SET reason = ? WHERE id = ? AND state = 'pending'",
-                            [(r, j) for j, r in reasons.items()])
+            self._write_reasons(cur, reasons)
+
+    @staticmethod
+    def _write_reasons(cur: sqlite3.Cursor, reasons: dict[int, str]) -> None:
+        cur.executemany("UPDATE jobs SET reason = ? WHERE id = ? AND state = 'pending'",
+                        [(r, j) for j, r in reasons.items()])
 
     def cancel(self, job_ids: Iterable[int], now: float) -> dict[str, list[int]]:
         """Pending and blocked jobs end cancelled at once; running ones are flagged
@@ -585,6 +606,10 @@ class Store:
     def count_active(self) -> int:
         return self._conn.execute(
             "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running', 'blocked')").fetchone()[0]
+
+    def job_stages(self, ids: list[int]) -> dict[int, tuple[int, str]]:
+        """Job id -> (experiment id, stage): what jobs of one pack must share."""
+        return {r[0]: (r[1], r[2]) for r in self._rows_in("SELECT id, experiment_id, stage FROM jobs WHERE id IN ", ids)}
 
     def launch_context(self, job_id: int) -> dict[str, Any]:
         """What a worker needs beyond the job row: the code snapshot, upstream

@@ -130,6 +130,16 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def run_attempts(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run a pack of short jobs (scheduler.packing) one after another in this
+    worker, each exactly as :func:`run_attempt` runs a job alone, and return
+    their results in order.  A job that fails returns its result like any other;
+    one that ends the worker (killed, out of memory) ends the pack, and the
+    scheduler sorts the rest out from their run dirs: a result.json means done,
+    a run dir without one means it was running, no run dir means not started."""
+    return [run_attempt(task) for task in tasks]
+
+
 def _gpu_usage(watch: gpu.GpuWatch | None) -> dict[str, Any] | None:
     """The job's GPU telemetry, and which of its processes (other than this
     worker, whose CUDA context outlives a job) still hold GPU memory after it

@@ -295,3 +295,57 @@ def test_restart_reconciles_attempts_of_a_dead_scheduler(tmp_path, ray_backend):
     first, second = store.attempts(job_id)
     assert first.state is AttemptState.LOST and "scheduler restarted" in first.error
     assert job.state is JobState.SUCCEEDED and second.state is AttemptState.SUCCEEDED
+
+
+def test_short_jobs_are_packed_and_each_keeps_its_own_logs_artifacts_and_result(tmp_path, ray_backend):
+    # Given a 60-job sweep of millisecond jobs at half a CPU (8 slots), one of which kills its worker once
+    spec = write_spec(tmp_path, """
+        experiment: quick
+        stages:
+          - name: train
+            run: testjobs:quick
+            params: {die: 40}
+            sweep: {grid: {seed: [RANGE]}}
+            resources: {cpu: 0.5}
+            retries: 1
+    """.replace("RANGE", ", ".join(str(i) for i in range(60))))
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    launches = []  # the job ids of each Ray task, in launch order
+    launch, launch_pack = ray_backend.launch, ray_backend.launch_pack
+
+    def one(task, **kwargs):  # the real launches, recorded
+        launches.append([task["job_id"]])
+        return launch(task, **kwargs)
+
+    def pack(tasks, **kwargs):
+        launches.append([t["job_id"] for t in tasks])
+        return launch_pack(tasks, **kwargs)
+
+    ray_backend.launch, ray_backend.launch_pack = one, pack
+    try:
+        sub = submit_spec(spec, settings)
+        # When the scheduler runs it
+        jobs = drive(scheduler, store, sub.experiment_id)
+    finally:
+        del ray_backend.launch, ray_backend.launch_pack
+    packs = [ids for ids in launches if len(ids) > 1]
+    # Then once the first jobs were seen to be short, the rest ran several to a Ray task
+    assert packs and max(len(p) for p in packs) > 1
+    # And every job succeeded with its own stdout, artifact and metrics
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 60
+    finals = store.final_results(sub.experiment_id)
+    for job in jobs:
+        attempt, metrics = finals[job.id]
+        assert metrics["seed"] == job.params["seed"]
+        paths = RunPaths(Path(attempt.run_dir))
+        assert paths.stdout.read_text() == f"job {job.id} seed {job.params['seed']}\n"
+        assert (paths.artifacts / "seed.txt").read_text() == str(job.params["seed"])
+    # And the job that killed its worker was retried alone; the pack's other jobs were not charged
+    dead = next(j for j in jobs if j.params["seed"] == 40)
+    assert [a.state for a in store.attempts(dead.id)] == [AttemptState.LOST, AttemptState.SUCCEEDED]
+    charged = [j for j in jobs if j.id != dead.id and any(a.state is AttemptState.FAILED for a in store.attempts(j.id))]
+    assert not charged
+    first = next(ids for ids in launches if dead.id in ids)  # its first attempt's task
+    for j in first[first.index(dead.id) + 1:]:  # in a pack, what came after it was requeued unstarted
+        assert store.attempts(j)[0].state is AttemptState.LOST and "not started" in store.attempts(j)[0].error
+    assert_resources_released()

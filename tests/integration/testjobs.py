@@ -106,3 +106,13 @@ def checkpointed(ctx):
         time.sleep(0.1)
         mark.write_text(str(step + 1))
     return {"resumed_from": start, "attempt": ctx.attempt}
+
+
+def quick(ctx):
+    """A job of a millisecond that says who it is on stdout and in an artifact;
+    the one with ``die`` set kills its worker on its first attempt."""
+    print(f"job {ctx.job_id} seed {ctx.params['seed']}", flush=True)
+    if ctx.params["seed"] == ctx.params.get("die") and ctx.attempt == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    ctx.artifact_path("seed.txt").write_text(str(ctx.params["seed"]))
+    return {"seed": ctx.params["seed"], "pid": os.getpid()}

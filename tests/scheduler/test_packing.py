@@ -1,0 +1,220 @@
+"""Packing short jobs several to a Ray task (scheduler.packing): the pure sizing
+and follower choice with plain data, then the live loop tick by tick (a real
+Scheduler and SQLite store; FakeBackend stands in for Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.fake_backend import FakeBackend, make_nodes
+from scheduler import packing
+from scheduler.config import SchedulerSettings, Settings
+from scheduler.loop import Scheduler
+from scheduler.policy import Demand, PendingIndex
+from scheduler.states import AttemptState, JobState
+from scheduler.store import Store
+from workers.paths import RunPaths
+
+from test_store import NOW, _submit_yaml
+
+# ---------------------------------------------------------------- sizing
+
+
+def test_a_stage_runs_alone_until_enough_of_its_jobs_were_seen_to_end():
+    short = packing.ShortJobs(budget=0.25)
+    assert short.pack_size("s") == 1 and not short.any_packable()
+    for _ in range(packing.SAMPLES - 1):
+        short.observe("s", 0.01)
+    assert short.pack_size("s") == 1
+    short.observe("s", 0.01)
+    assert short.any_packable()
+    assert short.pack_size("s") == 25  # 0.25 s of work at the longest seen, 0.01 s
+
+
+def test_the_longest_recent_duration_sizes_the_pack_and_long_jobs_run_alone():
+    short = packing.ShortJobs(budget=0.25)
+    for seconds in (0.001, 0.001, 0.1):
+        short.observe("s", seconds)
+    assert short.pack_size("s") == 2
+    short.observe("s", 0.2)  # one job alone is most of the budget
+    assert short.pack_size("s") == 1
+    for _ in range(3):
+        short.observe("noop", 0.0)
+    assert short.pack_size("noop") == packing.MAX_PACK  # no-ops: capped, not infinite
+
+
+def test_a_short_time_limit_or_a_zero_budget_turns_packing_off():
+    short = packing.ShortJobs(budget=0.25)
+    for _ in range(3):
+        short.observe("s", 0.001)
+    assert short.pack_size("s", time_limit=1.0) == 1  # its clock starts at the pack's launch
+    assert short.pack_size("s", time_limit=packing.TIMEOUT_FACTOR * 0.25) > 1
+    off = packing.ShortJobs(budget=0)
+    for _ in range(3):
+        off.observe("s", 0.001)
+    assert off.pack_size("s") == 1 and not off.any_packable()
+
+
+def test_followers_come_next_in_the_class_and_leaders_of_a_class_share_them():
+    index = PendingIndex([Demand(job_id=i, cpu=0.1, seq=i) for i in range(1, 11)]
+                         + [Demand(job_id=100 + i, cpu=2.0, seq=100 + i) for i in range(3)])
+    taken = {1, 2, 100}  # placed this pass
+    picked = packing.pick_followers([(1, 3), (2, 3), (100, 5)], index.peers, taken)
+    assert picked == {1: [3, 4], 2: [5, 6], 100: [101, 102]}
+    assert taken >= {3, 4, 5, 6, 101, 102}
+    assert packing.pick_followers([(7, 1)], index.peers, set()) == {}  # size 1: alone
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _spec(tmp_path: Path, name: str, n: int, resources: str = "{cpu: 1}", stage: str = "train",
+          extra: str = "") -> Path:
+    path = tmp_path / f"{name}-{stage}.yaml"
+    path.write_text(f"""
+experiment: {name}
+stages:
+  - name: {stage}
+    command: "true"
+    sweep: {{grid: {{seed: {list(range(n))}}}}}
+    resources: {resources}
+{extra}""")
+    return path
+
+
+def _result(start: float, seconds: float = 0.001) -> dict:
+    return {"outcome": "succeeded", "metrics": {"x": 1}, "artifacts": [], "exit_code": 0, "started_at": start,
+            "ended_at": start + seconds}
+
+
+def _scheduler(tmp_path: Path, cpu: float = 2, pack_seconds: float = 0.25):
+    store = Store(tmp_path / "home")
+    backend = FakeBackend(make_nodes(1, cpu=cpu, gpu=2))
+    settings = Settings(home=str(tmp_path / "home"), scheduler=SchedulerSettings(pack_seconds=pack_seconds))
+    return store, backend, Scheduler(store, backend, settings)
+
+
+def _learn(store, backend, sched, tmp_path, name="warm", n=3) -> None:
+    """Run ``n`` jobs of ``name``/train alone and end them as short."""
+    _submit_yaml(store, _spec(tmp_path, name, n))
+    sched.tick(NOW)
+    assert len(sched.running) == n and not backend.packs
+    for run in list(sched.running.values()):
+        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW))
+    sched.tick(NOW + 1)
+    assert not sched.running
+
+
+def _packs(sched) -> dict:
+    """Ray handle -> the Running of each job it runs, for the packs running now."""
+    out: dict = {}
+    for run in sched.running.values():
+        if run.packed:
+            out.setdefault(run.ref, []).append(run)
+    return out
+
+
+def test_a_backlog_of_short_jobs_is_packed_one_share_per_pack_and_each_job_recorded_alone(tmp_path):
+    store, backend, sched = _scheduler(tmp_path, cpu=2)  # two slots of cpu 1
+    _, big, _ = _submit_yaml(store, _spec(tmp_path, "big", 24))
+    _, other, _ = _submit_yaml(store, _spec(tmp_path, "other", 4))  # same class, another experiment
+    for t in range(2):  # the stage is new: its first jobs run alone until three were seen to end
+        sched.tick(NOW + t)
+        assert len(sched.running) == 2 and not backend.packs
+        for run in list(sched.running.values()):
+            backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    sched.tick(NOW + 2)
+    packs = _packs(sched)
+    assert len(packs) == 2, "a backlog of a stage measured short was not packed"
+    assert sum(r.holds for r in sched.running.values()) == 2  # one share per pack, however many jobs
+    assert sched.free_capacity()[0].cpu_free == pytest.approx(0.0)
+    for members in packs.values():
+        assert {r.job.id for r in members} <= set(big) and sum(r.holds for r in members) == 1
+        assert [r.job.id for r in members] == sorted(r.job.id for r in members)  # submission order
+        assert 2 < len(members) <= packing.MAX_PACK
+    assert all(store.job(j).state is JobState.PENDING for j in other)
+    # Each job ends with its own result; a follower is booked from its own start.
+    for ref, members in packs.items():
+        backend.end(ref, AttemptState.SUCCEEDED, [_result(NOW + 2 + 0.01 * i) for i in range(len(members))])
+    sched.tick(NOW + 3)
+    lead, follower = next(iter(packs.values()))[:2]
+    assert store.attempts(follower.job.id)[0].dispatched_at == pytest.approx(NOW + 2.01, abs=1e-6)
+    assert store.attempts(lead.job.id)[0].dispatched_at == pytest.approx(NOW + 2, abs=1e-6)
+    ended = [j for members in packs.values() for j in (r.job.id for r in members)]
+    assert all(store.job(j).state is JobState.SUCCEEDED and len(store.attempts(j)) == 1 for j in ended)
+    store.close()
+
+
+def test_a_pack_killed_mid_way_keeps_what_finished_charges_the_job_running_and_requeues_the_rest(tmp_path):
+    store, backend, sched = _scheduler(tmp_path, cpu=1)
+    exp_id, ids, _ = _submit_yaml(store, _spec(tmp_path, "s", 8, extra="    retries: 0\n"))
+    for t in range(3):  # three run alone, one at a time, and end short
+        sched.tick(NOW + t)
+        (run,) = sched.running.values()
+        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    sched.tick(NOW + 3)
+    ((ref, members),) = _packs(sched).items()
+    assert len(members) == 5  # the rest of the backlog, in submission order
+    assert [r.job.id for r in members] == sorted(r.job.id for r in members)
+    done, running, *never = members
+    RunPaths(Path(done.attempt.run_dir)).create()
+    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3))
+    RunPaths(Path(running.attempt.run_dir)).create()  # started, no result: the one the worker died in
+    backend.end(ref, AttemptState.LOST, None, "WorkerCrashedError: the worker died")
+    sched.tick(NOW + 4)
+    assert store.job(done.job.id).state is JobState.SUCCEEDED
+    assert store.job(running.job.id).state is JobState.FAILED  # its own loss, charged (retries: 0)
+    for run in never:
+        job = store.job(run.job.id)
+        (attempt,) = store.attempts(job.id)[:1]
+        assert attempt.state is AttemptState.LOST and "not started" in attempt.error
+        assert job.state in (JobState.PENDING, JobState.RUNNING)  # requeued without being charged
+    store.close()
+
+
+def test_cancelling_one_packed_job_stops_its_pack_and_requeues_the_others(tmp_path):
+    store, backend, sched = _scheduler(tmp_path, cpu=1)
+    exp_id, ids, _ = _submit_yaml(store, _spec(tmp_path, "s", 7))
+    for t in range(3):
+        sched.tick(NOW + t)
+        (run,) = sched.running.values()
+        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    sched.tick(NOW + 3)
+    ((ref, members),) = _packs(sched).items()
+    running, target, *rest = members
+    RunPaths(Path(running.attempt.run_dir)).create()
+    store.cancel([target.job.id], NOW + 3.5)
+    sched.tick(NOW + 4)  # asks the pack to stop
+    assert target.stop_reason is AttemptState.CANCELLED and running.stop_reason is None
+    backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
+    sched.tick(NOW + 5)
+    assert store.job(target.job.id).state is JobState.CANCELLED
+    interrupted = store.attempts(running.job.id)[0]
+    assert interrupted.state is AttemptState.LOST and "interrupted" in interrupted.error
+    assert store.job(running.job.id).state in (JobState.PENDING, JobState.RUNNING)
+    for run in rest:
+        assert store.attempts(run.job.id)[0].state is AttemptState.LOST
+        assert store.job(run.job.id).state in (JobState.PENDING, JobState.RUNNING)
+    store.close()
+
+
+def test_gpu_jobs_and_a_zero_budget_are_never_packed(tmp_path):
+    store, backend, sched = _scheduler(tmp_path, cpu=8)
+    _submit_yaml(store, _spec(tmp_path, "g", 12, resources="{cpu: 1, gpu: 0.5}"))
+    for t in range(4):
+        sched.tick(NOW + t)
+        for run in list(sched.running.values()):
+            backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    assert not backend.packs and sched._short.any_packable()
+    store.close()
+
+    off_store, off_backend, off = _scheduler(tmp_path / "off", cpu=1, pack_seconds=0)
+    _submit_yaml(off_store, _spec(tmp_path, "n", 6))
+    for t in range(6):
+        off.tick(NOW + t)
+        for run in list(off.running.values()):
+            off_backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    assert not off_backend.packs and len(off_backend.launched) == 6
+    off_store.close()
