@@ -118,12 +118,19 @@ def run_labq(spec: Path, settings, store, name: str, n: int, timeout: float, tre
     bad = [j for j in jobs if j.state.value != "succeeded"]
     if bad:
         raise RuntimeError(f"labq: {len(bad)} of {n} jobs did not succeed, e.g. {bad[0].id}: {bad[0].state} {bad[0].reason}")
-    finals = store.final_results(sub.experiment_id)
-    end = max(j.ended_at for j in jobs)
-    starts = sorted(a.started_at for a, _ in finals.values())
-    wall = end - t0
-    return {"n": n, "wall_s": wall, "jobs_per_s": n / wall, "submit_s": t_submitted - t0,
-            "first_start_s": starts[0] - t0, **_usage(c0, c1), **phases(jobs, finals, wall), **acct}
+    wall = max(j.ended_at for j in jobs) - t0
+    # Where the slots went is read after the last run (LabqRunner.close): reading
+    # 1,000 results here takes long enough (with Ray's idle workers reaped after
+    # about a second) to make the next run start cold.
+    return {"n": n, "wall_s": wall, "jobs_per_s": n / wall, "submit_s": t_submitted - t0, "t0": t0,
+            "experiment_id": sub.experiment_id, **_usage(c0, c1), **acct}
+
+
+def add_phases(store, r: dict) -> None:
+    jobs = store.jobs_of_experiment(r["experiment_id"])
+    finals = store.final_results(r["experiment_id"])
+    r["first_start_s"] = min(a.started_at for a, _ in finals.values()) - r["t0"]
+    r.update(phases(jobs, finals, r["wall_s"]))
 
 
 def phases(jobs, finals, wall: float) -> dict:
@@ -166,9 +173,7 @@ class LabqRunner:
         r["kind"] = "cold" if rep == 0 else "warm"
         self.runs.append(r)
         print(f"  {self.label} run {rep + 1} ({r['kind']}): {r['jobs_per_s']:.1f} jobs/s, submit {r['submit_s']:.2f}s, "
-              f"driver CPU {r['driver_cpu_pct']:.0f}%, per job: dispatch->start {r['dispatch_to_start_ms']:.0f} ms, "
-              f"run {r['start_to_end_ms']:.0f} ms, end->recorded {r['end_to_recorded_ms']:.0f} ms, "
-              f"{r['mean_in_flight']:.1f} in flight, {r['workers_started']} workers started, "
+              f"driver CPU {r['driver_cpu_pct']:.0f}%, {r['workers_started']} workers started, "
               f"CPU/job {r['cpu_ms_per_job_total']:.1f} ms (driver {r.get('cpu_ms_per_job_driver', 0):.1f}, "
               f"workers {r.get('cpu_ms_per_job_workers', 0):.1f})", flush=True)
         return r
@@ -176,6 +181,11 @@ class LabqRunner:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=30)
+        for rep, r in enumerate(self.runs):
+            add_phases(self.store, r)
+            print(f"  {self.label} run {rep + 1}, per job: dispatch->start {r['dispatch_to_start_ms']:.0f} ms, "
+                  f"run {r['start_to_end_ms']:.0f} ms, end->recorded {r['end_to_recorded_ms']:.0f} ms, "
+                  f"{r['mean_in_flight']:.1f} in flight", flush=True)
         self.store.close()
 
 

@@ -134,7 +134,9 @@ class Scheduler:
                 outcome = AttemptState.from_worker_outcome(result.get("outcome"))
                 self.store.finish_attempt(attempt.id, outcome, now, result=result)
             else:
+                never_started = not Path(attempt.run_dir).exists()  # e.g. queued in a pack: held nothing
                 self.store.finish_attempt(attempt.id, AttemptState.LOST, now, free_retry=True,
+                                          slot_from=now if never_started else None,
                                           error="scheduler restarted; the attempt's Ray task ended with it")
             count += 1
         return count
@@ -142,8 +144,9 @@ class Scheduler:
     # ------------------------------------------------------------ one pass
 
     def tick(self, now: float) -> None:
-        self._stop_requested(now)
+        # Ends first: a job that ended on its own during the idle wait is not then timed out.
         self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
+        self._stop_requested(now)
         self._confirm_gpus()
         self._read_gpus(now)
         version = self.store.data_version()
@@ -299,8 +302,10 @@ class Scheduler:
             elif not run.forced and now - (run.stop_asked_at or now) >= grace:
                 # The polite cancel only lands when the job runs Python bytecode; a
                 # job blocked in C (or ignoring KeyboardInterrupt) is killed.
-                run.forced = True
-                self._kill_command_group(run)
+                members = [self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]
+                for member in members:
+                    member.forced = True
+                    self._kill_command_group(member)
                 self.backend.cancel(run.ref, force=True)
 
     def _ask_stop(self, run: Running, reason: AttemptState, now: float, detail: str | None = None) -> None:
@@ -308,10 +313,13 @@ class Scheduler:
         other jobs of a pack are sorted out when it ends (see :meth:`_pack_ends`);
         preempting a pack preempts all of it."""
         log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, detail or reason.value)
-        for other in ([self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]):
+        members = [self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]
+        asked = any(m.stop_asked_at is not None for m in members)
+        for other in members:
             if other is run or (reason is AttemptState.PREEMPTED and other.stop_reason is None):
                 other.stop_reason, other.stop_asked_at, other.stop_detail = reason, now, detail
-        self.backend.cancel(run.ref, force=False)
+        if not asked:  # a pack's task once, however many of its jobs are stopped
+            self.backend.cancel(run.ref, force=False)
 
     @staticmethod
     def _kill_command_group(run: Running) -> None:
@@ -325,27 +333,26 @@ class Scheduler:
 
     def _collect(self, ready: list[Any], now: float) -> None:
         """Record every finished task of this pass in one transaction."""
-        finished = []
-        runs = []
         taken = []
         for ref in ready:
             attempt_ids = self._by_ref.pop(ref, None)
-            if attempt_ids is None:
-                continue
-            members = [self.running.pop(a) for a in attempt_ids]
-            taken.append((ref, members))
-            if members[0].packed:
-                ends = self._pack_ends(members, self.backend.pack_outcomes(ref, len(members)), now)
-            else:
-                ends = [(members[0], *self.backend.outcome(ref), {})]
-            for run, state, result, error, extra in ends:
-                item = self._ended(run, state, result, error, now)
-                item.update(extra)
-                finished.append(item)
-                runs.append((run, item["outcome"]))
-        if not finished:
+            if attempt_ids is not None:
+                taken.append((ref, [self.running.pop(a) for a in attempt_ids]))
+        if not taken:
             return
+        finished = []
+        runs = []
         try:
+            for ref, members in taken:
+                if members[0].packed:
+                    ends = self._pack_ends(members, self.backend.pack_outcomes(ref, len(members)), now)
+                else:
+                    ends = [(members[0], *self.backend.outcome(ref), {}, True)]
+                for run, state, result, error, extra, apply_stop in ends:
+                    item = self._ended(run, state, result, error, now, apply_stop)
+                    item.update(extra)
+                    finished.append(item)
+                    runs.append((run, item["outcome"]))
             states = self.store.finish_attempts(finished, now)
         except Exception:
             # Not recorded (disk full, say): keep the handles and retry next pass;
@@ -364,10 +371,12 @@ class Scheduler:
         self._dirty = True
 
     def _ended(self, run: Running, state: AttemptState, result: dict[str, Any] | None, error: str | None,
-               now: float) -> dict[str, Any]:
-        """How one attempt ended, as the store records it."""
+               now: float, apply_stop: bool = True) -> dict[str, Any]:
+        """How one attempt ended, as the store records it.  ``apply_stop``: a stop
+        this scheduler asked for (cancel, timeout, preemption) explains an end
+        that was not a success (not so for a packed job that ended on its own)."""
         attempt_id = run.attempt.id
-        if run.stop_reason is not None and state is not AttemptState.SUCCEEDED:
+        if apply_stop and run.stop_reason is not None and state is not AttemptState.SUCCEEDED:
             state = run.stop_reason
             if state is AttemptState.TIMED_OUT:
                 error = f"ran longer than its timeout of {run.job.timeout:g}s"
@@ -398,39 +407,57 @@ class Scheduler:
                 "free_retry": node_failed and state is AttemptState.LOST}
 
     def _pack_ends(self, members: list[Running], outcomes: list[tuple], now: float) -> list[tuple]:
-        """(run, state, result, error, overrides) for each job of an ended pack.
-        A pack that returned has each job's own result.  One that ended in a Ray
-        error (killed, stopped, its node lost) is sorted out from the run dirs:
-        a result.json means the job finished; a run dir without one means it was
-        the job running, which meets the error as a lone job would; no run dir
-        means it never started, and it is requeued without being charged.  A
-        follower's share is booked from its own start (``slot_from``), not from
-        the pack's launch, so fair share and `labq usage` count each job once."""
-        ends = []
-        for run, (state, result, error) in zip(members, outcomes):
-            extra: dict[str, Any] = {}
-            if result is None:
+        """(run, state, result, error, overrides, apply_stop) for each job of an
+        ended pack.  A pack that returned has each job's own result.  One that
+        ended in a Ray error (its worker killed, a stop asked for, its node lost)
+        is sorted out from the run dirs, in order:
+
+        * a result.json: the job finished on its own, and that is its end;
+        * a run dir without one: the job that was running.  If this scheduler
+          stopped the pack for another job of it, it was interrupted: requeued,
+          not charged.  Otherwise it meets the error as a lone job would;
+        * no run dir: it never started, and is requeued, not charged (unless it
+          was itself cancelled or preempted).  If no job started and nobody
+          asked for a stop (its code could not be set up, say), the first job
+          meets the error as if alone, so a broken pack cannot requeue forever.
+
+        Each follower's share is booked from its own start (``slot_from``), the
+        end of the job before it, so usage counts a pack's time once."""
+        stopped = any(m.stop_reason is not None for m in members)
+        left: dict[int, tuple[dict | None, bool]] = {}
+        if outcomes and outcomes[0][1] is None:
+            for run in members:
                 paths = RunPaths(Path(run.attempt.run_dir))
-                saved = paths.read_result()
-                if saved is not None:  # finished before the pack ended
+                left[run.attempt.id] = (paths.read_result(), paths.root.exists())
+        nothing_ran = bool(left) and not stopped and not any(started for _, started in left.values())
+        ends = []
+        slot_from: float | None = None  # where the next job's share begins: the end of the one before
+        for i, (run, (state, result, error)) in enumerate(zip(members, outcomes)):
+            extra: dict[str, Any] = {} if i == 0 else {"slot_from": slot_from}
+            apply_stop = False
+            if result is None:
+                saved, started = left[run.attempt.id]
+                if saved is not None:
                     state, result, error = AttemptState.from_worker_outcome(saved.get("outcome")), saved, saved.get("error")
-                elif not paths.root.exists():  # never started
-                    extra = {"slot_from": now}
-                    if run.stop_reason in (AttemptState.CANCELLED, AttemptState.PREEMPTED):
-                        ends.append((run, run.stop_reason, None, run.stop_detail or "stopped before it started",
-                                     extra))
-                        continue
-                    ends.append((run, AttemptState.LOST, None, f"not started: the pack it was queued in ended first "
-                                 f"({error})", {**extra, "free_retry": True}))
+                elif nothing_ran and i == 0:
+                    apply_stop = True
+                elif not started:
+                    own = run.stop_reason in (AttemptState.CANCELLED, AttemptState.PREEMPTED)
+                    ends.append((run, run.stop_reason if own else AttemptState.LOST, None,
+                                 (run.stop_detail or "stopped before it started") if own
+                                 else f"not started: the pack it was queued in ended first ({error})",
+                                 {"slot_from": now, **({} if own else {"not_charged": True})}, own))
                     continue
-                elif run.stop_reason is None and state is AttemptState.CANCELLED:
-                    # Its pack was stopped for another job of it: not this job's doing.
+                elif run.stop_reason is None and stopped:
                     ends.append((run, AttemptState.LOST, None, "interrupted: its pack was stopped to end another "
-                                 "job of it", {"free_retry": True}))
+                                 "job of it", {**extra, "not_charged": True}, False))
                     continue
-            if run is not members[0] and result is not None and result.get("started_at"):
-                extra = {"slot_from": result["started_at"]}
-            ends.append((run, state, result, error, extra))
+                else:
+                    apply_stop = True  # the job that was running: as a lone job would end
+            if result is not None and result.get("started_at"):
+                extra = {} if i == 0 else {"slot_from": result["started_at"]}
+                slot_from = result.get("ended_at") or slot_from
+            ends.append((run, state, result, error, extra, apply_stop))
         return ends
 
     # ------------------------------------------------------------ placement
@@ -541,11 +568,12 @@ class Scheduler:
 
     def _set_reasons(self, waiting: dict[int, str], started: set[int], store: bool = True) -> dict[int, str]:
         """Why each job waits, where that changed (and ``started`` jobs do not):
-        written now, or (``store=False``) returned for the caller's transaction."""
+        written now, or (``store=False``) returned for the caller's transaction,
+        who then remembers them once committed."""
         changed = {j: r for j, r in waiting.items() if self._reasons.get(j) != r and j not in started}
         if store:
             self.store.set_reasons(changed)
-        self._reasons.update(changed)
+            self._reasons.update(changed)
         return changed
 
     def _start(self, placements: list[policy.Placement], waiting: dict[int, str], now: float) -> None:
@@ -560,6 +588,7 @@ class Scheduler:
         home = self.settings.home_path
         started = {a.job_id: a for a in self.store.start_attempts(rows, lambda job_id, n: run_dir_for(home, job_id, n),
                                                                   now, reasons=reasons)}
+        self._reasons.update(reasons)
         jobs = {j.id: j for j in self.store.jobs_by_ids(list(started))}
         for p in placements:
             # A leader cancelled since the policy looked is not started: its followers still are.
@@ -663,7 +692,9 @@ class Scheduler:
         task = {
             "job_id": job.id, "attempt": attempt.number, "experiment": job.experiment, "stage": job.stage,
             "params": job.params, "run_dir": attempt.run_dir, "target_kind": job.target_kind, "target": job.target,
-            "inputs": extra["inputs"], "previous_run_dir": extra["previous_run_dir"],
+            "inputs": extra["inputs"],
+            "previous_run_dir": next((d for d in extra["previous_run_dirs"] if Path(d).exists()),
+                                     extra["previous_run_dir"]),
             "resources": {"cpu": job.cpu, "gpu": share, "memory": job.memory, "custom": job.custom,
                           "gpu_memory": job.gpu_memory},
             "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
@@ -728,12 +759,26 @@ class Scheduler:
     # ------------------------------------------------------------ shutdown and status
 
     def release_all(self, now: float, why: str) -> None:
-        """On a clean stop: end what this scheduler runs and requeue it, so nothing
-        stays 'running' without a Ray task behind it."""
+        """On a clean stop: record what already ended, then end what this
+        scheduler runs and requeue it, so nothing stays 'running' without a Ray
+        task behind it.  A job that finished (a packed one, say, whose pack runs
+        on) keeps its result instead of running again."""
+        try:
+            self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
+        except Exception:  # Ray or the disk going away: what is left is requeued below
+            log.exception("recording the last ends before stopping failed")
+        for ref in self._by_ref:
+            self.backend.cancel(ref, force=True)
         for run in list(self.running.values()):
+            paths = RunPaths(Path(run.attempt.run_dir))
+            saved = paths.read_result()
+            if saved is not None:
+                self.store.finish_attempt(run.attempt.id, AttemptState.from_worker_outcome(saved.get("outcome")), now,
+                                          result=saved)
+                continue
             self._kill_command_group(run)
-            self.backend.cancel(run.ref, force=True)
-            self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=why, free_retry=True)
+            self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=why, free_retry=True,
+                                      slot_from=None if paths.root.exists() else now)
         self.running.clear()
         self._by_ref.clear()
 

@@ -353,7 +353,7 @@ class Store:
 
     def finish_attempt(self, attempt_id: int, outcome: AttemptState, now: float, *,
                        result: dict[str, Any] | None = None, error: str | None = None,
-                       free_retry: bool = False) -> JobState:
+                       free_retry: bool = False, slot_from: float | None = None) -> JobState:
         """Record how an attempt ended and move its job on: success unblocks
         dependents; failure or loss retries while retries remain; a final failure
         marks every job downstream as upstream_failed.  Idempotent per attempt:
@@ -363,14 +363,17 @@ class Store:
         ``MAX_FREE_RETRIES`` times, so a job that keeps killing its node ends."""
         with self._tx() as cur:
             return self._finish(cur, attempt_id=attempt_id, outcome=outcome, now=now, result=result, error=error,
-                                free_retry=free_retry)
+                                free_retry=free_retry, slot_from=slot_from)
 
     def _finish(self, cur: sqlite3.Cursor, *, attempt_id: int, outcome: AttemptState, now: float,
                 result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False,
-                slot_from: float | None = None) -> JobState:
+                slot_from: float | None = None, not_charged: bool = False) -> JobState:
         """``slot_from``: when the attempt really got its share, for a job packed
         behind others (scheduler.packing): its dispatch moves there, so usage
-        counts each job of a pack from its own start, not the pack's launch."""
+        counts each job of a pack from its own start, not the pack's launch.
+        ``not_charged``: a lost attempt that never ran, or was interrupted for
+        another job's sake: requeued and not charged, and (unlike ``free_retry``)
+        not counted against the cap on node losses either."""
         result = result or {}
         row = cur.execute(
             "SELECT a.state, a.number, a.job_id, a.gpu_share, a.started_at, j.retries, j.free_retries,"
@@ -407,7 +410,10 @@ class Store:
         # Attempts lost through no fault of the job do not count against retries.
         charged = row["number"] - row["free_retries"]
         target = self._job_outcome(outcome, charged, row["retries"])
-        if free_retry and outcome is AttemptState.LOST and row["node_requeues"] < MAX_FREE_RETRIES:
+        if not_charged and outcome is AttemptState.LOST:
+            target = JobState.PENDING
+            cur.execute("UPDATE jobs SET free_retries = free_retries + 1 WHERE id = ?", (job_id,))
+        elif free_retry and outcome is AttemptState.LOST and row["node_requeues"] < MAX_FREE_RETRIES:
             target = JobState.PENDING
             cur.execute("UPDATE jobs SET free_retries = free_retries + 1, node_requeues = node_requeues + 1"
                         " WHERE id = ?", (job_id,))
@@ -624,10 +630,14 @@ class Store:
                 " LEFT JOIN results r ON r.attempt_id = a.id WHERE d.job_id = ? ORDER BY j.id", (job_id,)):
             inputs.append({"job_id": up["id"], "stage": up["stage"], "params": json.loads(up["params"]),
                            "run_dir": up["run_dir"], "metrics": json.loads(up["metrics"] or "{}")})
-        previous = self._conn.execute("SELECT run_dir FROM attempts WHERE job_id = ? AND number = ?",
-                                      (job_id, row["attempts"] - 1)).fetchone()
+        # Earlier attempts' run dirs, latest first: where a checkpoint to resume
+        # from would be (the loop takes the latest that exists: an attempt
+        # requeued from a pack before it started has none).
+        previous = [r[0] for r in self._conn.execute(
+            "SELECT run_dir FROM attempts WHERE job_id = ? AND number < ? ORDER BY number DESC LIMIT 4",
+            (job_id, row["attempts"]))]
         return {"package": row["package"], "spec_path": row["spec_path"], "inputs": inputs,
-                "previous_run_dir": previous["run_dir"] if previous else None}
+                "previous_run_dir": previous[0] if previous else None, "previous_run_dirs": previous}
 
     # ------------------------------------------------------------ reads for the CLI
 

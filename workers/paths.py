@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,17 @@ class RunPaths:
     def create(self) -> None:
         """The run dir; ``artifacts/`` is made when a job asks for it
         (JobContext.artifacts_dir), not for every job (a mkdir is a tenth of a
-        millisecond of a short job here)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        millisecond of a short job here).  A run dir already there with files in
+        it is an earlier try of this attempt number whose start the store lost
+        (an OS crash before the scheduler's commit reached the disk): it is
+        moved aside, so no stale result, log or marker is taken for this one's."""
+        try:
+            self.root.mkdir(parents=True)
+        except FileExistsError:
+            if not any(self.root.iterdir()):
+                return
+            self.root.rename(self.root.with_name(f"{self.root.name}.stale-{time.time():.0f}"))
+            self.root.mkdir()
 
     def list_artifacts(self) -> list[str]:
         if not self.artifacts.exists():

@@ -218,3 +218,94 @@ def test_gpu_jobs_and_a_zero_budget_are_never_packed(tmp_path):
             off_backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
     assert not off_backend.packs and len(off_backend.launched) == 6
     off_store.close()
+
+
+def _packed(tmp_path, n: int, extra: str = "", cpu: float = 1):
+    """A scheduler whose one slot runs a pack of the last ``n - 3`` of ``n`` jobs
+    (the first three ran alone and were seen to end short)."""
+    store, backend, sched = _scheduler(tmp_path, cpu=cpu)
+    _submit_yaml(store, _spec(tmp_path, "s", n, extra=extra))
+    for t in range(3):
+        sched.tick(NOW + t)
+        (run,) = sched.running.values()
+        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    sched.tick(NOW + 3)
+    ((ref, members),) = _packs(sched).items()
+    return store, backend, sched, ref, members
+
+
+def _jobs_row(store, job_id: int):
+    return store._conn.execute("SELECT free_retries, node_requeues FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+
+def test_a_pack_past_its_timeout_times_out_only_the_job_running_and_keeps_or_requeues_the_rest(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 8, extra="    timeout: 100\n    retries: 0\n")
+    done, failed, running, *never = members
+    for run, outcome in ((done, "succeeded"), (failed, "failed")):
+        RunPaths(Path(run.attempt.run_dir)).create()
+        RunPaths(Path(run.attempt.run_dir)).write_result({**_result(NOW + 3), "outcome": outcome, "error": "boom"})
+    RunPaths(Path(running.attempt.run_dir)).create()
+    sched.tick(NOW + 104)  # every member's clock says 101 s: the pack is stopped once
+    assert all(r.stop_reason is AttemptState.TIMED_OUT for r in members)
+    backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
+    sched.tick(NOW + 105)
+    assert store.job(done.job.id).state is JobState.SUCCEEDED
+    assert store.job(failed.job.id).state is JobState.FAILED  # its own end, not a timeout
+    assert store.job(running.job.id).state is JobState.TIMED_OUT
+    for run in never:
+        assert store.attempts(run.job.id)[0].state is AttemptState.LOST
+        assert store.job(run.job.id).state in (JobState.PENDING, JobState.RUNNING)
+        assert tuple(_jobs_row(store, run.job.id)) == (1, 0)  # not charged, not counted as a node loss
+    store.close()
+
+
+def test_a_pack_killed_by_force_for_another_jobs_cancel_does_not_charge_the_job_running(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 7, extra="    retries: 0\n")
+    running, target, *rest = members
+    RunPaths(Path(running.attempt.run_dir)).create()
+    store.cancel([target.job.id], NOW + 3.5)
+    sched.tick(NOW + 4)
+    sched.tick(NOW + 4 + sched.settings.scheduler.cancel_grace)  # not stopped politely: killed
+    assert running.forced
+    backend.end(ref, AttemptState.LOST, None, "WorkerCrashedError: killed")  # what Ray says after a force cancel
+    sched.tick(NOW + 10)
+    assert store.job(target.job.id).state is JobState.CANCELLED
+    assert store.job(running.job.id).state in (JobState.PENDING, JobState.RUNNING)
+    assert "interrupted" in store.attempts(running.job.id)[0].error
+    store.close()
+
+
+def test_a_pack_whose_code_could_not_be_set_up_charges_its_first_job_only(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 7, extra="    retries: 0\n")
+    backend.end(ref, AttemptState.FAILED, None, "could not set up the job's code on the node: no such package")
+    sched.tick(NOW + 4)
+    first, *rest = members
+    assert store.job(first.job.id).state is JobState.FAILED
+    assert all(store.job(r.job.id).state in (JobState.PENDING, JobState.RUNNING) for r in rest)
+    store.close()
+
+
+def test_a_clean_stop_keeps_what_a_running_pack_already_finished(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 7)
+    done, running, *never = members
+    RunPaths(Path(done.attempt.run_dir)).create()
+    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3))
+    RunPaths(Path(running.attempt.run_dir)).create()
+    sched.release_all(NOW + 4, "scheduler stopped")
+    assert store.job(done.job.id).state is JobState.SUCCEEDED
+    for run in [running, *never]:
+        assert store.attempts(run.job.id)[0].state is AttemptState.LOST
+        assert store.job(run.job.id).state is JobState.PENDING
+    assert store.attempts(never[0].job.id)[0].dispatched_at == pytest.approx(NOW + 4, abs=1e-6)  # held nothing
+    store.close()
+
+
+def test_a_job_that_ended_on_its_own_during_the_wait_is_not_then_timed_out(tmp_path):
+    store, backend, sched = _scheduler(tmp_path, cpu=1)
+    _, (job_id,), _ = _submit_yaml(store, _spec(tmp_path, "t", 1, extra="    timeout: 60\n    retries: 0\n"))
+    sched.tick(NOW)
+    (run,) = sched.running.values()
+    backend.end(run.ref, AttemptState.FAILED, {**_result(NOW + 59), "outcome": "failed", "error": "boom"}, "boom")
+    sched.tick(NOW + 61)  # the end is seen only now, past the timeout
+    assert store.job(job_id).state is JobState.FAILED  # its own failure, not a timeout
+    store.close()

@@ -68,3 +68,18 @@ def test_worker_unpacks_upstream_artifacts_it_cannot_see(tmp_path):
     # Then the job reads the upstream artifact at its usual path
     assert result["outcome"] == "succeeded", result["error"]
     assert result["metrics"]["text"] == "from upstream"
+
+
+def test_a_run_dir_left_by_a_start_the_store_lost_is_moved_aside(tmp_path):
+    from workers.paths import RunPaths
+
+    paths = RunPaths(tmp_path / "runs" / "7" / "attempt-1")
+    paths.create()
+    paths.write_result({"outcome": "succeeded"})  # an earlier try whose start an OS crash took back
+    paths.create()
+    assert paths.read_result() is None and not any(paths.root.iterdir())
+    (stale,) = (tmp_path / "runs" / "7").glob("attempt-1.stale-*")
+    assert (stale / "result.json").exists()
+    paths.create()  # an empty one is simply used
+    assert list((tmp_path / "runs" / "7").glob("attempt-1*")) == [paths.root, stale] or len(
+        list((tmp_path / "runs" / "7").glob("attempt-1*"))) == 2
