@@ -153,7 +153,7 @@ class LabqRunner:
     """A scheduler thread on the in-process Ray; each run submits the same
     N-job sweep under a new experiment name (same code snapshot)."""
 
-    def __init__(self, temp: Path, n: int, timeout: float, pack_seconds: float = 0.25):
+    def __init__(self, temp: Path, n: int, timeout: float, pack_seconds: float = 0.5):
         from scheduler.store import Store
 
         self.n, self.timeout = n, timeout
@@ -486,7 +486,7 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
         notes.append(f"Ray Tune ran {data['tune_n']} trials, not {data['n']}: by default each trial is a new actor "
                      "(a new worker process), about 1 trial/s here, so N trials would take far too long. Jobs/s is a "
                      "rate, so the ratio still compares like with like.")
-    notes.append("labq packs jobs of a stage it has seen end in under half of scheduler.pack_seconds (0.25 s) "
+    notes.append("labq packs jobs of a stage it has seen end in under half of scheduler.pack_seconds (0.5 s) "
                  "several to a Ray task once three have ended (scheduler/packing.py); each job is still its own "
                  "attempt with its own run dir, logs and result. 'packing off' is the same scheduler with "
                  "pack_seconds: 0, one Ray task per job.")

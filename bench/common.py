@@ -328,7 +328,7 @@ def write_noop_spec(directory: Path, experiment: str, n: int, cpu: float = 0.1, 
     return spec
 
 
-def scheduler_in_thread(home: Path, poll_interval: float = 0.2, backend=None, pack_seconds: float = 0.25):
+def scheduler_in_thread(home: Path, poll_interval: float = 0.2, backend=None, pack_seconds: float = 0.5):
     """A real Scheduler (real store, real policy, real RayBackend on the Ray this
     process started) running labq's own loop.run in a thread, as the daemon runs it.
     Returns (scheduler, stop_event, thread, settings)."""

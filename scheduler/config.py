@@ -60,9 +60,9 @@ class SchedulerSettings(_Strict):
     # Fair share remembers past usage, halving its weight every this long
     # (a duration: 90s, 12h, 7d, or seconds).
     usage_half_life: Duration = 7 * 86400.0
-    # Jobs measured this short are packed several to one Ray task (at most this
+    # Jobs measured this short are packed several to one Ray task (about this
     # many seconds of work per pack; see scheduler/packing.py); 0 never packs.
-    pack_seconds: float = Field(0.25, ge=0, le=10)
+    pack_seconds: float = Field(0.5, ge=0, le=10)
 
 
 class QueueResources(_Strict):

@@ -8,8 +8,9 @@ Ray's guidance for tasks this small is to batch them; labq does it for the
 user, and only where it cannot cost them:
 
 * only jobs measured short: every job of an (experiment, stage) runs alone
-  until this scheduler has seen ``SAMPLES`` of them end, and a pack holds at
-  most ``budget`` seconds of work at the longest duration seen lately;
+  until this scheduler has seen ``SAMPLES`` of them end, none of the recent
+  ones may have taken more than half of ``budget``, and a pack holds about
+  ``budget`` seconds of work at their mean duration;
 * only jobs that would otherwise wait: the policy places one job per slot as
   always, and its followers are the jobs next in line in the same class (same
   queue, user, priority, shape and time limit) that found no slot this pass;
@@ -29,10 +30,11 @@ from typing import Callable, Hashable, Iterable, Sequence
 
 # Jobs of a stage seen to end before its jobs may be packed.
 SAMPLES = 3
-# Durations remembered per stage; the longest of them sizes a pack.
+# Durations remembered per stage: their mean sizes a pack, their longest says
+# whether the stage may be packed at all.
 RECENT = 20
 # At most this many jobs in one pack, however short they are.
-MAX_PACK = 32
+MAX_PACK = 64
 # A job's time limit must be at least this many packs long to be packed.
 TIMEOUT_FACTOR = 20
 # Below this a duration is timer noise: a pack of no-op jobs is sized as if each took it.
@@ -59,9 +61,10 @@ class ShortJobs:
         recent = self._recent.get(key)
         if self.budget <= 0 or recent is None or len(recent) < SAMPLES:
             return 1
-        if time_limit is not None and time_limit < TIMEOUT_FACTOR * self.budget:
+        if (time_limit is not None and time_limit < TIMEOUT_FACTOR * self.budget) or 2 * max(recent) > self.budget:
             return 1
-        return max(1, min(MAX_PACK, int(self.budget / max(max(recent), FLOOR_SECONDS))))
+        mean = sum(recent) / len(recent)
+        return max(1, min(MAX_PACK, int(self.budget / max(mean, FLOOR_SECONDS))))
 
     def any_packable(self) -> bool:
         """Whether any stage may be packed at all (else the loop asks nothing more)."""

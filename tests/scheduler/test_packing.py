@@ -30,15 +30,15 @@ def test_a_stage_runs_alone_until_enough_of_its_jobs_were_seen_to_end():
     assert short.pack_size("s") == 1
     short.observe("s", 0.01)
     assert short.any_packable()
-    assert short.pack_size("s") == 25  # 0.25 s of work at the longest seen, 0.01 s
+    assert short.pack_size("s") == 25  # 0.25 s of work at 0.01 s each
 
 
-def test_the_longest_recent_duration_sizes_the_pack_and_long_jobs_run_alone():
+def test_the_mean_recent_duration_sizes_the_pack_and_a_stage_with_a_long_job_runs_alone():
     short = packing.ShortJobs(budget=0.25)
     for seconds in (0.001, 0.001, 0.1):
         short.observe("s", seconds)
-    assert short.pack_size("s") == 2
-    short.observe("s", 0.2)  # one job alone is most of the budget
+    assert short.pack_size("s") == 7  # 0.25 s at the mean of 34 ms
+    short.observe("s", 0.2)  # one job alone took most of the budget: not packed while it is recent
     assert short.pack_size("s") == 1
     for _ in range(3):
         short.observe("noop", 0.0)
