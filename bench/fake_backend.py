@@ -50,6 +50,7 @@ class FakeBackend:
     _readings: dict[Handle, list[dict[str, Any]]] = field(default_factory=dict)
     _reads: int = 0
     packs: dict[Handle, int] = field(default_factory=dict)  # pack handle -> how many jobs it runs
+    cancels: list[tuple[Handle, bool]] = field(default_factory=list)  # (handle, force) per cancel asked
 
     def connect(self) -> None:
         pass
@@ -125,7 +126,7 @@ class FakeBackend:
         return [(state, None, error)] * count
 
     def cancel(self, ref: Handle, force: bool) -> None:
-        pass
+        self.cancels.append((ref, force))
 
     def read_gpus(self, node_ids: list[str]) -> dict[str, Handle]:
         """Telemetry readings, taken now from ``gpu_readings`` and done at once."""

@@ -134,9 +134,7 @@ class Scheduler:
                 outcome = AttemptState.from_worker_outcome(result.get("outcome"))
                 self.store.finish_attempt(attempt.id, outcome, now, result=result)
             else:
-                never_started = not Path(attempt.run_dir).exists()  # e.g. queued in a pack: held nothing
                 self.store.finish_attempt(attempt.id, AttemptState.LOST, now, free_retry=True,
-                                          slot_from=now if never_started else None,
                                           error="scheduler restarted; the attempt's Ray task ended with it")
             count += 1
         return count
@@ -144,9 +142,12 @@ class Scheduler:
     # ------------------------------------------------------------ one pass
 
     def tick(self, now: float) -> None:
-        # Ends first: a job that ended on its own during the idle wait is not then timed out.
-        self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
-        self._stop_requested(now)
+        # Ends first: a job that ended on its own during the idle wait is not then
+        # timed out; stops are still judged when recording them fails.
+        try:
+            self._collect(self.backend.wait(list(self._by_ref), timeout=0), now)
+        finally:
+            self._stop_requested(now)
         self._confirm_gpus()
         self._read_gpus(now)
         version = self.store.data_version()
@@ -296,6 +297,8 @@ class Scheduler:
         for run in self.running.values():
             if run.stop_reason is None:
                 if run.job.id in cancelled:
+                    if run.packed and RunPaths(Path(run.attempt.run_dir)).result.exists():
+                        continue  # it already finished inside its running pack: nothing to stop
                     self._ask_stop(run, AttemptState.CANCELLED, now)
                 elif run.job.timeout and now - (run.attempt.dispatched_at or now) > run.job.timeout:
                     self._ask_stop(run, AttemptState.TIMED_OUT, now)
@@ -305,7 +308,9 @@ class Scheduler:
                 members = [self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]
                 for member in members:
                     member.forced = True
-                    self._kill_command_group(member)
+                    paths = RunPaths(Path(member.attempt.run_dir))
+                    if paths.root.exists() and not paths.result.exists():  # the one running, not those done
+                        self._kill_command_group(member)
                 self.backend.cancel(run.ref, force=True)
 
     def _ask_stop(self, run: Running, reason: AttemptState, now: float, detail: str | None = None) -> None:
@@ -423,7 +428,8 @@ class Scheduler:
 
         Each follower's share is booked from its own start (``slot_from``), the
         end of the job before it, so usage counts a pack's time once."""
-        stopped = any(m.stop_reason is not None for m in members)
+        # Stopped for one of its jobs (a cancel, a preemption); a timeout stops them all alike.
+        stopped = any(m.stop_reason in (AttemptState.CANCELLED, AttemptState.PREEMPTED) for m in members)
         left: dict[int, tuple[dict | None, bool]] = {}
         if outcomes and outcomes[0][1] is None:
             for run in members:
@@ -451,6 +457,13 @@ class Scheduler:
                 elif run.stop_reason is None and stopped:
                     ends.append((run, AttemptState.LOST, None, "interrupted: its pack was stopped to end another "
                                  "job of it", {**extra, "not_charged": True}, False))
+                    continue
+                elif (run.stop_reason is AttemptState.TIMED_OUT and run.job.timeout
+                      and now - (slot_from or run.attempt.dispatched_at or now) <= run.job.timeout):
+                    # Its pack ran past the time limit, but this job itself has not: the jobs
+                    # before it took the time.  Requeued, not charged.
+                    ends.append((run, AttemptState.LOST, None, "interrupted: its pack ran past the time limit "
+                                 "before this job had", {**extra, "not_charged": True}, False))
                     continue
                 else:
                     apply_stop = True  # the job that was running: as a lone job would end
@@ -692,9 +705,7 @@ class Scheduler:
         task = {
             "job_id": job.id, "attempt": attempt.number, "experiment": job.experiment, "stage": job.stage,
             "params": job.params, "run_dir": attempt.run_dir, "target_kind": job.target_kind, "target": job.target,
-            "inputs": extra["inputs"],
-            "previous_run_dir": next((d for d in extra["previous_run_dirs"] if Path(d).exists()),
-                                     extra["previous_run_dir"]),
+            "inputs": extra["inputs"], "previous_run_dir": extra["previous_run_dir"],
             "resources": {"cpu": job.cpu, "gpu": share, "memory": job.memory, "custom": job.custom,
                           "gpu_memory": job.gpu_memory},
             "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
@@ -738,8 +749,10 @@ class Scheduler:
                                            node_id=placement.node_id, package=package)
         except Exception as exc:
             log.exception("launching a pack of %d jobs (job %s first) failed", len(attempts), lead.id)
+            # As if the first had been launched alone; the rest never started: not charged.
             self.store.finish_attempts([{"attempt_id": a.id, "outcome": AttemptState.LOST,
-                                         "error": f"could not launch on Ray: {exc}"} for a in attempts], now)
+                                         "error": f"could not launch on Ray: {exc}", "not_charged": i > 0,
+                                         "slot_from": now} for i, a in enumerate(attempts)], now)
             self._dirty = True
             return
         for i, attempt in enumerate(attempts):
@@ -776,9 +789,12 @@ class Scheduler:
                 self.store.finish_attempt(run.attempt.id, AttemptState.from_worker_outcome(saved.get("outcome")), now,
                                           result=saved)
                 continue
+            if run.packed and not run.holds and not paths.root.exists():  # queued in a pack, never started
+                self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=f"not started: {why}",
+                                          not_charged=True, slot_from=now)
+                continue
             self._kill_command_group(run)
-            self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=why, free_retry=True,
-                                      slot_from=None if paths.root.exists() else now)
+            self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=why, free_retry=True)
         self.running.clear()
         self._by_ref.clear()
 

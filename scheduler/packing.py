@@ -63,12 +63,15 @@ class ShortJobs:
             return 1
         if (time_limit is not None and time_limit < TIMEOUT_FACTOR * self.budget) or 2 * max(recent) > self.budget:
             return 1
+        # About budget of work at the mean, and at most twice that at the longest
+        # seen lately: a pack stays well inside TIMEOUT_FACTOR packs.
         mean = sum(recent) / len(recent)
-        return max(1, min(MAX_PACK, int(self.budget / max(mean, FLOOR_SECONDS))))
+        longest = max(max(recent), FLOOR_SECONDS)
+        return max(1, min(MAX_PACK, int(self.budget / max(mean, FLOOR_SECONDS)), int(2 * self.budget / longest)))
 
     def any_packable(self) -> bool:
         """Whether any stage may be packed at all (else the loop asks nothing more)."""
-        return self.budget > 0 and any(len(r) >= SAMPLES for r in self._recent.values())
+        return self.budget > 0 and any(self.pack_size(key) > 1 for key in self._recent)
 
 
 def pick_followers(leaders: Iterable[tuple[int, int]], peers_of: Callable[[int], Sequence[tuple] | None],

@@ -353,7 +353,8 @@ class Store:
 
     def finish_attempt(self, attempt_id: int, outcome: AttemptState, now: float, *,
                        result: dict[str, Any] | None = None, error: str | None = None,
-                       free_retry: bool = False, slot_from: float | None = None) -> JobState:
+                       free_retry: bool = False, slot_from: float | None = None,
+                       not_charged: bool = False) -> JobState:
         """Record how an attempt ended and move its job on: success unblocks
         dependents; failure or loss retries while retries remain; a final failure
         marks every job downstream as upstream_failed.  Idempotent per attempt:
@@ -363,7 +364,7 @@ class Store:
         ``MAX_FREE_RETRIES`` times, so a job that keeps killing its node ends."""
         with self._tx() as cur:
             return self._finish(cur, attempt_id=attempt_id, outcome=outcome, now=now, result=result, error=error,
-                                free_retry=free_retry, slot_from=slot_from)
+                                free_retry=free_retry, slot_from=slot_from, not_charged=not_charged)
 
     def _finish(self, cur: sqlite3.Cursor, *, attempt_id: int, outcome: AttemptState, now: float,
                 result: dict[str, Any] | None = None, error: str | None = None, free_retry: bool = False,
@@ -630,14 +631,15 @@ class Store:
                 " LEFT JOIN results r ON r.attempt_id = a.id WHERE d.job_id = ? ORDER BY j.id", (job_id,)):
             inputs.append({"job_id": up["id"], "stage": up["stage"], "params": json.loads(up["params"]),
                            "run_dir": up["run_dir"], "metrics": json.loads(up["metrics"] or "{}")})
-        # Earlier attempts' run dirs, latest first: where a checkpoint to resume
-        # from would be (the loop takes the latest that exists: an attempt
-        # requeued from a pack before it started has none).
-        previous = [r[0] for r in self._conn.execute(
-            "SELECT run_dir FROM attempts WHERE job_id = ? AND number < ? ORDER BY number DESC LIMIT 4",
-            (job_id, row["attempts"]))]
+        # The latest earlier attempt that started: where a checkpoint to resume
+        # from would be.  One requeued from a pack before it started has no run
+        # dir; it is recorded as having held nothing (dispatched when it ended).
+        previous = self._conn.execute(
+            "SELECT run_dir FROM attempts WHERE job_id = ? AND number < ? AND NOT (started_at IS NULL"
+            " AND dispatched_at = ended_at AND state IN ('lost', 'preempted')) ORDER BY number DESC LIMIT 1",
+            (job_id, row["attempts"])).fetchone()
         return {"package": row["package"], "spec_path": row["spec_path"], "inputs": inputs,
-                "previous_run_dir": previous[0] if previous else None, "previous_run_dirs": previous}
+                "previous_run_dir": previous[0] if previous else None}
 
     # ------------------------------------------------------------ reads for the CLI
 

@@ -119,7 +119,7 @@ class RunPaths:
         except FileExistsError:
             if not any(self.root.iterdir()):
                 return
-            self.root.rename(self.root.with_name(f"{self.root.name}.stale-{time.time():.0f}"))
+            self.root.rename(self.root.with_name(f"{self.root.name}.stale-{time.time():.0f}-{os.getpid()}"))
             self.root.mkdir()
 
     def list_artifacts(self) -> list[str]:

@@ -330,7 +330,7 @@ def test_short_jobs_are_packed_and_each_keeps_its_own_logs_artifacts_and_result(
         del ray_backend.launch, ray_backend.launch_pack
     packs = [ids for ids in launches if len(ids) > 1]
     # Then once the first jobs were seen to be short, the rest ran several to a Ray task
-    assert packs and max(len(p) for p in packs) > 1
+    assert packs, "no Ray task ran more than one job"
     # And every job succeeded with its own stdout, artifact and metrics
     assert [j.state for j in jobs] == [JobState.SUCCEEDED] * 60
     finals = store.final_results(sub.experiment_id)
@@ -343,8 +343,12 @@ def test_short_jobs_are_packed_and_each_keeps_its_own_logs_artifacts_and_result(
     # And the job that killed its worker was retried alone; the pack's other jobs were not charged
     dead = next(j for j in jobs if j.params["seed"] == 40)
     assert [a.state for a in store.attempts(dead.id)] == [AttemptState.LOST, AttemptState.SUCCEEDED]
-    charged = [j for j in jobs if j.id != dead.id and any(a.state is AttemptState.FAILED for a in store.attempts(j.id))]
-    assert not charged
+    for job in jobs:  # every other job was charged at most the one attempt that ran it
+        row = store._conn.execute("SELECT attempts, free_retries, node_requeues FROM jobs WHERE id = ?",
+                                  (job.id,)).fetchone()
+        assert row["node_requeues"] == 0
+        if job.id != dead.id:
+            assert row["attempts"] - row["free_retries"] == 1, (job.id, tuple(row))
     first = next(ids for ids in launches if dead.id in ids)  # its first attempt's task
     for j in first[first.index(dead.id) + 1:]:  # in a pack, what came after it was requeued unstarted
         assert store.attempts(j)[0].state is AttemptState.LOST and "not started" in store.attempts(j)[0].error

@@ -37,7 +37,7 @@ def test_the_mean_recent_duration_sizes_the_pack_and_a_stage_with_a_long_job_run
     short = packing.ShortJobs(budget=0.25)
     for seconds in (0.001, 0.001, 0.1):
         short.observe("s", seconds)
-    assert short.pack_size("s") == 7  # 0.25 s at the mean of 34 ms
+    assert short.pack_size("s") == 5  # 0.25 s at the mean of 34 ms is 7; twice it at the longest, 100 ms, is 5
     short.observe("s", 0.2)  # one job alone took most of the budget: not packed while it is recent
     assert short.pack_size("s") == 1
     for _ in range(3):
@@ -267,6 +267,7 @@ def test_a_pack_killed_by_force_for_another_jobs_cancel_does_not_charge_the_job_
     sched.tick(NOW + 4)
     sched.tick(NOW + 4 + sched.settings.scheduler.cancel_grace)  # not stopped politely: killed
     assert running.forced
+    assert backend.cancels == [(ref, False), (ref, True)]  # the pack's task once politely, once by force
     backend.end(ref, AttemptState.LOST, None, "WorkerCrashedError: killed")  # what Ray says after a force cancel
     sched.tick(NOW + 10)
     assert store.job(target.job.id).state is JobState.CANCELLED
@@ -308,4 +309,66 @@ def test_a_job_that_ended_on_its_own_during_the_wait_is_not_then_timed_out(tmp_p
     backend.end(run.ref, AttemptState.FAILED, {**_result(NOW + 59), "outcome": "failed", "error": "boom"}, "boom")
     sched.tick(NOW + 61)  # the end is seen only now, past the timeout
     assert store.job(job_id).state is JobState.FAILED  # its own failure, not a timeout
+    store.close()
+
+
+def test_a_pack_timed_out_before_any_job_started_times_out_its_first_job_only(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 8, extra="    timeout: 100\n")
+    sched.tick(NOW + 104)  # no job of it has started (its node is slow to set up its code, say)
+    backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
+    sched.tick(NOW + 105)
+    first, *rest = members
+    assert store.job(first.job.id).state is JobState.TIMED_OUT  # as a lone job would: no endless requeue
+    for run in rest:
+        assert store.job(run.job.id).state in (JobState.PENDING, JobState.RUNNING)
+        assert tuple(_jobs_row(store, run.job.id)) == (1, 0)
+    store.close()
+
+
+def test_a_job_running_when_its_pack_times_out_is_requeued_if_it_has_not_run_that_long_itself(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 6, extra="    timeout: 100\n    retries: 0\n")
+    done, running, *never = members
+    RunPaths(Path(done.attempt.run_dir)).create()
+    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3, seconds=90))  # the first took 90 s
+    RunPaths(Path(running.attempt.run_dir)).create()
+    sched.tick(NOW + 104)
+    backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
+    sched.tick(NOW + 105)
+    assert store.job(done.job.id).state is JobState.SUCCEEDED
+    attempt = store.attempts(running.job.id)[0]
+    assert attempt.state is AttemptState.LOST and "before this job had" in attempt.error  # 12 s of its own
+    assert store.job(running.job.id).state in (JobState.PENDING, JobState.RUNNING)
+    store.close()
+
+
+def test_cancelling_a_packed_job_that_already_finished_leaves_its_pack_running(tmp_path):
+    store, backend, sched, ref, members = _packed(tmp_path, 7)
+    done, running, *rest = members
+    RunPaths(Path(done.attempt.run_dir)).create()
+    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3))
+    store.cancel([done.job.id], NOW + 3.5)
+    sched.tick(NOW + 4)
+    assert not backend.cancels and all(r.stop_reason is None for r in members)
+    backend.end(ref, AttemptState.SUCCEEDED, [_result(NOW + 3 + 0.01 * i) for i in range(len(members))])
+    sched.tick(NOW + 5)
+    assert store.job(done.job.id).state is JobState.SUCCEEDED  # it ended before the cancel could matter
+    store.close()
+
+
+def test_a_pack_ray_would_not_take_charges_its_first_job_only(tmp_path):
+    class Refusing(FakeBackend):
+        def launch_pack(self, tasks, **kwargs):
+            raise RuntimeError("runtime env rejected")
+
+    store = Store(tmp_path / "home")
+    backend = Refusing(make_nodes(1, cpu=1, gpu=0))
+    sched = Scheduler(store, backend, Settings(home=str(tmp_path / "home")))
+    _submit_yaml(store, _spec(tmp_path, "s", 8, extra="    retries: 0\n"))
+    for t in range(3):
+        sched.tick(NOW + t)
+        (run,) = sched.running.values()
+        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    sched.tick(NOW + 3)  # the pack of the other five is refused
+    states = sorted(store.job(j.id).state.value for j in store.jobs_of_experiment(1)[3:])
+    assert states.count("failed") == 1 and states.count("pending") + states.count("running") == 4
     store.close()
