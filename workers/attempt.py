@@ -476,6 +476,17 @@ def _tree(root: int, since_pid: int | None, pgid: int | None = None) -> set[int]
     return found
 
 
+def _has_children() -> bool:
+    """Whether this process has any child process, alive or not yet reaped (one
+    syscall; ns_last_pid moves with every thread any process starts, so it alone
+    would send most short jobs to scan /proc)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+
+
 def _tree_psutil(root: int) -> set[int]:
     """The portable (slow) way, where there is no /proc."""
     try:
@@ -642,7 +653,9 @@ class _RssSampler:
         self.cpu_time = (self_end.ru_utime - self_start.ru_utime + self_end.ru_stime - self_start.ru_stime
                          + children_end.ru_utime - children_start.ru_utime
                          + children_end.ru_stime - children_start.ru_stime)
-        children = max(self._tree_peak, sum(_rss(p) for p in _tree(os.getpid(), self._since_pid)) if _HAVE_PROC else 0)
+        children = self._tree_peak
+        if _HAVE_PROC and _has_children():  # most jobs start none: no /proc scan then
+            children = max(children, sum(_rss(p) for p in _tree(os.getpid(), self._since_pid)))
         if children_end.ru_maxrss > children_start.ru_maxrss:
             children = max(children, children_end.ru_maxrss * 1024)
         own = _peak_rss_self() if self._hwm else None

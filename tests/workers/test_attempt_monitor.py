@@ -65,6 +65,16 @@ def plain_failure(ctx):
 
 def torch_cap(ctx):
     return {"cap": ctx.cap_torch_gpu_memory()}
+
+
+def leave_a_child(ctx):
+    import subprocess
+    import sys
+    code = "import time; b = bytearray(120 * 2**20); b[::4096] = bytes(len(b[::4096])); print(1, flush=True); time.sleep(3)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    child.stdout.readline()  # its memory is touched
+    ctx.params["child"] = child  # still running when the job returns
+    return {}
 '''
 
 
@@ -106,6 +116,20 @@ def test_python_job_peak_rss_without_any_thread(tmp_path, code):
     assert "labq-rss" not in result["metrics"]["threads"]  # no memory request, no GPU: nothing sampled
     assert result["peak_rss"] - result["rss_baseline"] >= 110 * MiB
     assert result["cpu_time"] > 0 and result["gpu_usage"] is None and result["oom_cause"] is None
+
+
+def test_python_job_peak_rss_counts_a_child_still_running_at_its_end(tmp_path, code):
+    path, mod = code
+    params: dict = {"x": 1}  # the job hands its child back through its params
+    assert not attempt._has_children()
+    result = attempt.run_attempt(make_task(tmp_path, path, "callable", f"{mod}:leave_a_child", params=params))
+    assert result["outcome"] == "succeeded"
+    assert result["peak_rss"] - result["rss_baseline"] >= 110 * MiB  # read from the live child at the end
+    child = params["child"]
+    assert attempt._has_children()
+    child.kill()
+    child.wait()
+    assert not attempt._has_children()
 
 
 def test_python_job_with_a_memory_request_is_sampled(tmp_path, code):
