@@ -126,6 +126,36 @@ def run_labq(spec: Path, settings, store, name: str, n: int, timeout: float, tre
             "experiment_id": sub.experiment_id, **_usage(c0, c1), **acct}
 
 
+# Runs after the first until one starts no Ray worker process: Ray brings its
+# pool up over the first runs (it starts at most a couple of workers at a time
+# and reaps idle ones after a second), and a run that starts workers is not warm.
+MAX_WARMUP_RUNS = 3
+
+
+def _kind(runs: list[dict], r: dict) -> str:
+    """cold (the first run), warm-up (a later run that still started workers,
+    before any warm one), or warm."""
+    if not runs:
+        return "cold"
+    if r.get("workers_started", 0) and not any(x["kind"] == "warm" for x in runs):
+        return "warm-up"
+    return "warm"
+
+
+def run_warm(runner, reps: int) -> None:
+    """A cold run, warm-up runs until one starts no workers (at most
+    MAX_WARMUP_RUNS), then runs until ``reps`` are warm."""
+    runner.run()
+    while sum(r["kind"] == "warm" for r in runner.runs) < reps:
+        if sum(r["kind"] == "warm-up" for r in runner.runs) >= MAX_WARMUP_RUNS:
+            runner.runs[-1]["kind"] = "warm"  # never settled: count what there is
+        runner.run()
+
+
+def warm(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r["kind"] == "warm"]
+
+
 def add_phases(store, r: dict) -> None:
     jobs = store.jobs_of_experiment(r["experiment_id"])
     finals = store.final_results(r["experiment_id"])
@@ -170,7 +200,7 @@ class LabqRunner:
     def run(self) -> dict:
         rep = len(self.runs)
         r = run_labq(self.spec, self.settings, self.store, f"tp-{rep}", self.n, self.timeout, self.tree)
-        r["kind"] = "cold" if rep == 0 else "warm"
+        r["kind"] = _kind(self.runs, r)
         self.runs.append(r)
         print(f"  {self.label} run {rep + 1} ({r['kind']}): {r['jobs_per_s']:.1f} jobs/s, submit {r['submit_s']:.2f}s, "
               f"driver CPU {r['driver_cpu_pct']:.0f}%, {r['workers_started']} workers started, "
@@ -217,10 +247,11 @@ class RawRunner:
         refs = [self.task.remote(i) for i in range(n)]
         ray.get(refs, timeout=600)
         wall = time.time() - t0
-        r = {"n": n, "wall_s": wall, "jobs_per_s": n / wall, "kind": "cold" if not self.runs else "warm",
+        r = {"n": n, "wall_s": wall, "jobs_per_s": n / wall,
              **_usage(c0, _cpu_now()), **TreeCpu.delta(s0, self.tree.snapshot(), n)}
+        r["kind"] = _kind(self.runs, r)
         self.runs.append(r)
-        print(f"  raw Ray run {len(self.runs)}: {n / wall:.1f} tasks/s, {r['workers_started']} workers started, "
+        print(f"  raw Ray run {len(self.runs)} ({r['kind']}): {n / wall:.1f} tasks/s, {r['workers_started']} workers started, "
               f"CPU/task {r['cpu_ms_per_job_total']:.1f} ms (driver {r.get('cpu_ms_per_job_driver', 0):.1f}, "
               f"workers {r.get('cpu_ms_per_job_workers', 0):.1f})", flush=True)
         return r
@@ -366,25 +397,23 @@ def main(argv: list[str] | None = None) -> dict:
         # Back to back: Ray keeps idle workers above its soft limit (num_cpus) for
         # about a second only, so interleaving labq and raw runs (different runtime
         # envs) would make every run cold.
-        print(f"labq: {n} no-op jobs, a cold run then {reps} warm runs back to back", flush=True)
+        print(f"labq: {n} no-op jobs, a cold run, warm-up runs until one starts no Ray worker, then {reps} warm "
+              "runs, back to back", flush=True)
         labq = LabqRunner(temp, n, timeout)
         try:
-            for _ in range(1 + reps):
-                labq.run()
+            run_warm(labq, reps)
         finally:
             labq.close()
-        print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, {1 + reps} runs", flush=True)
+        print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, the same way", flush=True)
         unpacked = LabqRunner(temp, n, timeout, pack_seconds=0)
         try:
-            for _ in range(1 + reps):
-                unpacked.run()
+            run_warm(unpacked, reps)
         finally:
             unpacked.close()
         data["labq_unpacked"] = unpacked.runs
-        print(f"raw Ray: {n} no-op tasks, a first run then {reps} more back to back", flush=True)
+        print(f"raw Ray: {n} no-op tasks, the same way", flush=True)
         raw = RawRunner(n, temp)
-        for _ in range(1 + reps):
-            raw.run()
+        run_warm(raw, reps)
         data["labq"], data["raw"] = labq.runs, raw.runs
         if "tune" not in args.skip:
             try:
@@ -424,22 +453,25 @@ def _row(label: str, runs: list[dict], n: int, many: bool) -> list:
 def render(data: dict, quick: bool) -> tuple[str, dict]:
     med = common.median
     labq, raw = data["labq"], data["raw"]
-    labq_cold, labq_warm = labq[0]["jobs_per_s"], med(r["jobs_per_s"] for r in labq[1:])
-    raw_cold, raw_warm = raw[0]["jobs_per_s"], med(r["jobs_per_s"] for r in raw[1:])
-    k = len(labq) - 1
-    rows = [_row("labq, cold (run 1)", labq[:1], data["n"], False),
-            _row(f"labq, warm (median of runs 2-{k + 1})", labq[1:], data["n"], True),
-            *([_row(f"labq, packing off (median of runs 2-{k + 1})", data["labq_unpacked"][1:], data["n"], True)]
-              if data.get("labq_unpacked") else []),
+    labq_cold, labq_warm = labq[0]["jobs_per_s"], med(r["jobs_per_s"] for r in warm(labq))
+    raw_cold, raw_warm = raw[0]["jobs_per_s"], med(r["jobs_per_s"] for r in warm(raw))
+    def ups(label: str, runs: list[dict]) -> list[list]:
+        mid = [r for r in runs if r["kind"] == "warm-up"]
+        return [_row(f"{label}, warm-up runs (started workers)", mid, data["n"], True)] if mid else []
+
+    rows = [_row("labq, cold (run 1)", labq[:1], data["n"], False), *ups("labq", labq),
+            _row(f"labq, warm (median of {len(warm(labq))})", warm(labq), data["n"], True),
+            *([_row(f"labq, packing off, warm (median of {len(warm(data['labq_unpacked']))})",
+                    warm(data["labq_unpacked"]), data["n"], True)] if data.get("labq_unpacked") else []),
             _row("raw Ray tasks, run 1", raw[:1], data["n"], False),
-            _row(f"raw Ray tasks, warm (median of runs 2-{len(raw)})", raw[1:], data["n"], True)]
+            *ups("raw Ray tasks", raw), _row(f"raw Ray tasks, warm (median of {len(warm(raw))})", warm(raw), data["n"], True)]
     summary = {"labq_cold_jobs_per_s": labq_cold, "labq_warm_jobs_per_s": labq_warm, "raw_jobs_per_s": raw_warm,
                "labq_over_raw": labq_warm / raw_warm, "labq_cold_over_raw_cold": labq_cold / raw_cold}
     ratio_rows = [["labq / raw Ray tasks, warm", labq_warm / raw_warm],
                   ["labq / raw Ray tasks, cold (run 1 of each)", labq_cold / raw_cold],
                   ["labq warm / labq cold", labq_warm / labq_cold]]
     if data.get("labq_unpacked"):
-        unpacked_warm = med(r["jobs_per_s"] for r in data["labq_unpacked"][1:])
+        unpacked_warm = med(r["jobs_per_s"] for r in warm(data["labq_unpacked"]))
         ratio_rows.insert(1, ["labq with packing off / raw Ray tasks, warm", unpacked_warm / raw_warm])
         summary["labq_unpacked_over_raw"] = unpacked_warm / raw_warm
     notes = []
@@ -474,7 +506,7 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
     elif "jobs_error" in data:
         notes.append(f"Ray Jobs could not be measured: {data['jobs_error']}")
     phase_rows = []
-    for label, runs in (("cold (run 1)", labq[:1]), ("warm (median)", labq[1:])):
+    for label, runs in (("cold (run 1)", labq[:1]), ("warm (median)", warm(labq))):
         pick = lambda key: med(r[key] for r in runs)  # noqa: E731
         phase_rows.append([label, pick("dispatch_to_start_ms"), pick("start_to_end_ms"), pick("end_to_recorded_ms"),
                            pick("slot_ms"), pick("mean_in_flight"), pick("submit_s"), pick("first_start_s")])
@@ -486,6 +518,10 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
         notes.append(f"Ray Tune ran {data['tune_n']} trials, not {data['n']}: by default each trial is a new actor "
                      "(a new worker process), about 1 trial/s here, so N trials would take far too long. Jobs/s is a "
                      "rate, so the ratio still compares like with like.")
+    notes.append("warm: a run that started no Ray worker process. After the cold run, runs that still started "
+                 f"workers are warm-up runs (at most {MAX_WARMUP_RUNS}), listed but not in the medians: Ray starts "
+                 "at most a couple of workers at a time and reaps idle ones after about a second, so the pool can "
+                 "take a few runs to settle, and a run that starts workers spends most of its CPU on that.")
     notes.append("labq packs jobs of a stage it has seen end in under half of scheduler.pack_seconds (0.5 s) "
                  "several to a Ray task once three have ended (scheduler/packing.py); each job is still its own "
                  "attempt with its own run dir, logs and result. 'packing off' is the same scheduler with "
