@@ -89,6 +89,14 @@ def _result(start: float, seconds: float = 0.001) -> dict:
             "ended_at": start + seconds}
 
 
+def _started(run, result: dict | None = None) -> None:
+    """What the worker leaves for a packed job: its run dir, and result.json once it ended."""
+    paths = RunPaths(Path(run.attempt.run_dir))
+    paths.create()
+    if result is not None:
+        paths.write_result(result)
+
+
 def _scheduler(tmp_path: Path, cpu: float = 2, pack_seconds: float = 0.25):
     store = Store(tmp_path / "home")
     backend = FakeBackend(make_nodes(1, cpu=cpu, gpu=2))
@@ -159,9 +167,8 @@ def test_a_pack_killed_mid_way_keeps_what_finished_charges_the_job_running_and_r
     assert len(members) == 5  # the rest of the backlog, in submission order
     assert [r.job.id for r in members] == sorted(r.job.id for r in members)
     done, running, *never = members
-    RunPaths(Path(done.attempt.run_dir)).create()
-    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3))
-    RunPaths(Path(running.attempt.run_dir)).create()  # started, no result: the one the worker died in
+    _started(done, _result(NOW + 3))
+    _started(running)  # started, no result: the one the worker died in
     backend.end(ref, AttemptState.LOST, None, "WorkerCrashedError: the worker died")
     sched.tick(NOW + 4)
     assert store.job(done.job.id).state is JobState.SUCCEEDED
@@ -184,7 +191,7 @@ def test_cancelling_one_packed_job_stops_its_pack_and_requeues_the_others(tmp_pa
     sched.tick(NOW + 3)
     ((ref, members),) = _packs(sched).items()
     running, target, *rest = members
-    RunPaths(Path(running.attempt.run_dir)).create()
+    _started(running)
     store.cancel([target.job.id], NOW + 3.5)
     sched.tick(NOW + 4)  # asks the pack to stop
     assert target.stop_reason is AttemptState.CANCELLED and running.stop_reason is None
@@ -242,9 +249,8 @@ def test_a_pack_past_its_timeout_times_out_only_the_job_running_and_keeps_or_req
     store, backend, sched, ref, members = _packed(tmp_path, 8, extra="    timeout: 100\n    retries: 0\n")
     done, failed, running, *never = members
     for run, outcome in ((done, "succeeded"), (failed, "failed")):
-        RunPaths(Path(run.attempt.run_dir)).create()
-        RunPaths(Path(run.attempt.run_dir)).write_result({**_result(NOW + 3), "outcome": outcome, "error": "boom"})
-    RunPaths(Path(running.attempt.run_dir)).create()
+        _started(run, {**_result(NOW + 3), "outcome": outcome, "error": "boom"})
+    _started(running)
     sched.tick(NOW + 104)  # every member's clock says 101 s: the pack is stopped once
     assert all(r.stop_reason is AttemptState.TIMED_OUT for r in members)
     backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
@@ -262,7 +268,7 @@ def test_a_pack_past_its_timeout_times_out_only_the_job_running_and_keeps_or_req
 def test_a_pack_killed_by_force_for_another_jobs_cancel_does_not_charge_the_job_running(tmp_path):
     store, backend, sched, ref, members = _packed(tmp_path, 7, extra="    retries: 0\n")
     running, target, *rest = members
-    RunPaths(Path(running.attempt.run_dir)).create()
+    _started(running)
     store.cancel([target.job.id], NOW + 3.5)
     sched.tick(NOW + 4)
     sched.tick(NOW + 4 + sched.settings.scheduler.cancel_grace)  # not stopped politely: killed
@@ -289,9 +295,8 @@ def test_a_pack_whose_code_could_not_be_set_up_charges_its_first_job_only(tmp_pa
 def test_a_clean_stop_keeps_what_a_running_pack_already_finished(tmp_path):
     store, backend, sched, ref, members = _packed(tmp_path, 7)
     done, running, *never = members
-    RunPaths(Path(done.attempt.run_dir)).create()
-    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3))
-    RunPaths(Path(running.attempt.run_dir)).create()
+    _started(done, _result(NOW + 3))
+    _started(running)
     sched.release_all(NOW + 4, "scheduler stopped")
     assert store.job(done.job.id).state is JobState.SUCCEEDED
     for run in [running, *never]:
@@ -328,9 +333,8 @@ def test_a_pack_timed_out_before_any_job_started_times_out_its_first_job_only(tm
 def test_a_job_running_when_its_pack_times_out_is_requeued_if_it_has_not_run_that_long_itself(tmp_path):
     store, backend, sched, ref, members = _packed(tmp_path, 6, extra="    timeout: 100\n    retries: 0\n")
     done, running, *never = members
-    RunPaths(Path(done.attempt.run_dir)).create()
-    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3, seconds=90))  # the first took 90 s
-    RunPaths(Path(running.attempt.run_dir)).create()
+    _started(done, _result(NOW + 3, seconds=90))  # the first took 90 s
+    _started(running)
     sched.tick(NOW + 104)
     backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
     sched.tick(NOW + 105)
@@ -344,8 +348,7 @@ def test_a_job_running_when_its_pack_times_out_is_requeued_if_it_has_not_run_tha
 def test_cancelling_a_packed_job_that_already_finished_leaves_its_pack_running(tmp_path):
     store, backend, sched, ref, members = _packed(tmp_path, 7)
     done, running, *rest = members
-    RunPaths(Path(done.attempt.run_dir)).create()
-    RunPaths(Path(done.attempt.run_dir)).write_result(_result(NOW + 3))
+    _started(done, _result(NOW + 3))
     store.cancel([done.job.id], NOW + 3.5)
     sched.tick(NOW + 4)
     assert not backend.cancels and all(r.stop_reason is None for r in members)
