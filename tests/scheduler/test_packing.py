@@ -104,6 +104,20 @@ def _scheduler(tmp_path: Path, cpu: float = 2, pack_seconds: float = 0.25):
     return store, backend, Scheduler(store, backend, settings)
 
 
+def _packed(tmp_path, n: int, extra: str = "", cpu: float = 1):
+    """A scheduler whose one slot runs a pack of the last ``n - 3`` of ``n`` jobs
+    (the first three ran alone and were seen to end short)."""
+    store, backend, sched = _scheduler(tmp_path, cpu=cpu)
+    _submit_yaml(store, _spec(tmp_path, "s", n, extra=extra))
+    for t in range(3):
+        sched.tick(NOW + t)
+        (run,) = sched.running.values()
+        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+    sched.tick(NOW + 3)
+    ((ref, members),) = _packs(sched).items()
+    return store, backend, sched, ref, members
+
+
 def _learn(store, backend, sched, tmp_path, name="warm", n=3) -> None:
     """Run ``n`` jobs of ``name``/train alone and end them as short."""
     _submit_yaml(store, _spec(tmp_path, name, n))
@@ -156,14 +170,7 @@ def test_a_backlog_of_short_jobs_is_packed_one_share_per_pack_and_each_job_recor
 
 
 def test_a_pack_killed_mid_way_keeps_what_finished_charges_the_job_running_and_requeues_the_rest(tmp_path):
-    store, backend, sched = _scheduler(tmp_path, cpu=1)
-    exp_id, ids, _ = _submit_yaml(store, _spec(tmp_path, "s", 8, extra="    retries: 0\n"))
-    for t in range(3):  # three run alone, one at a time, and end short
-        sched.tick(NOW + t)
-        (run,) = sched.running.values()
-        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
-    sched.tick(NOW + 3)
-    ((ref, members),) = _packs(sched).items()
+    store, backend, sched, ref, members = _packed(tmp_path, 8, extra="    retries: 0\n")
     assert len(members) == 5  # the rest of the backlog, in submission order
     assert [r.job.id for r in members] == sorted(r.job.id for r in members)
     done, running, *never = members
@@ -182,14 +189,7 @@ def test_a_pack_killed_mid_way_keeps_what_finished_charges_the_job_running_and_r
 
 
 def test_cancelling_one_packed_job_stops_its_pack_and_requeues_the_others(tmp_path):
-    store, backend, sched = _scheduler(tmp_path, cpu=1)
-    exp_id, ids, _ = _submit_yaml(store, _spec(tmp_path, "s", 7))
-    for t in range(3):
-        sched.tick(NOW + t)
-        (run,) = sched.running.values()
-        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
-    sched.tick(NOW + 3)
-    ((ref, members),) = _packs(sched).items()
+    store, backend, sched, ref, members = _packed(tmp_path, 7)
     running, target, *rest = members
     _started(running)
     store.cancel([target.job.id], NOW + 3.5)
@@ -225,20 +225,6 @@ def test_gpu_jobs_and_a_zero_budget_are_never_packed(tmp_path):
             off_backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
     assert not off_backend.packs and len(off_backend.launched) == 6
     off_store.close()
-
-
-def _packed(tmp_path, n: int, extra: str = "", cpu: float = 1):
-    """A scheduler whose one slot runs a pack of the last ``n - 3`` of ``n`` jobs
-    (the first three ran alone and were seen to end short)."""
-    store, backend, sched = _scheduler(tmp_path, cpu=cpu)
-    _submit_yaml(store, _spec(tmp_path, "s", n, extra=extra))
-    for t in range(3):
-        sched.tick(NOW + t)
-        (run,) = sched.running.values()
-        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
-    sched.tick(NOW + 3)
-    ((ref, members),) = _packs(sched).items()
-    return store, backend, sched, ref, members
 
 
 def _jobs_row(store, job_id: int):
