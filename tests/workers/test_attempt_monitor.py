@@ -5,6 +5,7 @@ commands, CUDA OOM recognition, and the torch memory cap."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 import time
@@ -121,15 +122,21 @@ def test_python_job_peak_rss_without_any_thread(tmp_path, code):
 def test_python_job_peak_rss_counts_a_child_still_running_at_its_end(tmp_path, code):
     path, mod = code
     params: dict = {"x": 1}  # the job hands its child back through its params
-    assert not attempt._has_children()
     result = attempt.run_attempt(make_task(tmp_path, path, "callable", f"{mod}:leave_a_child", params=params))
+    params["child"].kill()
+    params["child"].wait()
     assert result["outcome"] == "succeeded"
     assert result["peak_rss"] - result["rss_baseline"] >= 110 * MiB  # read from the live child at the end
-    child = params["child"]
-    assert attempt._has_children()
-    child.kill()
-    child.wait()
-    assert not attempt._has_children()
+
+
+def test_has_children_sees_a_live_child_and_nothing_once_it_is_reaped():
+    # In a fresh process: this one may have Ray's processes as children.
+    code = ("import subprocess; from workers.attempt import _has_children as has; before = has(); "
+            "child = subprocess.Popen(['sleep', '30']); during = has(); child.kill(); child.wait(); "
+            "print(before, during, has())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2]).stdout.split()
+    assert out == ["False", "True", "False"]
 
 
 def test_python_job_with_a_memory_request_is_sampled(tmp_path, code):
