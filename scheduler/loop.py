@@ -129,15 +129,19 @@ class Scheduler:
         for attempt, job in self.store.running_attempts():
             if attempt.id in self.running:
                 continue
-            result = RunPaths(Path(attempt.run_dir)).read_result()
-            if result is not None:
-                outcome = AttemptState.from_worker_outcome(result.get("outcome"))
-                self.store.finish_attempt(attempt.id, outcome, now, result=result)
-            else:
+            if not self._record_saved(attempt, now):
                 self.store.finish_attempt(attempt.id, AttemptState.LOST, now, free_retry=True,
                                           error="scheduler restarted; the attempt's Ray task ended with it")
             count += 1
         return count
+
+    def _record_saved(self, attempt: Attempt, now: float) -> bool:
+        """Record the end the worker wrote to the attempt's result.json, if it did."""
+        saved = RunPaths(Path(attempt.run_dir)).read_result()
+        if saved is None:
+            return False
+        self.store.finish_attempt(attempt.id, AttemptState.from_worker_outcome(saved.get("outcome")), now, result=saved)
+        return True
 
     # ------------------------------------------------------------ one pass
 
@@ -305,20 +309,23 @@ class Scheduler:
             elif not run.forced and now - (run.stop_asked_at or now) >= grace:
                 # The polite cancel only lands when the job runs Python bytecode; a
                 # job blocked in C (or ignoring KeyboardInterrupt) is killed.
-                members = [self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]
-                for member in members:
+                for member in self._task_of(run):
                     member.forced = True
                     paths = RunPaths(Path(member.attempt.run_dir))
                     if paths.root.exists() and not paths.result.exists():  # the one running, not those done
                         self._kill_command_group(member)
                 self.backend.cancel(run.ref, force=True)
 
+    def _task_of(self, run: Running) -> list[Running]:
+        """Every attempt run's Ray task runs: itself, or each job of its pack."""
+        return [self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]
+
     def _ask_stop(self, run: Running, reason: AttemptState, now: float, detail: str | None = None) -> None:
         """Stop an attempt: its Ray task, so for a packed job its whole pack.  The
         other jobs of a pack are sorted out when it ends (see :meth:`_pack_ends`);
         preempting a pack preempts all of it."""
         log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, detail or reason.value)
-        members = [self.running[a] for a in self._by_ref.get(run.ref, ())] if run.packed else [run]
+        members = self._task_of(run)
         asked = any(m.stop_asked_at is not None for m in members)
         for other in members:
             if other is run or (reason is AttemptState.PREEMPTED and other.stop_reason is None):
@@ -783,13 +790,9 @@ class Scheduler:
         for ref in self._by_ref:
             self.backend.cancel(ref, force=True)
         for run in list(self.running.values()):
-            paths = RunPaths(Path(run.attempt.run_dir))
-            saved = paths.read_result()
-            if saved is not None:
-                self.store.finish_attempt(run.attempt.id, AttemptState.from_worker_outcome(saved.get("outcome")), now,
-                                          result=saved)
+            if self._record_saved(run.attempt, now):
                 continue
-            if run.packed and not run.holds and not paths.root.exists():  # queued in a pack, never started
+            if run.packed and not run.holds and not Path(run.attempt.run_dir).exists():  # queued, never started
                 self.store.finish_attempt(run.attempt.id, AttemptState.LOST, now, error=f"not started: {why}",
                                           not_charged=True, slot_from=now)
                 continue

@@ -122,15 +122,8 @@ class RayBackend:
     def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
                custom: dict[str, float], node_id: str | None, package: str | None,
                fresh_worker: bool = False) -> ray.ObjectRef:
-        options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": gpu, "resources": dict(custom) or None,
-                                   "name": f"labq-job-{task['job_id']}-{task['attempt']}"}
-        if memory:
-            options["memory"] = memory
-        uri = self.working_dir_uri(package)
-        if uri:
-            options["runtime_env"] = {"working_dir": uri}
-        if node_id:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+        options = _options(f"labq-job-{task['job_id']}-{task['attempt']}", cpu, gpu, memory, custom, node_id,
+                           self.working_dir_uri(package))
         remote = _remote_gpu_attempt if fresh_worker else _remote_attempt
         return remote.options(**options).remote(task)
 
@@ -144,17 +137,10 @@ class RayBackend:
         if remote is None:
             # .options() validates and parses the runtime env each call (~1 ms):
             # one per shape, node and code snapshot, not one per pack.
-            options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": 0, "resources": dict(custom) or None,
-                                       "name": "labq-pack"}
-            if memory:
-                options["memory"] = memory
-            if uri:
-                options["runtime_env"] = {"working_dir": uri}
-            if node_id:
-                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
             if len(self._pack_remotes) >= 256:
                 self._pack_remotes.clear()
-            remote = self._pack_remotes[key] = _remote_pack.options(**options)
+            remote = self._pack_remotes[key] = _remote_pack.options(
+                **_options("labq-pack", cpu, 0, memory, custom, node_id, uri))
         return remote.remote(tasks)
 
     @classmethod
@@ -235,6 +221,20 @@ class RayBackend:
             ray.cancel(ref, force=force)
         except Exception as exc:  # already finished, or Ray gone: nothing left to stop
             log.debug("cancel %s: %s", ref, exc)
+
+
+def _options(name: str, cpu: float, gpu: float, memory: int | None, custom: dict[str, float],
+             node_id: str | None, working_dir_uri: str | None) -> dict[str, Any]:
+    """Ray task options for one attempt or pack: its share, pinned to the node
+    the policy chose, with the experiment's code as its working dir."""
+    options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": gpu, "resources": dict(custom) or None, "name": name}
+    if memory:
+        options["memory"] = memory
+    if working_dir_uri:
+        options["runtime_env"] = {"working_dir": working_dir_uri}
+    if node_id:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+    return options
 
 
 def _use_token_auth_if_available() -> None:
