@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.states import AttemptState
+from scheduler.states import AttemptState, worker_end
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class FakeBackend:
             return [(AttemptState.SUCCEEDED, _succeeded(), None) for _ in range(count)]
         state, result, error = self._outcomes.pop(ref)
         if isinstance(result, list):
-            return [(AttemptState.from_worker_outcome(r.get("outcome")), r, r.get("error")) for r in result]
+            return [worker_end(r) for r in result]
         return [(state, None, error)] * count
 
     def cancel(self, ref: Handle, force: bool) -> None:

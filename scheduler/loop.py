@@ -19,7 +19,7 @@ from typing import Any
 from scheduler import accounting, estimate, packing, policy, wakeup
 from scheduler.config import Settings
 from scheduler.records import Attempt, Job, NodeSnapshot
-from scheduler.states import AttemptState
+from scheduler.states import AttemptState, worker_end
 from scheduler.store import Store
 from workers import bundle
 from workers.attempt import OOM_MARKER, kill_process_group
@@ -451,7 +451,7 @@ class Scheduler:
             if result is None:
                 saved, started = left[run.attempt.id]
                 if saved is not None:
-                    state, result, error = AttemptState.from_worker_outcome(saved.get("outcome")), saved, saved.get("error")
+                    state, result, error = worker_end(saved)
                 elif nothing_ran and i == 0:
                     apply_stop = True
                 elif not started:

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from scheduler.states import AttemptState
+from scheduler.states import AttemptState, worker_end
 from workers.attempt import run_attempt, run_attempts
 from workers.gpu import node_telemetry
 
@@ -151,7 +151,7 @@ class RayBackend:
         state, results, error = cls.outcome(ref, pack=True)
         if results is None:
             return [(state, None, error)] * count
-        return [(AttemptState.from_worker_outcome(r.get("outcome")), r, r.get("error")) for r in results]
+        return [worker_end(r) for r in results]
 
     @staticmethod
     def read_gpus(node_ids: list[str]) -> dict[str, ray.ObjectRef]:
@@ -212,8 +212,7 @@ class RayBackend:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
         if pack:
             return AttemptState.SUCCEEDED, result, None
-        state = AttemptState.from_worker_outcome(result.get("outcome"))
-        return state, result, result.get("error")
+        return worker_end(result)
 
     @staticmethod
     def cancel(ref: ray.ObjectRef, force: bool) -> None:

@@ -8,6 +8,7 @@ overwritten.  States are compared by name, never by declaration order.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 
 class JobState(str, Enum):
@@ -82,3 +83,8 @@ class AttemptState(str, Enum):
     def from_worker_outcome(cls, outcome: str | None) -> "AttemptState":
         """The state for a worker's result ``outcome`` (see workers.attempt)."""
         return {"succeeded": cls.SUCCEEDED, "out_of_memory": cls.OUT_OF_MEMORY}.get(outcome or "", cls.FAILED)
+
+
+def worker_end(result: dict[str, Any]) -> tuple[AttemptState, dict[str, Any], str | None]:
+    """(attempt state, result, error) as a worker's result dict tells them."""
+    return AttemptState.from_worker_outcome(result.get("outcome")), result, result.get("error")
