@@ -237,7 +237,9 @@ class JobsOnCard(RecordedNvml):
 
                 out[os.getpid()] = used
             elif pgid.exists():
-                out[int(pgid.read_text())] = used
+                text = pgid.read_text().strip()  # another job's thread may be writing it right now
+                if text.isdigit():
+                    out[int(text)] = used
         return out
 
 
