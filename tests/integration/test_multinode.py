@@ -151,8 +151,13 @@ def test_jobs_spread_over_nodes_land_on_custom_resources_and_survive_node_loss(c
         status, (lost, retried) = moved
         assert lost["state"] == "lost" and special_node[:8] in lost["error"]
         assert retried["state"] == "succeeded" and retried["node_id"] == head_node
-        nodes = json.loads(labq(cluster, home, "nodes", "--json").stdout)["nodes"]
-        assert next(n for n in nodes if n["node_id"] == special_node)["alive"] is False
+        # And `labq nodes` shows the node dead once Ray has said so (Ray's health checks take
+        # ~15 s, about as long as the retry took: the scheduler's view follows within a refresh)
+        def special_alive() -> bool:
+            nodes = json.loads(labq(cluster, home, "nodes", "--json").stdout)["nodes"]
+            return next(n for n in nodes if n["node_id"] == special_node)["alive"]
+
+        wait_until(lambda: special_alive() is False, 30, "the killed node shown dead by `labq nodes`")
 
         # When the node rejoins, its capacity is back: a job that needs it runs there
         subprocess.run([RAY, "start", f"--address={cluster['address']}", "--num-cpus=2", '--resources={"special": 1}',
