@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,36 @@ def run_warm(runner, reps: int) -> None:
         runner.run()
 
 
+def run_rounds(runners: list, reps: int) -> None:
+    """Each runner once per round (labq, raw Ray, labq, raw Ray, ...), so that a
+    machine whose speed drifts (a shared VM: raw Ray alone moves 700-1,450
+    tasks/s between minutes here) slows both sides of a ratio alike.  Round 1
+    is cold; later rounds in which any run started a worker are warm-up rounds
+    (at most MAX_WARMUP_RUNS); then ``reps`` warm rounds.  Interleaving needs
+    both pools of workers kept while the other side runs: this Ray keeps idle
+    workers 10 s (LOCAL_RAY_SYSTEM_CONFIG)."""
+    rounds = 0
+    while True:
+        for runner in runners:
+            runner.run()
+        rounds += 1
+        latest = [runner.runs[-1] for runner in runners]
+        settled = any(r["kind"] == "warm" for r in runners[0].runs[:-1])
+        if rounds == 1:
+            kind = "cold"
+        elif any(r.get("workers_started", 0) for r in latest) and not settled and rounds <= MAX_WARMUP_RUNS:
+            kind = "warm-up"
+        else:
+            kind = "warm"
+        for r in latest:
+            r["kind"] = kind
+        print(f"  round {rounds} ({kind}): " + ", ".join(f"{r['jobs_per_s']:.0f}" for r in latest) + " jobs/s, "
+              "ratios to the last " + ", ".join(f"{r['jobs_per_s'] / latest[-1]['jobs_per_s']:.2f}"
+                                                for r in latest[:-1]), flush=True)
+        if sum(r["kind"] == "warm" for r in runners[0].runs) >= reps:
+            return
+
+
 def warm(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r["kind"] == "warm"]
 
@@ -183,14 +214,16 @@ class LabqRunner:
     """A scheduler thread on the in-process Ray; each run submits the same
     N-job sweep under a new experiment name (same code snapshot)."""
 
-    def __init__(self, temp: Path, n: int, timeout: float, pack_seconds: float = 0.5):
+    def __init__(self, temp: Path, n: int, timeout: float, pack_seconds: float = 0.5, home: Path | None = None,
+                 label: str | None = None):
         from scheduler.store import Store
 
         self.n, self.timeout = n, timeout
         # The same spec dir for every runner: the same code snapshot, so the same Ray workers.
         self.spec = common.write_noop_spec(temp / "spec", "tp", n, cpu=0.1)
-        self.label = "labq" if pack_seconds else "labq, packing off"
-        home = temp / ("home" if pack_seconds else "home-nopack")
+        self.label = label or ("labq" if pack_seconds else "labq, packing off")
+        home = self.home = home or temp / ("home" if pack_seconds else "home-nopack")
+        (home / "runs").mkdir(parents=True, exist_ok=True)
         self.sched, self.stop, self.thread, self.settings = common.scheduler_in_thread(
             home, poll_interval=0.2, pack_seconds=pack_seconds)
         self.store = Store(home)
@@ -199,13 +232,20 @@ class LabqRunner:
 
     def run(self) -> dict:
         rep = len(self.runs)
+        before = self.sched.launched.copy()
+        create_us = common.file_create_us(self.home / "runs")
         r = run_labq(self.spec, self.settings, self.store, f"tp-{rep}", self.n, self.timeout, self.tree)
+        launched = self.sched.launched - before  # a Counter: jobs per Ray task -> tasks
+        r["ray_tasks"] = sum(launched.values())
+        r["jobs_alone"] = launched[1]
+        r["file_create_us"] = create_us
         r["kind"] = _kind(self.runs, r)
         self.runs.append(r)
-        print(f"  {self.label} run {rep + 1} ({r['kind']}): {r['jobs_per_s']:.1f} jobs/s, submit {r['submit_s']:.2f}s, "
+        print(f"  {self.label} run {rep + 1}: {r['jobs_per_s']:.1f} jobs/s, submit {r['submit_s']:.2f}s, "
               f"driver CPU {r['driver_cpu_pct']:.0f}%, {r['workers_started']} workers started, "
               f"CPU/job {r['cpu_ms_per_job_total']:.1f} ms (driver {r.get('cpu_ms_per_job_driver', 0):.1f}, "
-              f"workers {r.get('cpu_ms_per_job_workers', 0):.1f})", flush=True)
+              f"workers {r.get('cpu_ms_per_job_workers', 0):.1f}), {r['ray_tasks']} Ray tasks "
+              f"({r['jobs_alone']} jobs alone), a file create before it {create_us:.0f} us", flush=True)
         return r
 
     def close(self) -> None:
@@ -251,7 +291,7 @@ class RawRunner:
              **_usage(c0, _cpu_now()), **TreeCpu.delta(s0, self.tree.snapshot(), n)}
         r["kind"] = _kind(self.runs, r)
         self.runs.append(r)
-        print(f"  raw Ray run {len(self.runs)} ({r['kind']}): {n / wall:.1f} tasks/s, {r['workers_started']} workers started, "
+        print(f"  raw Ray run {len(self.runs)}: {n / wall:.1f} tasks/s, {r['workers_started']} workers started, "
               f"CPU/task {r['cpu_ms_per_job_total']:.1f} ms (driver {r.get('cpu_ms_per_job_driver', 0):.1f}, "
               f"workers {r.get('cpu_ms_per_job_workers', 0):.1f})", flush=True)
         return r
@@ -375,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--slow-reps", type=int, default=1,
                    help="runs of Ray Jobs (CLI and SDK) and Tune: each takes minutes (default 1)")
     p.add_argument("--reps", type=int, default=3, help="warm repetitions (median)")
-    p.add_argument("--skip", action="append", default=[], choices=["tune", "jobs"])
+    p.add_argument("--skip", action="append", default=[], choices=["tune", "jobs", "nopack", "tmpfs"])
     p.add_argument("--part", help=  # internal: the Ray Jobs half runs in a child process
                    "internal")
     p.add_argument("--part-out", help="internal")
@@ -394,26 +434,41 @@ def main(argv: list[str] | None = None) -> dict:
     import ray  # noqa: F401
 
     with common.local_ray(num_cpus=2) as temp:
-        # Back to back: Ray keeps idle workers above its soft limit (num_cpus) for
-        # about a second only, so interleaving labq and raw runs (different runtime
-        # envs) would make every run cold.
-        print(f"labq: {n} no-op jobs, a cold run, warm-up runs until one starts no Ray worker, then {reps} warm "
-              "runs, back to back", flush=True)
         labq = LabqRunner(temp, n, timeout)
-        try:
-            run_warm(labq, reps)
-        finally:
-            labq.close()
-        print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, the same way", flush=True)
-        unpacked = LabqRunner(temp, n, timeout, pack_seconds=0)
-        try:
-            run_warm(unpacked, reps)
-        finally:
-            unpacked.close()
-        data["labq_unpacked"] = unpacked.runs
-        print(f"raw Ray: {n} no-op tasks, the same way", flush=True)
+        quiet = common.wait_for_quiet_files(labq.home / "runs")
+        data["file_system"] = quiet
+        print(f"file creation in {labq.home / 'runs'}: {quiet['first_us']:.0f} us/file, {quiet['last_us']:.0f} "
+              f"after waiting {quiet['waited_s']:.0f}s (quiet: at most {quiet['threshold_us']:.0f})", flush=True)
+        runners = [labq]
+        shm = Path("/dev/shm")
+        if shm.is_dir() and "tmpfs" not in args.skip:
+            runners.append(LabqRunner(temp, n, timeout, home=Path(tempfile.mkdtemp(dir=shm, prefix="lqb-home-")),
+                                      label="labq, home on tmpfs"))
         raw = RawRunner(n, temp)
-        run_warm(raw, reps)
+        print(f"{', '.join(r.label for r in runners)} and raw Ray, {n} no-op jobs each, in rounds (one run of each "
+              f"in turn): a cold round, warm-up rounds until none starts a Ray worker, then {reps} warm rounds",
+              flush=True)
+        try:
+            run_rounds([*runners, raw], reps)
+        finally:
+            for runner in runners:
+                runner.close()
+            for runner in runners[1:]:
+                shutil.rmtree(runner.home, ignore_errors=True)
+        data["round_ratios"] = [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(labq.runs, raw.runs)
+                                if a["kind"] == "warm"]
+        if len(runners) > 1:
+            data["labq_tmpfs"] = runners[1].runs
+            data["round_ratios_tmpfs"] = [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(runners[1].runs, raw.runs)
+                                          if a["kind"] == "warm"]
+        if "nopack" not in args.skip:
+            print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, back to back", flush=True)
+            unpacked = LabqRunner(temp, n, timeout, pack_seconds=0)
+            try:
+                run_warm(unpacked, reps)
+            finally:
+                unpacked.close()
+            data["labq_unpacked"] = unpacked.runs
         data["labq"], data["raw"] = labq.runs, raw.runs
         if "tune" not in args.skip:
             try:
@@ -461,13 +516,24 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
 
     rows = [_row("labq, cold (run 1)", labq[:1], data["n"], False), *ups("labq", labq),
             _row(f"labq, warm (median of {len(warm(labq))})", warm(labq), data["n"], True),
+            *([_row(f"labq, home on tmpfs, warm (median of {len(warm(data['labq_tmpfs']))})",
+                    warm(data["labq_tmpfs"]), data["n"], True)] if data.get("labq_tmpfs") else []),
             *([_row(f"labq, packing off, warm (median of {len(warm(data['labq_unpacked']))})",
                     warm(data["labq_unpacked"]), data["n"], True)] if data.get("labq_unpacked") else []),
             _row("raw Ray tasks, run 1", raw[:1], data["n"], False),
             *ups("raw Ray tasks", raw), _row(f"raw Ray tasks, warm (median of {len(warm(raw))})", warm(raw), data["n"], True)]
+    fs = data.get("file_system")
+    rounds = data.get("round_ratios") or []
+    headline = med(rounds) if rounds else labq_warm / raw_warm
     summary = {"labq_cold_jobs_per_s": labq_cold, "labq_warm_jobs_per_s": labq_warm, "raw_jobs_per_s": raw_warm,
-               "labq_over_raw": labq_warm / raw_warm, "labq_cold_over_raw_cold": labq_cold / raw_cold}
-    ratio_rows = [["labq / raw Ray tasks, warm", labq_warm / raw_warm],
+               "labq_over_raw": headline, "labq_over_raw_of_medians": labq_warm / raw_warm,
+               "labq_over_raw_rounds": rounds, "labq_cold_over_raw_cold": labq_cold / raw_cold}
+    ratio_rows = [*([[f"labq / raw Ray tasks, warm: median of the {len(rounds)} rounds' ratios "
+                      f"({', '.join(f'{x:.2f}' for x in rounds)})", headline]] if rounds else []),
+                  ["labq / raw Ray tasks, warm: ratio of the medians", labq_warm / raw_warm],
+                  *([[f"labq with its home on tmpfs / raw Ray tasks, warm: median of the rounds' ratios "
+                      f"({', '.join(f'{x:.2f}' for x in data['round_ratios_tmpfs'])})",
+                      med(data["round_ratios_tmpfs"])]] if data.get("round_ratios_tmpfs") else []),
                   ["labq / raw Ray tasks, cold (run 1 of each)", labq_cold / raw_cold],
                   ["labq warm / labq cold", labq_warm / labq_cold]]
     if data.get("labq_unpacked"):
@@ -518,10 +584,29 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
         notes.append(f"Ray Tune ran {data['tune_n']} trials, not {data['n']}: by default each trial is a new actor "
                      "(a new worker process), about 1 trial/s here, so N trials would take far too long. Jobs/s is a "
                      "rate, so the ratio still compares like with like.")
-    notes.append("warm: a run that started no Ray worker process. After the cold run, runs that still started "
-                 f"workers are warm-up runs (at most {MAX_WARMUP_RUNS}), listed but not in the medians: Ray starts "
-                 "at most a couple of workers at a time and reaps idle ones after about a second, so the pool can "
-                 "take a few runs to settle, and a run that starts workers spends most of its CPU on that.")
+    notes.append("rounds: labq and raw Ray run alternately (labq, raw, labq, raw, ...), and each round's ratio "
+                 "compares two runs a second apart, so the machine's drift (a shared VM) moves both alike. warm: a "
+                 "round in which no run started a Ray worker process. After the cold round, rounds that still "
+                 f"started workers are warm-up rounds (at most {MAX_WARMUP_RUNS}), listed but not in the medians: "
+                 "Ray starts at most a couple of workers at a time, so the pool can take a round or two to settle, "
+                 "and a run that starts workers spends most of its CPU on that. This Ray keeps idle workers 10 s, "
+                 "as labq's own local Ray does (scheduler.ray_backend.LOCAL_RAY_SYSTEM_CONFIG; Ray's default is "
+                 "1 s), so neither side's workers are reaped while the other runs. 'packing off' runs back to "
+                 "back after the rounds.")
+    if fs:
+        creates = ", ".join(f"{r['file_create_us']:.0f}" for r in labq if "file_create_us" in r)
+        notes.append(f"file system: creating a file under the labq home cost {fs['first_us']:.0f} us at the start and "
+                     f"{fs['last_us']:.0f} us after waiting {fs['waited_s']:.0f} s (normal here: at most "
+                     f"{fs['threshold_us']:.0f} us), then {creates} us before each labq run. This root file system is "
+                     "ext4 without a journal, which skips inodes freed in the last 30-330 s one by one on every "
+                     "create: after a large delete (the last benchmark's temp dir, a test run) a labq job's five "
+                     "inodes can cost more than the rest of it, and raw Ray creates none, so the bench waits "
+                     "(common.wait_for_quiet_files).")
+        summary["file_create_us"] = fs["last_us"]
+    if data.get("round_ratios_tmpfs"):
+        summary["labq_tmpfs_over_raw"] = med(data["round_ratios_tmpfs"])
+        notes.append("home on tmpfs: the same scheduler with LABQ_HOME (store and run dirs) in /dev/shm, in the same "
+                     "rounds: what labq costs apart from this disk.")
     notes.append("labq packs jobs of a stage it has seen end in under half of scheduler.pack_seconds (0.5 s) "
                  "several to a Ray task once three have ended (scheduler/packing.py); each job is still its own "
                  "attempt with its own run dir, logs and result. 'packing off' is the same scheduler with "

@@ -188,6 +188,49 @@ def short_tempdir(prefix: str = "lqb-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+# ---------------------------------------------------------------- file system
+
+def file_create_us(parent: Path, n: int = 200) -> float:
+    """CPU microseconds (this thread's, kernel included) to create one empty
+    file in a new directory under ``parent``: what the run dirs of labq's jobs
+    cost the file system there.  The files stay: deleting them would make the
+    next creations slow (see wait_for_quiet_files)."""
+    probe = Path(tempfile.mkdtemp(dir=parent, prefix=".probe-"))
+    t0 = time.thread_time()
+    for i in range(n):
+        os.close(os.open(probe / str(i), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    return 1e6 * (time.thread_time() - t0) / n
+
+
+# Creating an empty file under a quiet ext4 here costs 8-13 us (tmpfs: 3 us).
+QUIET_CREATE_US = 20.0
+
+
+def wait_for_quiet_files(parent: Path, limit_s: float = 180.0) -> dict[str, float]:
+    """Wait until creating a file under ``parent`` costs what it normally does
+    (QUIET_CREATE_US) twice in a row, 5 s apart, for at most ``limit_s``.
+
+    Why: ext4 without a journal (this machine's root file system) checks every
+    free inode it considers for a new file and skips those freed in the last 30
+    seconds (330 while their inode table block is dirty), reading each from the
+    buffer cache.  After a large delete near ``parent`` (the previous
+    benchmark's temp dir, a test run) a file costs up to 25 times more to create
+    for a minute or more.  A labq job creates five inodes (two directories, its
+    two logs, result.json) and a raw Ray task none, so without this wait the
+    throughput ratio would measure the disk's recent past, not labq.  Returns
+    the first and last probe, the threshold and the seconds waited."""
+    first = last = file_create_us(parent)
+    t0 = time.monotonic()
+    quiet = 0
+    while time.monotonic() - t0 < limit_s:
+        quiet = quiet + 1 if last <= QUIET_CREATE_US else 0
+        if quiet == 2:
+            break
+        time.sleep(5)
+        last = file_create_us(parent)
+    return {"first_us": first, "last_us": last, "threshold_us": QUIET_CREATE_US, "waited_s": time.monotonic() - t0}
+
+
 def kill_processes_under(marker: str | Path, timeout: float = 10.0) -> int:
     """Kill every process whose command line contains ``marker`` and all their
     descendants.  Returns how many were signalled."""
@@ -217,12 +260,15 @@ def kill_processes_under(marker: str | Path, timeout: float = 10.0) -> int:
 @contextmanager
 def local_ray(num_cpus: float, num_gpus: int | None = None) -> Iterator[Path]:
     """An in-process Ray of our own (as labq's scheduler starts it: address="local",
-    no dashboard), under a temp dir we can clean up precisely."""
+    no dashboard, labq's Ray settings), under a temp dir we can clean up
+    precisely.  Raw Ray tasks measured here run in the same Ray, settings included."""
     import ray
+
+    from scheduler.ray_backend import LOCAL_RAY_SYSTEM_CONFIG
 
     temp = short_tempdir()
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=str(temp),
-             log_to_driver=False, namespace="labq", configure_logging=False)
+             log_to_driver=False, namespace="labq", configure_logging=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
     try:
         yield temp
     finally:

@@ -8,6 +8,7 @@ reconciles the store's "running" attempts against what Ray still has.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import threading
@@ -117,6 +118,9 @@ class Scheduler:
         self._estimated_at: float | None = None
         self._estimated_any = True  # the table may hold estimates from an earlier run
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
+        # Ray tasks launched by jobs per task (1: a job alone), since start: what
+        # packing did, for the benchmarks and the daemon's log.
+        self.launched: collections.Counter[int] = collections.Counter()
 
     # ------------------------------------------------------------ restart
 
@@ -740,6 +744,7 @@ class Scheduler:
             return
         self.running[attempt.id] = Running(attempt=attempt, job=job, ref=ref, gpu_indices=placement.gpu_indices)
         self._by_ref[ref] = [attempt.id]
+        self.launched[1] += 1
 
     def _launch_pack(self, attempts: list[Attempt], jobs: dict[int, Job], placement: policy.Placement,
                      now: float) -> None:
@@ -766,6 +771,7 @@ class Scheduler:
             self.running[attempt.id] = Running(attempt=attempt, job=jobs[attempt.job_id], ref=ref, gpu_indices=(),
                                                packed=True, holds=i == 0)
         self._by_ref[ref] = [a.id for a in attempts]
+        self.launched[len(attempts)] += 1
         log.debug("job %s: packed with %d more short jobs of its stage", lead.id, len(attempts) - 1)
 
     def _collect_node(self) -> str | None:

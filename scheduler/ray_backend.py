@@ -35,6 +35,16 @@ _remote_pack = ray.remote(max_retries=0)(run_attempts)
 # waits behind the jobs it reports on.
 _remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
 
+# Ray settings for the local Ray labq starts itself.  Ray keeps idle worker
+# processes beyond one per CPU for a second only; labq runs fractional-CPU jobs
+# (20 workers on 2 cores at cpu 0.1), so a gap of a second between waves (a
+# stage boundary, a sweep submitted a moment after the last) would kill them
+# and the next wave would start them again, at about 0.3 s of CPU each.  Ten
+# seconds keeps the pool through such gaps and still frees its memory soon
+# after the queue empties.  A cluster takes the same from `ray start`'s
+# environment (RAY_idle_worker_killing_time_threshold_ms), see cluster.yaml.
+LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 10_000}
+
 
 @dataclass(frozen=True)
 class RayNode:
@@ -65,7 +75,7 @@ class RayBackend:
             # "local": always a fresh Ray of labq's own, even when a `ray start`
             # cluster happens to run on this machine (plain ray.init() would join it).
             ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False,
-                     **kwargs)
+                     _system_config=LOCAL_RAY_SYSTEM_CONFIG, **kwargs)
         self._uploaded.clear()
         self._pack_remotes.clear()
 

@@ -390,6 +390,8 @@ OOM_MARKER = "out_of_memory"
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+# RSS moves between two reads a few calls apart; within this, ru_maxrss reads as the reset peak.
+_MAXRSS_SLACK = 1 << 20
 _HAVE_PROC = Path("/proc/loadavg").exists() and Path("/proc/self/statm").exists()
 
 
@@ -537,6 +539,7 @@ class _RssSampler:
         self._next_rss = 0.0
         self._next_gpu = 0.0
         self._hwm = False
+        self._maxrss_is_peak = False  # getrusage's ru_maxrss is the job's own peak (no /proc read at the end)
         # Measured here, in the caller's thread, before the job starts: a job that
         # allocates at once must not hide its memory inside the baseline.
         self.baseline = 0 if command else _rss("self")
@@ -549,6 +552,12 @@ class _RssSampler:
         if self.command:
             return  # the command loop calls poll()
         self._hwm = _HAVE_PROC and _reset_peak_rss()
+        if self._hwm:
+            # ru_maxrss is the larger of the reset high-water mark and what the
+            # process image before exec used: at or under the RSS now, the latter
+            # cannot hide the job's peak.
+            floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            self._maxrss_is_peak = floor <= self.baseline + _MAXRSS_SLACK
         if self.limit or self.gpu is not None or not self._hwm:
             self._thread = threading.Thread(target=self._run, daemon=True, name="labq-rss")
             self._thread.start()
@@ -658,7 +667,7 @@ class _RssSampler:
             children = max(children, sum(_rss(p) for p in _tree(os.getpid(), self._since_pid)))
         if children_end.ru_maxrss > children_start.ru_maxrss:
             children = max(children, children_end.ru_maxrss * 1024)
-        own = _peak_rss_self() if self._hwm else None
+        own = (self_end.ru_maxrss * 1024 if self._maxrss_is_peak else _peak_rss_self()) if self._hwm else None
         if own is not None:
             self.peak = max(self.peak or 0, own + children)
         elif self.peak is None:

@@ -119,6 +119,16 @@ def test_python_job_peak_rss_without_any_thread(tmp_path, code):
     assert result["cpu_time"] > 0 and result["gpu_usage"] is None and result["oom_cause"] is None
 
 
+def test_a_job_after_a_big_one_in_the_same_worker_has_its_own_peak(tmp_path, code):
+    """The peak is reset per job (a reused Ray worker): the next job's is its own,
+    not the high-water mark an earlier job left in the process."""
+    path, mod = code
+    big = attempt.run_attempt(make_task(tmp_path, path, "callable", f"{mod}:alloc", params={"mib": 150}, job_id=1))
+    small = attempt.run_attempt(make_task(tmp_path, path, "callable", f"{mod}:alloc", params={"mib": 1}, job_id=2))
+    assert big["peak_rss"] - big["rss_baseline"] >= 140 * MiB
+    assert small["peak_rss"] - small["rss_baseline"] < 40 * MiB
+
+
 def test_python_job_peak_rss_counts_a_child_still_running_at_its_end(tmp_path, code):
     path, mod = code
     params: dict = {"x": 1}  # the job hands its child back through its params
