@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="runs of Ray Jobs (CLI and SDK) and Tune: each takes minutes (default 1)")
     p.add_argument("--reps", type=int, default=3, help="warm repetitions (median)")
     p.add_argument("--skip", action="append", default=[], choices=["tune", "jobs", "nopack", "tmpfs"])
+    p.add_argument("--home-dir", help="also run labq with its home in a new directory here, in the same rounds "
+                   "(e.g. a mount of another file system)")
     p.add_argument("--part", help=  # internal: the Ray Jobs half runs in a child process
                    "internal")
     p.add_argument("--part-out", help="internal")
@@ -444,6 +446,9 @@ def main(argv: list[str] | None = None) -> dict:
         if shm.is_dir() and "tmpfs" not in args.skip:
             runners.append(LabqRunner(temp, n, timeout, home=Path(tempfile.mkdtemp(dir=shm, prefix="lqb-home-")),
                                       label="labq, home on tmpfs"))
+        if args.home_dir:
+            runners.append(LabqRunner(temp, n, timeout, home=Path(tempfile.mkdtemp(dir=args.home_dir, prefix="lqb-home-")),
+                                      label=f"labq, home in {args.home_dir}"))
         raw = RawRunner(n, temp)
         print(f"{', '.join(r.label for r in runners)} and raw Ray, {n} no-op jobs each, in rounds (one run of each "
               f"in turn): a cold round, warm-up rounds until none starts a Ray worker, then {reps} warm rounds",
@@ -457,10 +462,9 @@ def main(argv: list[str] | None = None) -> dict:
                 shutil.rmtree(runner.home, ignore_errors=True)
         data["round_ratios"] = [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(labq.runs, raw.runs)
                                 if a["kind"] == "warm"]
-        if len(runners) > 1:
-            data["labq_tmpfs"] = runners[1].runs
-            data["round_ratios_tmpfs"] = [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(runners[1].runs, raw.runs)
-                                          if a["kind"] == "warm"]
+        data["labq_elsewhere"] = [{"label": x.label, "runs": x.runs,
+                                   "round_ratios": [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(x.runs, raw.runs)
+                                                    if a["kind"] == "warm"]} for x in runners[1:]]
         if "nopack" not in args.skip:
             print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, back to back", flush=True)
             unpacked = LabqRunner(temp, n, timeout, pack_seconds=0)
@@ -516,8 +520,8 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
 
     rows = [_row("labq, cold (run 1)", labq[:1], data["n"], False), *ups("labq", labq),
             _row(f"labq, warm (median of {len(warm(labq))})", warm(labq), data["n"], True),
-            *([_row(f"labq, home on tmpfs, warm (median of {len(warm(data['labq_tmpfs']))})",
-                    warm(data["labq_tmpfs"]), data["n"], True)] if data.get("labq_tmpfs") else []),
+            *[_row(f"{x['label']}, warm (median of {len(warm(x['runs']))})", warm(x["runs"]), data["n"], True)
+              for x in data.get("labq_elsewhere", [])],
             *([_row(f"labq, packing off, warm (median of {len(warm(data['labq_unpacked']))})",
                     warm(data["labq_unpacked"]), data["n"], True)] if data.get("labq_unpacked") else []),
             _row("raw Ray tasks, run 1", raw[:1], data["n"], False),
@@ -531,9 +535,9 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
     ratio_rows = [*([[f"labq / raw Ray tasks, warm: median of the {len(rounds)} rounds' ratios "
                       f"({', '.join(f'{x:.2f}' for x in rounds)})", headline]] if rounds else []),
                   ["labq / raw Ray tasks, warm: ratio of the medians", labq_warm / raw_warm],
-                  *([[f"labq with its home on tmpfs / raw Ray tasks, warm: median of the rounds' ratios "
-                      f"({', '.join(f'{x:.2f}' for x in data['round_ratios_tmpfs'])})",
-                      med(data["round_ratios_tmpfs"])]] if data.get("round_ratios_tmpfs") else []),
+                  *[[f"{x['label']} / raw Ray tasks, warm: median of the rounds' ratios "
+                     f"({', '.join(f'{r:.2f}' for r in x['round_ratios'])})", med(x["round_ratios"])]
+                    for x in data.get("labq_elsewhere", []) if x["round_ratios"]],
                   ["labq / raw Ray tasks, cold (run 1 of each)", labq_cold / raw_cold],
                   ["labq warm / labq cold", labq_warm / labq_cold]]
     if data.get("labq_unpacked"):
@@ -603,10 +607,12 @@ def render(data: dict, quick: bool) -> tuple[str, dict]:
                      "inodes can cost more than the rest of it, and raw Ray creates none, so the bench waits "
                      "(common.wait_for_quiet_files).")
         summary["file_create_us"] = fs["last_us"]
-    if data.get("round_ratios_tmpfs"):
-        summary["labq_tmpfs_over_raw"] = med(data["round_ratios_tmpfs"])
-        notes.append("home on tmpfs: the same scheduler with LABQ_HOME (store and run dirs) in /dev/shm, in the same "
-                     "rounds: what labq costs apart from this disk.")
+    summary["labq_elsewhere_over_raw"] = {x["label"]: med(x["round_ratios"])
+                                          for x in data.get("labq_elsewhere", []) if x["round_ratios"]}
+    if data.get("labq_elsewhere"):
+        notes.append("'labq, home on tmpfs' (and 'home in DIR', from --home-dir): another scheduler of the same kind "
+                     "with its LABQ_HOME (store and run dirs) there, in the same rounds; the workers are shared, the "
+                     "code snapshot being the same. labq's cost apart from the disk under /tmp.")
     notes.append("labq packs jobs of a stage it has seen end in under half of scheduler.pack_seconds (0.5 s) "
                  "several to a Ray task once three have ended (scheduler/packing.py); each job is still its own "
                  "attempt with its own run dir, logs and result. 'packing off' is the same scheduler with "
