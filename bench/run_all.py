@@ -4,6 +4,7 @@ BENCHMARKS.md.
     python bench/run_all.py            # full: about 15 minutes on 2 cores
     python bench/run_all.py --quick    # small N: a smoke run of a few minutes
     python bench/run_all.py --only throughput,latency
+    python bench/run_all.py --throughput-home-dir /mnt/ext4   # also a labq home there
 
 Each benchmark runs as its own process (a fresh Ray, a clean RSS), with a time
 limit; a benchmark that fails or runs out of time is reported and the rest go
@@ -27,8 +28,9 @@ BENCHMARKS = ["throughput", "latency", "cli", "mlwork", "queue_scale", "footprin
 LIMIT_S = {"quick": 420, "full": 1200}
 
 
-def run_one(name: str, quick: bool, out: Path) -> tuple[dict | None, str, float]:
-    cmd = [sys.executable, str(common.BENCH / f"bench_{name}.py"), "--json-out", str(out)] + (["--quick"] if quick else [])
+def run_one(name: str, quick: bool, out: Path, extra: list[str] | None = None) -> tuple[dict | None, str, float]:
+    cmd = ([sys.executable, str(common.BENCH / f"bench_{name}.py"), "--json-out", str(out)]
+           + (["--quick"] if quick else []) + (extra or []))
     t0 = time.time()
     limit = LIMIT_S["quick" if quick else "full"]
     print(f"\n===== bench_{name} {'--quick ' if quick else ''}(limit {limit}s)", flush=True)
@@ -112,6 +114,7 @@ def summary_rows(results: dict[str, dict]) -> list[list]:
 def main(argv: list[str] | None = None) -> int:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--only", help="comma-separated subset: " + ",".join(BENCHMARKS))
+    p.add_argument("--throughput-home-dir", help="passed to bench_throughput as --home-dir")
     args = p.parse_args(argv)
     names = args.only.split(",") if args.only else BENCHMARKS
     results: dict[str, dict] = {}
@@ -119,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="lqb-all-") as d:
         for name in names:
-            data, status, wall = run_one(name, args.quick, Path(d) / f"{name}.json")
+            extra = ["--home-dir", args.throughput_home_dir] if name == "throughput" and args.throughput_home_dir else []
+            data, status, wall = run_one(name, args.quick, Path(d) / f"{name}.json", extra)
             results[name] = data or {}
             statuses.append([f"bench_{name}", status, wall])
     rows = summary_rows(results)
     md = ("Headline numbers of this run (details in the sections above).\n\n"
           + common.table(["benchmark", "measure", "value"], rows)
           + "\n\n" + common.table(["benchmark", "status", "wall s"], statuses)
-          + f"\n\nCommand: `python bench/run_all.py{' --quick' if args.quick else ''}`, {time.time() - t0:.0f}s in all.")
+          + f"\n\nCommand: `python bench/run_all.py{' --quick' if args.quick else ''}"
+            f"{' --throughput-home-dir ' + args.throughput_home_dir if args.throughput_home_dir else ''}`, "
+            f"{time.time() - t0:.0f}s in all.")
     common.finish(args, "summary", "Summary", md, {"statuses": statuses})
     return 0 if all(s[1] == "ok" for s in statuses) else 1
 
