@@ -76,6 +76,8 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     try:
         if not command:
             returned, error = _run_callable(task["target"], ctx, paths, sampler)
+            if error is None and sampler.exceeded:  # over its share, and it returned before the interrupt landed
+                error = sampler.exceeded
             exit_code = 0 if error is None else 1
         else:
             memory_total = watch.nvml.memory_total(watch.indices[0]) if watch else None
@@ -189,12 +191,13 @@ def _run_callable(target: str, ctx: JobContext, paths: RunPaths, sampler: "_RssS
         try:
             module_name, _, func_name = target.partition(":")
             func: Callable[[JobContext], Any] = getattr(importlib.import_module(module_name), func_name)
-            sampler.job_thread = threading.get_ident()  # where the memory watchdog interrupts
+            sampler.interruptible(threading.get_ident())  # where the memory watchdog interrupts
             set_current(ctx)
             _torch_before(ctx)
             try:
                 return func(ctx), None
             finally:
+                sampler.interruptible(None)  # from here on an interrupt would land in labq's own code
                 set_current(None)
                 _torch_after()
         except KeyboardInterrupt:
@@ -531,6 +534,8 @@ class _RssSampler:
         # What the run dir's gpu_pids lists (None: not a GPU attempt, nothing kept).
         self.gpu_pids: set[int] | None = set() if record_gpu_pids else None
         self.job_thread: int | None = None
+        self._interrupt_lock = threading.Lock()
+        self._interrupt_sent = False
         self.cpu_time: float | None = None
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -636,17 +641,30 @@ class _RssSampler:
         self.oom_cause = cause
         if self.command_pgid is not None:
             return  # the command loop kills the group
-        if self.job_thread is not None:
-            # KeyboardInterrupt in the job's own thread (a Ray worker's task thread
-            # need not be the main one); it lands when the thread next runs Python.
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.job_thread),
-                                                       ctypes.py_object(KeyboardInterrupt))
+        with self._interrupt_lock:
+            if self.job_thread is not None:
+                # KeyboardInterrupt in the job's own thread (a Ray worker's task thread
+                # need not be the main one); it lands when the thread next runs Python.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.job_thread),
+                                                           ctypes.py_object(KeyboardInterrupt))
+                self._interrupt_sent = True
         if self._stop_event.wait(KILL_GRACE_SECONDS):
             return
         if self.paths is not None:  # still running: blocked in C, so end the worker
             with contextlib.suppress(OSError):
                 (self.paths.root / OOM_MARKER).write_text(self.exceeded)
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def interruptible(self, thread_id: int | None) -> None:
+        """Let the watchdog interrupt this thread (the job runs in it), or, with
+        None, no longer: the job has returned, and an interrupt landing after
+        that, in labq's own code, would leave run_attempt as if Ray had
+        cancelled the job.  One sent but not yet raised is taken back (the job
+        still ends out of memory: ``exceeded`` is set)."""
+        with self._interrupt_lock:
+            if thread_id is None and self._interrupt_sent and self.job_thread is not None:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.job_thread), None)
+            self.job_thread = thread_id
 
     def stop(self) -> None:
         self._stop_event.set()

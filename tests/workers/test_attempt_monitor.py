@@ -17,6 +17,7 @@ import pytest
 from jobs.api import JobContext
 from workers import attempt, gpu
 from workers.gpu import GpuReading, RecordedNvml
+from workers.paths import RunPaths
 
 GiB = 2**30
 MiB = 2**20
@@ -176,6 +177,27 @@ def test_python_job_over_its_memory_request_ends_out_of_memory(tmp_path, code, n
     result = attempt.run_attempt(make_task(tmp_path, path, "callable", f"{mod}:hog_then_wait", {"memory": 100 * MiB}))
     assert result["outcome"] == "out_of_memory" and result["oom_cause"] == "memory"
     assert "more than its memory request of 100 MiB" in result["error"]
+
+
+def test_a_watchdog_firing_after_the_job_returned_interrupts_nothing(tmp_path, no_suicide):
+    """Over the limit just as the job returns: the interrupt must not land in
+    labq's own code after it (Ray would report the attempt cancelled)."""
+    sampler = attempt._RssSampler(limit=1, paths=RunPaths(tmp_path))
+    sampler.interruptible(threading.get_ident())
+    sampler.interruptible(None)  # the job returned
+    late = threading.Thread(target=sampler._exceed, args=("out of memory: late", "memory"))
+    try:
+        late.start()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:  # Python running here: a KeyboardInterrupt sent to this thread lands
+            time.sleep(0.01)
+        sampler.stop()
+        late.join(timeout=5)
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        sampler.stop()
+        pytest.fail("the watchdog interrupted the thread after its job had returned")
+    assert sampler.exceeded == "out of memory: late" and not late.is_alive()
 
 
 def test_command_over_its_memory_request_ends_out_of_memory(tmp_path, code):
