@@ -118,8 +118,8 @@ class Scheduler:
         self._estimated_at: float | None = None
         self._estimated_any = True  # the table may hold estimates from an earlier run
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
-        # Ray tasks launched by jobs per task (1: a job alone), since start: what
-        # packing did, for the benchmarks and the daemon's log.
+        # Ray tasks launched, by jobs per task (1: a job alone), since start: what
+        # packing did (the throughput benchmark reports it).
         self.launched: collections.Counter[int] = collections.Counter()
 
     # ------------------------------------------------------------ restart

@@ -353,3 +353,20 @@ def test_short_jobs_are_packed_and_each_keeps_its_own_logs_artifacts_and_result(
     for j in first[first.index(dead.id) + 1:]:  # in a pack, what came after it was requeued unstarted
         assert store.attempts(j)[0].state is AttemptState.LOST and "not started" in store.attempts(j)[0].error
     assert_resources_released()
+
+
+def test_labqs_local_ray_keeps_idle_workers_through_a_pause(ray_backend):
+    """Ray kills idle workers beyond one per CPU after a second; labq's own Ray
+    (LOCAL_RAY_SYSTEM_CONFIG) keeps them 10 s, so a wave of fractional-CPU jobs
+    after a short pause reuses the workers of the last instead of starting them."""
+    import ray
+
+    @ray.remote(num_cpus=0.1, max_retries=0)
+    def hold(seconds: float) -> int:
+        time.sleep(seconds)
+        return os.getpid()
+
+    pids = set(ray.get([hold.remote(2.0) for _ in range(10)], timeout=120))
+    assert len(pids) > 6  # more workers than this Ray's 4 CPUs: Ray's default would reap the extra ones
+    time.sleep(3.0)  # idle three times Ray's default threshold
+    assert all(psutil.pid_exists(pid) for pid in pids)
