@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from scheduler import DEFAULT_HOME, __version__
+from scheduler import DEFAULT_HOME, DEFAULT_QUEUE, DEFAULT_USAGE_HALF_LIFE, __version__
 from scheduler.errors import LabqError, UserError, one_line
 
 EXIT_OK = 0
@@ -34,6 +34,17 @@ def _settings(ctx: click.Context):
     from scheduler.config import load_settings
 
     return load_settings(ctx.obj.get("cluster"))
+
+
+def _estimate_settings(ctx: click.Context) -> dict[str, Any]:
+    """The settings a start estimate replays the queue with: the cluster file's,
+    or, without one, the defaults, built without loading pydantic."""
+    if ctx.obj.get("cluster") or os.environ.get("LABQ_CLUSTER"):
+        settings = _settings(ctx)
+        return {"half_life": settings.scheduler.usage_half_life, "queues": settings.queue_configs()}
+    from scheduler.policy import QueueConfig
+
+    return {"half_life": DEFAULT_USAGE_HALF_LIFE, "queues": [QueueConfig(name=DEFAULT_QUEUE)]}
 
 
 def _store(ctx: click.Context):
@@ -201,7 +212,7 @@ def _start_estimates(ctx: click.Context, store, now: float, job_ids: list[int]) 
     from scheduler import estimate
 
     try:
-        starts = estimate.from_store(store, _settings(ctx), now)
+        starts = estimate.from_store(store, now, **_estimate_settings(ctx))
     except Exception as exc:  # an estimate is a nicety: say why it is missing, list the queue anyway
         click.echo(f"warning: no start estimates: {one_line(str(exc)) or type(exc).__name__}", err=True)
         return {}

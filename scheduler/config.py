@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from scheduler import DEFAULT_HOME  # defined beside __version__: the CLI reads it without pydantic
+# Defined beside __version__: the CLI reads them without pydantic.
+from scheduler import DEFAULT_HOME, DEFAULT_QUEUE, DEFAULT_USAGE_HALF_LIFE
 from scheduler.errors import ConfigError
 from scheduler.units import parse_duration, parse_memory
 
@@ -59,7 +60,7 @@ class SchedulerSettings(_Strict):
     cancel_grace: float = Field(3.0, ge=0)
     # Fair share remembers past usage, halving its weight every this long
     # (a duration: 90s, 12h, 7d, or seconds).
-    usage_half_life: Duration = 7 * 86400.0
+    usage_half_life: Duration = DEFAULT_USAGE_HALF_LIFE
     # Jobs measured this short are packed several to one Ray task (about this
     # many seconds of work per pack; see scheduler/packing.py); 0 never packs.
     pack_seconds: float = Field(0.5, ge=0, le=10)
@@ -120,7 +121,7 @@ class Settings(_Strict):
     # path (NFS...) on every node, so nothing is copied and `logs -f` is live.
     storage: Literal["collect", "shared"] = "collect"
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
-    queues: list[Queue] = Field(default_factory=lambda: [Queue(name="default")])
+    queues: list[Queue] = Field(default_factory=lambda: [Queue(name=DEFAULT_QUEUE)])
     # Users who may cancel other users' jobs; everyone may cancel their own.
     admins: list[str] = Field(default_factory=list)
 

@@ -250,11 +250,13 @@ def durations_from(store: Any, timeouts: Mapping[int, float | None]) -> dict[int
     return {job_id: expected_duration(history.get(job_id, ()), timeout) for job_id, timeout in timeouts.items()}
 
 
-def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT) -> dict[int, float | None]:
+def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[policy.QueueConfig],
+               limit: int = DEFAULT_LIMIT) -> dict[int, float | None]:
     """Estimates for the pending jobs from what the store holds (the oldest
     ``limit`` of each queue, user and shape; the rest get none): pending and
-    running jobs, the scheduler's last node snapshots, the queues of ``settings``,
-    and decayed usage from the attempts' history (as the live loop seeds it)."""
+    running jobs, the scheduler's last node snapshots, the ``queues`` (the
+    settings' queue_configs()), and usage from the attempts' history decayed with
+    ``half_life`` (as the live loop seeds it)."""
     from scheduler import accounting
 
     waiting = store.waiting(per_shape=limit)  # the rest get no estimate
@@ -270,10 +272,12 @@ def from_store(store: Any, settings: Any, now: float, limit: int = DEFAULT_LIMIT
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
     durations = durations_from(store, timeouts)
-    half_life = settings.scheduler.usage_half_life
     capacity = policy.Capacity.of(known)
-    shapes = store.decayed_use(now - 10 * half_life, now, half_life)
+    # Past usage only orders queues and users against each other: with one of
+    # each, skip its sum over every attempt of the last ten half-lives.
+    alone = len({(d.queue, d.user) for d in pending} | {(r.queue, r.user) for r in running}) <= 1
+    shapes = [] if alone else store.decayed_use(now - 10 * half_life, now, half_life)
     usage = policy.Usage(accounting.usage_of_shapes(shapes, capacity.dominant), half_life)
     starts = estimate_starts(pending, running, alive, known=known, durations=durations, now=now,
-                             queues=settings.queue_configs(), usage=usage, half_life=half_life, limit=limit)
+                             queues=list(queues), usage=usage, half_life=half_life, limit=limit)
     return {w.id: starts.get(w.id) for w in waiting}

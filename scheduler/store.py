@@ -51,6 +51,10 @@ LOCK_WAIT_SECONDS = 60.0
 MAX_FREE_RETRIES = 5
 # What a worker measured beyond metrics (workers.attempt's result), kept per attempt.
 USAGE_FIELDS = ("gpu_usage", "oom_cause", "cpu_time", "rss_baseline")
+# What makes pending jobs interchangeable to the policy (a class): the columns of
+# Store.waiting(per_shape=...), and how many classes it queries one by one.
+_CLASS = "queue, user, priority, cpu, gpu, memory, gpu_memory, timeout, custom"
+_CLASS_QUERIES = 32
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -529,15 +533,30 @@ class Store:
                    " COALESCE(gpu_memory, 0), reason")
         sql = f"SELECT {columns} FROM jobs WHERE state = 'pending' AND cancel_requested = 0"
         if per_shape is not None:
-            rows = self._conn.execute(
-                f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY queue, user, priority, cpu, gpu,"
-                " memory, gpu_memory, timeout, custom ORDER BY id) AS nth FROM jobs"
-                " WHERE state = 'pending' AND cancel_requested = 0) WHERE nth <= ? ORDER BY id",
-                (per_shape,)).fetchall()
+            rows = self._first_of_each_class(columns, sql, per_shape)
         else:
             rows = self._conn.execute(sql).fetchall() if ids is None else self._rows_in(sql + " AND id IN ", ids)
         return [Waiting(r[0], r[1], r[2], r[3], {} if r[4] == "{}" else json.loads(r[4]), r[5], r[6], r[7], r[8],
                         r[9], r[10], r[11]) for r in rows]
+
+    def _first_of_each_class(self, columns: str, sql: str, per_shape: int) -> list[Any]:
+        """The oldest ``per_shape`` pending jobs of each class.  With a few
+        classes, one indexed ``LIMIT`` query each (a millisecond); a window over
+        every pending job took 0.2 s at 35,000 of them.  With many classes that
+        could walk the pending jobs once per class, so the window it is then."""
+        classes = self._conn.execute(f"SELECT {_CLASS}, COUNT(*) FROM jobs WHERE state = 'pending'"
+                                     f" AND cancel_requested = 0 GROUP BY {_CLASS}").fetchall()
+        if all(c[-1] <= per_shape for c in classes):
+            return self._conn.execute(sql + " ORDER BY id").fetchall()
+        if len(classes) > _CLASS_QUERIES:
+            return self._conn.execute(
+                f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {_CLASS} ORDER BY id) AS nth"
+                " FROM jobs WHERE state = 'pending' AND cancel_requested = 0) WHERE nth <= ? ORDER BY id",
+                (per_shape,)).fetchall()
+        match = " AND ".join(f"{column} IS ?" for column in _CLASS.split(", "))
+        rows = [row for c in classes
+                for row in self._conn.execute(f"{sql} AND {match} ORDER BY id LIMIT ?", (*c[:-1], per_shape))]
+        return sorted(rows, key=lambda row: row[0])
 
     def last_event_id(self) -> int:
         return self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
@@ -589,16 +608,16 @@ class Store:
         pair_of = {r[0]: (r[1], r[2]) for r in self._rows_in(
             "SELECT j.id, e.name, j.stage FROM jobs j JOIN experiments e ON e.id = j.experiment_id WHERE j.id IN ",
             job_ids)}
-        names = sorted({name for name, _ in pair_of.values()})
+        # One query per (experiment name, stage), newest first with a LIMIT: SQLite
+        # keeps the top ``recent`` as it scans, where a window function sorted
+        # every succeeded attempt of those names (0.16 s at 60,000).
         durations: dict[tuple[str, str], list[float]] = {}
-        for name, stage, held in self._rows_in(
-                "SELECT name, stage, held FROM (SELECT e.name, j.stage, a.ended_at - a.dispatched_at AS held,"
-                " ROW_NUMBER() OVER (PARTITION BY e.name, j.stage ORDER BY a.ended_at DESC) AS n"
-                " FROM experiments e JOIN jobs j ON j.experiment_id = e.id JOIN attempts a ON a.job_id = j.id"
-                " WHERE e.name IN ", names,
-                " AND a.state = 'succeeded' AND a.dispatched_at IS NOT NULL AND a.ended_at IS NOT NULL) WHERE n <= ?",
-                (recent,)):
-            durations.setdefault((name, stage), []).append(max(0.0, held))
+        for name, stage in sorted(set(pair_of.values())):
+            durations[(name, stage)] = [max(0.0, r[0]) for r in self._conn.execute(
+                "SELECT a.ended_at - a.dispatched_at FROM experiments e JOIN jobs j ON j.experiment_id = e.id"
+                " JOIN attempts a ON a.job_id = j.id WHERE e.name = ? AND j.stage = ? AND a.state = 'succeeded'"
+                " AND a.dispatched_at IS NOT NULL AND a.ended_at IS NOT NULL ORDER BY a.ended_at DESC LIMIT ?",
+                (name, stage, recent))]
         return {job_id: durations.get(pair, []) for job_id, pair in pair_of.items()}
 
     def running_attempts(self) -> list[tuple[Attempt, Job]]:

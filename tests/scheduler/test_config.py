@@ -102,3 +102,15 @@ def test_bad_queue_settings_name_the_key(tmp_path, queues, message):
     path.write_text(f"metadata:\n  labq:\n    queues: {queues}\n")
     with pytest.raises(ConfigError, match=message):
         load_settings(path)
+
+
+def test_the_clis_pydantic_free_defaults_are_the_settings_defaults():
+    """Without a cluster file the CLI's start estimates use these constants
+    instead of loading the settings: they must be what the settings would say."""
+    from scheduler import DEFAULT_QUEUE, DEFAULT_USAGE_HALF_LIFE
+    from scheduler.config import Settings
+    from scheduler.policy import QueueConfig
+
+    settings = Settings()
+    assert settings.queue_configs() == [QueueConfig(name=DEFAULT_QUEUE)]
+    assert settings.scheduler.usage_half_life == DEFAULT_USAGE_HALF_LIFE

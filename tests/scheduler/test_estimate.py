@@ -255,14 +255,44 @@ def test_from_store_uses_history_timeouts_and_the_node_snapshot(tmp_path):
         _run(store, ids[1], NOW + 100, NOW + 300)  # median of 100 and 200: 150 s
         _run(store, ids[2], NOW + 300, None)  # running since NOW + 300
         _gpu_node(store, NOW + 300)
-        starts = estimate.from_store(store, Settings(), NOW + 350)
+        starts = estimate.from_store(store, NOW + 350, half_life=Settings().scheduler.usage_half_life,
+                                     queues=Settings().queue_configs())
         assert starts == {ids[3]: pytest.approx(NOW + 450), ids[4]: pytest.approx(NOW + 600),
                           ids[5]: pytest.approx(NOW + 750)}
         # Without any history the one-hour timeout is the guess
         fresh = _submit(store, tmp_path, SWEEP.replace("experiment: sweep", "experiment: fresh"), NOW)
-        later = estimate.from_store(store, Settings(), NOW + 350)
+        later = estimate.from_store(store, NOW + 350, half_life=Settings().scheduler.usage_half_life,
+                                     queues=Settings().queue_configs())
         assert later[fresh[0]] == pytest.approx(NOW + 900)  # after the three of "sweep" (submitted first)
         assert later[fresh[1]] == pytest.approx(NOW + 900 + 3600)
+    finally:
+        store.close()
+
+
+def test_from_store_puts_a_user_with_less_past_usage_first(tmp_path):
+    """Fair share in the replay: alice used the GPU all day yesterday, bob did
+    not, so bob's job, submitted after hers, is estimated to start first."""
+    store = Store(tmp_path / "home")
+    one = SWEEP.replace("sweep: {grid: {i: [0, 1, 2, 3, 4, 5]}}", "").replace("echo {i}", "echo one")
+
+    def submit(name: str, user: str, now: float) -> int:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(textwrap.dedent(one.replace("experiment: sweep", f"experiment: {name}")))
+        spec, raw = load_spec(path)
+        _, [job_id] = store.submit(name=name, user=user, queue=spec.queue, priority=spec.priority,
+                                   spec_path=str(path), spec=raw, package=None, metric=None, mode=None,
+                                   drafts=plan_jobs(spec, str(path)), stages={s.name: s for s in spec.stages}, now=now)
+        return job_id
+
+    try:
+        _run(store, submit("yesterday", "alice", NOW - 2 * 86400), NOW - 2 * 86400, NOW - 86400)
+        alice = submit("alice-today", "alice", NOW)
+        bob = submit("bob-today", "bob", NOW + 1)
+        _gpu_node(store, NOW + 10)
+        starts = estimate.from_store(store, NOW + 10, half_life=Settings().scheduler.usage_half_life,
+                                     queues=Settings().queue_configs())
+        assert starts[bob] == pytest.approx(NOW + 10)
+        assert starts[alice] == pytest.approx(NOW + 10 + 3600)  # after bob's job, guessed at its 1 h timeout
     finally:
         store.close()
 

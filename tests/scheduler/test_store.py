@@ -820,3 +820,32 @@ stages:
                            "asked 8.0GiB memory, peak 300.0MiB: 512.0MiB would pack 16x as many (3 jobs)"]
     assert all(len(r["advice"]) == 2 for r in page.rows)
     store.close()
+
+
+@pytest.mark.parametrize("per_shape, class_queries", [(100, 32), (3, 32), (3, 1)])
+def test_waiting_per_shape_is_the_oldest_of_each_class(store, tmp_path, monkeypatch, per_shape, class_queries):
+    """Whichever way it is read (everything, one query per class, one window
+    over all), it is the oldest ``per_shape`` pending jobs of each class."""
+    import scheduler.store as store_module
+
+    monkeypatch.setattr(store_module, "_CLASS_QUERIES", class_queries)
+    for name, cpu, n in (("a", 0.5, 7), ("b", 1, 2), ("c", 0.5, 5), ("d", 2, 6)):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(textwrap.dedent(f"""\
+            experiment: {name}
+            stages:
+              - name: s
+                command: "echo {{i}}"
+                resources: {{cpu: {cpu}}}
+                sweep: {{grid: {{i: {list(range(n))}}}}}
+            """))
+        _submit_yaml(store, spec)
+    everyone = store.waiting()
+    expected: dict[tuple, list[int]] = {}
+    for w in sorted(everyone, key=lambda w: w.id):
+        members = expected.setdefault((w.queue, w.user, w.priority, w.cpu, w.gpu, w.memory, w.timeout), [])
+        if len(members) < per_shape:
+            members.append(w.id)
+    got = [w.id for w in store.waiting(per_shape=per_shape)]
+    assert got == sorted(i for ids in expected.values() for i in ids)
+    assert len(got) == (20 if per_shape == 100 else 3 + 2 + 3)  # a and c share a class (cpu 0.5)
