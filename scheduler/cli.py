@@ -36,10 +36,14 @@ def _settings(ctx: click.Context):
     return load_settings(ctx.obj.get("cluster"))
 
 
+def _has_cluster_file(ctx: click.Context) -> bool:
+    return bool(ctx.obj.get("cluster") or os.environ.get("LABQ_CLUSTER"))
+
+
 def _estimate_settings(ctx: click.Context) -> dict[str, Any]:
     """The settings a start estimate replays the queue with: the cluster file's,
     or, without one, the defaults, built without loading pydantic."""
-    if ctx.obj.get("cluster") or os.environ.get("LABQ_CLUSTER"):
+    if _has_cluster_file(ctx):
         settings = _settings(ctx)
         return {"half_life": settings.scheduler.usage_half_life, "queues": settings.queue_configs()}
     from scheduler.policy import QueueConfig
@@ -50,7 +54,7 @@ def _estimate_settings(ctx: click.Context) -> dict[str, Any]:
 def _store(ctx: click.Context):
     from scheduler.store import Store
 
-    if not (ctx.obj.get("cluster") or os.environ.get("LABQ_CLUSTER")):
+    if not _has_cluster_file(ctx):
         # Without a cluster file only LABQ_HOME says where state lives: skip
         # loading the settings (pydantic alone is ~100 ms of a 0.5 s budget).
         return Store(Path(os.environ.get("LABQ_HOME") or DEFAULT_HOME).expanduser())

@@ -51,10 +51,20 @@ LOCK_WAIT_SECONDS = 60.0
 MAX_FREE_RETRIES = 5
 # What a worker measured beyond metrics (workers.attempt's result), kept per attempt.
 USAGE_FIELDS = ("gpu_usage", "oom_cause", "cpu_time", "rss_baseline")
-# What makes pending jobs interchangeable to the policy (a class): the columns of
-# Store.waiting(per_shape=...), and how many classes it queries one by one.
+# Pending jobs as Store.waiting loads them (no params, no targets).
+_WAITING_COLUMNS = ("id, cpu, gpu, COALESCE(memory, 0), custom, priority, user, queue, timeout, submitted_at,"
+                    " COALESCE(gpu_memory, 0), reason")
+_PENDING = "state = 'pending' AND cancel_requested = 0"
+_SQL_WAITING = f"SELECT {_WAITING_COLUMNS} FROM jobs WHERE {_PENDING}"
+# What makes pending jobs interchangeable to the policy (a class), and how many
+# classes Store.waiting(per_shape=...) queries one by one.
 _CLASS = "queue, user, priority, cpu, gpu, memory, gpu_memory, timeout, custom"
 _CLASS_QUERIES = 32
+_SQL_CLASSES = f"SELECT {_CLASS}, COUNT(*) FROM jobs WHERE {_PENDING} GROUP BY {_CLASS}"
+_SQL_FIRST_OF_CLASS = (_SQL_WAITING + "".join(f" AND {column} IS ?" for column in _CLASS.split(", "))
+                       + " ORDER BY id LIMIT ?")
+_SQL_FIRST_OF_EACH_CLASS = (f"SELECT {_WAITING_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {_CLASS}"
+                            f" ORDER BY id) AS nth FROM jobs WHERE {_PENDING}) WHERE nth <= ? ORDER BY id")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -529,33 +539,26 @@ class Store:
         decides on them; cheap to load: no params, no targets.  ``per_shape``:
         only the oldest that many of each queue, user, priority and request shape
         (what an estimate looks at; the policy treats the rest of a shape alike)."""
-        columns = ("id, cpu, gpu, COALESCE(memory, 0), custom, priority, user, queue, timeout, submitted_at,"
-                   " COALESCE(gpu_memory, 0), reason")
-        sql = f"SELECT {columns} FROM jobs WHERE state = 'pending' AND cancel_requested = 0"
         if per_shape is not None:
-            rows = self._first_of_each_class(columns, sql, per_shape)
+            rows = self._first_of_each_class(per_shape)
+        elif ids is None:
+            rows = self._conn.execute(_SQL_WAITING).fetchall()
         else:
-            rows = self._conn.execute(sql).fetchall() if ids is None else self._rows_in(sql + " AND id IN ", ids)
+            rows = self._rows_in(_SQL_WAITING + " AND id IN ", ids)
         return [Waiting(r[0], r[1], r[2], r[3], {} if r[4] == "{}" else json.loads(r[4]), r[5], r[6], r[7], r[8],
                         r[9], r[10], r[11]) for r in rows]
 
-    def _first_of_each_class(self, columns: str, sql: str, per_shape: int) -> list[Any]:
+    def _first_of_each_class(self, per_shape: int) -> list[Any]:
         """The oldest ``per_shape`` pending jobs of each class.  With a few
         classes, one indexed ``LIMIT`` query each (a millisecond); a window over
         every pending job took 0.2 s at 35,000 of them.  With many classes that
         could walk the pending jobs once per class, so the window it is then."""
-        classes = self._conn.execute(f"SELECT {_CLASS}, COUNT(*) FROM jobs WHERE state = 'pending'"
-                                     f" AND cancel_requested = 0 GROUP BY {_CLASS}").fetchall()
+        classes = self._conn.execute(_SQL_CLASSES).fetchall()
         if all(c[-1] <= per_shape for c in classes):
-            return self._conn.execute(sql + " ORDER BY id").fetchall()
+            return self._conn.execute(_SQL_WAITING + " ORDER BY id").fetchall()
         if len(classes) > _CLASS_QUERIES:
-            return self._conn.execute(
-                f"SELECT {columns} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {_CLASS} ORDER BY id) AS nth"
-                " FROM jobs WHERE state = 'pending' AND cancel_requested = 0) WHERE nth <= ? ORDER BY id",
-                (per_shape,)).fetchall()
-        match = " AND ".join(f"{column} IS ?" for column in _CLASS.split(", "))
-        rows = [row for c in classes
-                for row in self._conn.execute(f"{sql} AND {match} ORDER BY id LIMIT ?", (*c[:-1], per_shape))]
+            return self._conn.execute(_SQL_FIRST_OF_EACH_CLASS, (per_shape,)).fetchall()
+        rows = [row for c in classes for row in self._conn.execute(_SQL_FIRST_OF_CLASS, (*c[:-1], per_shape))]
         return sorted(rows, key=lambda row: row[0])
 
     def last_event_id(self) -> int:
