@@ -183,6 +183,11 @@ def run_rounds(runners: list, reps: int) -> None:
             return
 
 
+def round_ratios(runs: list[dict], raw_runs: list[dict]) -> list[float]:
+    """jobs/s of each warm round's run over raw Ray's in the same round."""
+    return [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(runs, raw_runs) if a["kind"] == "warm"]
+
+
 def warm(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r["kind"] == "warm"]
 
@@ -460,11 +465,9 @@ def main(argv: list[str] | None = None) -> dict:
                 runner.close()
             for runner in runners[1:]:
                 shutil.rmtree(runner.home, ignore_errors=True)
-        data["round_ratios"] = [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(labq.runs, raw.runs)
-                                if a["kind"] == "warm"]
-        data["labq_elsewhere"] = [{"label": x.label, "runs": x.runs,
-                                   "round_ratios": [a["jobs_per_s"] / b["jobs_per_s"] for a, b in zip(x.runs, raw.runs)
-                                                    if a["kind"] == "warm"]} for x in runners[1:]]
+        data["round_ratios"] = round_ratios(labq.runs, raw.runs)
+        data["labq_elsewhere"] = [{"label": x.label, "runs": x.runs, "round_ratios": round_ratios(x.runs, raw.runs)}
+                                  for x in runners[1:]]
         if "nopack" not in args.skip:
             print(f"labq with packing off (scheduler.pack_seconds: 0): {n} no-op jobs, back to back", flush=True)
             unpacked = LabqRunner(temp, n, timeout, pack_seconds=0)
