@@ -68,7 +68,7 @@ class FakeBackend:
         return self.node_list[0].node_id
 
     def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
-               custom: dict[str, float], node_id: str | None, package: str | None,
+               custom: dict[str, float], node_id: str | None, package: str | None, pip: list[str] | None = None,
                fresh_worker: bool = False) -> Handle:
         if self.first_launch_at is None:
             self.first_launch_at = time.perf_counter()
@@ -78,7 +78,8 @@ class FakeBackend:
         return handle
 
     def launch_pack(self, tasks: list[dict[str, Any]], *, cpu: float, memory: int | None,
-                    custom: dict[str, float], node_id: str | None, package: str | None) -> Handle:
+                    custom: dict[str, float], node_id: str | None, package: str | None,
+                    pip: list[str] | None = None) -> Handle:
         """One handle for the pack; ``launched`` lists each of its tasks under it."""
         if self.first_launch_at is None:
             self.first_launch_at = time.perf_counter()

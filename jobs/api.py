@@ -65,6 +65,10 @@ class JobContext:
     # A directory shared by all jobs on this node (LABQ_HOME/cache), for outputs
     # worth reusing across experiments, keyed by the job itself.
     cache_dir: Path | None = None
+    # The attempt's private working directory (its cwd while it runs): a copy of
+    # the submitted project; what the job creates or changes there is kept as its
+    # outputs (<run dir>/outputs) when it ends.
+    workdir: Path | None = None
 
     @property
     def artifacts_dir(self) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from scheduler import wakeup
-from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
+from scheduler.errors import PermissionDenied, SpecError, UnknownIdError, UserError
 from scheduler.records import Job, is_id
 from scheduler.states import JobState
 from scheduler.store import Store, is_number
@@ -50,7 +50,7 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
     """Validate, expand the sweeps, snapshot the code and store every job in one
     transaction.  Raises SpecError (nothing written) on bad input."""
     from scheduler.packaging import snapshot
-    from scheduler.spec import load_spec
+    from scheduler.spec import load_spec, stage_runtimes
     from scheduler.sweep import plan_jobs
 
     from scheduler.config import load_settings
@@ -68,7 +68,8 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
         experiment_id, ids = store.submit(
             name=spec.experiment, user=user or getpass.getuser(), queue=spec.queue, priority=spec.priority,
             spec_path=str(Path(spec_path).resolve()), spec=raw, package=str(package), metric=spec.metric,
-            mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time())
+            mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time(),
+            runtimes=stage_runtimes(spec, Path(spec_path).resolve().parent))
     finally:
         store.close()
     wakeup.notify(home)
@@ -225,7 +226,7 @@ def _sort_order(sort: str | None, ascending: bool | None, metric: str | None, mo
 
 ROW_FIELDS = frozenset({"job_id", "experiment", "stage", "state", "params", "swept", "metrics", "attempts",
                         "started_at", "ended_at", "duration", "node_id", "gpu_ids", "peak_rss", "run_dir", "error",
-                        "gpu_usage", "advice", "best"})
+                        "gpu_usage", "advice", "best", "outputs"})
 
 
 def _row(experiment: str, job: Job, attempt: Any, metrics: dict[str, Any], advice: list[str]) -> dict[str, Any]:
@@ -241,7 +242,41 @@ def _row(experiment: str, job: Job, attempt: Any, metrics: dict[str, Any], advic
         "error": (attempt.error.strip().splitlines()[-1] if attempt and attempt.error else None),
         "gpu_usage": attempt.usage.get("gpu_usage") if attempt else None,
         "advice": advice if attempt and attempt.ended_at else [],
+        "outputs": attempt.outputs if attempt else [],
     }
+
+
+def chosen_attempt(store: Store, job_id: int, number: int | None, what: str = "files") -> Any:
+    """Attempt ``number`` of a job (default: its latest); UserError if none."""
+    job = store.job(job_id)
+    attempts = store.attempts(job_id)
+    if not attempts:
+        raise UserError(f"job {job_id} has not started yet (state {job.state.value}); no {what}")
+    chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
+    if chosen is None:
+        raise UserError(f"job {job_id} has no attempt {number}; attempts: 1-{len(attempts)}")
+    return chosen
+
+
+def attempt_file(attempt: Any, path: str) -> Path:
+    """The file behind ``path``, one of the attempt's kept outputs or its
+    artifacts, as recorded: nothing else under the run dir, nothing outside it."""
+    from workers.paths import RunPaths
+    from workers.workdir import OUTPUTS
+
+    paths = RunPaths(Path(attempt.run_dir))
+    if any(o["path"] == path and o.get("kept", True) for o in attempt.outputs):
+        base = paths.root / OUTPUTS
+    elif path in attempt.artifacts:
+        base = paths.artifacts
+    else:
+        known = [o["path"] for o in attempt.outputs if o.get("kept", True)] + list(attempt.artifacts)
+        hint = f"; it has: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known else "; it has none"
+        raise UserError(f"attempt {attempt.number} of job {attempt.job_id} kept no file {path!r}{hint}")
+    target = (base / path).resolve()
+    if base.resolve() not in target.parents or not target.is_file():
+        raise UserError(f"{path}: no longer in {base} (moved or deleted since the job ended)")
+    return target
 
 
 def advice_for(job: Job, attempt: Any) -> list[str]:

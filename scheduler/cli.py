@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -331,11 +332,9 @@ def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, sho
     while follow and not attempts and not job.state.is_terminal():
         time.sleep(0.5)
         job, attempts = store.job(job_id), store.attempts(job_id)
-    if not attempts:
-        raise UserError(f"job {job_id} has not started yet (state {job.state.value}); no logs")
-    chosen = attempts[-1] if attempt is None else next((a for a in attempts if a.number == attempt), None)
-    if chosen is None:
-        raise UserError(f"job {job_id} has no attempt {attempt}; attempts: 1-{len(attempts)}")
+    from scheduler import api
+
+    chosen = api.chosen_attempt(store, job_id, attempt, what="logs")
     paths = RunPaths(Path(chosen.run_dir))
     streams = {"stdout": paths.stdout, "stderr": paths.stderr}
     if show_stderr is not None:
@@ -360,6 +359,51 @@ def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, sho
             if all(offsets[n] >= (p.stat().st_size if p.exists() else 0) for n, p in streams.items()):
                 return
         time.sleep(0.3)
+
+
+@cli.command()
+@click.argument("job_id", type=click.IntRange(min=1, max=2**62))
+@click.option("--attempt", type=click.IntRange(min=1, max=10_000), help="Attempt number (default: the latest).")
+@click.option("--get", "get_path", metavar="PATH", help="Write this file (an output or artifact) to stdout or -o.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), help="With --get: write it here.")
+@click.option("--json", "as_json", is_flag=True, help="List the files as JSON.")
+@click.pass_context
+def artifacts(ctx: click.Context, job_id: int, attempt: int | None, get_path: str | None, output: str | None,
+              as_json: bool) -> None:
+    """The files a job's attempt left: its outputs (what it created or changed in
+    its working directory) and the artifacts it saved; --get fetches one."""
+    from scheduler import api, render
+
+    chosen = api.chosen_attempt(_store(ctx), job_id, attempt)
+    if get_path is None:
+        if output:
+            raise UserError("labq artifacts: -o needs --get PATH (the file to write)")
+        if as_json:
+            _print_json({"job_id": job_id, "attempt": chosen.number, "state": chosen.state.value,
+                         "run_dir": chosen.run_dir, "outputs": chosen.outputs, "artifacts": chosen.artifacts})
+            return
+        if chosen.ended_at is None:
+            render.console.print(f"attempt {chosen.number} is still running: its files are listed when it ends "
+                                 f"(working directory {Path(chosen.run_dir) / 'workdir'})", highlight=False)
+            return
+        if not chosen.outputs and not chosen.artifacts:
+            render.console.print(f"attempt {chosen.number} of job {job_id} left no outputs or artifacts",
+                                 highlight=False)
+            return
+        render.console.print(render.files_table(chosen, title=f"job {job_id}, attempt {chosen.number}",
+                                                limit=10_000_000))
+        return
+    source = api.attempt_file(chosen, get_path)
+    if output:
+        try:
+            shutil.copyfile(source, output)
+        except OSError as exc:
+            raise UserError(f"-o {output}: cannot write it: {exc.strerror or exc}") from None
+        click.echo(f"wrote {output} ({source.stat().st_size} bytes)", err=True)
+        return
+    with open(source, "rb") as f:
+        shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 @cli.command()

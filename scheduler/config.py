@@ -120,6 +120,9 @@ class Settings(_Strict):
     # to the node that needs them); "shared" means LABQ_HOME is the same shared
     # path (NFS...) on every node, so nothing is copied and `logs -f` is live.
     storage: Literal["collect", "shared"] = "collect"
+    # The most bytes of outputs (files a job creates or changes in its working
+    # directory) kept per attempt; files beyond it are deleted and listed as dropped.
+    outputs_limit: Memory = Field(1 << 30, ge=0)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     queues: list[Queue] = Field(default_factory=lambda: [Queue(name=DEFAULT_QUEUE)])
     # Users who may cancel other users' jobs; everyone may cancel their own.

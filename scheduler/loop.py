@@ -709,8 +709,10 @@ class Scheduler:
             if job_id not in self._pending:
                 self._reasons.pop(job_id, None)
 
-    def _task(self, attempt: Attempt, job: Job, placement: policy.Placement) -> tuple[dict[str, Any], str | None]:
-        """What the worker is given for one attempt, and the code package it needs."""
+    def _task(self, attempt: Attempt, job: Job, placement: policy.Placement
+              ) -> tuple[dict[str, Any], str | None, list[str] | None]:
+        """What the worker is given for one attempt, the code package it needs,
+        and the Python packages its stage asks for (env.pip)."""
         extra = self.store.launch_context(job.id)
         share = placement.gpu_share or job.gpu  # gpu_memory turned into a share of the chosen card
         task = {
@@ -720,23 +722,30 @@ class Scheduler:
             "resources": {"cpu": job.cpu, "gpu": share, "memory": job.memory, "custom": job.custom,
                           "gpu_memory": job.gpu_memory},
             "code_dir": None if extra["package"] else str(Path(extra["spec_path"]).parent),
+            # The snapshot (<sha>.zip) the attempt's private working directory copies,
+            # and where each node keeps it extracted.
+            "package": extra["package"],
+            "code_root": str(self.settings.home_path / "code"),
             "cache_dir": str(self.settings.home_path / "cache"),
             "collect_to_node": self._collect_node(),
+            "metrics_from": extra["runtime"].get("metrics_from"),
+            "env_vars": (extra["runtime"].get("env") or {}).get("vars") or {},
+            "outputs_limit": self.settings.outputs_limit,
         }
         if task["collect_to_node"] and placement.node_id and placement.node_id != task["collect_to_node"]:
             for up in task["inputs"]:  # the node cannot read the head's disk: send the artifacts
                 up["bundle"] = bundle.pack(Path(up["run_dir"]), only="artifacts")
-        return task, extra["package"]
+        return task, extra["package"], (extra["runtime"].get("env") or {}).get("pip")
 
     def _launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> None:
-        task, package = self._task(attempt, job, placement)
+        task, package, pip = self._task(attempt, job, placement)
         share = task["resources"]["gpu"]
         try:
             # A worker that has used CUDA keeps its first device: real GPUs get a fresh
             # worker per job. Logical GPUs (NVML read nothing there) have no CUDA to keep.
             fresh = share > 0 and self._gpu_readings.get(placement.node_id or "") != []
             ref = self.backend.launch(task, cpu=job.cpu, gpu=share, memory=job.memory, custom=job.custom,
-                                      node_id=placement.node_id, package=package, fresh_worker=fresh)
+                                      node_id=placement.node_id, package=package, pip=pip, fresh_worker=fresh)
         except Exception as exc:  # bad runtime env, Ray gone mid-pass: the attempt failed to start
             log.exception("launching job %s failed", job.id)
             self.store.finish_attempt(attempt.id, AttemptState.LOST, now, error=f"could not launch on Ray: {exc}")
@@ -751,14 +760,14 @@ class Scheduler:
         """One Ray task for several short jobs of one stage, with the first one's
         share (they all have the same): they run one after another in it."""
         tasks = []
-        package = None
+        package = pip = None
         for attempt in attempts:
-            task, package = self._task(attempt, jobs[attempt.job_id], placement)
+            task, package, pip = self._task(attempt, jobs[attempt.job_id], placement)
             tasks.append(task)
         lead = jobs[attempts[0].job_id]
         try:
             ref = self.backend.launch_pack(tasks, cpu=lead.cpu, memory=lead.memory, custom=lead.custom,
-                                           node_id=placement.node_id, package=package)
+                                           node_id=placement.node_id, package=package, pip=pip)
         except Exception as exc:
             log.exception("launching a pack of %d jobs (job %s first) failed", len(attempts), lead.id)
             # As if the first had been launched alone; the rest never started: not charged.

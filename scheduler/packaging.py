@@ -3,7 +3,8 @@
 Like ``ray job submit --working-dir``: the directory of the spec is zipped once,
 content-addressed under ``LABQ_HOME/packages``, and every job of the experiment
 runs from that snapshot, so editing code after submitting does not change jobs
-already queued.  The scheduler uploads the zip to Ray as the task's working_dir.
+already queued.  Each node extracts the zip once and every attempt works in a
+private copy of it (workers.workdir).
 """
 
 from __future__ import annotations

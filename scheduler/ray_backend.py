@@ -19,6 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from scheduler.states import AttemptState, worker_end
 from workers.attempt import run_attempt, run_attempts
+from workers.workdir import CODE_NAMESPACE, code_key
 from workers.gpu import node_telemetry
 
 log = logging.getLogger("labq.ray")
@@ -113,44 +114,49 @@ class RayBackend:
 
     # ------------------------------------------------------------ code
 
-    def working_dir_uri(self, package: str | None) -> str | None:
-        """Upload the experiment's code snapshot once; Ray dedupes by name."""
-        if not package:
-            return None
-        if package in self._uploaded:
-            return self._uploaded[package]
-        from ray._private.runtime_env.packaging import package_exists, upload_package_to_gcs
+    def share_code(self, package: str | None) -> None:
+        """Leave the experiment's code snapshot in Ray's key-value store, once,
+        for nodes that cannot read LABQ_HOME (workers.workdir.open_snapshot).
+        Not a runtime_env working_dir: a new working_dir makes Ray start new
+        worker processes, seconds for the first job of every new snapshot."""
+        if not package or package in self._uploaded:
+            return
+        from ray.experimental.internal_kv import _internal_kv_put
 
-        uri = f"gcs://_ray_pkg_{Path(package).stem}.zip"
-        if not package_exists(uri):
-            upload_package_to_gcs(uri, Path(package).read_bytes())
-        self._uploaded[package] = uri
-        return uri
+        _internal_kv_put(code_key(Path(package).stem), Path(package).read_bytes(), overwrite=False,
+                         namespace=CODE_NAMESPACE)
+        self._uploaded[package] = code_key(Path(package).stem)
+
+    def _code_for(self, task: dict[str, Any], node_id: str | None, package: str | None) -> None:
+        head = task.get("collect_to_node")
+        if head and node_id != head:  # another node, no shared LABQ_HOME
+            self.share_code(package)
 
     # ------------------------------------------------------------ tasks
 
     def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
-               custom: dict[str, float], node_id: str | None, package: str | None,
+               custom: dict[str, float], node_id: str | None, package: str | None, pip: list[str] | None = None,
                fresh_worker: bool = False) -> ray.ObjectRef:
-        options = _options(f"labq-job-{task['job_id']}-{task['attempt']}", cpu, gpu, memory, custom, node_id,
-                           self.working_dir_uri(package))
+        self._code_for(task, node_id, package)
+        options = _options(f"labq-job-{task['job_id']}-{task['attempt']}", cpu, gpu, memory, custom, node_id, pip)
         remote = _remote_gpu_attempt if fresh_worker else _remote_attempt
         return remote.options(**options).remote(task)
 
     def launch_pack(self, tasks: list[dict[str, Any]], *, cpu: float, memory: int | None,
-                    custom: dict[str, float], node_id: str | None, package: str | None) -> ray.ObjectRef:
+                    custom: dict[str, float], node_id: str | None, package: str | None,
+                    pip: list[str] | None = None) -> ray.ObjectRef:
         """One task that runs ``tasks`` one after another with one job's share
         (no GPU: packs are CPU jobs); read its end with :meth:`pack_outcomes`."""
-        uri = self.working_dir_uri(package)
-        key = (cpu, memory, tuple(sorted(custom.items())), node_id, uri)
+        self._code_for(tasks[0], node_id, package)
+        key = (cpu, memory, tuple(sorted(custom.items())), node_id, tuple(pip or ()))
         remote = self._pack_remotes.get(key)
         if remote is None:
-            # .options() validates and parses the runtime env each call (~1 ms):
-            # one per shape, node and code snapshot, not one per pack.
+            # .options() validates each call (~1 ms): one per shape, node and
+            # environment, not one per pack.
             if len(self._pack_remotes) >= 256:
                 self._pack_remotes.clear()
             remote = self._pack_remotes[key] = _remote_pack.options(
-                **_options("labq-pack", cpu, 0, memory, custom, node_id, uri))
+                **_options("labq-pack", cpu, 0, memory, custom, node_id, pip))
         return remote.remote(tasks)
 
     @classmethod
@@ -212,7 +218,7 @@ class RayBackend:
                 rex.TaskUnschedulableError) as exc:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
         except rex.RuntimeEnvSetupError as exc:
-            return AttemptState.FAILED, None, f"could not set up the job's code on the node: {_short(exc)}"
+            return AttemptState.FAILED, None, f"could not install the stage's env.pip packages on the node: {_pip_error(exc)}"
         except rex.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, rex.TaskCancelledError) or isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
@@ -233,14 +239,15 @@ class RayBackend:
 
 
 def _options(name: str, cpu: float, gpu: float, memory: int | None, custom: dict[str, float],
-             node_id: str | None, working_dir_uri: str | None) -> dict[str, Any]:
+             node_id: str | None, pip: list[str] | None) -> dict[str, Any]:
     """Ray task options for one attempt or pack: its share, pinned to the node
-    the policy chose, with the experiment's code as its working dir."""
+    the policy chose, in a Ray runtime environment with the stage's env.pip
+    packages when it names any (Ray installs each distinct set once per node)."""
     options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": gpu, "resources": dict(custom) or None, "name": name}
     if memory:
         options["memory"] = memory
-    if working_dir_uri:
-        options["runtime_env"] = {"working_dir": working_dir_uri}
+    if pip:
+        options["runtime_env"] = {"pip": {"packages": list(pip), "pip_check": False}}
     if node_id:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
     return options
@@ -257,6 +264,13 @@ def _use_token_auth_if_available() -> None:
     except ImportError:  # an older Ray without token auth
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _pip_error(exc: BaseException) -> str:
+    """pip's own complaint out of Ray's long setup report (the ERROR lines)."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return " ".join(errors)[:800] if errors else _short(exc)
 
 
 def _short(exc: BaseException) -> str:

@@ -103,6 +103,9 @@ class Attempt:
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)  # gpu_usage, cpu_time, ... (see store.USAGE_FIELDS)
+    # Files the job created or changed in its working directory, kept under
+    # <run dir>/outputs: [{"path", "bytes", "kept"}] (kept False: over the size limit).
+    outputs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = _fields(self)

@@ -175,7 +175,28 @@ def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[s
     ev.add_column("event", overflow="fold")
     for e in events[-20:]:
         ev.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts)), e.message)
-    return Group(head, att, ev)
+    parts: list[Any] = [head, att]
+    last = attempts[-1] if attempts else None
+    if last is not None and (last.outputs or last.artifacts):
+        parts.append(files_table(last, title=f"files of attempt {last.number} (labq artifacts {job.id} --get PATH)"))
+    return Group(*parts, ev)
+
+
+def files_table(attempt: Any, title: str, limit: int = 50) -> Table:
+    """An attempt's outputs (what it wrote in its working directory) and the
+    artifacts it saved through labq's API."""
+    table = Table(title=title, title_justify="left")
+    for col in ("kind", "path", "size", "note"):
+        table.add_column(col, overflow="fold")
+    rows = ([("output", o["path"], format_bytes(o["bytes"]),
+              "" if o.get("kept", True) else "not kept: over the outputs limit (metadata.labq.outputs_limit)")
+             for o in attempt.outputs]
+            + [("artifact", a, "", "") for a in attempt.artifacts])
+    for row in rows[:limit]:
+        table.add_row(*row)
+    if len(rows) > limit:
+        table.add_row("", f"... {len(rows) - limit} more (labq artifacts {attempt.job_id})", "", "")
+    return table
 
 
 class Progress:

@@ -130,6 +130,78 @@ class Sweep(_Strict):
         return self
 
 
+METRIC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+ENV_VAR_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_REQUIREMENTS_BYTES = 1 << 20
+
+
+def _relative_path(value: str, key: str) -> str:
+    """A path inside the job's working directory (or the spec's directory)."""
+    parts = Path(value).parts
+    if not value or Path(value).is_absolute() or ".." in parts or "\0" in value:
+        raise ValueError(f"{key}: expected a relative path inside the project without '..', got {value!r}")
+    return value
+
+
+class MetricsFrom(_Strict):
+    """Metrics of a script that does not report them itself (workers.metrics_from)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    stdout: dict[str, str] | None = None  # metric name -> regex whose first group is the number
+    json_path: str | None = Field(None, alias="json")  # a JSON file the script writes in its cwd
+
+    @model_validator(mode="after")
+    def _valid(self) -> "MetricsFrom":
+        from workers.metrics_from import regex_problem
+
+        if not self.stdout and self.json_path is None:
+            raise ValueError("expected stdout: {metric: regex} and/or json: path/to/metrics.json")
+        for name, pattern in (self.stdout or {}).items():
+            if not re.match(METRIC_NAME_PATTERN, name):
+                raise ValueError(f"stdout.{name}: expected a metric name of letters, digits, '_', '.', '-'")
+            problem = regex_problem(pattern)
+            if problem:
+                raise ValueError(f"stdout.{name}: {problem}")
+        if self.json_path is not None:
+            _relative_path(self.json_path, "json")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stdout": dict(self.stdout or {}), "json": self.json_path}
+
+
+def _env_value(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value) if isinstance(value, (int, float)) else value
+
+
+class Env(_Strict):
+    """What a stage needs beyond labq's own environment: variables (set by labq
+    in the job's process) and Python packages (installed by Ray's runtime
+    environments, once per distinct set, cached per node)."""
+
+    vars: dict[str, Annotated[str, BeforeValidator(_env_value)]] = Field(default_factory=dict)
+    pip: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(None, max_length=1000)
+    requirements: str | None = None  # a requirements.txt beside the spec
+
+    @model_validator(mode="after")
+    def _valid(self) -> "Env":
+        for name, value in self.vars.items():
+            if not ENV_VAR_PATTERN.match(name):
+                raise ValueError(f"vars.{name}: expected a variable name of letters, digits and '_'")
+            if name.startswith("LABQ_"):
+                raise ValueError(f"vars.{name}: LABQ_* variables are labq's own (the job's id, run dir...)")
+            if "\0" in value:
+                raise ValueError(f"vars.{name}: a value cannot hold a NUL character")
+        if self.pip is not None and self.requirements is not None:
+            raise ValueError("expected pip (a list of packages) or requirements (a file), not both")
+        if self.requirements is not None:
+            _relative_path(self.requirements, "requirements")
+        return self
+
+
 class Stage(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     run: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -141,6 +213,8 @@ class Stage(_Strict):
     retries: int = Field(0, ge=0, le=100)
     timeout: Duration = None  # seconds
     retry_on_oom: RetryOnOom | None = None
+    metrics_from: MetricsFrom | None = None
+    env: Env | None = None
 
     @model_validator(mode="after")
     def _run_or_command(self) -> "Stage":
@@ -160,6 +234,7 @@ class ExperimentSpec(_Strict):
     # The metric results are sorted by, and whether bigger is better.
     metric: str | None = None
     mode: Literal["max", "min"] | None = None
+    env: Env | None = None  # for every stage; a stage's own env adds to it
     stages: list[Stage] = Field(min_length=1)
 
     def stage(self, name: str) -> Stage:
@@ -311,6 +386,10 @@ def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
             model = Sweep
         elif model is Stage and item == "retry_on_oom":
             model = RetryOnOom
+        elif model is Stage and item == "metrics_from":
+            model = MetricsFrom
+        elif model in (Stage, ExperimentSpec) and item == "env":
+            model = Env
         elif model is Sweep and item == "random":
             model = "random params"
         elif model == "random params":
@@ -321,7 +400,67 @@ def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _semantic_problems(spec: ExperimentSpec, base_dir: Path) -> list[tuple[str, str]]:
-    return _check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
+    return (_check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
+            + _check_requirements(spec, base_dir))
+
+
+def _envs(spec: ExperimentSpec) -> list[tuple[str, Env]]:
+    return ([("env", spec.env)] if spec.env else []) + [(f"stages[{s.name}].env", s.env) for s in spec.stages if s.env]
+
+
+def _check_requirements(spec: ExperimentSpec, base_dir: Path) -> list[tuple[str, str]]:
+    problems = []
+    for key, env in _envs(spec):
+        if env.requirements is not None:
+            _, problem = read_requirements(base_dir, env.requirements)
+            if problem:
+                problems.append((f"{key}.requirements", problem))
+    return problems
+
+
+def read_requirements(base_dir: Path, name: str) -> tuple[list[str], str | None]:
+    """The requirement lines of a requirements file inside the spec's directory."""
+    path = (base_dir / name).resolve()
+    if base_dir.resolve() not in path.parents:
+        return [], f"expected a file inside the spec's directory {base_dir}, got {name!r}"
+    try:
+        if not path.is_file():
+            return [], f"no file {name} beside the spec"
+        if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
+            return [], f"{name} is larger than {MAX_REQUIREMENTS_BYTES // 1024} KiB"
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], f"cannot read {name}: {exc.__class__.__name__}"
+    lines = [line.split(" #")[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line and not line.startswith("#")]
+    if not lines:
+        return [], f"{name} lists no packages"
+    return lines, None
+
+
+def stage_runtimes(spec: ExperimentSpec, base_dir: Path) -> dict[str, dict[str, Any]]:
+    """What each stage's workers need beyond the job row, resolved at submit
+    (the requirements file is read now, so editing it later changes nothing):
+    {stage: {"metrics_from": {...} | None, "env": {"vars": {...}, "pip": [...] | None}}}."""
+    runtimes: dict[str, dict[str, Any]] = {}
+    for stage in spec.stages:
+        envs = [e for e in (spec.env, stage.env) if e is not None]
+        variables: dict[str, str] = {}
+        pip: list[str] | None = None
+        for env in envs:
+            variables.update(env.vars)
+            if env.requirements is not None:
+                pip = read_requirements(base_dir, env.requirements)[0]
+            elif env.pip is not None:
+                pip = list(env.pip)
+        runtime: dict[str, Any] = {}
+        if stage.metrics_from is not None:
+            runtime["metrics_from"] = stage.metrics_from.to_json()
+        if variables or pip:
+            runtime["env"] = {"vars": variables, "pip": pip or None}
+        if runtime:
+            runtimes[stage.name] = runtime
+    return runtimes
 
 
 def _problems_of_valid_stages(raw: dict[str, Any], base_dir: Path) -> list[tuple[str, str]]:

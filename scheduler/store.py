@@ -24,7 +24,7 @@ from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
 from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added since schema 1, added in place to a database written by it.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "ALTER TABLE jobs ADD COLUMN oom_gpu_scale REAL",
@@ -43,7 +43,10 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "CREATE TABLE metric_names (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, name TEXT NOT NULL,"
                   " PRIMARY KEY (experiment_id, stage, name)) WITHOUT ROWID",
                   lambda cur: _backfill_finals(cur),
-                  "CREATE TABLE estimates (job_id INTEGER PRIMARY KEY, start REAL)"]}
+                  "CREATE TABLE estimates (job_id INTEGER PRIMARY KEY, start REAL)"],
+              4: ["CREATE TABLE stage_runtime (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL,"
+                  " runtime TEXT NOT NULL, PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID",
+                  "ALTER TABLE results ADD COLUMN outputs TEXT NOT NULL DEFAULT '[]'"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Requeues for losses not the job's fault (scheduler restarts, dead nodes) stop
@@ -98,8 +101,10 @@ CREATE INDEX IF NOT EXISTS attempts_state ON attempts(state);
 CREATE TABLE IF NOT EXISTS results (
     attempt_id INTEGER PRIMARY KEY REFERENCES attempts(id), job_id INTEGER NOT NULL,
     metrics TEXT NOT NULL, artifacts TEXT NOT NULL, recorded_at REAL NOT NULL,
-    usage TEXT NOT NULL DEFAULT '{}');
+    usage TEXT NOT NULL DEFAULT '{}', outputs TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS results_job ON results(job_id);
+-- results.outputs: the files the job created or changed in its working directory,
+-- [{path, bytes, kept}] (workers.workdir).
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, job_id INTEGER NOT NULL, attempt_id INTEGER,
     kind TEXT NOT NULL, message TEXT NOT NULL);
@@ -124,6 +129,10 @@ CREATE TABLE IF NOT EXISTS metric_names (
 -- The running scheduler's estimated start of each pending job it replayed (NULL:
 -- not known), all rewritten at once, and meta 'estimated_at' says when.
 CREATE TABLE IF NOT EXISTS estimates (job_id INTEGER PRIMARY KEY, start REAL);
+-- What a stage's workers need beyond the job row (metrics_from, env), resolved at submit.
+CREATE TABLE IF NOT EXISTS stage_runtime (
+    experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, runtime TEXT NOT NULL,
+    PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, address TEXT NOT NULL, alive INTEGER NOT NULL, total TEXT NOT NULL,
     allocated TEXT NOT NULL, running_jobs INTEGER NOT NULL, gpus TEXT NOT NULL, updated_at REAL NOT NULL);
@@ -274,7 +283,8 @@ class Store:
 
     def submit(self, *, name: str, user: str, queue: str, priority: int, spec_path: str,
                spec: dict[str, Any], package: str | None, metric: str | None, mode: str | None,
-               drafts: list[Any], stages: dict[str, Any], now: float) -> tuple[int, list[int]]:
+               drafts: list[Any], stages: dict[str, Any], now: float,
+               runtimes: dict[str, dict[str, Any]] | None = None) -> tuple[int, list[int]]:
         """Store an experiment and all its jobs in one transaction; returns ids.
         Jobs with upstream jobs start blocked, the rest pending."""
         with self._tx() as cur:
@@ -283,6 +293,8 @@ class Store:
                 " submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (name, user, queue, priority, spec_path, _dumps(spec), package, metric, mode, now))
             experiment_id = cur.lastrowid
+            cur.executemany("INSERT INTO stage_runtime (experiment_id, stage, runtime) VALUES (?, ?, ?)",
+                            [(experiment_id, stage, _dumps(runtime)) for stage, runtime in (runtimes or {}).items()])
             ids: list[int] = []
             for draft in drafts:
                 stage = stages[draft.stage]
@@ -411,10 +423,11 @@ class Store:
              result.get("peak_rss"), slot_from, attempt_id))
         if result:
             usage = {k: result[k] for k in USAGE_FIELDS if result.get(k) is not None}
-            cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at, usage)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
+            cur.execute("INSERT OR IGNORE INTO results (attempt_id, job_id, metrics, artifacts, recorded_at, usage,"
+                        " outputs) VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (attempt_id, job_id, _dumps(result.get("metrics") or {}),
-                         _dumps(result.get("artifacts") or []), now, _dumps(usage)))
+                         _dumps(result.get("artifacts") or []), now, _dumps(usage),
+                         _dumps(result.get("outputs") or [])))
             cur.execute("UPDATE jobs SET node_id = COALESCE(?, node_id), gpu_ids = ? WHERE id = ?",
                         (result.get("node_id"), _dumps(result.get("gpu_ids") or []), job_id))
             _write_finals(cur, row, result.get("metrics") or {},
@@ -644,8 +657,9 @@ class Store:
         """What a worker needs beyond the job row: the code snapshot, upstream
         outputs, and the previous attempt's run dir (to resume from)."""
         row = self._conn.execute(
-            "SELECT e.package, e.spec_path, j.attempts FROM jobs j JOIN experiments e ON e.id = j.experiment_id"
-            " WHERE j.id = ?", (job_id,)).fetchone()
+            "SELECT e.package, e.spec_path, j.attempts, s.runtime FROM jobs j JOIN experiments e"
+            " ON e.id = j.experiment_id LEFT JOIN stage_runtime s ON s.experiment_id = j.experiment_id"
+            " AND s.stage = j.stage WHERE j.id = ?", (job_id,)).fetchone()
         inputs = []
         for up in self._conn.execute(
                 "SELECT j.id, j.stage, j.params, a.run_dir, r.metrics FROM job_deps d JOIN jobs j ON j.id = d.dep_job_id"
@@ -661,7 +675,8 @@ class Store:
             " AND dispatched_at = ended_at AND state IN ('lost', 'preempted')) ORDER BY number DESC LIMIT 1",
             (job_id, row["attempts"])).fetchone()
         return {"package": row["package"], "spec_path": row["spec_path"], "inputs": inputs,
-                "previous_run_dir": previous[0] if previous else None}
+                "previous_run_dir": previous[0] if previous else None,
+                "runtime": json.loads(row["runtime"]) if row["runtime"] else {}}
 
     # ------------------------------------------------------------ reads for the CLI
 
@@ -740,7 +755,7 @@ class Store:
 
     def attempts(self, job_id: int) -> list[Attempt]:
         rows = self._conn.execute(
-            "SELECT a.*, r.metrics, r.artifacts, r.usage FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id"
+            "SELECT a.*, r.metrics, r.artifacts, r.usage, r.outputs FROM attempts a LEFT JOIN results r ON r.attempt_id = a.id"
             " WHERE a.job_id = ? ORDER BY a.number", (job_id,)).fetchall()
         return [_attempt(r) for r in rows]
 
@@ -752,7 +767,7 @@ class Store:
     def final_results(self, experiment_id: int) -> dict[int, tuple[Attempt, dict[str, Any]]]:
         """The latest attempt of each job of an experiment with its metrics."""
         rows = self._conn.execute(
-            "SELECT a.*, r.metrics, r.artifacts, r.usage FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            "SELECT a.*, r.metrics, r.artifacts, r.usage, r.outputs FROM attempts a JOIN jobs j ON j.id = a.job_id"
             " LEFT JOIN results r ON r.attempt_id = a.id"
             " WHERE j.experiment_id = ? AND a.number = j.attempts", (experiment_id,)).fetchall()
         return {r["job_id"]: (_attempt(r), json.loads(r["metrics"]) if r["metrics"] else {}) for r in rows}
@@ -793,7 +808,7 @@ class Store:
     def final_attempts(self, job_ids: list[int]) -> dict[int, tuple[Attempt, dict[str, Any]]]:
         """The latest attempt of each of ``job_ids`` with its metrics."""
         rows = self._rows_in(
-            "SELECT a.*, r.metrics, r.artifacts, r.usage FROM attempts a JOIN jobs j ON j.id = a.job_id"
+            "SELECT a.*, r.metrics, r.artifacts, r.usage, r.outputs FROM attempts a JOIN jobs j ON j.id = a.job_id"
             " LEFT JOIN results r ON r.attempt_id = a.id WHERE a.number = j.attempts AND j.id IN ", job_ids)
         return {r["job_id"]: (_attempt(r), json.loads(r["metrics"]) if r["metrics"] else {}) for r in rows}
 
@@ -973,4 +988,5 @@ def _attempt(r: sqlite3.Row) -> Attempt:
                    exit_code=r["exit_code"], error=r["error"], peak_rss=r["peak_rss"], gpu_share=r["gpu_share"],
                    metrics=json.loads(r["metrics"]) if "metrics" in keys and r["metrics"] else {},
                    artifacts=json.loads(r["artifacts"]) if "artifacts" in keys and r["artifacts"] else [],
-                   usage=json.loads(r["usage"]) if "usage" in keys and r["usage"] else {})
+                   usage=json.loads(r["usage"]) if "usage" in keys and r["usage"] else {},
+                   outputs=json.loads(r["outputs"]) if "outputs" in keys and r["outputs"] else [])

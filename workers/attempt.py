@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib
+import json
 import os
 import resource
 import shlex
@@ -27,6 +28,8 @@ from typing import Any, Callable, Iterator
 
 from jobs.api import JobContext, Upstream, set_current
 from workers import bundle, gpu
+from workers import metrics_from as metrics_from_mod
+from workers import workdir as workdir_mod
 from workers.paths import RunPaths
 
 MAX_ERROR_CHARS = 8000
@@ -48,6 +51,8 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(OSError):
             paths.write_gpu_ids(gpu_ids)
     _receive_inputs(task.get("inputs", []))
+    snapshot = _snapshot(task, paths)
+    workdir = workdir_mod.prepare(paths.root, snapshot)
     ctx = JobContext(
         job_id=task["job_id"], attempt=task["attempt"], experiment=task["experiment"], stage=task["stage"],
         params=task["params"], run_dir=paths.root,
@@ -57,8 +62,8 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         gpu_ids=gpu_ids, resources=task.get("resources", {}),
         previous_run_dir=Path(task["previous_run_dir"]) if task.get("previous_run_dir") else None,
         cache_dir=Path(task["cache_dir"]) if task.get("cache_dir") else None,
+        workdir=workdir,
     )
-    _ensure_code_on_path(task.get("code_dir"))
     resources = task.get("resources") or {}
     command = task["target_kind"] != "callable"
     nvml = gpu.open_nvml() if gpu_ids else None  # NVML only for jobs that hold a GPU
@@ -75,14 +80,16 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     exit_code = 0
     try:
         if not command:
-            returned, error = _run_callable(task["target"], ctx, paths, sampler)
+            with _in_workdir(workdir, task.get("code_dir"), task.get("env_vars") or {}):
+                returned, error = _run_callable(task["target"], ctx, paths, sampler)
             if error is None and sampler.exceeded:  # over its share, and it returned before the interrupt landed
                 error = sampler.exceeded
             exit_code = 0 if error is None else 1
         else:
             memory_total = watch.nvml.memory_total(watch.indices[0]) if watch else None
             exit_code = _run_command(task["target"], ctx, paths, sampler,
-                                     gpu.share_environment(resources, memory_total) if gpu_ids else {})
+                                     {**(task.get("env_vars") or {}),
+                                      **(gpu.share_environment(resources, memory_total) if gpu_ids else {})})
             if sampler.exceeded:
                 error = sampler.exceeded
             elif exit_code != 0:
@@ -95,7 +102,12 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         gpu_usage = _gpu_usage(watch)
         if nvml is not None:
             nvml.close()
+    declared = _declared_metrics(task.get("metrics_from"), paths, workdir)
+    outputs, outputs_error = _collect_outputs(paths, snapshot, task.get("outputs_limit"))
     metrics, _ = paths.read_reported_metrics()
+    metrics.update(declared)
+    if outputs_error:
+        metrics["outputs_error"] = outputs_error
     if isinstance(returned, dict):
         metrics.update(returned)
     elif isinstance(returned, (int, float)) and not isinstance(returned, bool):
@@ -104,6 +116,7 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         "outcome": "succeeded" if error is None else ("out_of_memory" if sampler.oom_cause else "failed"),
         "metrics": _plain(metrics),
         "artifacts": paths.list_artifacts(),
+        "outputs": outputs,
         "exit_code": exit_code,
         "error": error,
         "started_at": started,
@@ -178,12 +191,92 @@ def _placement() -> tuple[str | None, list[str]]:
     return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
 
 
-def _ensure_code_on_path(code_dir: str | None) -> None:
-    """Ray's working_dir becomes the cwd; make sure the user's modules beside the
-    spec import from it (and from code_dir when run without Ray)."""
-    for path in (code_dir, os.getcwd()):
-        if path and path not in sys.path:
-            sys.path.insert(0, path)
+def _snapshot(task: dict[str, Any], paths: RunPaths) -> workdir_mod.Snapshot:
+    """The experiment's code on this node (extracted on first use), or, for a
+    task without a code package, an empty one."""
+    package = task.get("package")
+    if not package:
+        return workdir_mod.empty_snapshot(paths.root / ".no-snapshot")
+    return workdir_mod.open_snapshot(Path(task["code_root"]), Path(package), _fetch_code(Path(package).stem))
+
+
+def _fetch_code(sha: str) -> Callable[[], bytes]:
+    def fetch() -> bytes:
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        data = _internal_kv_get(workdir_mod.code_key(sha), namespace=workdir_mod.CODE_NAMESPACE)
+        if data is None:
+            raise FileNotFoundError(f"the experiment's code {sha} is neither on this node nor in Ray")
+        return data
+    return fetch
+
+
+@contextlib.contextmanager
+def _in_workdir(workdir: Path, code_dir: str | None, env_vars: dict[str, str]) -> Iterator[None]:
+    """Run a Python job as a command runs: cwd in its private working directory,
+    the user's modules imported from there (from ``code_dir`` too when there is
+    no snapshot), and the stage's env vars set.  Afterwards the worker, which
+    Ray reuses for other jobs, gets its own back, and the modules imported from
+    the working directory are forgotten, so the next job imports its own code."""
+    saved_cwd = os.getcwd()
+    saved_path = list(sys.path)
+    saved_env = {name: os.environ.get(name) for name in env_vars}
+    before = set(sys.modules)
+    roots = [str(workdir)] + ([code_dir] if code_dir else [])
+    os.chdir(workdir)
+    sys.path[:0] = [r for r in roots if r not in sys.path]
+    os.environ.update(env_vars)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        prefix = str(workdir) + os.sep
+        for name in set(sys.modules) - before:
+            origin = getattr(sys.modules.get(name), "__file__", None) or ""
+            if origin.startswith(prefix):
+                del sys.modules[name]
+        sys.path_importer_cache.pop(str(workdir), None)
+
+
+def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, workdir: Path) -> dict[str, Any]:
+    """The stage's ``metrics_from``, read once the job has ended: its steps are
+    appended to metrics.jsonl (so plots draw them), its final values returned."""
+    if not metrics_from:
+        return {}
+    steps: list[dict[str, Any]] = []
+    final: dict[str, Any] = {}
+    if metrics_from.get("stdout"):
+        found = metrics_from_mod.read_stdout(paths.stdout, metrics_from["stdout"])
+        steps += found
+        final.update(metrics_from_mod.final_of(found))
+    problem = None
+    if metrics_from.get("json"):
+        values, json_steps, problem = metrics_from_mod.read_json(workdir / metrics_from["json"])
+        steps += json_steps
+        final.update(values)
+    if steps:
+        with contextlib.suppress(OSError), open(paths.metrics, "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(s, default=str) + "\n" for s in steps))
+    if problem:
+        final["metrics_error"] = problem
+    return final
+
+
+def _collect_outputs(paths: RunPaths, snapshot: workdir_mod.Snapshot, limit: int | None
+                     ) -> tuple[list[dict[str, Any]], str | None]:
+    """The job's outputs, moved under the run dir (workers.workdir.collect);
+    a failure here is noted in the result, never the job's end."""
+    try:
+        return workdir_mod.collect(paths.root, snapshot, limit).to_json(), None
+    except OSError as exc:
+        return [], f"could not collect the outputs in {paths.root / workdir_mod.WORKDIR}: {exc}"
 
 
 def _run_callable(target: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler") -> tuple[Any, str | None]:
@@ -290,21 +383,24 @@ def command_line(template: str, params: dict[str, Any]) -> str:
 
 
 def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler",
-                 gpu_env: dict[str, str] | None = None) -> int:
-    import json
-
+                 extra_env: dict[str, str] | None = None) -> int:
     env = dict(os.environ)
-    env.update(gpu_env or {})
+    # `python` in a command is the Python this worker runs: labq's environment,
+    # or the one Ray built for the stage's env.pip packages.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(extra_env or {})
     env.update({
         "LABQ_JOB_ID": str(ctx.job_id), "LABQ_ATTEMPT": str(ctx.attempt), "LABQ_EXPERIMENT": ctx.experiment,
         "LABQ_STAGE": ctx.stage, "LABQ_RUN_DIR": str(ctx.run_dir), "LABQ_PARAMS": json.dumps(ctx.params, default=str),
         "LABQ_ARTIFACTS_DIR": str(ctx.artifacts_dir), "LABQ_METRICS_FILE": str(paths.metrics),
         "LABQ_INPUTS": json.dumps({s: str(u.run_dir) for s, u in ctx.inputs.items()}),
+        "LABQ_WORKDIR": str(ctx.workdir or ""),
+        "LABQ_PREVIOUS_RUN_DIR": str(ctx.previous_run_dir or ""),
         "PYTHONUNBUFFERED": "1",
     })
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(["/bin/sh", "-c", command_line(template, ctx.params)], stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup)
+                                stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup, cwd=ctx.workdir)
     paths.pgid.write_text(str(proc.pid))
     sampler.command_pgid = proc.pid
     sampler.record_gpu_pids({proc.pid})

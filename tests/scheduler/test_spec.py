@@ -913,3 +913,57 @@ def test_retry_on_oom_unknown_key_lists_valid_ones(tmp_path):
 def test_retry_on_oom_needs_a_share_of_one_gpu_to_scale(tmp_path, request_):
     err = reject(tmp_path, one_stage(f"retry_on_oom: {{gpu_scale: 2}}, resources: {{{request_}}}"))
     assert_problem(err, "stages[train]", "retry_on_oom:", "share of one GPU")
+
+
+# ------------------------------------------------------------------ metrics_from and env
+
+
+def test_metrics_from_stdout_and_json_load(tmp_path):
+    spec = load(tmp_path, one_stage(
+        r"metrics_from: {stdout: {test_ppl: 'test ppl\s+([0-9.eE+-]+)', loss: 'loss:\s*(\S+)'},"
+        " json: results/metrics.json}"))
+    mf = spec.stages[0].metrics_from
+    assert mf.stdout == {"test_ppl": r"test ppl\s+([0-9.eE+-]+)", "loss": r"loss:\s*(\S+)"}
+    assert mf.json_path == "results/metrics.json"
+
+
+@pytest.mark.parametrize("body, key, fragment", [
+    ("metrics_from: {stdout: {loss: 'loss: ([0-9'}}", "stages[train].metrics_from", "stdout.loss: not a valid regular expression"),
+    ("metrics_from: {stdout: {loss: 'loss: [0-9]+'}}", "stages[train].metrics_from", "stdout.loss: expected a regular expression with a group"),
+    ("metrics_from: {stdout: {'bad name': '(x)'}}", "stages[train].metrics_from", "expected a metric name"),
+    ("metrics_from: {json: ../outside.json}", "stages[train].metrics_from", "json: expected a relative path"),
+    ("metrics_from: {json: /etc/metrics.json}", "stages[train].metrics_from", "json: expected a relative path"),
+    ("metrics_from: {}", "stages[train].metrics_from", "expected stdout"),
+    ("metrics_from: {stderr: {x: '(1)'}}", "stages[train].metrics_from.stderr", "unknown key; expected one of: stdout, json"),
+])
+def test_bad_metrics_from_is_rejected_with_its_key(tmp_path, body, key, fragment):
+    assert_problem(reject(tmp_path, one_stage(body)), key, fragment)
+
+
+def test_env_vars_and_pip_load_and_merge_with_the_experiment_env(tmp_path):
+    from scheduler.spec import stage_runtimes
+
+    spec = load(tmp_path, one_stage("env: {vars: {SEED: 3, MODE: fast}, pip: [tabulate==0.9.0]}",
+                                    top="env: {vars: {MODE: slow, SHARED: 'yes'}}\n"))
+    runtime = stage_runtimes(spec, tmp_path)["train"]
+    assert runtime["env"] == {"vars": {"MODE": "fast", "SHARED": "yes", "SEED": "3"}, "pip": ["tabulate==0.9.0"]}
+
+
+def test_env_requirements_are_read_at_submit(tmp_path):
+    from scheduler.spec import stage_runtimes
+
+    (tmp_path / "requirements.txt").write_text("# pinned\ntabulate==0.9.0  # tables\n\nhumanize\n")
+    spec = load(tmp_path, one_stage("env: {requirements: requirements.txt}"))
+    assert stage_runtimes(spec, tmp_path)["train"]["env"]["pip"] == ["tabulate==0.9.0", "humanize"]
+
+
+@pytest.mark.parametrize("body, key, fragment", [
+    ("env: {vars: {LABQ_JOB_ID: 1}}", "stages[train].env", "LABQ_* variables are labq's own"),
+    ("env: {vars: {'1BAD': x}}", "stages[train].env", "expected a variable name"),
+    ("env: {pip: [a], requirements: r.txt}", "stages[train].env", "not both"),
+    ("env: {requirements: missing.txt}", "stages[train].env.requirements", "no file missing.txt"),
+    ("env: {requirements: ../../etc/passwd}", "stages[train].env", "expected a relative path"),
+    ("env: {conda: x}", "stages[train].env.conda", "unknown key; expected one of: vars, pip, requirements"),
+])
+def test_bad_env_is_rejected_with_its_key(tmp_path, body, key, fragment):
+    assert_problem(reject(tmp_path, one_stage(body)), key, fragment)
