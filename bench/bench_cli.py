@@ -13,7 +13,6 @@ LABQ_HOME; median of 3 runs.  Goal: under 0.5 s.
 
 from __future__ import annotations
 
-import getpass
 import os
 import random
 import subprocess
@@ -34,6 +33,7 @@ REPS = 3
 
 def populate(home: Path, code: Path, n: int, chunk: int = 5000) -> dict:
     """Store an n-job experiment 'big' and move most of it through real attempts."""
+    from scheduler.identity import current_user
     from scheduler.spec import load_spec
     from scheduler.states import AttemptState
     from scheduler.store import Store
@@ -59,7 +59,7 @@ stages:
     store = Store(home)
     try:
         now = time.time()
-        _, ids = store.submit(name=spec.experiment, user=getpass.getuser(), queue=spec.queue, priority=0,
+        _, ids = store.submit(name=spec.experiment, user=current_user(), queue=spec.queue, priority=0,
                               spec_path=str(spec_path), spec=raw, package=None, metric=spec.metric, mode=spec.mode,
                               drafts=drafts, stages={s.name: s for s in spec.stages}, now=now)
         t_submit = time.time() - t0

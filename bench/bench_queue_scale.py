@@ -48,8 +48,8 @@ FINISH_PER_TICK = 20
 
 def populate(home: Path, code: Path, n: int) -> float:
     """n pending jobs in one experiment; ORPHANS of them left 'running'."""
-    import getpass
-
+    
+    from scheduler.identity import current_user
     from scheduler.spec import load_spec
     from scheduler.store import Store
     from scheduler.sweep import plan_jobs
@@ -71,7 +71,7 @@ stages:
     drafts = plan_jobs(spec, str(spec_path))
     store = Store(home)
     try:
-        _, ids = store.submit(name="big", user=getpass.getuser(), queue="default", priority=0,
+        _, ids = store.submit(name="big", user=current_user(), queue="default", priority=0,
                               spec_path=str(spec_path), spec=raw, package=None, metric=None, mode=None, drafts=drafts,
                               stages={s.name: s for s in spec.stages}, now=time.time())
         store.start_attempts(((j, "0" * 56) for j in ids[:ORPHANS]), lambda j, k: run_dir_for(home, j, k), time.time())

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                    + common.table(["snapshot", "p50", "max"],
                                   [["new (code changed)", pct(lat["new"], 50), max(lat["new"])],
                                    ["unchanged (resubmitted)", pct(lat["unchanged"], 50), max(lat["unchanged"])]])
-                   + f"\n\nnew / unchanged at p50: {common.ratio(pct(lat['new'], 50), pct(lat['unchanged'], 50))}\n")
+                   + f"\n\nnew / unchanged at p50: {common.ratio(pct(lat['new'], 50), pct(lat['unchanged'], 50)):.2f}\n")
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     common.finish(args, NAME, TITLE, md, data)

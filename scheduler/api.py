@@ -8,13 +8,13 @@ Nothing here imports Ray; pandas is imported only by ``results_frame``.
 
 from __future__ import annotations
 
-import getpass
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from scheduler import wakeup
+from scheduler.identity import current_user
 from scheduler.errors import PermissionDenied, SpecError, UnknownIdError, UserError
 from scheduler.records import Job, is_id
 from scheduler.states import JobState
@@ -62,11 +62,11 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
         raise SpecError(source, [("queue", f"no queue {spec.queue!r}; declared queues: {', '.join(settings.queue_names())}")])
     drafts = plan_jobs(spec, source)
     home = settings.home_path
-    package = snapshot(Path(spec_path).resolve().parent, home, source)
-    store = Store(home)
+    store = Store(home)  # first: it refuses a state directory that is not this account's own
     try:
+        package = snapshot(Path(spec_path).resolve().parent, home, source)
         experiment_id, ids = store.submit(
-            name=spec.experiment, user=user or getpass.getuser(), queue=spec.queue, priority=spec.priority,
+            name=spec.experiment, user=user or current_user(), queue=spec.queue, priority=spec.priority,
             spec_path=str(Path(spec_path).resolve()), spec=raw, package=str(package), metric=spec.metric,
             mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time(),
             runtimes=stage_runtimes(spec, Path(spec_path).resolve().parent))
@@ -99,7 +99,7 @@ def cancel(store: Store, ids: list[str], experiment: str | None, settings: Setti
     """Cancel jobs by id and/or experiment name.  Only the owner of a job or an
     admin (``metadata.labq.admins``) may cancel it; a refused request cancels
     nothing."""
-    user = user or getpass.getuser()
+    user = user or current_user()
     job_ids = resolve_jobs(store, ids, experiment)
     if user not in settings.admins:
         foreign = [j for j in store.jobs_by_ids(job_ids) if j.user != user]

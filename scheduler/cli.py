@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import click
 
 from scheduler import DEFAULT_HOME, DEFAULT_QUEUE, DEFAULT_USAGE_HALF_LIFE, __version__
-from scheduler.errors import LabqError, UserError, one_line
+from scheduler.errors import LabqError, SchedulerStartError, UserError, one_line, state_database_error
 
 EXIT_OK = 0
 EXIT_JOBS_FAILED = 1
@@ -117,10 +118,31 @@ _gpus_option = click.option("--gpus", type=click.IntRange(min=0, max=10_000),
                             help="GPUs of the local Ray, if labq starts one (logical when the machine has fewer).")
 
 
-def _submit(ctx: click.Context, spec: str, overrides: tuple[str, ...]):
+def _submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], will_start: bool = False):
     from scheduler.api import submit
 
-    return submit(spec, list(overrides), _settings(ctx))
+    settings = _settings(ctx)
+    if will_start:
+        from scheduler import daemon
+
+        if not daemon.is_running(settings.home_path):
+            # The scheduler this submit starts checks the whole database first: do
+            # it before writing, so a damaged queue refuses the submit, not the start.
+            store = _store(ctx)
+            store.check_intact()
+    return submit(spec, list(overrides), settings)
+
+
+def _start_after_submit(ctx: click.Context, submitted, cpus: float | None, gpus: int | None) -> bool:
+    """Start a scheduler for jobs already committed; if that fails, say that the
+    jobs are queued (a retried submit would queue them twice)."""
+    try:
+        return _ensure_scheduler(ctx, cpus, gpus)
+    except (LabqError, OSError) as exc:
+        raise SchedulerStartError(
+            f"experiment {submitted.experiment} is queued ({len(submitted.job_ids)} jobs, ids "
+            f"{submitted.job_ids[0]}-{submitted.job_ids[-1]}; do not submit it again), but no scheduler could be "
+            f"started: {exc}. Fix that, then `labq scheduler start`") from None
 
 
 def _wait_and_report(ctx: click.Context, submitted, show_results: bool) -> int:
@@ -155,11 +177,11 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], cpus: float |
     """
     from scheduler import render
 
-    submitted = _submit(ctx, spec, overrides)
+    submitted = _submit(ctx, spec, overrides, will_start=True)
     render.console.print(f"experiment {submitted.experiment}: {len(submitted.job_ids)} jobs "
                          f"({', '.join(f'{s} {n}' for s, n in submitted.stages.items())}), ids "
                          f"{submitted.job_ids[0]}-{submitted.job_ids[-1]}", highlight=False)
-    if _ensure_scheduler(ctx, cpus, gpus):
+    if _start_after_submit(ctx, submitted, cpus, gpus):
         render.console.print("started a local scheduler (Ray takes a few seconds to come up)", highlight=False)
     ctx.exit(_wait_and_report(ctx, submitted, show_results=True))
 
@@ -178,8 +200,8 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
     """Validate SPEC, expand its sweeps and queue every job; print the ids.
 
     Starts a local scheduler in the background when none is running."""
-    submitted = _submit(ctx, spec, overrides)
-    started = False if no_start else _ensure_scheduler(ctx, cpus, gpus)
+    submitted = _submit(ctx, spec, overrides, will_start=not no_start)
+    started = False if no_start else _start_after_submit(ctx, submitted, cpus, gpus)
     if as_json:
         out = {**submitted.to_json(), "scheduler_started": started}
         if wait_:  # JSON only: wait quietly, then report the final states
@@ -647,9 +669,16 @@ def main(argv: list[str] | None = None) -> int:
     except LabqError as exc:
         click.echo(f"error: {one_line(str(exc))}", err=True)
         return EXIT_LABQ_ERROR
+    except sqlite3.DatabaseError as exc:  # met in the middle of a verb: a damaged page, a full or failing disk
+        click.echo(f"error: {one_line(state_database_error(exc))}", err=True)
+        return EXIT_LABQ_ERROR
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except OSError as exc:  # the machine, not the input: a permission, a full disk, a missing directory
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {one_line(where + (exc.strerror or str(exc)))}; nothing more was done", err=True)
+        return EXIT_LABQ_ERROR
 
 
 if __name__ == "__main__":

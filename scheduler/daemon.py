@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scheduler.errors import SchedulerError
+from scheduler.errors import SchedulerError, StoreError
 
 if TYPE_CHECKING:
     from scheduler.config import Settings
@@ -97,9 +97,15 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
     """Spawn the daemon in its own session; returns its pid, or None if one runs
     already.  With ``wait``, return once it has connected to Ray."""
     home = settings.home_path
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     if is_running(home):
         return None
+    from scheduler.store import Store
+
+    store = Store(home)  # refuses a home not this account's own, or a database that is not labq's
+    try:
+        store.check_intact()  # and one damaged in the middle: the scheduler would write into it
+    finally:
+        store.close()
     args = [sys.executable, "-m", "scheduler.daemon", "--home", str(home)]
     if cluster:
         args += ["--cluster", str(cluster)]
@@ -111,9 +117,16 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
         args += ["--gpus", str(gpus)]
     if idle_timeout is not None:
         args += ["--idle-timeout", str(idle_timeout)]
-    with open(log_path(home), "a") as logf:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True,
-                                env={**os.environ, "LABQ_HOME": str(home)})
+    # Everything the scheduler and its local Ray create (the log, pid and state
+    # files, run dirs, logs, outputs) is private to this account.
+    old_umask = os.umask(PRIVATE_UMASK)
+    try:
+        with open(log_path(home), "a") as logf:
+            os.chmod(log_path(home), 0o600)
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    start_new_session=True, env={**os.environ, "LABQ_HOME": str(home)})
+    finally:
+        os.umask(old_umask)
     if not wait:
         return proc.pid
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -187,6 +200,13 @@ def _reap_previous_local_ray(home: Path) -> int:
 # ---------------------------------------------------------------- the daemon itself
 
 SUPERVISOR_BACKOFF_SECONDS = (2.0, 5.0, 10.0, 30.0)
+# A child that exits with this found the state database unusable: no restart mends that.
+EXIT_STATE_UNUSABLE = 78
+# A child that lost Ray exits with this; the supervisor starts a new one.
+EXIT_RAY_DOWN = 75
+HEARTBEAT_SECONDS = 2.0
+PRIVATE_UMASK = 0o077
+RAY_DOWN_BEATS = 3  # heartbeats in a row that find Ray down before the child gives up on it
 # A heartbeat older than this means the loop is stuck (typically: Ray is gone and
 # a Ray call is blocking until Ray's own timeout ends the process).
 STALE_HEARTBEAT_SECONDS = 10.0
@@ -219,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     records Ray as down and starts a new child with backoff, which reconnects
     and reconciles.  A child that exits 0 (stopped, or idle) ends the daemon."""
     args = _parse(argv)
+    os.umask(PRIVATE_UMASK)
     if args.child:
         return _child(args)
     home = Path(args.home)
@@ -251,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         child["proc"] = proc
         started = time.monotonic()
         code = proc.wait()
-        if code == 0 or stop_event.is_set():
+        if code in (0, EXIT_STATE_UNUSABLE) or stop_event.is_set():
+            if code == EXIT_STATE_UNUSABLE:
+                log.error("the state database is unusable (see above); the scheduler stops instead of retrying")
             break
         failures = 0 if time.monotonic() - started > 60 else failures + 1
         delay = SUPERVISOR_BACKOFF_SECONDS[min(failures, len(SUPERVISOR_BACKOFF_SECONDS) - 1)]
@@ -317,16 +340,21 @@ def _child(args) -> int:
         reaped = _reap_previous_local_ray(home)
         if reaped:
             log.info("ended %d processes of the local Ray of a scheduler that died", reaped)
+    try:  # before Ray: a damaged database is not Ray's fault, and no retry mends it
+        store = Store(home, fsync_commits=False)  # see Store: kill -9 loses nothing, a power cut may rerun jobs
+        store.check_intact()
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_STATE_UNUSABLE
     write_state("starting")
     log.info("connecting to Ray (%s)", address or "local")
     try:
         backend.connect()
     except Exception as exc:  # Ray not there (yet): the supervisor retries
         log.error("could not connect to Ray at %s: %s", address or "local", exc)
-        return 75
+        return EXIT_RAY_DOWN
     if address is None:
         session["dir"] = backend.session_dir()
-    store = Store(home, fsync_commits=False)  # see Store: kill -9 loses nothing, a power cut may rerun jobs
     scheduler = Scheduler(store, backend, settings)
     lost = scheduler.reconcile(time.time())
     if lost:
@@ -334,8 +362,21 @@ def _child(args) -> int:
     write_state("up")
 
     def heartbeat() -> None:
-        while not stop_event.wait(2.0):
-            write_state("up" if backend.is_up() else "down")
+        downs = 0
+        while not stop_event.wait(HEARTBEAT_SECONDS):
+            up = backend.is_up()
+            downs = 0 if up else downs + 1
+            try:
+                write_state("up" if up else "down")
+            except OSError as exc:  # a full disk: keep beating, the next write may get through
+                log.warning("could not write the heartbeat: %s", exc)
+            if downs >= RAY_DOWN_BEATS:
+                # Ray is gone from under this process (its raylet died, say) and will
+                # not come back to it: end this life; the supervisor starts a new one,
+                # which brings Ray up again and reconciles from the database.
+                log.error("Ray has been down for %.0fs (no alive node of ours); restarting",
+                          downs * HEARTBEAT_SECONDS)
+                os._exit(EXIT_RAY_DOWN)
 
     threading.Thread(target=heartbeat, daemon=True).start()
     idle = args.idle_timeout if args.idle_timeout is not None else 0.0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,20 +27,44 @@ EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
-def _files(directory: Path, skip: Path) -> list[tuple[Path, bytes, int]]:
+def _files(directory: Path, skip: Path, source: str) -> list[tuple[Path, bytes, int]]:
     """(path, content, mode) of every file to ship.  ``skip`` (labq's own state
     directory, when it sits under the spec) is never shipped; files that vanish
-    while we walk are skipped rather than failing the submit."""
+    while we walk are skipped rather than failing the submit.  Only regular
+    files are read (a FIFO would hang the submit, /dev/zero never end); a
+    symbolic link is shipped as the file it points to only when that file is
+    inside ``directory`` (a link to /etc/shadow must not leave the machine);
+    the size limit is checked before each file is read."""
     found = []
-    for root, dirs, files in os.walk(directory):
+    total = 0
+    root = directory.resolve()
+    for here, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if d not in EXCLUDED_DIRS and not d.startswith(".")
-                         and (Path(root) / d).resolve() != skip)
+                         and (Path(here) / d).resolve() != skip)
         for name in sorted(files):
             if name.endswith(EXCLUDED_SUFFIXES):
                 continue
-            path = Path(root) / name
+            path = Path(here) / name
             try:
-                found.append((path, path.read_bytes(), path.stat().st_mode & 0o777))
+                st = path.lstat()
+                if stat.S_ISLNK(st.st_mode):
+                    target = path.resolve()
+                    if root not in target.parents:
+                        raise UserError(f"{source}: {path} links to {target}, outside the spec's directory "
+                                        f"{directory}; labq ships only files inside it. Copy the file in, or "
+                                        "move the link out of the directory.")
+                    st = target.stat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue  # a FIFO, a socket, a device: nothing to ship
+                total += st.st_size
+                if total > MAX_PACKAGE_BYTES:
+                    raise UserError(
+                        f"{source}: the spec's directory {directory} holds more than {MAX_PACKAGE_BYTES // 2**20} "
+                        f"MiB of files (at {path}); labq ships it to the workers. Put the spec in a directory "
+                        "with just your code.")
+                with open(path, "rb") as f:
+                    data = f.read(st.st_size)  # no more than was counted, should it grow meanwhile
+                found.append((path, data, stat.S_IMODE(st.st_mode)))
             except (FileNotFoundError, IsADirectoryError):
                 continue
             except PermissionError as exc:
@@ -50,12 +75,7 @@ def _files(directory: Path, skip: Path) -> list[tuple[Path, bytes, int]]:
 def snapshot(directory: str | Path, home: Path, source: str) -> Path:
     """Zip ``directory`` into ``home/packages/<sha>.zip`` (reused if present)."""
     directory = Path(directory).resolve()
-    files = _files(directory, skip=home.resolve())
-    total = sum(len(data) for _, data, _ in files)
-    if total > MAX_PACKAGE_BYTES:
-        raise UserError(
-            f"{source}: the spec's directory {directory} holds {total / 2**20:.0f} MiB of files; labq ships it to "
-            f"the workers and allows {MAX_PACKAGE_BYTES // 2**20} MiB. Put the spec in a directory with just your code.")
+    files = _files(directory, skip=home.resolve(), source=source)
     digest = hashlib.sha1()
     for f, data, _ in files:
         digest.update(str(f.relative_to(directory)).encode() + b"\0")

@@ -10,6 +10,7 @@ try is recorded.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,17 @@ class RayBackend:
         return ray.get_runtime_context().get_node_id()
 
     def is_up(self) -> bool:
+        """Ray answers, and this process's own node is alive: with its raylet
+        dead (killed, out of memory) the GCS still answers, but nothing can be
+        launched from here, so that counts as down too."""
         if not ray.is_initialized():
             return False
         try:
-            ray.nodes()
-            return True
+            nodes = ray.nodes()
+            here = ray.get_runtime_context().get_node_id()
         except Exception:  # Ray raises many types when the GCS is gone
             return False
+        return any(n.get("NodeID") == here and n.get("Alive") for n in nodes)
 
     def shutdown(self) -> None:
         if ray.is_initialized():
@@ -223,7 +228,7 @@ class RayBackend:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, rex.TaskCancelledError) or isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
                 return AttemptState.CANCELLED, None, "cancelled"
-            return AttemptState.FAILED, None, f"worker error: {_short(exc)}"
+            return AttemptState.FAILED, None, f"worker error: {_cause(exc)}"
         except rex.RayError as exc:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
         if pack:
@@ -273,6 +278,20 @@ def _pip_error(exc: BaseException) -> str:
     return " ".join(errors)[:800] if errors else _short(exc)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     return (text[0] if text else exc.__class__.__name__)[:500]
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong inside a task, not Ray's wrapping of it: the original
+    exception ("OSError: [Errno 28] No space left on device"), else the last
+    line of Ray's report, without its terminal colours."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        return _ANSI.sub("", f"{cause.__class__.__name__}: {cause}").strip().splitlines()[0][:500]
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return (lines[-1] if lines else exc.__class__.__name__)[:500]

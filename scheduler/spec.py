@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import string
@@ -27,6 +28,10 @@ from scheduler.units import parse_duration, parse_memory
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_JOBS_PER_EXPERIMENT = 100_000
+RAY_BUILTIN_RESOURCES = {"cpu", "gpu", "memory", "object_store_memory"}
+MAX_FORMAT_WIDTH = 1000
+MAX_SPEC_BYTES = 10 * 2**20
+MAX_SPEC_VALUES = 1_000_000  # values in the spec once YAML aliases are expanded  # {x:>999999999} would build a gigabyte command line
 
 
 def _memory(value: Any) -> Any:
@@ -59,6 +64,14 @@ class Resources(_Strict):
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> "Resources":
+        if self.cpu <= 0:
+            raise ValueError("cpu: expected a share of CPUs above 0 (such as 0.1); a job at cpu 0 is counted against "
+                             "no node, so any number of them would run at once")
+        for name in self.custom:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_.:-]*$", name) or name.lower() in RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"custom.{name}: expected the name of a custom resource a node offers (letters, "
+                                 f"digits, '_', '.', ':', '-'; not {', '.join(sorted(RAY_BUILTIN_RESOURCES))}: use "
+                                 "cpu, gpu and memory for those)")
         if self.gpu > 1 and not float(self.gpu).is_integer():
             raise ValueError(f"gpu: expected a share of one GPU (0 < gpu <= 1) or a whole number of GPUs, got {self.gpu:g}")
         for name, amount in self.custom.items():
@@ -266,9 +279,14 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentSp
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(source, [("", "no such file")]) from None
+        if not path.is_file():  # a FIFO or a device would hang or never end
+            raise SpecError(source, [("", "no such file" if not path.exists() else "cannot read: not a regular file")])
+        with open(path, "rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
+            raise SpecError(source, [("", f"larger than {MAX_SPEC_BYTES // 2**20} MiB; a spec describes jobs, "
+                                          "it does not hold data (put data in a file beside it)")])
+        text = data.decode("utf-8")
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
         raise SpecError(source, [("", f"cannot read: {exc.__class__.__name__}")]) from None
     try:
@@ -280,14 +298,48 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> tuple[ExperimentSp
         raise SpecError(source, [(where, f"invalid YAML: {problem}")]) from None
     if not isinstance(raw, dict):
         raise SpecError(source, [("", "expected a mapping with keys experiment and stages")])
-    try:
-        json.dumps(raw, default=str)
-    except ValueError:  # YAML anchors can build a value that contains itself
-        raise SpecError(source, [("", "a value refers to itself (a YAML anchor used inside itself)")]) from None
+    size = _expanded_size(raw)
+    if size is None:  # YAML anchors can build a value that contains itself
+        raise SpecError(source, [("", "a value refers to itself (a YAML anchor used inside itself)")])
+    if size > MAX_SPEC_VALUES:  # aliases of aliases: a few lines that expand to gigabytes
+        raise SpecError(source, [("", f"expands to more than {MAX_SPEC_VALUES:,} values (YAML aliases repeated "
+                                      "inside each other?); write the sweep as a sweep instead")])
     for item in overrides:
         apply_override(raw, item, source)
     spec = validate(raw, source, base_dir=path.resolve().parent)
     return spec, raw
+
+
+def _expanded_size(root: Any) -> int | None:
+    """How many values ``root`` holds once every YAML alias is expanded (a
+    shared node counts each time it appears), without expanding anything;
+    None when a value contains itself."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+
+    def size(node: Any) -> int | None:
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in on_path:
+            return None
+        on_path.add(key)
+        total = 1
+        for child in (list(node.keys()) + list(node.values())) if isinstance(node, dict) else node:
+            n = size(child)
+            if n is None:
+                return None
+            total = min(total + n, MAX_SPEC_VALUES + 1)
+        on_path.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        return size(root)
+    except RecursionError:  # nested too deep to be a spec
+        return MAX_SPEC_VALUES + 1
 
 
 def validate(raw: dict[str, Any], source: str, base_dir: Path) -> ExperimentSpec:
@@ -577,8 +629,12 @@ def check_callable(target: str, base_dir: Path) -> str | None:
             module = importlib.import_module(module_name)
         except (Exception, SystemExit) as exc:  # the user's module may raise anything at import
             return f"importing {module_name!r} failed: {exc.__class__.__name__}: {exc}"
-        if not callable(getattr(module, func, None)):
+        found_func = getattr(module, func, None)
+        if not callable(found_func):
             return f"module {module_name!r} has no callable {func!r}"
+        if inspect.isbuiltin(found_func) or inspect.isclass(found_func):
+            return (f"{target} is a {'class' if inspect.isclass(found_func) else 'built-in function'}, not a job; "
+                    "expected a Python function that takes the job's context (def main(ctx): ...)")
     return None
 
 
@@ -651,10 +707,16 @@ def _check_placeholders(spec: ExperimentSpec) -> list[tuple[str, str]]:
         available = set(stage.params) | set((stage.sweep.grid or {}) if stage.sweep else {}) | set(
             (stage.sweep.random or {}) if stage.sweep else {})
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(stage.command) if f is not None}
+            parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(stage.command) if f is not None]
         except ValueError as exc:
             problems.append((f"stages[{stage.name}].command", f"bad placeholder: {exc}"))
             continue
+        fields = {f for f, _ in parsed}
+        for field, format_spec in parsed:
+            if "{" in (format_spec or "") or any(int(n) > MAX_FORMAT_WIDTH for n in re.findall(r"\d+", format_spec or "")):
+                problems.append((f"stages[{stage.name}].command",
+                                 f"placeholder {{{field}:{format_spec}}}: expected a format spec with widths up to "
+                                 f"{MAX_FORMAT_WIDTH} and no nested placeholders"))
         for field in sorted(fields):
             base = re.split(r"[.\[]", field, maxsplit=1)[0]
             if not base.isidentifier():

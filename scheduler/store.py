@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
+from scheduler.identity import check_private
 from scheduler.records import Attempt, Event, Experiment, Job, NodeSnapshot, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
@@ -174,6 +175,8 @@ class Store:
             self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{self.home}: cannot create the state directory: {exc.strerror}") from None
+        check_private(self.home, "state directory")
+        check_private(self.path, "state database")
         fresh = not self.path.exists()
         if not fresh and not self.path.is_file():
             raise StoreError(f"{self.path}: exists but is not a file; move it away")
@@ -195,6 +198,10 @@ class Store:
                 conn.create_function("exp", 1, math.exp, deterministic=True)
         except sqlite3.DatabaseError as exc:
             conn.close()
+            if _is_storage_failure(exc):  # the disk, not the file: moving the queue away would lose it for nothing
+                raise StoreError(f"{self.path}: could not open the state database ({exc}): the disk holding it is "
+                                 "full, read-only or failing; the queue itself is intact. Free some space (or "
+                                 "fix the disk) and try again.") from None
             raise StoreError(
                 f"{self.path}: not a usable labq database ({exc}); labq will not overwrite it. "
                 "Move it away to start a new queue, or point LABQ_HOME elsewhere."
@@ -255,6 +262,19 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+
+    def check_intact(self, thorough: bool = True) -> None:
+        """Raise StoreError when SQLite finds the file damaged (a page overwritten
+        in the middle): labq must not take its answers for the truth or write
+        into it.  ``thorough`` reads every page (``quick_check``, a fraction of a
+        second per 100 MB); otherwise only up to the first problem."""
+        try:
+            rows = self._conn.execute("PRAGMA quick_check" if thorough else "PRAGMA quick_check(1)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise damaged(self.path, exc) from None
+        problems = [r[0] for r in rows if r[0] != "ok"]
+        if problems:
+            raise damaged(self.path, problems[0])
 
     @contextlib.contextmanager
     def _tx(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Cursor]:
@@ -687,6 +707,7 @@ class Store:
     def job(self, job_id: int) -> Job:
         found = self._jobs("WHERE j.id = ?", (job_id,))
         if not found:
+            self.check_intact()  # a damaged table loses rows: say so rather than "no job"
             raise UnknownIdError(f"no job {job_id}; `labq queue` lists the active ones")
         job = found[0]
         job.depends_on = [r[0] for r in self._conn.execute(
@@ -897,6 +918,11 @@ class Store:
     def meta(self, key: str) -> str | None:
         row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
+
+
+def damaged(path: Path, detail: Any) -> StoreError:
+    return StoreError(f"{path}: the state database is damaged ({detail}); labq will not read or write it. "
+                      "Restore a backup, or move it away to start a new queue (its jobs are then lost).")
 
 
 def _is_storage_failure(exc: sqlite3.Error) -> bool:

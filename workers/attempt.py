@@ -18,6 +18,7 @@ import os
 import resource
 import shlex
 import signal
+import string
 import subprocess
 import sys
 import threading
@@ -44,6 +45,9 @@ CUDA_OOM_ERROR = "out of GPU memory (CUDA out of memory)"
 def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     """Run the job described by ``task`` (built by the scheduler) and return its
     result dict; the same dict is written to ``result.json`` in the run dir."""
+    # The run dir, logs and outputs are private to this account, whoever started
+    # this worker (a `ray start` of a cluster keeps the caller's umask).
+    os.umask(0o077)
     paths = RunPaths(Path(task["run_dir"]))
     paths.create()
     node_id, gpu_ids = _placement()
@@ -87,12 +91,17 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
             exit_code = 0 if error is None else 1
         else:
             memory_total = watch.nvml.memory_total(watch.indices[0]) if watch else None
-            exit_code = _run_command(task["target"], ctx, paths, sampler,
-                                     {**(task.get("env_vars") or {}),
-                                      **(gpu.share_environment(resources, memory_total) if gpu_ids else {})})
-            if sampler.exceeded:
+            try:
+                line = command_line(task["target"], ctx.params)
+            except (ValueError, LookupError, AttributeError, TypeError) as exc:  # checked at submit; a last guard
+                line, exit_code, error = None, 2, f"could not fill in the command's placeholders: {exc}"
+            if line is not None:
+                exit_code = _run_command(line, ctx, paths, sampler,
+                                         {**(task.get("env_vars") or {}),
+                                          **(gpu.share_environment(resources, memory_total) if gpu_ids else {})})
+            if line is not None and sampler.exceeded:
                 error = sampler.exceeded
-            elif exit_code != 0:
+            elif line is not None and exit_code != 0:
                 error = f"command exited with code {exit_code}" + _tail(paths.stderr)
                 if _cuda_oom_in(paths.stderr):
                     sampler.oom_cause = "cuda"
@@ -376,13 +385,62 @@ def _captured_output(paths: RunPaths) -> Iterator[None]:
         err.close()
 
 
+MAX_COMMAND_CHARS = 1 << 20  # a filled-in command line longer than this is the job's error, not a huge argv
+
+
 def command_line(template: str, params: dict[str, Any]) -> str:
-    """Fill ``{param}`` placeholders with shell-quoted values: a param can never
-    inject shell syntax."""
-    return template.format_map({k: shlex.quote(str(v)) for k, v in params.items()})
+    """Fill ``{param}`` placeholders with values quoted for where each one sits
+    in the shell line: bare (``--lr {lr}``), inside double quotes
+    (``--name "{v}"``) or inside single quotes (``'{v}'``), ``!r`` and format
+    specs included.  A param can never inject shell syntax."""
+    formatter = string.Formatter()
+    out: list[str] = []
+    quote: str | None = None  # the shell's quoting where the next placeholder lands
+    length = 0
+    for literal, field, spec, conversion in formatter.parse(template):
+        out.append(literal)
+        quote = _quoting_after(literal, quote)
+        if field is None:
+            continue
+        value, _ = formatter.get_field(field, (), params)
+        text = formatter.format_field(formatter.convert_field(value, conversion), spec or "")
+        text = _quoted(str(text), quote)
+        length += len(literal) + len(text)
+        if length > MAX_COMMAND_CHARS:
+            raise ValueError(f"the command line with its params filled in is longer than {MAX_COMMAND_CHARS} characters")
+        out.append(text)
+    return "".join(out)
 
 
-def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler",
+def _quoting_after(text: str, quote: str | None) -> str | None:
+    """The POSIX shell's quoting state after ``text``, starting in ``quote``
+    (None: bare, "'" or '"')."""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote == "'":
+            if c == "'":
+                quote = None
+        elif c == "\\":
+            i += 1  # the next character is escaped (bare or in double quotes)
+        elif quote == '"':
+            if c == '"':
+                quote = None
+        elif c in "'\"":
+            quote = c
+        i += 1
+    return quote
+
+
+def _quoted(value: str, quote: str | None) -> str:
+    if quote == "'":  # close, an escaped quote, reopen
+        return value.replace("'", "'\\''")
+    if quote == '"':  # the four characters special inside double quotes
+        return "".join("\\" + c if c in '\\$`"' else c for c in value)
+    return shlex.quote(value)
+
+
+def _run_command(line: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler",
                  extra_env: dict[str, str] | None = None) -> int:
     env = dict(os.environ)
     # `python` in a command is the Python this worker runs: labq's environment,
@@ -399,7 +457,7 @@ def _run_command(template: str, ctx: JobContext, paths: RunPaths, sampler: "_Rss
         "PYTHONUNBUFFERED": "1",
     })
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
-        proc = subprocess.Popen(["/bin/sh", "-c", command_line(template, ctx.params)], stdout=out, stderr=err,
+        proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup, cwd=ctx.workdir)
     paths.pgid.write_text(str(proc.pid))
     sampler.command_pgid = proc.pid

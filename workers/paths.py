@@ -143,7 +143,7 @@ class RunPaths:
         An fsync here was a third of a short job's cost in the worker."""
         tmp = self.root / ".result.json.tmp"
         data = json.dumps(result, default=str).encode("utf-8")  # json.dump would run the pure-Python encoder
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             view = memoryview(data)
             while view:

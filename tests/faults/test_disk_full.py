@@ -66,3 +66,96 @@ def test_submit_on_a_full_disk_fails_clearly_writes_nothing_and_recovers(small_f
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
     assert labq(home, "submit", str(big), "--no-start").returncode == 0
     assert labq(home, "submit", str(small), "--no-start").returncode == 0
+
+
+def test_a_full_disk_is_not_mistaken_for_a_foreign_database(small_fs, tmp_path):
+    # Given a queue whose WAL files are gone (a clean close), on a disk then filled up
+    home = small_fs / "home"
+    spec = tmp_path / "s.yaml"
+    spec.write_text("experiment: s\nstages:\n  - {name: s, command: 'echo {i}', sweep: {grid: {i: [1, 2]}}}\n")
+    assert labq(home, "submit", str(spec), "--no-start").returncode == 0
+    for name in ("labq.db-wal", "labq.db-shm"):
+        (home / name).unlink(missing_ok=True)
+    filler = small_fs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(fd)
+    before = (home / "labq.db").read_bytes()
+    # When the queue is listed
+    proc = labq(home, "queue")
+    # Then it says the disk is full and the queue intact, not "move it away"
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "full" in proc.stderr and "Move it away" not in proc.stderr and "Traceback" not in proc.stderr
+    assert (home / "labq.db").read_bytes() == before
+    filler.unlink()
+    assert labq(home, "queue").returncode == 0
+
+
+@pytest.fixture
+def roomy_fs(tmp_path):
+    mnt = tmp_path / "mnt16"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.mark.ray
+def test_a_disk_filling_up_under_a_running_scheduler(roomy_fs, tmp_path):
+    import json
+    import time
+
+    # Given a scheduler whose home is on a small disk, running a job
+    home = roomy_fs / "home"
+    spec = tmp_path / "s.yaml"
+    spec.write_text("experiment: s\nstages:\n  - {name: s, command: 'sleep 4', resources: {cpu: 0.5}}\n")
+    assert labq(home, "scheduler", "start", "--cpus", "2").returncode == 0
+    try:
+        job = json.loads(labq(home, "submit", str(spec), "--json").stdout)["job_ids"][0]
+        deadline = time.monotonic() + 60
+        while json.loads(labq(home, "status", str(job), "--json").stdout)["state"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        # When the disk fills up while it runs
+        filler = roomy_fs / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        time.sleep(8)
+        # And space comes back
+        filler.unlink()
+        # Then the scheduler is still alive and beating (its heartbeat survived the full disk)
+        deadline = time.monotonic() + 60
+        while True:
+            st = json.loads(labq(home, "scheduler", "status", "--json").stdout)
+            if st["ray"] == "up" and st["heartbeat_age"] is not None and st["heartbeat_age"] < 5:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(1)
+        # And the job that could not write its result says why in plain words
+        deadline = time.monotonic() + 90
+        while True:
+            status = json.loads(labq(home, "status", str(job), "--json").stdout)
+            if status["state"] not in ("running", "pending"):
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(1)
+        errors = [a["error"] or "" for a in status["attempts_detail"]]
+        assert not any("\x1b" in e or "ray::" in e for e in errors), errors
+        assert status["state"] == "succeeded" or any("No space left on device" in e for e in errors), status
+    finally:
+        labq(home, "scheduler", "stop")

@@ -52,11 +52,28 @@ def test_owner_and_admin_can_cancel(queued):
     assert api.cancel(store, [str(sub.job_ids[1])], None, settings, user="root-admin")["cancelled"] == [sub.job_ids[1]]
 
 
-@pytest.mark.parametrize("value", ["x; rm -rf /", "$(touch /tmp/pwned)", "a' b", "`id`", "a\nb"])
-def test_params_are_quoted_into_commands(value, tmp_path):
+HOSTILE = ["x; rm -rf /", "$(touch {marker})", "a' b", "`touch {marker}`", "a\nb", 'a" b', "\\$(touch {marker})",
+           "'$(touch {marker})'", '"; touch {marker}; "', "$HOME", "\\", "-n", ""]
+
+
+@pytest.mark.parametrize("template, expect", [
+    ("printf '%s' {v}", "{}"),  # bare
+    ("printf '%s' \"{v}\"", "{}"),  # the common --name "{v}" form
+    ("printf '%s' '{v}'", "{}"),  # in single quotes
+    ("printf '%s' {v!r}", "{!r}"),  # repr, bare
+    ("printf '%s' \"{v!r}\"", "{!r}"),  # repr in double quotes
+    ("printf '%s' '{v!r}'", "{!r}"),  # repr in single quotes
+    ("printf '%s' \"x={v:>3}\"", "x={:>3}"),  # a format spec
+    ("printf '%s' 'it'\\''s {v}'", "it's {}"),  # after an escaped quote, still in single quotes
+    ("printf '%s' \"a\\\"{v}\"", 'a"{}'),  # after an escaped quote, still in double quotes
+])
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_params_are_quoted_for_where_they_sit_in_the_command(template, expect, raw, tmp_path):
     import subprocess
 
-    line = command_line("printf '%s' {v}", {"v": value})
+    marker = tmp_path / "pwned"
+    value = raw.replace("{marker}", str(marker))
+    line = command_line(template, {"v": value})
     out = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, cwd=tmp_path).stdout
-    assert out == value
-    assert not os.path.exists("/tmp/pwned")
+    assert out == expect.format(value)
+    assert not marker.exists()

@@ -87,3 +87,41 @@ def test_scheduler_survives_ray_going_down_and_resumes(tmp_path):
         labq("scheduler", "stop")
         for temp in temps:
             kill_processes_naming(temp)
+
+
+def test_a_dead_local_raylet_counts_as_ray_down_and_the_scheduler_recovers(tmp_path):
+    # Given a scheduler with its own local Ray, one job done on it
+    env = {**os.environ, "LABQ_HOME": str(tmp_path / "h")}
+    env.pop("RAY_ADDRESS", None)
+
+    def labq(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=180, cwd=REPO)
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("experiment: raylet\nstages:\n  - {name: s, command: 'echo ok', resources: {cpu: 0.5}}\n")
+    assert labq("scheduler", "start", "--cpus", "2").returncode == 0
+    try:
+        supervisor = int((tmp_path / "h" / "scheduler.pid").read_text())
+        assert labq("submit", str(spec), "--wait").returncode == 0
+        # When its raylet is killed
+        raylets = [p for p in psutil.Process(supervisor).children(recursive=True)
+                   if p.name() == "raylet" or "raylet/raylet" in " ".join(p.cmdline()[:1])]
+        assert raylets, "no raylet under the scheduler"
+        for p in raylets:
+            p.kill()
+        # Then within seconds the scheduler says Ray is down (not "up" for minutes),
+        # restarts on a new Ray, and new jobs run
+        states = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            states.append(json.loads(labq("scheduler", "status", "--json").stdout)["ray"])
+            if "down" in states and states[-1] == "up":
+                break
+            time.sleep(1)
+        assert "down" in states and states[-1] == "up", states
+        assert psutil.pid_exists(supervisor)
+        out = labq("submit", str(spec), "--wait", "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        labq("scheduler", "stop")

@@ -210,3 +210,35 @@ def test_labq_artifacts_lists_and_fetches_an_output(tmp_path, ray_backend):
         assert b"kept no file" in refused.stderr and b"Traceback" not in refused.stderr
     status = labq("status", str(job.id))
     assert b"out/w.bin" in status.stdout
+
+
+def test_env_pip_installs_once_per_set_and_a_failed_install_is_the_jobs_error(tmp_path, ray_backend):
+    # Given a stage that needs a package labq's environment lacks (humanize), and
+    # one that names a package no index has
+    spec = _project(tmp_path, r"""
+        experiment: env-pip
+        stages:
+          - name: uses
+            command: "python -c 'import humanize; print(\"version\", humanize.__version__)'"
+            env: {pip: [humanize==4.9.0]}
+            sweep: {grid: {i: [1, 2]}}
+            metrics_from: {stdout: {major: 'version (\d+)\.'}}
+          - name: broken
+            command: "true"
+            env: {pip: [labq-no-such-package-zz==1.0]}
+    """)
+    with pytest.raises(ImportError):
+        __import__("humanize")
+    scheduler, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    sub = submit_spec(spec, settings)
+    jobs = drive(scheduler, store, sub.experiment_id, timeout=300)
+    uses = [j for j in jobs if j.stage == "uses"]
+    (broken,) = [j for j in jobs if j.stage == "broken"]
+    # Then both jobs ran with it, in Ray's environment for that list
+    assert [j.state for j in uses] == [JobState.SUCCEEDED] * 2, [j.reason for j in uses]
+    assert all(store.attempts(j.id)[-1].metrics["major"] == 4 for j in uses)
+    # And the install that could not work failed the job, named as such
+    assert broken.state is JobState.FAILED
+    error = store.attempts(broken.id)[-1].error
+    assert error.startswith("could not install the stage's env.pip packages") and "labq-no-such-package-zz" in error
+    assert_resources_released()
