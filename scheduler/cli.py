@@ -125,7 +125,7 @@ def _submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], will_star
     if will_start:
         from scheduler import daemon
 
-        if not daemon.is_running(settings.home_path):
+        if (settings.home_path / "labq.db").exists() and not daemon.is_running(settings.home_path):
             # The scheduler this submit starts checks the whole database first: do
             # it before writing, so a damaged queue refuses the submit, not the start.
             store = _store(ctx)
@@ -316,7 +316,9 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
                          f"priority {exp.priority}, submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(exp.submitted_at))}",
                          highlight=False)
     render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
-    render.console.print(render.queue_table(jobs, now, len(jobs), starts=starts))
+    render.console.print(render.queue_table(jobs, now, len(jobs), starts=starts,
+                                            title=f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}, "
+                                                  f"{sum(not j.state.is_terminal() for j in jobs)} active"))
 
 
 @cli.command()

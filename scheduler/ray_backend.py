@@ -219,7 +219,12 @@ class RayBackend:
             return AttemptState.CANCELLED, None, "cancelled"
         except rex.OutOfMemoryError as exc:
             return AttemptState.OUT_OF_MEMORY, None, _short(exc)
-        except (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError,
+        except rex.WorkerCrashedError:  # Ray's text points at its own logs; say what it means
+            return AttemptState.LOST, None, ("WorkerCrashedError: the worker process died while running the job "
+                                             "(killed by a signal: the kernel's out-of-memory killer, a kill -9, "
+                                             "or a crash in native code; Ray does not say which); its output so "
+                                             "far is in `labq logs`")
+        except (rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError,
                 rex.TaskUnschedulableError) as exc:
             return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
         except rex.RuntimeEnvSetupError as exc:

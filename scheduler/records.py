@@ -57,6 +57,7 @@ class Job:
     depends_on: list[int] = field(default_factory=list)
     gpu_memory: int | None = None  # bytes on one GPU: asked instead of a gpu share
     oom_gpu_scale: float | None = None  # retry_on_oom: grow the GPU share by this after a GPU OOM
+    free_retries: int = 0  # attempts that were requeued without counting against ``retries``
 
     def to_json(self) -> dict[str, Any]:
         data = _fields(self)

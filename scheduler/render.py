@@ -63,11 +63,12 @@ def start_text(at: float | None, now: float) -> str:
 
 
 def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason: str = "",
-                starts: dict[int, float | None] | None = None) -> Table:
+                starts: dict[int, float | None] | None = None, title: str | None = None) -> Table:
     """``unplaced_reason`` explains pending jobs no scheduler has looked at yet
     (none running, or Ray still starting); ``starts`` are pending jobs' estimated
     starts (scheduler.estimate), shown as a delay from ``now``."""
-    table = Table(title=f"{total_active} active job{'s' if total_active != 1 else ''}", title_justify="left")
+    title = (f"{total_active} active job{'s' if total_active != 1 else ''}" if title is None else title)
+    table = Table(title=title, title_justify="left")
     for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "starts",
                 "why"):
         table.add_column(col, overflow="fold" if col == "why" else "ellipsis", no_wrap=col != "why")
@@ -75,6 +76,9 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
         cpu, gpu = _res(job)
         if job.state.value == "running":
             timing = f"ran {format_seconds(now - job.started_at)}" if job.started_at else "-"
+        elif job.state.is_terminal():  # over: its times no longer grow
+            timing = (f"ran {format_seconds(job.ended_at - job.started_at)}" if job.started_at and job.ended_at
+                      else "-")
         else:
             timing = f"waited {format_seconds(now - job.submitted_at)}"
         node = (job.node_id or "")[:8] if job.state.value == "running" else ""
@@ -134,6 +138,15 @@ def _start_detail(start: float | None, now: float) -> str:
             f"past runs of each stage, else time limits)")
 
 
+def _attempts_line(job: Job, attempts: list[Any]) -> str:
+    """Attempts made against those allowed; requeues that were not the job's
+    fault (a lost node, a preemption, a scheduler restart) do not count."""
+    charged = job.attempts - job.free_retries
+    free = job.attempts - charged
+    return (f"{charged} of {job.retries + 1} attempt(s) allowed used"
+            + (f", plus {free} requeue(s) not charged (lost node, preemption, restart)" if free > 0 else ""))
+
+
 def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[str] = (),
                 start: float | None = None, now: float | None = None) -> Group:
     """``start``: a pending job's estimated start (scheduler.estimate), if any."""
@@ -151,7 +164,7 @@ def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[s
         ("resources", f"cpu {cpu}, gpu {gpu}, memory {format_bytes(job.memory) if job.memory else '-'}"
          + (f", gpu_memory {format_bytes(job.gpu_memory)}" if job.gpu_memory else "")
          + (f", {job.custom}" if job.custom else "")),
-        ("retries", f"{job.attempts} attempt(s) of {job.retries + 1} allowed"
+        ("retries", _attempts_line(job, attempts)
          + (f", timeout {format_seconds(job.timeout)}" if job.timeout else "")),
         ("depends on", ", ".join(map(str, job.depends_on)) or "-"),
     ]
@@ -162,7 +175,10 @@ def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[s
     for col in ("#", "state", "node", "gpu", "ran", "peak rss", "gpu mem", "exit", "error / metrics", "run dir"):
         att.add_column(col, overflow="fold")
     for a in attempts:
-        ran = format_seconds(a.ended_at - a.started_at) if a.started_at and a.ended_at else "-"
+        began = a.started_at or a.dispatched_at  # a worker that died before reporting: since its dispatch
+        ran = format_seconds(a.ended_at - began) if began and a.ended_at else "-"
+        if a.ended_at and not a.started_at and a.dispatched_at:
+            ran = "~" + ran
         detail = (a.error.strip().splitlines()[-1] if a.error else
                   ", ".join(f"{k}={_fmt(v)}" for k, v in list(a.metrics.items())[:6]))
         gpus = ",".join(a.gpu_ids) or "-"

@@ -143,7 +143,7 @@ _JOB_COLUMNS = (
     "j.id, j.experiment_id, e.name AS experiment, j.stage, j.params, j.swept, j.target_kind, j.target, "
     "j.cpu, j.gpu, j.memory, j.custom, j.retries, j.timeout, j.queue, j.priority, j.user, j.state, j.reason, "
     "j.attempts, j.cancel_requested, j.submitted_at, j.started_at, j.ended_at, j.node_id, j.gpu_ids, "
-    "j.gpu_memory, j.oom_gpu_scale"
+    "j.gpu_memory, j.oom_gpu_scale, j.free_retries"
 )
 _JOB_FROM = " FROM jobs j JOIN experiments e ON e.id = j.experiment_id "
 
@@ -1003,7 +1003,8 @@ def _job(r: sqlite3.Row) -> Job:
                state=JobState(r["state"]), reason=r["reason"], attempts=r["attempts"],
                cancel_requested=bool(r["cancel_requested"]), submitted_at=r["submitted_at"],
                started_at=r["started_at"], ended_at=r["ended_at"], node_id=r["node_id"],
-               gpu_ids=json.loads(r["gpu_ids"]), gpu_memory=r["gpu_memory"], oom_gpu_scale=r["oom_gpu_scale"])
+               gpu_ids=json.loads(r["gpu_ids"]), gpu_memory=r["gpu_memory"], oom_gpu_scale=r["oom_gpu_scale"],
+               free_retries=r["free_retries"])
 
 
 def _attempt(r: sqlite3.Row) -> Attempt:

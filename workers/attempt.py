@@ -84,7 +84,8 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     exit_code = 0
     try:
         if not command:
-            with _in_workdir(workdir, task.get("code_dir"), task.get("env_vars") or {}):
+            code_root = str(snapshot.root) if task.get("package") else task.get("code_dir")
+            with _in_workdir(workdir, code_root, task.get("env_vars") or {}):
                 returned, error = _run_callable(task["target"], ctx, paths, sampler)
             if error is None and sampler.exceeded:  # over its share, and it returned before the interrupt landed
                 error = sampler.exceeded
@@ -220,22 +221,33 @@ def _fetch_code(sha: str) -> Callable[[], bytes]:
     return fetch
 
 
+# Modules this worker imported from each code root (an extracted snapshot, or a
+# spec's directory): kept for later jobs of the same code, forgotten before a job
+# of other code runs here.
+_modules_of_root: dict[str, set[str]] = {}
+
+
 @contextlib.contextmanager
-def _in_workdir(workdir: Path, code_dir: str | None, env_vars: dict[str, str]) -> Iterator[None]:
+def _in_workdir(workdir: Path, code_root: str | None, env_vars: dict[str, str]) -> Iterator[None]:
     """Run a Python job as a command runs: cwd in its private working directory,
-    the user's modules imported from there (from ``code_dir`` too when there is
-    no snapshot), and the stage's env vars set.  Afterwards the worker, which
-    Ray reuses for other jobs, gets its own back, and the modules imported from
-    the working directory are forgotten, so the next job imports its own code."""
+    and the stage's env vars set.  The user's modules import from ``code_root``
+    (the extracted snapshot: read-only, the same path for every job of that code),
+    once per worker, as Ray reuses a worker for many tasks: re-running a module's
+    body for every job of a sweep doubled a short job's cost.  Before a job of
+    other code, the modules of the last code are forgotten, so it imports its
+    own.  Afterwards the worker gets its cwd, path and environment back."""
     saved_cwd = os.getcwd()
     saved_path = list(sys.path)
     saved_env = {name: os.environ.get(name) for name in env_vars}
+    for root in [r for r in _modules_of_root if r != code_root]:
+        for name in _modules_of_root.pop(root):
+            sys.modules.pop(name, None)
+        sys.path_importer_cache.pop(root, None)
     before = set(sys.modules)
-    roots = [str(workdir)] + ([code_dir] if code_dir else [])
     os.chdir(workdir)
-    sys.path[:0] = [r for r in roots if r not in sys.path]
+    if code_root and code_root not in sys.path:
+        sys.path.insert(0, code_root)
     os.environ.update(env_vars)
-    importlib.invalidate_caches()
     try:
         yield
     finally:
@@ -246,10 +258,13 @@ def _in_workdir(workdir: Path, code_dir: str | None, env_vars: dict[str, str]) -
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        prefix = str(workdir) + os.sep
+        in_root = str(code_root) + os.sep if code_root else None
+        in_workdir = str(workdir) + os.sep
         for name in set(sys.modules) - before:
             origin = getattr(sys.modules.get(name), "__file__", None) or ""
-            if origin.startswith(prefix):
+            if in_root and origin.startswith(in_root):
+                _modules_of_root.setdefault(code_root, set()).add(name)
+            elif origin.startswith(in_workdir):  # imported through the cwd: that copy is gone after this job
                 del sys.modules[name]
         sys.path_importer_cache.pop(str(workdir), None)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import itertools
 import os
 import shutil
@@ -51,8 +52,9 @@ PRISTINE_MTIME_NS = 315_532_800 * 10**9
 _CACHES = ("__pycache__",)
 _FICLONE = 0x40049409  # ioctl: share the blocks (Btrfs, XFS, bcachefs); a plain copy elsewhere
 # Pooled copies kept per snapshot and node: enough for every concurrent attempt
-# on a large node; more are deleted instead of pooled.
+# on a large node, and at most POOL_BYTES of copies; more are deleted instead.
 MAX_POOLED = 64
+POOL_BYTES = 2 * 2**30
 _counter = itertools.count()
 # Where the scheduler leaves a snapshot in Ray's key-value store for nodes that
 # cannot read LABQ_HOME (scheduler.ray_backend.RayBackend.share_code).
@@ -74,6 +76,12 @@ class Snapshot:
     @property
     def pool(self) -> Path:
         return self.root.with_name(self.root.name + ".pool")
+
+    @functools.cached_property
+    def pool_size(self) -> int:
+        """How many clean copies of this snapshot the pool may hold."""
+        size = sum(size for size, _ in self.files.values())
+        return max(1, min(MAX_POOLED, POOL_BYTES // max(size, 1)))
 
 
 @dataclass
@@ -177,10 +185,11 @@ def prepare(run_dir: Path, snapshot: Snapshot) -> Path:
     from the pool (a rename), else a new copy."""
     workdir = run_dir / WORKDIR
     if snapshot.files:
+        pool = str(snapshot.pool)
         with contextlib.suppress(FileNotFoundError):
-            for name in os.listdir(snapshot.pool):
+            for name in os.listdir(pool):
                 try:
-                    os.rename(snapshot.pool / name, workdir)
+                    os.rename(os.path.join(pool, name), workdir)
                     return workdir
                 except FileNotFoundError:  # another attempt took it first
                     continue
@@ -259,7 +268,9 @@ def collect(run_dir: Path, snapshot: Snapshot, limit: int | None) -> Outputs:
         shutil.rmtree(workdir, ignore_errors=True)
         return result
     try:
-        _restore(workdir, snapshot, [rel for rel in snapshot.files if rel not in seen.intact])
+        inputs = [rel for rel in snapshot.files if rel not in seen.intact] if len(seen.intact) < len(snapshot.files) else []
+        if inputs or len(seen.dirs) < len(snapshot.dirs):
+            _restore(workdir, snapshot, inputs)
         _give_back(workdir, snapshot)
     except OSError:  # cannot make it clean again: it is not reused
         shutil.rmtree(workdir, ignore_errors=True)
@@ -272,6 +283,7 @@ class _Seen:
 
     outputs: list[tuple[str, int]] = field(default_factory=list)  # (relative path, bytes)
     intact: set[str] = field(default_factory=set)  # inputs exactly as copied
+    dirs: set[str] = field(default_factory=lambda: {""})  # the snapshot's directories still there
     new_dirs: list[str] = field(default_factory=list)  # the top of each directory tree the job made
 
 
@@ -287,7 +299,9 @@ def _walk(workdir: Path, rel: str, snapshot: Snapshot, seen: _Seen) -> None:
                 if entry.name in _CACHES and rel in snapshot.dirs and path not in snapshot.dirs:
                     _tidy_cache(entry.path)
                     continue
-                if path not in snapshot.dirs and rel in snapshot.dirs:
+                if path in snapshot.dirs:
+                    seen.dirs.add(path)
+                elif rel in snapshot.dirs:
                     seen.new_dirs.append(path)
                 if stat.S_IMODE(st.st_mode) != 0o700:
                     os.chmod(entry.path, 0o700)  # a job may leave a directory it cannot walk
@@ -321,13 +335,12 @@ def _pristine(st: os.stat_result, expected: tuple[int, int]) -> bool:
 
 
 def _restore(workdir: Path, snapshot: Snapshot, inputs: list[str]) -> None:
+    os.chmod(workdir, 0o700)
     for rel in sorted(snapshot.dirs, key=len):
         if rel and not os.path.isdir(workdir / rel):
             if os.path.lexists(workdir / rel):
                 os.unlink(workdir / rel)
             os.mkdir(workdir / rel, 0o700)
-        else:
-            os.chmod(workdir / rel if rel else workdir, 0o700)
     for rel in dict.fromkeys(inputs):
         target = workdir / rel
         if os.path.lexists(target):
@@ -336,11 +349,12 @@ def _restore(workdir: Path, snapshot: Snapshot, inputs: list[str]) -> None:
 
 
 def _give_back(workdir: Path, snapshot: Snapshot) -> None:
-    pool = snapshot.pool
+    pool = str(snapshot.pool)
     try:
-        os.mkdir(pool, 0o700)
-    except FileExistsError:
-        if len(os.listdir(pool)) >= MAX_POOLED:
+        if len(os.listdir(pool)) >= snapshot.pool_size:
             shutil.rmtree(workdir, ignore_errors=True)
             return
-    os.rename(workdir, pool / f"{os.getpid()}-{time.monotonic_ns()}-{next(_counter)}")
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(pool, 0o700)
+    os.rename(workdir, os.path.join(pool, f"{os.getpid()}-{time.monotonic_ns()}-{next(_counter)}"))

@@ -5,6 +5,7 @@ within seconds, and writes nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,3 +130,48 @@ def test_a_builtin_is_not_a_job(tmp_path, project):
     spec = project / "b.yaml"
     spec.write_text("experiment: b\nstages:\n  - {name: s, run: 'os:system'}\n")
     _refused(tmp_path / "home", spec, "stages[s].run", "built-in function, not a job")
+
+
+# ------------------------------------------------------------------ an unlucky machine: one line, exit 3
+
+
+def test_a_submit_committed_before_the_scheduler_failed_to_start_says_so(tmp_path, project):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "scheduler.log").mkdir()  # the scheduler cannot open its log
+    proc = labq(home, "submit", str(project / "spec.yaml"))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is queued (2 jobs, ids 1-2; do not submit it again)" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_scheduler_start_on_an_unusable_database_fails_at_once(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "labq.db").write_bytes(b"this is not SQLite" * 1000)
+    t0 = time.monotonic()
+    proc = labq(home, "scheduler", "start")
+    assert proc.returncode == 3 and "not a usable labq database" in proc.stderr
+    assert "Traceback" not in proc.stderr and time.monotonic() - t0 < 20
+    assert not (home / "scheduler.pid").exists()
+
+
+def test_a_state_directory_that_cannot_be_made_is_one_line(tmp_path, project):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = labq(blocker / "home", "queue")
+    assert proc.returncode == 3 and "cannot create the state directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_lock_file_in_the_way_is_one_line_and_the_queued_jobs_are_named(tmp_path, project):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "scheduler.lock").mkdir()
+    proc = labq(home, "submit", str(project / "spec.yaml"))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr and "scheduler.lock" in proc.stderr, proc.stderr
+    assert "do not submit it again" in proc.stderr and proc.stderr.count("\n") == 1
+    # A second submit (the user did not read) refuses before writing: the lock is checked first now
+    again = labq(home, "submit", str(project / "spec.yaml"))
+    assert again.returncode == 3 and "Traceback" not in again.stderr
+    assert len(json.loads(labq(home, "queue", "--json").stdout)) == 2

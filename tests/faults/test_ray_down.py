@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import subprocess
 import sys
 import tempfile
@@ -104,6 +105,13 @@ def test_a_dead_local_raylet_counts_as_ray_down_and_the_scheduler_recovers(tmp_p
     try:
         supervisor = int((tmp_path / "h" / "scheduler.pid").read_text())
         assert labq("submit", str(spec), "--wait").returncode == 0
+        # (what the scheduler and its workers wrote is private to this account)
+        home = tmp_path / "h"
+        run = home / "runs" / "1" / "attempt-1"
+        private = {p: stat.S_IMODE(p.stat().st_mode) for p in
+                   [run, run / "stdout.log", run / "result.json", home / "scheduler.log", home / "scheduler.json",
+                    home / "scheduler.pid", home / "code"]}
+        assert all(mode & 0o077 == 0 for mode in private.values()), {str(k): oct(v) for k, v in private.items()}
         # When its raylet is killed
         raylets = [p for p in psutil.Process(supervisor).children(recursive=True)
                    if p.name() == "raylet" or "raylet/raylet" in " ".join(p.cmdline()[:1])]

@@ -232,6 +232,16 @@ def test_killed_worker_is_recorded_lost_and_retried(tmp_path, ray_backend):
     first, second = store.attempts(job.id)
     assert first.state is AttemptState.LOST and "WorkerCrashedError" in first.error
     assert second.state is AttemptState.SUCCEEDED and job.state is JobState.SUCCEEDED
+    # The error says what happened, not where Ray's own logs are; the status shows
+    # how long the lost attempt ran (from its dispatch: it never reported a start)
+    assert "killed by a signal" in first.error and "python-core-worker" not in first.error
+    from scheduler import render
+
+    with render.console.capture() as captured:
+        render.console.print(render.status_view(store.job(job.id), store.attempts(job.id), store.events(job.id)))
+    text = captured.get()
+    assert "~" in text.split("attempts")[1].splitlines()[4] or "~" in text
+    assert "2 of 2 attempt(s) allowed used" in text
 
 
 def test_unschedulable_job_does_not_block_the_queue(tmp_path, ray_backend):

@@ -72,3 +72,38 @@ def test_a_ranked_page_is_the_head_of_the_full_results(tmp_path_factory, outcome
     assert (page.metric, page.mode, page.total, page.advice) == (full.metric, full.mode, full.total, full.advice)
     assert page.varying_params == full.varying_params == ["scale", "lr", "η"]
     store.close()
+
+
+def test_status_counts_only_the_attempts_charged_against_retries():
+    # A job requeued once for free (its node died) and then succeeding: two
+    # attempts made, one of one allowed used, plus one requeue not charged
+    from scheduler import render
+    from scheduler.records import Job
+    from scheduler.states import JobState
+
+    job = Job(id=1, experiment_id=1, experiment="e", stage="s", params={}, swept={}, target_kind="command",
+              target="true", cpu=1, gpu=0, memory=None, custom={}, retries=0, timeout=None, queue="default",
+              priority=0, user="u", state=JobState.SUCCEEDED, attempts=2, free_retries=1)
+    with render.console.capture() as captured:
+        render.console.print(render.status_view(job, [], []))
+    text = captured.get()
+    assert "1 of 1 attempt(s) allowed used, plus 1 requeue(s) not charged" in text
+    assert "2 attempt(s) of 1 allowed" not in text
+
+
+def test_an_experiment_listing_does_not_call_finished_jobs_active_or_let_their_wait_grow():
+    from scheduler import render
+    from scheduler.records import Job
+    from scheduler.states import JobState
+
+    done = Job(id=1, experiment_id=1, experiment="e", stage="s", params={}, swept={}, target_kind="command",
+               target="true", cpu=1, gpu=0, memory=None, custom={}, retries=0, timeout=None, queue="default",
+               priority=0, user="u", state=JobState.SUCCEEDED, attempts=1, submitted_at=0.0, started_at=10.0,
+               ended_at=70.0)
+    outputs = []
+    for now in (100.0, 100_000.0):
+        with render.console.capture() as captured:
+            render.console.print(render.queue_table([done], now, 1, title="1 job, 0 active"))
+        outputs.append(captured.get())
+    assert outputs[0] == outputs[1]  # nothing grows once it is over
+    assert "ran 1m" in outputs[0] and "waited " not in outputs[0]

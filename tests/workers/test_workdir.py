@@ -167,3 +167,40 @@ def test_a_package_entry_that_escapes_is_refused(tmp_path):
         workdir.open_snapshot(tmp_path / "code", bad)
     assert not (tmp_path / "evil.py").exists()
     assert not (tmp_path / "code" / "abc").exists()
+
+
+def test_a_worker_runs_each_snapshots_own_code_and_keeps_callables_in_their_cwd(tmp_path, monkeypatch):
+    # Given two versions of a user's module, submitted one after the other, run
+    # by the same worker process (as Ray reuses workers)
+    from workers.attempt import run_attempt
+
+    home = tmp_path / "home"
+    packages = []
+    for version in ("one", "two"):
+        code = tmp_path / version
+        code.mkdir()
+        (code / "usermod_versions.py").write_text(
+            "from pathlib import Path\n"
+            f"VERSION = {version!r}\n"
+            "def main(ctx):\n"
+            "    Path('written.txt').write_text(VERSION)\n"
+            "    return {'is_' + VERSION: 1.0}\n")
+        packages.append(make_package(code, home, "spec.yaml"))
+
+    def run(n, package):
+        task = {"job_id": n, "attempt": 1, "experiment": "e", "stage": "s", "params": {}, "target_kind": "callable",
+                "target": "usermod_versions:main", "resources": {"cpu": 1}, "inputs": [],
+                "run_dir": str(home / "runs" / str(n) / "attempt-1"), "package": str(package),
+                "code_root": str(home / "code")}
+        return run_attempt(task)
+
+    cwd = os.getcwd()
+    results = [run(1, packages[0]), run(2, packages[1]), run(3, packages[0])]
+    # Then each job ran its own version, wrote in its own cwd, and the worker's cwd is back
+    assert [r["metrics"] for r in results] == [{"is_one": 1.0}, {"is_two": 1.0}, {"is_one": 1.0}]
+    assert [(home / "runs" / str(n) / "attempt-1" / "outputs" / "written.txt").read_text() for n in (1, 2, 3)] \
+        == ["one", "two", "one"]
+    assert os.getcwd() == cwd
+    import sys
+
+    sys.modules.pop("usermod_versions", None)
