@@ -364,8 +364,11 @@ def _child(args) -> int:
     def heartbeat() -> None:
         downs = 0
         while not stop_event.wait(HEARTBEAT_SECONDS):
-            up = backend.is_up()
-            downs = 0 if up else downs + 1
+            health = backend.health()
+            up = health == "up"
+            # Only a node seen dead counts: a GCS that does not answer gets Ray's
+            # own reconnect timeout (a restarting GCS must not end running jobs).
+            downs = downs + 1 if health == "node dead" else 0
             try:
                 write_state("up" if up else "down")
             except OSError as exc:  # a full disk: keep beating, the next write may get through
@@ -374,7 +377,7 @@ def _child(args) -> int:
                 # Ray is gone from under this process (its raylet died, say) and will
                 # not come back to it: end this life; the supervisor starts a new one,
                 # which brings Ray up again and reconciles from the database.
-                log.error("Ray has been down for %.0fs (no alive node of ours); restarting",
+                log.error("this scheduler's Ray node has been dead for %.0fs; restarting on a new Ray",
                           downs * HEARTBEAT_SECONDS)
                 os._exit(EXIT_RAY_DOWN)
 

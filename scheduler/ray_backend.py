@@ -96,17 +96,21 @@ class RayBackend:
         return ray.get_runtime_context().get_node_id()
 
     def is_up(self) -> bool:
-        """Ray answers, and this process's own node is alive: with its raylet
-        dead (killed, out of memory) the GCS still answers, but nothing can be
-        launched from here, so that counts as down too."""
+        return self.health() == "up"
+
+    def health(self) -> str:
+        """"up"; "node dead": the GCS answers but this process's own node is
+        dead (its raylet killed or out of memory), so nothing can be launched
+        from here and Ray will not recover it for us; "unreachable": the GCS does
+        not answer (Ray's own reconnect timeout handles that)."""
         if not ray.is_initialized():
-            return False
+            return "unreachable"
         try:
             nodes = ray.nodes()
             here = ray.get_runtime_context().get_node_id()
         except Exception:  # Ray raises many types when the GCS is gone
-            return False
-        return any(n.get("NodeID") == here and n.get("Alive") for n in nodes)
+            return "unreachable"
+        return "up" if any(n.get("NodeID") == here and n.get("Alive") for n in nodes) else "node dead"
 
     def shutdown(self) -> None:
         if ray.is_initialized():

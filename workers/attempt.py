@@ -16,7 +16,6 @@ import importlib
 import json
 import os
 import resource
-import shlex
 import signal
 import string
 import subprocess
@@ -57,6 +56,7 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     _receive_inputs(task.get("inputs", []))
     snapshot = _snapshot(task, paths)
     workdir = workdir_mod.prepare(paths.root, snapshot)
+    job_started_ns = time.time_ns()  # what the job changes from here on has a later ctime
     ctx = JobContext(
         job_id=task["job_id"], attempt=task["attempt"], experiment=task["experiment"], stage=task["stage"],
         params=task["params"], run_dir=paths.root,
@@ -93,13 +93,14 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         else:
             memory_total = watch.nvml.memory_total(watch.indices[0]) if watch else None
             try:
-                line = command_line(task["target"], ctx.params)
+                line, args = command_line(task["target"], ctx.params)
             except (ValueError, LookupError, AttributeError, TypeError) as exc:  # checked at submit; a last guard
                 line, exit_code, error = None, 2, f"could not fill in the command's placeholders: {exc}"
             if line is not None:
                 exit_code = _run_command(line, ctx, paths, sampler,
                                          {**(task.get("env_vars") or {}),
-                                          **(gpu.share_environment(resources, memory_total) if gpu_ids else {})})
+                                          **(gpu.share_environment(resources, memory_total) if gpu_ids else {}),
+                                          **args})
             if line is not None and sampler.exceeded:
                 error = sampler.exceeded
             elif line is not None and exit_code != 0:
@@ -112,10 +113,10 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         gpu_usage = _gpu_usage(watch)
         if nvml is not None:
             nvml.close()
+    reported, _ = paths.read_reported_metrics()  # before metrics_from's steps join metrics.jsonl
     declared = _declared_metrics(task.get("metrics_from"), paths, workdir)
-    outputs, outputs_error = _collect_outputs(paths, snapshot, task.get("outputs_limit"))
-    metrics, _ = paths.read_reported_metrics()
-    metrics.update(declared)
+    outputs, outputs_error = _collect_outputs(paths, snapshot, task.get("outputs_limit"), job_started_ns)
+    metrics = {**declared, **reported}  # what the job reported itself wins on the same name
     if outputs_error:
         metrics["outputs_error"] = outputs_error
     if isinstance(returned, dict):
@@ -282,7 +283,10 @@ def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, work
         final.update(metrics_from_mod.final_of(found))
     problem = None
     if metrics_from.get("json"):
-        values, json_steps, problem = metrics_from_mod.read_json(workdir / metrics_from["json"])
+        try:
+            values, json_steps, problem = metrics_from_mod.read_json(workdir / metrics_from["json"])
+        except Exception as exc:  # JSON nested too deep to read, say: the job's result must still be kept
+            values, json_steps, problem = {}, [], f"metrics_from.json: cannot read it ({exc.__class__.__name__})"
         steps += json_steps
         final.update(values)
     if steps:
@@ -293,14 +297,16 @@ def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, work
     return final
 
 
-def _collect_outputs(paths: RunPaths, snapshot: workdir_mod.Snapshot, limit: int | None
+def _collect_outputs(paths: RunPaths, snapshot: workdir_mod.Snapshot, limit: int | None, since_ns: int
                      ) -> tuple[list[dict[str, Any]], str | None]:
     """The job's outputs, moved under the run dir (workers.workdir.collect);
     a failure here is noted in the result, never the job's end."""
+    outputs = workdir_mod.Outputs(limit=limit)
     try:
-        return workdir_mod.collect(paths.root, snapshot, limit).to_json(), None
-    except OSError as exc:
-        return [], f"could not collect the outputs in {paths.root / workdir_mod.WORKDIR}: {exc}"
+        workdir_mod.collect(paths.root, snapshot, limit, since_ns=since_ns, into=outputs)
+        return outputs.to_json(), None
+    except Exception as exc:  # whatever the job left (a tree too deep to walk...): keep what was moved
+        return outputs.to_json(), f"could not collect all the outputs in {paths.root / workdir_mod.WORKDIR}: {exc}"
 
 
 def _run_callable(target: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler") -> tuple[Any, str | None]:
@@ -400,36 +406,40 @@ def _captured_output(paths: RunPaths) -> Iterator[None]:
         err.close()
 
 
-MAX_COMMAND_CHARS = 1 << 20  # a filled-in command line longer than this is the job's error, not a huge argv
+MAX_PARAM_CHARS = 100_000  # one filled-in value: an environment string is capped at 128 KiB by Linux
 
 
-def command_line(template: str, params: dict[str, Any]) -> str:
-    """Fill ``{param}`` placeholders with values quoted for where each one sits
-    in the shell line: bare (``--lr {lr}``), inside double quotes
-    (``--name "{v}"``) or inside single quotes (``'{v}'``), ``!r`` and format
-    specs included.  A param can never inject shell syntax."""
+def command_line(template: str, params: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The shell line of a command job, and the environment it needs.  Each
+    ``{param}`` (with its ``!r`` or format spec) is filled in as its own
+    environment variable, and the line only refers to it (``"${LABQ_ARG_0}"``,
+    quoted for where it sits: bare, in double or in single quotes).  A value is
+    thus never parsed by the shell, in any context (command substitution, a
+    heredoc, after a comment with an apostrophe...): it can split into words
+    where the template leaves it unquoted, but never become shell syntax."""
     formatter = string.Formatter()
     out: list[str] = []
+    values: dict[str, str] = {}
     quote: str | None = None  # the shell's quoting where the next placeholder lands
-    length = 0
     for literal, field, spec, conversion in formatter.parse(template):
         out.append(literal)
         quote = _quoting_after(literal, quote)
         if field is None:
             continue
         value, _ = formatter.get_field(field, (), params)
-        text = formatter.format_field(formatter.convert_field(value, conversion), spec or "")
-        text = _quoted(str(text), quote)
-        length += len(literal) + len(text)
-        if length > MAX_COMMAND_CHARS:
-            raise ValueError(f"the command line with its params filled in is longer than {MAX_COMMAND_CHARS} characters")
-        out.append(text)
-    return "".join(out)
+        text = str(formatter.format_field(formatter.convert_field(value, conversion), spec or ""))
+        if len(text) > MAX_PARAM_CHARS:
+            raise ValueError(f"{{{field}}} fills in {len(text)} characters; at most {MAX_PARAM_CHARS} fit a command")
+        name = f"LABQ_ARG_{len(values)}"
+        values[name] = text
+        out.append(_reference(name, quote))
+    return "".join(out), values
 
 
 def _quoting_after(text: str, quote: str | None) -> str | None:
     """The POSIX shell's quoting state after ``text``, starting in ``quote``
-    (None: bare, "'" or '"')."""
+    (None: bare, "'" or '"').  A wrong guess (a quote inside a comment, say)
+    costs the value's right spelling, never its safety: see :func:`_reference`."""
     i = 0
     while i < len(text):
         c = text[i]
@@ -447,12 +457,12 @@ def _quoting_after(text: str, quote: str | None) -> str | None:
     return quote
 
 
-def _quoted(value: str, quote: str | None) -> str:
-    if quote == "'":  # close, an escaped quote, reopen
-        return value.replace("'", "'\\''")
-    if quote == '"':  # the four characters special inside double quotes
-        return "".join("\\" + c if c in '\\$`"' else c for c in value)
-    return shlex.quote(value)
+def _reference(name: str, quote: str | None) -> str:
+    if quote == "'":  # close the single quotes, expand in double quotes, reopen
+        return f"'\"${{{name}}}\"'"
+    if quote == '"':
+        return f"${{{name}}}"
+    return f'"${{{name}}}"'
 
 
 def _run_command(line: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSampler",

@@ -15,9 +15,11 @@ beside the snapshot for the next attempt of the same code on this node.  In
 the steady state an attempt costs two renames and one walk of the tree, the
 same for a 3 MiB project as for a 100 MiB one.
 
-An input counts as untouched when it is the same inode with the size, mode and
-link count it was copied with and the fixed mtime labq stamps on every copy
-(:data:`PRISTINE_MTIME_NS`): a write of any kind moves the mtime to now.
+An input counts as untouched when it has the size, mode and link count it was
+copied with, the fixed mtime labq stamps on every copy
+(:data:`PRISTINE_MTIME_NS`), and an inode change time from before the job: a
+write of any kind moves the mtime to now, and a rename, chmod or utime the
+ctime, which no job can set back.
 
     LABQ_HOME/code/<sha>/           the snapshot, extracted once per node (read-only)
     LABQ_HOME/code/<sha>.pool/<n>/  clean copies waiting for an attempt
@@ -147,6 +149,10 @@ def _extract(root: Path, package: Path, fetch: Callable[[], bytes] | None) -> No
                     shutil.copyfileobj(src, dst, 1 << 20)
                 # Owner-only, read-only: private state, and a reminder that no job writes here.
                 os.chmod(target, ((info.external_attr >> 16) & 0o500) | 0o400)
+        for here, subdirs, _ in os.walk(tmp, topdown=False):  # read-only: no job writes here
+            for d in subdirs:
+                os.chmod(os.path.join(here, d), 0o500)
+        os.chmod(tmp, 0o500)
         try:
             os.rename(tmp, root)
         except OSError as exc:
@@ -154,6 +160,8 @@ def _extract(root: Path, package: Path, fetch: Callable[[], bytes] | None) -> No
                 raise
     finally:
         if tmp.exists():
+            for here, subdirs, _ in os.walk(tmp):
+                os.chmod(here, 0o700)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -237,20 +245,28 @@ def _copy_file(src: Path, dst: Path, mode: int) -> None:
             os.close(fd)
 
 
-def collect(run_dir: Path, snapshot: Snapshot, limit: int | None) -> Outputs:
+def collect(run_dir: Path, snapshot: Snapshot, limit: int | None, since_ns: int | None = None,
+            into: Outputs | None = None) -> Outputs:
     """After the job: move what it created or changed to ``<run dir>/outputs``
     (up to ``limit`` bytes in all; the rest is deleted and listed as dropped),
     restore the inputs it changed or deleted, and give the clean directory back
     to the pool.  Symbolic links the job made are not outputs (following one
     could read any file of the node) and are removed."""
     workdir = run_dir / WORKDIR
-    result = Outputs(limit=limit)
-    if not os.path.isdir(workdir):
+    result = into if into is not None else Outputs(limit=limit)
+    try:
+        st = os.lstat(workdir)
+    except FileNotFoundError:
         return result
-    seen = _Seen()
+    if not stat.S_ISDIR(st.st_mode):  # the job replaced its cwd with a link (or a file): nothing to walk
+        os.unlink(workdir)
+        return result
+    seen = _Seen(since_ns=since_ns)
     _walk(workdir, "", snapshot, seen)
     budget = limit
     outputs = run_dir / OUTPUTS
+    if os.path.islink(outputs):  # made by the job, pointing who knows where
+        os.unlink(outputs)
     for rel, size in sorted(seen.outputs):
         if budget is not None and size > budget:
             os.unlink(workdir / rel)
@@ -284,6 +300,7 @@ class _Seen:
     outputs: list[tuple[str, int]] = field(default_factory=list)  # (relative path, bytes)
     intact: set[str] = field(default_factory=set)  # inputs exactly as copied
     dirs: set[str] = field(default_factory=lambda: {""})  # the snapshot's directories still there
+    since_ns: int | None = None  # when the job started: an input whose inode changed since is not intact
     new_dirs: list[str] = field(default_factory=list)  # the top of each directory tree the job made
 
 
@@ -308,7 +325,7 @@ def _walk(workdir: Path, rel: str, snapshot: Snapshot, seen: _Seen) -> None:
                 _walk(workdir, path, snapshot, seen)
             elif stat.S_ISREG(st.st_mode):
                 expected = snapshot.files.get(path)
-                if expected is not None and _pristine(st, expected):
+                if expected is not None and _pristine(st, expected, seen.since_ns):
                     seen.intact.add(path)
                 elif entry.name.endswith((".pyc", ".pyo")):
                     os.unlink(entry.path)
@@ -328,10 +345,13 @@ def _tidy_cache(directory: str) -> None:
                     os.unlink(entry.path)
 
 
-def _pristine(st: os.stat_result, expected: tuple[int, int]) -> bool:
+def _pristine(st: os.stat_result, expected: tuple[int, int], since_ns: int | None) -> bool:
+    """Exactly as copied: the fixed mtime, size, mode and one link, and (the
+    kernel sets it on every write, rename, chmod or utime, and no job can set it
+    back) an inode change time older than the job."""
     size, mode = expected
     return (st.st_mtime_ns == PRISTINE_MTIME_NS and st.st_size == size and st.st_nlink == 1
-            and stat.S_IMODE(st.st_mode) == mode)
+            and stat.S_IMODE(st.st_mode) == mode and (since_ns is None or st.st_ctime_ns < since_ns))
 
 
 def _restore(workdir: Path, snapshot: Snapshot, inputs: list[str]) -> None:

@@ -53,7 +53,8 @@ def test_owner_and_admin_can_cancel(queued):
 
 
 HOSTILE = ["x; rm -rf /", "$(touch {marker})", "a' b", "`touch {marker}`", "a\nb", 'a" b', "\\$(touch {marker})",
-           "'$(touch {marker})'", '"; touch {marker}; "', "$HOME", "\\", "-n", ""]
+           "'$(touch {marker})'", '"; touch {marker}; "', "$HOME", "\\", "-n", "", "\\'; touch {marker}; #",
+           "a b; touch {marker}", "; touch {marker} #"]
 
 
 @pytest.mark.parametrize("template, expect", [
@@ -73,7 +74,32 @@ def test_params_are_quoted_for_where_they_sit_in_the_command(template, expect, r
 
     marker = tmp_path / "pwned"
     value = raw.replace("{marker}", str(marker))
-    line = command_line(template, {"v": value})
-    out = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, cwd=tmp_path).stdout
+    line, args = command_line(template, {"v": value})
+    out = subprocess.run(["/bin/sh", "-c", line], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, **args}).stdout
     assert out == expect.format(value)
+    assert not marker.exists()
+
+
+# Templates where the shell parses the spot a value lands in again, or where a
+# quote-tracking guess goes wrong: a value must still never run (its spelling may suffer).
+@pytest.mark.parametrize("template", [
+    'echo "$(basename {v})"',  # command substitution inside double quotes
+    "# don't edit\necho {v}",  # an apostrophe in a comment
+    "cat <<EOF\n{v}\nEOF",  # an unquoted heredoc expands $(...)
+    "echo \\{v}",  # after a backslash
+    'echo "\\{v}"',
+    "echo $'{v}'",  # ANSI-C quotes (bash)
+])
+@pytest.mark.parametrize("raw", HOSTILE)
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])
+def test_no_value_runs_in_any_shell_context(template, raw, shell, tmp_path):
+    import subprocess
+
+    marker = tmp_path / "pwned"
+    value = raw.replace("{marker}", str(marker))
+    line, args = command_line(template, {"v": value})
+    assert value not in line or value in template  # the value is not spliced into the line at all
+    subprocess.run([shell, "-c", line], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **args},
+                   timeout=10)
     assert not marker.exists()

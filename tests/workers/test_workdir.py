@@ -155,7 +155,7 @@ def test_a_node_that_cannot_read_the_package_fetches_it(tmp_path):
     snap = workdir.open_snapshot(tmp_path / "node-home" / "code", tmp_path / "elsewhere" / package.name,
                                  fetch=lambda: data)
     assert (snap.root / "configs" / "x.yaml").read_text() == "lr: 0.1\n"
-    assert oct(snap.root.stat().st_mode & 0o777) == oct(0o700)
+    assert oct(snap.root.stat().st_mode & 0o777) == oct(0o500)  # owner-only, read-only
     assert (snap.root / "train.py").stat().st_mode & 0o077 == 0  # private
 
 
@@ -204,3 +204,42 @@ def test_a_worker_runs_each_snapshots_own_code_and_keeps_callables_in_their_cwd(
     import sys
 
     sys.modules.pop("usermod_versions", None)
+
+
+def test_an_input_renamed_over_another_of_the_same_size_is_restored(tmp_path):
+    # Given two configs of the same size, and a job that moves one over the other
+    import time
+
+    code = tmp_path / "p"
+    (code / "configs").mkdir(parents=True)
+    (code / "configs" / "a.yaml").write_text("lr: 0.1\n")
+    (code / "configs" / "b.yaml").write_text("lr: 0.2\n")
+    home = tmp_path / "home"
+    snap = workdir.open_snapshot(home / "code", make_package(code, home, "spec.yaml"))
+    run = _run_dir(tmp_path, 1)
+    cwd = workdir.prepare(run, snap)
+    time.sleep(0.02)  # past the kernel's coarse clock tick
+    started = time.time_ns()
+    time.sleep(0.02)
+    os.rename(cwd / "configs" / "a.yaml", cwd / "configs" / "b.yaml")
+    out = workdir.collect(run, snap, limit=None, since_ns=started)
+    # Then b (really a, moved) is an output, and the pooled copy has both originals back
+    assert [o["path"] for o in out.kept] == ["configs/b.yaml"]
+    cwd2 = workdir.prepare(_run_dir(tmp_path, 2), snap)
+    assert (cwd2 / "configs" / "a.yaml").read_text() == "lr: 0.1\n"
+    assert (cwd2 / "configs" / "b.yaml").read_text() == "lr: 0.2\n"
+
+
+def test_a_working_directory_replaced_by_a_link_is_not_followed(tmp_path, snap):
+    elsewhere = tmp_path / "users-data"
+    elsewhere.mkdir()
+    (elsewhere / "precious.csv").write_text("keep me")
+    run = _run_dir(tmp_path, 1)
+    cwd = workdir.prepare(run, snap)
+    import shutil as sh
+
+    sh.rmtree(cwd)
+    os.symlink(elsewhere, cwd)
+    out = workdir.collect(run, snap, limit=None)
+    assert out.kept == [] and (elsewhere / "precious.csv").read_text() == "keep me"
+    assert not os.path.lexists(cwd) and not (run / "outputs").exists()
