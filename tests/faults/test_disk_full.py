@@ -157,3 +157,22 @@ def test_a_disk_filling_up_under_a_running_scheduler(roomy_fs, tmp_path):
             assert any("No space left on device" in e for e in errors), status
     finally:
         labq(home, "scheduler", "stop")
+
+
+def test_a_read_only_disk_is_one_line_not_a_traceback(small_fs, tmp_path):
+    # Given a queue on a disk then remounted read-only (a failing disk, a full quota)
+    home = small_fs / "home"
+    spec = tmp_path / "s.yaml"
+    spec.write_text("experiment: s\nstages:\n  - {name: s, command: 'echo {i}', sweep: {grid: {i: [1, 2]}}}\n")
+    assert labq(home, "submit", str(spec), "--no-start").returncode == 0
+    for name in ("labq.db-wal", "labq.db-shm"):
+        (home / name).unlink(missing_ok=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        for args in (("queue",), ("status", "1"), ("submit", str(spec), "--no-start"), ("cancel", "1")):
+            proc = labq(home, *args)
+            assert proc.returncode == 3, (args, proc.stdout, proc.stderr)
+            assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+            assert "Move it away" not in proc.stderr
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)

@@ -769,3 +769,28 @@ def test_huge_sweep_fails_fast_in_load_spec(tmp_path):
         _within(2.0, lambda: load_spec(path))
     except SpecError:
         pass
+
+
+@given(depth=st.integers(min_value=1, max_value=12), width=st.integers(min_value=2, max_value=12),
+       where=st.sampled_from(["params", "description", "sweep"]))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_alias_bombs_load_or_raise_spec_error_without_expanding(tmp_path, depth, width, where):
+    """Aliases of aliases, up to 12**12 values once expanded: refused (or, when
+    small, loaded) in well under a second, never expanded in memory."""
+    import time as _time
+
+    lines = [f"a0: &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
+    use = {"params": f"  - {{name: s, command: 'echo {{p}}', params: {{p: *a{depth - 1}}}}}",
+           "description": "  - {name: s, command: 'true'}",
+           "sweep": f"  - {{name: s, command: 'echo {{p}}', sweep: {{grid: {{p: *a{depth - 1}}}}}}}"}[where]
+    top = f"description: *a{depth - 1}\n" if where == "description" else ""
+    path = tmp_path / "bomb.yaml"
+    path.write_text("experiment: bomb\n" + top + "anchors:\n" + "".join(f"  {line}\n" for line in lines)
+                    + "stages:\n" + use + "\n")
+    t0 = _time.monotonic()
+    try:
+        load_spec(path, [])
+    except SpecError as err:
+        assert len(str(err).splitlines()) <= SpecError.SHOWN + 1
+    assert _time.monotonic() - t0 < 10

@@ -107,3 +107,15 @@ def test_an_experiment_listing_does_not_call_finished_jobs_active_or_let_their_w
         outputs.append(captured.get())
     assert outputs[0] == outputs[1]  # nothing grows once it is over
     assert "ran 1m" in outputs[0] and "waited " not in outputs[0]
+
+
+def test_ray_errors_are_stored_without_terminal_colours_and_with_their_cause():
+    from scheduler.ray_backend import _cause, _short
+
+    class Wrapped(Exception):
+        cause = OSError(28, "No space left on device")
+
+    assert _cause(Wrapped("\x1b[36mray::labq-job-1-1()\x1b[39m (pid=1)\nTraceback...")) == \
+        "OSError: [Errno 28] No space left on device"
+    assert _cause(Exception("\x1b[36mray::x()\x1b[39m\n  File ...\nValueError: bad")) == "ValueError: bad"
+    assert _short(Exception("\x1b[31mred\x1b[0m text")) == "red text"
