@@ -96,7 +96,8 @@ def _ensure_scheduler(ctx: click.Context, cpus: float | None, gpus: int | None) 
                        "`labq scheduler stop` first to change its Ray's size", err=True)
         return False
     daemon.start(settings, cluster=ctx.obj.get("cluster"), address=None, cpus=cpus, gpus=gpus,
-                 idle_timeout=settings.scheduler.idle_timeout, wait=False)
+                 idle_timeout=settings.scheduler.idle_timeout, wait=False,
+                 checked=bool(ctx.obj.get("database_checked")))
     return True
 
 
@@ -130,6 +131,7 @@ def _submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], will_star
             # it before writing, so a damaged queue refuses the submit, not the start.
             store = _store(ctx)
             store.check_intact()
+            ctx.obj["database_checked"] = True  # the scheduler started next need not read it all again
     return submit(spec, list(overrides), settings)
 
 

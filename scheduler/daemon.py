@@ -93,9 +93,10 @@ def status(home: Path) -> DaemonStatus:
 
 
 def start(settings: Settings, *, cluster: str | None, address: str | None, cpus: float | None,
-          gpus: int | None, idle_timeout: float | None, wait: bool) -> int | None:
+          gpus: int | None, idle_timeout: float | None, wait: bool, checked: bool = False) -> int | None:
     """Spawn the daemon in its own session; returns its pid, or None if one runs
-    already.  With ``wait``, return once it has connected to Ray."""
+    already.  With ``wait``, return once it has connected to Ray.  ``checked``:
+    the caller has just checked the whole database (Store.check_intact)."""
     home = settings.home_path
     if is_running(home):
         return None
@@ -103,10 +104,12 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
 
     store = Store(home)  # refuses a home not this account's own, or a database that is not labq's
     try:
-        store.check_intact()  # and one damaged in the middle: the scheduler would write into it
+        if not checked:
+            store.check_intact()  # and one damaged in the middle: the scheduler would write into it
     finally:
         store.close()
-    args = [sys.executable, "-m", "scheduler.daemon", "--home", str(home)]
+    # Checked here, so the scheduler's first life need not read every page again.
+    args = [sys.executable, "-m", "scheduler.daemon", "--home", str(home), "--checked"]
     if cluster:
         args += ["--cluster", str(cluster)]
     if address:
@@ -223,6 +226,8 @@ def _parse(argv: list[str] | None):
     parser.add_argument("--gpus", type=int)
     parser.add_argument("--idle-timeout", type=float)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    # The database was checked just before this start (by the CLI that spawned it).
+    parser.add_argument("--checked", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -266,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     failures = 0
+    lives = 0
     while not stop_event.is_set():
-        proc = subprocess.Popen([sys.executable, "-m", "scheduler.daemon", "--child", *(argv or sys.argv[1:])],
+        # Only the first life trusts the starter's check: a restart checks again.
+        child_args = [a for a in (argv or sys.argv[1:]) if a != "--checked" or lives == 0]
+        lives += 1
+        proc = subprocess.Popen([sys.executable, "-m", "scheduler.daemon", "--child", *child_args],
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         child["proc"] = proc
         started = time.monotonic()
@@ -342,7 +351,8 @@ def _child(args) -> int:
             log.info("ended %d processes of the local Ray of a scheduler that died", reaped)
     try:  # before Ray: a damaged database is not Ray's fault, and no retry mends it
         store = Store(home, fsync_commits=False)  # see Store: kill -9 loses nothing, a power cut may rerun jobs
-        store.check_intact()
+        if not args.checked:
+            store.check_intact()
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STATE_UNUSABLE

@@ -27,6 +27,20 @@ def _tmpfs(mnt: Path, size: str):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def _fill(mnt: Path) -> Path:
+    """Fill the file system at ``mnt`` to the last block; returns the filler."""
+    filler = mnt / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: the disk is full
+        pass
+    finally:
+        os.close(fd)
+    return filler
+
+
 @pytest.fixture
 def small_fs(tmp_path):
     yield from _tmpfs(tmp_path / "mnt", "400k")
@@ -80,15 +94,7 @@ def test_a_full_disk_is_not_mistaken_for_a_foreign_database(small_fs, tmp_path):
     assert labq(home, "submit", str(spec), "--no-start").returncode == 0
     for name in ("labq.db-wal", "labq.db-shm"):
         (home / name).unlink(missing_ok=True)
-    filler = small_fs / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:  # ENOSPC: the disk is full
-        pass
-    finally:
-        os.close(fd)
+    filler = _fill(small_fs)
     before = (home / "labq.db").read_bytes()
     # When the queue is listed
     proc = labq(home, "queue")
@@ -122,15 +128,7 @@ def test_a_disk_filling_up_under_a_running_scheduler(roomy_fs, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.5)
         # When the disk fills up while it runs
-        filler = roomy_fs / "filler"
-        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 65536):
-                pass
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        filler = _fill(roomy_fs)
         time.sleep(8)
         # And space comes back
         filler.unlink()
