@@ -27,6 +27,17 @@ def _tmpfs(mnt: Path, size: str):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def _closed_queue(mnt: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A two-job queue in ``mnt``/home, closed cleanly (no WAL files left), and its spec."""
+    home = mnt / "home"
+    spec = tmp_path / "s.yaml"
+    spec.write_text("experiment: s\nstages:\n  - {name: s, command: 'echo {i}', sweep: {grid: {i: [1, 2]}}}\n")
+    assert labq(home, "submit", str(spec), "--no-start").returncode == 0
+    for name in ("labq.db-wal", "labq.db-shm"):
+        (home / name).unlink(missing_ok=True)
+    return home, spec
+
+
 def _fill(mnt: Path) -> Path:
     """Fill the file system at ``mnt`` to the last block; returns the filler."""
     filler = mnt / "filler"
@@ -88,12 +99,7 @@ def test_submit_on_a_full_disk_fails_clearly_writes_nothing_and_recovers(small_f
 
 def test_a_full_disk_is_not_mistaken_for_a_foreign_database(small_fs, tmp_path):
     # Given a queue whose WAL files are gone (a clean close), on a disk then filled up
-    home = small_fs / "home"
-    spec = tmp_path / "s.yaml"
-    spec.write_text("experiment: s\nstages:\n  - {name: s, command: 'echo {i}', sweep: {grid: {i: [1, 2]}}}\n")
-    assert labq(home, "submit", str(spec), "--no-start").returncode == 0
-    for name in ("labq.db-wal", "labq.db-shm"):
-        (home / name).unlink(missing_ok=True)
+    home, spec = _closed_queue(small_fs, tmp_path)
     filler = _fill(small_fs)
     before = (home / "labq.db").read_bytes()
     # When the queue is listed
@@ -159,12 +165,7 @@ def test_a_disk_filling_up_under_a_running_scheduler(roomy_fs, tmp_path):
 
 def test_a_read_only_disk_is_one_line_not_a_traceback(small_fs, tmp_path):
     # Given a queue on a disk then remounted read-only (a failing disk, a full quota)
-    home = small_fs / "home"
-    spec = tmp_path / "s.yaml"
-    spec.write_text("experiment: s\nstages:\n  - {name: s, command: 'echo {i}', sweep: {grid: {i: [1, 2]}}}\n")
-    assert labq(home, "submit", str(spec), "--no-start").returncode == 0
-    for name in ("labq.db-wal", "labq.db-shm"):
-        (home / name).unlink(missing_ok=True)
+    home, spec = _closed_queue(small_fs, tmp_path)
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     try:
         for args in (("queue",), ("status", "1"), ("submit", str(spec), "--no-start"), ("cancel", "1")):
