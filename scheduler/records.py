@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
+from contract.attempt import WorkerResult
 from scheduler.states import AttemptState, JobState
 
 
@@ -160,3 +162,55 @@ class NodeSnapshot:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+class EndCause(str, Enum):
+    """Why an attempt ended: what the rules of its job's next state
+    (scheduler.endings) go by, instead of matching words in its error."""
+
+    # The worker returned: the job succeeded or failed on its own.
+    RETURNED = "returned"
+    # Over its memory request (labq's watchdog, or Ray's memory monitor).
+    HOST_OOM = "host_oom"
+    # Over its GPU memory share, or the framework ran out of GPU memory.
+    GPU_OOM = "gpu_oom"
+    # The worker process died (a signal, a crash in native code).
+    WORKER_DIED = "worker_died"
+    # Its node (or that node's raylet) died: not the job's fault.
+    NODE_DIED = "node_died"
+    # The scheduler that held it restarted or stopped: not the job's fault.
+    SCHEDULER_GONE = "scheduler_gone"
+    # Ray would not take it (Ray down mid-pass, a bad option).
+    LAUNCH_FAILED = "launch_failed"
+    # Its runtime environment (env.pip) could not be installed on the node.
+    ENV_FAILED = "env_failed"
+    # Stopped because a user cancelled it.
+    CANCELLED = "cancelled"
+    # Stopped for running past its timeout.
+    TIMED_OUT = "timed_out"
+    # Stopped to give a queue below its guarantee what it is owed.
+    PREEMPTED = "preempted"
+    # Packed behind other jobs, and its pack ended before it began.
+    NOT_STARTED = "not_started"
+    # Packed, and its pack was stopped for another job's sake (or ran out of time
+    # on the jobs before it) while this one ran.
+    INTERRUPTED = "interrupted"
+
+
+@dataclass
+class AttemptEnd:
+    """How one attempt ended, as the loop hands it to the store."""
+
+    attempt_id: int
+    state: AttemptState
+    cause: EndCause
+    result: WorkerResult | None = None
+    error: str | None = None
+    # A packed job got its share when the job before it ended, not at the pack's
+    # launch: usage counts it from here.
+    slot_from: float | None = None
+
+    @property
+    def message(self) -> str | None:
+        """The error to record: the loop's, else the worker's."""
+        return self.error or (self.result.error if self.result else None)
