@@ -33,7 +33,9 @@ REPS = 3
 
 def populate(home: Path, code: Path, n: int, chunk: int = 5000) -> dict:
     """Store an n-job experiment 'big' and move most of it through real attempts."""
+    from contract.attempt import WorkerResult
     from scheduler.identity import current_user
+    from scheduler.records import AttemptEnd, EndCause
     from scheduler.spec import load_spec
     from scheduler.states import AttemptState
     from scheduler.store import Store
@@ -81,8 +83,8 @@ stages:
                           "started_at": now + 1, "ended_at": now + 2 + rng.random() * 30, "node_id": "node-a",
                           "gpu_ids": [], "peak_rss": rng.randrange(10**8, 10**9), "rss_baseline": 60 * 2**20,
                           "cpu_time": rng.uniform(1, 30)}
-                finished.append({"attempt_id": att.id, "outcome": AttemptState.SUCCEEDED if ok else AttemptState.FAILED,
-                                 "result": result, "error": result["error"]})
+                finished.append(AttemptEnd(att.id, AttemptState.SUCCEEDED if ok else AttemptState.FAILED,
+                                           EndCause.RETURNED, WorkerResult.from_json(result), result["error"]))
             store.finish_attempts(finished, now + 3)
         store.start_attempts(((j, "node-a") for j in ids[n_ok + n_fail:n_ok + n_fail + 20]),
                              lambda j, k: run_dir_for(home, j, k), now)
@@ -96,7 +98,7 @@ stages:
 def scheduler_pass(home: Path) -> None:
     """One pass of the real Scheduler over ``home`` (FakeBackend for Ray, two
     16-cpu nodes): it dispatches what fits and writes its start estimates."""
-    from bench.fake_backend import FakeBackend, make_nodes
+    from scheduler.fake_backend import FakeBackend, make_nodes
     from scheduler.config import Settings
     from scheduler.loop import Scheduler
     from scheduler.store import Store

@@ -85,7 +85,7 @@ stages:
 def scheduler_part(home: Path, out: Path, reps: int = 5) -> None:
     import psutil
 
-    from bench.fake_backend import FakeBackend, make_nodes
+    from scheduler.fake_backend import FakeBackend, make_nodes
     from scheduler.config import Settings
     from scheduler.loop import Scheduler
 
@@ -133,7 +133,7 @@ def scheduler_part(home: Path, out: Path, reps: int = 5) -> None:
     for (filename, _, func), (_, _, _, cum, _) in stats.stats.items():
         if filename.endswith(("store.py", "policy.py", "loop.py")) and func in (
                 "pending_jobs", "set_reasons", "decide", "start_attempts", "finish_attempts", "_launch",
-                "_save_node_snapshot", "_collect"):
+                "_save_node_snapshot", "_record_ends"):
             parts[func] = cum / total
     rss_after = proc.memory_info().rss
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

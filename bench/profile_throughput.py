@@ -124,7 +124,7 @@ def control_plane(temp: Path, n: int) -> dict:
     import cProfile
     import pstats
 
-    from bench.fake_backend import FakeBackend, make_nodes
+    from scheduler.fake_backend import FakeBackend, make_nodes
     from scheduler import api
     from scheduler.config import Settings
     from scheduler.loop import Scheduler
@@ -153,7 +153,7 @@ def control_plane(temp: Path, n: int) -> dict:
     for (filename, _, func), (_, _, _, cum, _) in stats.stats.items():
         if filename.endswith(("store.py", "policy.py", "loop.py")) and func in (
                 "pending_jobs", "set_reasons", "decide", "start_attempts", "finish_attempts", "launch_context",
-                "_launch", "_save_node_snapshot", "_collect", "data_version", "cancel_requested"):
+                "launch", "launch_pack", "_save_node_snapshot", "_record_ends", "data_version", "cancel_requested"):
             parts[func] = parts.get(func, 0) + cum / total
     ok = store.state_counts(sub.experiment_id).get("succeeded", 0)
     store.close()

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
+
+
+def run_dir_for(home: str | Path, job_id: int, attempt: int) -> Path:
+    """Where one attempt's run directory is: LABQ_HOME/runs/<job id>/attempt-<n>
+    (the scheduler records it; the worker creates it)."""
+    return Path(home).expanduser() / "runs" / str(job_id) / f"attempt-{attempt}"
 
 
 class WorkerOutcome(str, Enum):
@@ -214,12 +221,14 @@ class AttemptTrace:
     started: bool = False  # its run dir exists: the worker began it
     saved: WorkerResult | None = None
     oom_note: str | None = None  # labq's watchdog killed the worker for memory: why
+    oom_cause: OomCause | None = None  # and for which memory
     gpu_ids: tuple[int, ...] | None = None  # the GPUs Ray gave it, once the worker wrote them
     gpu_pids: frozenset[int] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
         return {"started": self.started, "saved": self.saved.to_json() if self.saved else None,
-                "oom_note": self.oom_note, "gpu_ids": list(self.gpu_ids) if self.gpu_ids is not None else None,
+                "oom_note": self.oom_note, "oom_cause": self.oom_cause.value if self.oom_cause else None,
+                "gpu_ids": list(self.gpu_ids) if self.gpu_ids is not None else None,
                 "gpu_pids": sorted(self.gpu_pids)}
 
     @classmethod
@@ -227,5 +236,6 @@ class AttemptTrace:
         saved = data.get("saved")
         ids = data.get("gpu_ids")
         return cls(started=bool(data.get("started")), saved=WorkerResult.from_json(saved) if saved else None,
-                   oom_note=data.get("oom_note"), gpu_ids=tuple(ids) if ids is not None else None,
+                   oom_note=data.get("oom_note"), oom_cause=OomCause(data["oom_cause"]) if data.get("oom_cause") else None,
+                   gpu_ids=tuple(ids) if ids is not None else None,
                    gpu_pids=frozenset(data.get("gpu_pids") or ()))

@@ -26,7 +26,11 @@ drive it with plain values.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from scheduler.pending_view import PendingView
+    from scheduler.store import Store
 
 # Jobs of a stage seen to end before its jobs may be packed.
 SAMPLES = 3
@@ -103,3 +107,34 @@ def pick_followers(leaders: Iterable[tuple[int, int]], peers_of: Callable[[int],
         if picked:
             out[leader] = picked
     return out
+
+
+def plan_packs(placements: list, pending: "PendingView", short: ShortJobs, store: "Store", *, slots: int,
+               head: str | None) -> dict[int, list[int]]:
+    """Leader job id -> the jobs packed behind it: its class's next pending
+    jobs of the same experiment and stage, as many as its stage's measured
+    durations allow.  Only CPU jobs, and in collect mode only on the head (a
+    pack's jobs are sorted out from what they left on their node).  ``slots``:
+    the shares in use once ``placements`` start."""
+    if not short.any_packable():
+        return {}
+    leads = [p for p in placements if (d := pending.get(p.job_id)) is not None and not d.gpu
+             and not d.gpu_memory and (head is None or p.node_id == head)]
+    if not leads:
+        return {}
+    stages = store.job_stages([p.job_id for p in leads])
+    # No more than an even split of the class's backlog over the slots in use,
+    # so the last packs do not leave most slots idle while a few finish.
+    sizes = [(p.job_id, min(short.pack_size(stages[p.job_id], pending.demands[p.job_id].time_limit),
+                            -(-len(pending.index.peers(p.job_id) or ()) // slots)))
+             for p in leads if p.job_id in stages]
+    if all(size < 2 for _, size in sizes):
+        return {}
+    candidates = pick_followers(sizes, pending.index.peers, {p.job_id for p in placements})
+    stages.update(store.job_stages([f for followers in candidates.values() for f in followers]))
+    packs = {}
+    for lead, followers in candidates.items():
+        same = [f for f in followers if stages.get(f) == stages[lead]]
+        if same:
+            packs[lead] = same
+    return packs

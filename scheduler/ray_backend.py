@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from scheduler.states import AttemptState, worker_end
+from contract.attempt import AttemptTask, AttemptTrace, WorkerResult
+from scheduler.backend import Handle, NodeInfo, TaskEnd
+from scheduler.records import EndCause
+from scheduler.states import AttemptState
+from workers import node_ops
 from workers.attempt import run_attempt, run_attempts
 from workers.workdir import CODE_NAMESPACE, code_key
 from workers.gpu import node_telemetry
@@ -36,6 +39,11 @@ _remote_pack = ray.remote(max_retries=0)(run_attempts)
 # NVML readings of one node's GPUs, for `labq nodes`: no CPU held, so it never
 # waits behind the jobs it reports on.
 _remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
+# What the scheduler asks of an attempt's node (workers.node_ops), run there.
+_remote_trace = ray.remote(num_cpus=0, max_retries=0)(node_ops.trace)
+_remote_end_group = ray.remote(num_cpus=0, max_retries=0)(node_ops.end_process_group)
+# How long the scheduler waits for a node to answer about one of its attempts.
+NODE_OP_SECONDS = 10.0
 
 # Ray settings for the local Ray labq starts itself.  Ray keeps idle worker
 # processes beyond one per CPU for a second only; labq runs fractional-CPU jobs
@@ -48,14 +56,6 @@ _remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
 LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 10_000}
 
 
-@dataclass(frozen=True)
-class RayNode:
-    node_id: str
-    address: str
-    alive: bool
-    resources: dict[str, float]
-
-
 class RayBackend:
     def __init__(self, address: str | None = None, num_cpus: float | None = None, num_gpus: int | None = None):
         self.address = address
@@ -63,6 +63,7 @@ class RayBackend:
         self.num_gpus = num_gpus
         self._uploaded: dict[str, str] = {}
         self._pack_remotes: dict[tuple, Any] = {}
+        self._here: str | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -80,6 +81,7 @@ class RayBackend:
                      _system_config=LOCAL_RAY_SYSTEM_CONFIG, **kwargs)
         self._uploaded.clear()
         self._pack_remotes.clear()
+        self._here = None
 
     @staticmethod
     def session_dir() -> str | None:
@@ -116,8 +118,8 @@ class RayBackend:
         if ray.is_initialized():
             ray.shutdown()
 
-    def nodes(self) -> list[RayNode]:
-        return [RayNode(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=bool(n.get("Alive")),
+    def nodes(self) -> list[NodeInfo]:
+        return [NodeInfo(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=bool(n.get("Alive")),
                         resources=dict(n.get("Resources") or {}))
                 for n in ray.nodes()]
 
@@ -136,27 +138,29 @@ class RayBackend:
                          namespace=CODE_NAMESPACE)
         self._uploaded[package] = code_key(Path(package).stem)
 
-    def _code_for(self, task: dict[str, Any], node_id: str | None, package: str | None) -> None:
-        head = task.get("collect_to_node")
+    def _code_for(self, task: AttemptTask, node_id: str | None) -> None:
+        head = task.collect_to_node
         if head and node_id != head:  # another node, no shared LABQ_HOME
-            self.share_code(package)
+            self.share_code(task.package)
 
     # ------------------------------------------------------------ tasks
 
-    def launch(self, task: dict[str, Any], *, cpu: float, gpu: float, memory: int | None,
-               custom: dict[str, float], node_id: str | None, package: str | None, pip: list[str] | None = None,
+    def launch(self, task: AttemptTask, *, node_id: str | None, pip: list[str] | None = None,
                fresh_worker: bool = False) -> ray.ObjectRef:
-        self._code_for(task, node_id, package)
-        options = _options(f"labq-job-{task['job_id']}-{task['attempt']}", cpu, gpu, memory, custom, node_id, pip)
+        self._code_for(task, node_id)
+        share = task.resources
+        options = _options(f"labq-job-{task.job_id}-{task.attempt}", share.cpu, share.gpu, share.memory,
+                           share.custom, node_id, pip)
         remote = _remote_gpu_attempt if fresh_worker else _remote_attempt
-        return remote.options(**options).remote(task)
+        return remote.options(**options).remote(task.to_json())
 
-    def launch_pack(self, tasks: list[dict[str, Any]], *, cpu: float, memory: int | None,
-                    custom: dict[str, float], node_id: str | None, package: str | None,
+    def launch_pack(self, tasks: list[AttemptTask], *, node_id: str | None,
                     pip: list[str] | None = None) -> ray.ObjectRef:
-        """One task that runs ``tasks`` one after another with one job's share
-        (no GPU: packs are CPU jobs); read its end with :meth:`pack_outcomes`."""
-        self._code_for(tasks[0], node_id, package)
+        """One task that runs ``tasks`` one after another with the first one's
+        share (no GPU: packs are CPU jobs); read its end with :meth:`pack_outcomes`."""
+        self._code_for(tasks[0], node_id)
+        share = tasks[0].resources
+        cpu, memory, custom = share.cpu, share.memory, share.custom
         key = (cpu, memory, tuple(sorted(custom.items())), node_id, tuple(pip or ()))
         remote = self._pack_remotes.get(key)
         if remote is None:
@@ -166,17 +170,17 @@ class RayBackend:
                 self._pack_remotes.clear()
             remote = self._pack_remotes[key] = _remote_pack.options(
                 **_options("labq-pack", cpu, 0, memory, custom, node_id, pip))
-        return remote.remote(tasks)
+        return remote.remote([t.to_json() for t in tasks])
 
     @classmethod
-    def pack_outcomes(cls, ref: ray.ObjectRef, count: int) -> list[tuple[AttemptState, dict[str, Any] | None, str | None]]:
-        """(attempt state, result, error) of each job of a finished pack; when
-        the pack itself ended in a Ray error, that error for every job (with no
-        result: the scheduler reads what each job left in its run dir)."""
-        state, results, error = cls.outcome(ref, pack=True)
+    def pack_outcomes(cls, ref: ray.ObjectRef, count: int) -> list[TaskEnd]:
+        """How each job of a finished pack ended; when the pack itself ended in
+        a Ray error, that error for every job (with no result: the scheduler
+        asks each job's node what it left)."""
+        end, results = cls._end(ref)
         if results is None:
-            return [(state, None, error)] * count
-        return [worker_end(r) for r in results]
+            return [end] * count
+        return [TaskEnd.returned(WorkerResult.from_json(r)) for r in results]
 
     @staticmethod
     def read_gpus(node_ids: list[str]) -> dict[str, ray.ObjectRef]:
@@ -194,7 +198,7 @@ class RayBackend:
             return None
 
     @staticmethod
-    def wait(refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+    def ready(refs: list[ray.ObjectRef], timeout: float = 0.0) -> list[ray.ObjectRef]:
         """Every ref that is done now; with a timeout, block until at least one is."""
         if not refs:
             return []
@@ -211,38 +215,44 @@ class RayBackend:
         if refs:
             ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
 
+    @classmethod
+    def outcome(cls, ref: ray.ObjectRef) -> TaskEnd:
+        """How a finished single attempt ended."""
+        end, result = cls._end(ref)
+        return end if result is None else TaskEnd.returned(WorkerResult.from_json(result))
+
     @staticmethod
-    def outcome(ref: ray.ObjectRef, pack: bool = False) -> tuple[AttemptState, Any, str | None]:
-        """(attempt state, result, error) of a finished task (with ``pack``, the
-        result is the pack's list of results)."""
+    def _end(ref: ray.ObjectRef) -> tuple[TaskEnd, Any]:
+        """(the end, None) when the task ended in a Ray error, else (a success, what it returned)."""
         from ray import exceptions as rex
 
+        lost, failed = AttemptState.LOST, AttemptState.FAILED
         try:
-            result = ray.get(ref, timeout=30)
+            return TaskEnd(AttemptState.SUCCEEDED, EndCause.RETURNED), ray.get(ref, timeout=30)
         except rex.TaskCancelledError:
-            return AttemptState.CANCELLED, None, "cancelled"
+            return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled"), None
         except rex.OutOfMemoryError as exc:
-            return AttemptState.OUT_OF_MEMORY, None, _short(exc)
+            return TaskEnd(AttemptState.OUT_OF_MEMORY, EndCause.HOST_OOM, error=_short(exc)), None
         except rex.WorkerCrashedError:  # Ray's text points at its own logs; say what it means
-            return AttemptState.LOST, None, ("WorkerCrashedError: the worker process died while running the job "
-                                             "(killed by a signal: the kernel's out-of-memory killer, a kill -9, "
-                                             "or a crash in native code; Ray does not say which); its output so "
-                                             "far is in `labq logs`")
-        except (rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError,
-                rex.TaskUnschedulableError) as exc:
-            return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
+            return TaskEnd(lost, EndCause.WORKER_DIED, error=(
+                "WorkerCrashedError: the worker process died while running the job (killed by a signal: the "
+                "kernel's out-of-memory killer, a kill -9, or a crash in native code; Ray does not say which); "
+                "its output so far is in `labq logs`")), None
+        except (rex.NodeDiedError, rex.LocalRayletDiedError, rex.TaskUnschedulableError) as exc:
+            # The node, not just the worker, is gone: not the job's fault.
+            return TaskEnd(lost, EndCause.NODE_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}"), None
+        except rex.ObjectLostError as exc:
+            return TaskEnd(lost, EndCause.WORKER_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}"), None
         except rex.RuntimeEnvSetupError as exc:
-            return AttemptState.FAILED, None, f"could not install the stage's env.pip packages on the node: {_pip_error(exc)}"
+            return TaskEnd(failed, EndCause.ENV_FAILED, error="could not install the stage's env.pip packages on "
+                           f"the node: {_pip_error(exc)}"), None
         except rex.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, rex.TaskCancelledError) or isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
-                return AttemptState.CANCELLED, None, "cancelled"
-            return AttemptState.FAILED, None, f"worker error: {_cause(exc)}"
+                return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled"), None
+            return TaskEnd(failed, EndCause.WORKER_ERROR, error=f"worker error: {_cause(exc)}"), None
         except rex.RayError as exc:
-            return AttemptState.LOST, None, f"{exc.__class__.__name__}: {_short(exc)}"
-        if pack:
-            return AttemptState.SUCCEEDED, result, None
-        return worker_end(result)
+            return TaskEnd(lost, EndCause.WORKER_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}"), None
 
     @staticmethod
     def cancel(ref: ray.ObjectRef, force: bool) -> None:
@@ -250,6 +260,55 @@ class RayBackend:
             ray.cancel(ref, force=force)
         except Exception as exc:  # already finished, or Ray gone: nothing left to stop
             log.debug("cancel %s: %s", ref, exc)
+
+    # ------------------------------------------------------------ on an attempt's node
+
+    def _is_here(self, node_id: str | None) -> bool:
+        """Whether ``node_id`` is this process's node (or unknown: then only here can be asked)."""
+        if node_id is None:
+            return True
+        if self._here is None:
+            try:
+                self._here = self.local_node_id()
+            except Exception:  # Ray gone: nothing but here can be asked anyway
+                return True
+        return node_id == self._here
+
+    def _on_node(self, node_id: str, remote: Any, *args: Any) -> Any:
+        """Run ``remote`` on ``node_id`` and wait for its answer (None if the node
+        does not answer in NODE_OP_SECONDS: dead, or Ray going down)."""
+        try:
+            ref = remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+                                 ).remote(*args)
+            return ray.get(ref, timeout=NODE_OP_SECONDS)
+        except Exception as exc:
+            log.debug("node %s did not answer about %s: %s", node_id[:8], args[0], exc)
+            return None
+
+    def trace(self, node_id: str | None, run_dir: str) -> AttemptTrace:
+        """What the attempt's node holds of it.  A node that does not answer is
+        read here instead: on a shared disk the run dir is the same."""
+        data = None if self._is_here(node_id) else self._on_node(node_id, _remote_trace, run_dir)
+        return AttemptTrace.from_json(data if data is not None else node_ops.trace(run_dir))
+
+    def gpu_ids(self, node_id: str | None, run_dir: str) -> list[int] | None:
+        """Read on this node only (every pass while a GPU attempt starts): for an
+        attempt elsewhere the policy's plan stands."""
+        return node_ops.gpu_ids(run_dir) if self._is_here(node_id) else None
+
+    def end_process_group(self, node_id: str | None, run_dir: str) -> None:
+        if self._is_here(node_id):
+            node_ops.end_process_group(run_dir)
+        else:
+            self._on_node(node_id, _remote_end_group, run_dir)
+
+    @staticmethod
+    def keep_bundle(data: bytes, run_dir: str) -> None:
+        node_ops.keep_bundle(data, run_dir)
+
+    @staticmethod
+    def artifacts_bundle(run_dir: str) -> bytes:
+        return node_ops.artifacts_bundle(run_dir)
 
 
 def _options(name: str, cpu: float, gpu: float, memory: int | None, custom: dict[str, float],

@@ -105,7 +105,7 @@ class Attempt:
     gpu_share: float | None = None  # share of each GPU booked for it (gpu_memory turned into a fraction)
     metrics: dict[str, Any] = field(default_factory=dict)
     artifacts: list[str] = field(default_factory=list)
-    usage: dict[str, Any] = field(default_factory=dict)  # gpu_usage, cpu_time, ... (see store.USAGE_FIELDS)
+    usage: dict[str, Any] = field(default_factory=dict)  # gpu_usage, cpu_time, ... (see contract.attempt.USAGE_FIELDS)
     # Files the job created or changed in its working directory, kept under
     # <run dir>/outputs: [{"path", "bytes", "kept"}] (kept False: over the size limit).
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -180,6 +180,8 @@ class EndCause(str, Enum):
     NODE_DIED = "node_died"
     # The scheduler that held it restarted or stopped: not the job's fault.
     SCHEDULER_GONE = "scheduler_gone"
+    # labq's own worker code raised (not the job: that is RETURNED, failed).
+    WORKER_ERROR = "worker_error"
     # Ray would not take it (Ray down mid-pass, a bad option).
     LAUNCH_FAILED = "launch_failed"
     # Its runtime environment (env.pip) could not be installed on the node.

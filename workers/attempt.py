@@ -26,6 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from contract.attempt import AttemptTask, Input, OomCause, WorkerOutcome, WorkerResult
 from jobs.api import JobContext, Upstream, set_current
 from workers import bundle, gpu
 from workers import metrics_from as metrics_from_mod
@@ -41,35 +42,37 @@ CUDA_OOM_TEXTS = ("CUDA out of memory", "CUDA error: out of memory", "RESOURCE_E
 CUDA_OOM_ERROR = "out of GPU memory (CUDA out of memory)"
 
 
-def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
-    """Run the job described by ``task`` (built by the scheduler) and return its
-    result dict; the same dict is written to ``result.json`` in the run dir."""
+def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
+    """Run the job described by ``task_json`` (a contract.attempt.AttemptTask,
+    as JSON) and return its WorkerResult as JSON; the same is written to
+    ``result.json`` in the run dir."""
+    task = AttemptTask.from_json(task_json)
     # The run dir, logs and outputs are private to this account, whoever started
     # this worker (a `ray start` of a cluster keeps the caller's umask).
     os.umask(0o077)
-    paths = RunPaths(Path(task["run_dir"]))
+    paths = RunPaths(Path(task.run_dir))
     paths.create()
     node_id, gpu_ids = _placement()
     if gpu_ids:  # Ray, not labq, picks the GPU inside the node: tell the scheduler which
         with contextlib.suppress(OSError):
             paths.write_gpu_ids(gpu_ids)
-    _receive_inputs(task.get("inputs", []))
+    _receive_inputs(task.inputs)
     snapshot = _snapshot(task, paths)
     workdir = workdir_mod.prepare(paths.root, snapshot)
     job_started_ns = time.time_ns()  # what the job changes from here on has a later ctime
     ctx = JobContext(
-        job_id=task["job_id"], attempt=task["attempt"], experiment=task["experiment"], stage=task["stage"],
-        params=task["params"], run_dir=paths.root,
-        inputs={up["stage"]: Upstream(job_id=up["job_id"], stage=up["stage"], params=up["params"],
-                                      run_dir=Path(up["run_dir"]), metrics=up["metrics"])
-                for up in task.get("inputs", [])},
-        gpu_ids=gpu_ids, resources=task.get("resources", {}),
-        previous_run_dir=Path(task["previous_run_dir"]) if task.get("previous_run_dir") else None,
-        cache_dir=Path(task["cache_dir"]) if task.get("cache_dir") else None,
+        job_id=task.job_id, attempt=task.attempt, experiment=task.experiment, stage=task.stage,
+        params=task.params, run_dir=paths.root,
+        inputs={up.stage: Upstream(job_id=up.job_id, stage=up.stage, params=up.params,
+                                   run_dir=Path(up.run_dir), metrics=up.metrics)
+                for up in task.inputs},
+        gpu_ids=gpu_ids, resources=task.resources.to_json(),
+        previous_run_dir=Path(task.previous_run_dir) if task.previous_run_dir else None,
+        cache_dir=Path(task.cache_dir) if task.cache_dir else None,
         workdir=workdir,
     )
-    resources = task.get("resources") or {}
-    command = task["target_kind"] != "callable"
+    resources = ctx.resources
+    command = task.target_kind != "callable"
     nvml = gpu.open_nvml() if gpu_ids else None  # NVML only for jobs that hold a GPU
     watch = gpu.watch_for(resources, gpu_ids, nvml)
     started = time.time()
@@ -84,21 +87,21 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
     exit_code = 0
     try:
         if not command:
-            code_root = str(snapshot.root) if task.get("package") else task.get("code_dir")
-            with _in_workdir(workdir, code_root, task.get("env_vars") or {}):
-                returned, error = _run_callable(task["target"], ctx, paths, sampler)
+            code_root = str(snapshot.root) if task.package else task.code_dir
+            with _in_workdir(workdir, code_root, task.env_vars):
+                returned, error = _run_callable(task.target, ctx, paths, sampler)
             if error is None and sampler.exceeded:  # over its share, and it returned before the interrupt landed
                 error = sampler.exceeded
             exit_code = 0 if error is None else 1
         else:
             memory_total = watch.nvml.memory_total(watch.indices[0]) if watch else None
             try:
-                line, args = command_line(task["target"], ctx.params)
+                line, args = command_line(task.target, ctx.params)
             except (ValueError, LookupError, AttributeError, TypeError) as exc:  # checked at submit; a last guard
                 line, exit_code, error = None, 2, f"could not fill in the command's placeholders: {exc}"
             if line is not None:
                 exit_code = _run_command(line, ctx, paths, sampler,
-                                         {**(task.get("env_vars") or {}),
+                                         {**task.env_vars,
                                           **(gpu.share_environment(resources, memory_total) if gpu_ids else {}),
                                           **args})
             if line is not None and sampler.exceeded:
@@ -114,8 +117,8 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         if nvml is not None:
             nvml.close()
     reported, _ = paths.read_reported_metrics()  # before metrics_from's steps join metrics.jsonl
-    declared = _declared_metrics(task.get("metrics_from"), paths, workdir)
-    outputs, outputs_error = _collect_outputs(paths, snapshot, task.get("outputs_limit"), job_started_ns)
+    declared = _declared_metrics(task.metrics_from, paths, workdir)
+    outputs, outputs_error = _collect_outputs(paths, snapshot, task.outputs_limit, job_started_ns)
     metrics = {**declared, **reported}  # what the job reported itself wins on the same name
     if outputs_error:
         metrics["outputs_error"] = outputs_error
@@ -123,37 +126,24 @@ def run_attempt(task: dict[str, Any]) -> dict[str, Any]:
         metrics.update(returned)
     elif isinstance(returned, (int, float)) and not isinstance(returned, bool):
         metrics["result"] = returned
-    result = {
-        "outcome": "succeeded" if error is None else ("out_of_memory" if sampler.oom_cause else "failed"),
-        "metrics": _plain(metrics),
-        "artifacts": paths.list_artifacts(),
-        "outputs": outputs,
-        "exit_code": exit_code,
-        "error": error,
-        "started_at": started,
-        "ended_at": time.time(),
-        "node_id": node_id,
-        "gpu_ids": gpu_ids,
-        "peak_rss": sampler.peak,
-        # What the worker process used before the job (0 for a command): the job's
-        # own peak is peak_rss minus this.
-        "rss_baseline": sampler.baseline,
-        "cpu_time": sampler.cpu_time,
-        # None, or what ended the job for memory: "memory" (its memory request),
-        # "gpu_share" (the GPU memory watchdog), "cuda" (the framework's own OOM).
-        "oom_cause": sampler.oom_cause if error is not None else None,
-        "gpu_usage": gpu_usage,
-        "pid": os.getpid(),
-    }
-    paths.write_result(result)
-    head = task.get("collect_to_node")
+    oom_cause = OomCause(sampler.oom_cause) if error is not None and sampler.oom_cause else None
+    result = WorkerResult(
+        outcome=WorkerOutcome.SUCCEEDED if error is None else (WorkerOutcome.OUT_OF_MEMORY if oom_cause
+                                                               else WorkerOutcome.FAILED),
+        metrics=_plain(metrics), artifacts=paths.list_artifacts(), outputs=outputs, exit_code=exit_code,
+        error=error, started_at=started, ended_at=time.time(), node_id=node_id, gpu_ids=gpu_ids,
+        peak_rss=sampler.peak, rss_baseline=sampler.baseline, cpu_time=sampler.cpu_time, oom_cause=oom_cause,
+        gpu_usage=gpu_usage, pid=os.getpid())
+    data = result.to_json()
+    paths.write_result(data)
+    head = task.collect_to_node
     if head and node_id and node_id != head:
         # No shared filesystem with the head: carry the run dir back in the result.
         try:
-            result = {**result, "bundle": bundle.pack(paths.root)}
+            data["bundle"] = bundle.pack(paths.root)
         except bundle.BundleTooLarge as exc:
-            result = {**result, "bundle_error": str(exc)}
-    return result
+            data["bundle_error"] = str(exc)
+    return data
 
 
 def run_attempts(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -182,13 +172,12 @@ def _gpu_usage(watch: gpu.GpuWatch | None) -> dict[str, Any] | None:
         return None
 
 
-def _receive_inputs(inputs: list[dict[str, Any]]) -> None:
+def _receive_inputs(inputs: tuple[Input, ...]) -> None:
     """Upstream artifacts the scheduler sent because this node cannot read the
     upstream run dir: unpack them at the same path."""
     for up in inputs:
-        data = up.pop("bundle", None)
-        if data and not (Path(up["run_dir"]) / "artifacts").exists():
-            bundle.unpack(data, Path(up["run_dir"]))
+        if up.bundle and not (Path(up.run_dir) / "artifacts").exists():
+            bundle.unpack(up.bundle, Path(up.run_dir))
 
 
 def _placement() -> tuple[str | None, list[str]]:
@@ -202,13 +191,12 @@ def _placement() -> tuple[str | None, list[str]]:
     return ray.get_runtime_context().get_node_id(), [str(g) for g in ray.get_gpu_ids()]
 
 
-def _snapshot(task: dict[str, Any], paths: RunPaths) -> workdir_mod.Snapshot:
+def _snapshot(task: AttemptTask, paths: RunPaths) -> workdir_mod.Snapshot:
     """The experiment's code on this node (extracted on first use), or, for a
     task without a code package, an empty one."""
-    package = task.get("package")
-    if not package:
+    if not task.package:
         return workdir_mod.empty_snapshot(paths.root / ".no-snapshot")
-    return workdir_mod.open_snapshot(Path(task["code_root"]), Path(package), _fetch_code(Path(package).stem))
+    return workdir_mod.open_snapshot(Path(task.code_root or ""), Path(task.package), _fetch_code(Path(task.package).stem))
 
 
 def _fetch_code(sha: str) -> Callable[[], bytes]:
@@ -831,7 +819,7 @@ class _RssSampler:
             return
         if self.paths is not None:  # still running: blocked in C, so end the worker
             with contextlib.suppress(OSError):
-                (self.paths.root / OOM_MARKER).write_text(self.exceeded)
+                (self.paths.root / OOM_MARKER).write_text(json.dumps({"message": self.exceeded, "cause": self.oom_cause}))
         os.kill(os.getpid(), signal.SIGKILL)
 
     def interruptible(self, thread_id: int | None) -> None:

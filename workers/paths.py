@@ -24,11 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.attempt import run_dir_for  # noqa: F401  (where a run dir is: the scheduler decides, workers use it)
 from jobs.api import ARTIFACTS_DIR, CHECKPOINTS_DIR, FINAL_METRICS_FILE, METRICS_FILE
-
-
-def run_dir_for(home: str | Path, job_id: int, attempt: int) -> Path:
-    return Path(home).expanduser() / "runs" / str(job_id) / f"attempt-{attempt}"
 
 
 @dataclass(frozen=True)

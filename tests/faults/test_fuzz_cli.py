@@ -44,7 +44,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from contract.attempt import WorkerOutcome, WorkerResult
 from scheduler import api, cli, daemon
+from scheduler.records import AttemptEnd, EndCause
 from scheduler.states import AttemptState
 from scheduler.store import Store
 
@@ -151,12 +153,12 @@ class World:
             Path(first.run_dir).mkdir(parents=True)
             (Path(first.run_dir) / "stdout.log").write_text("prep out\n")
             (Path(first.run_dir) / "stderr.log").write_bytes(b"prep err \xff\n")
-            store.finish_attempt(first.id, AttemptState.SUCCEEDED, now + 1,
-                                 result={"metrics": {"rows": 150}, "started_at": now})
+            store.finish_attempt(AttemptEnd(first.id, AttemptState.SUCCEEDED, EndCause.RETURNED, WorkerResult(
+                outcome=WorkerOutcome.SUCCEEDED, metrics={"rows": 150}, started_at=now)), now + 1)
             for job_id, metrics in ((2, {"accuracy": 0.9, "loss": float("nan")}), (3, {"accuracy": "n/a"})):
                 [attempt] = store.start_attempts([(job_id, "node-1")], run_dir, now)
-                store.finish_attempt(attempt.id, AttemptState.SUCCEEDED, now + 2,
-                                     result={"metrics": metrics, "started_at": now})
+                store.finish_attempt(AttemptEnd(attempt.id, AttemptState.SUCCEEDED, EndCause.RETURNED, WorkerResult(
+                    outcome=WorkerOutcome.SUCCEEDED, metrics=metrics, started_at=now)), now + 2)
             store.start_attempts([(4, "node-1")], run_dir, now)
         finally:
             store.close()

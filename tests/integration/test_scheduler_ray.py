@@ -326,11 +326,11 @@ def test_short_jobs_are_packed_and_each_keeps_its_own_logs_artifacts_and_result(
     launch, launch_pack = ray_backend.launch, ray_backend.launch_pack
 
     def one(task, **kwargs):  # the real launches, recorded
-        launches.append([task["job_id"]])
+        launches.append([task.job_id])
         return launch(task, **kwargs)
 
     def pack(tasks, **kwargs):
-        launches.append([t["job_id"] for t in tasks])
+        launches.append([t.job_id for t in tasks])
         return launch_pack(tasks, **kwargs)
 
     ray_backend.launch, ray_backend.launch_pack = one, pack

@@ -11,6 +11,7 @@ from scheduler.states import AttemptState
 from scheduler.store import Store
 
 from test_store import JOIN, NOW, _submit_yaml, run_dir_for
+from test_store import end as attempt_end
 
 H = 3600.0
 
@@ -57,7 +58,7 @@ def test_store_reports_held_attempts_with_their_jobs(tmp_path):
     spec.write_text(JOIN)
     _, ids, _ = _submit_yaml(store, spec)
     (a,) = store.start_attempts([(ids[0], "n")], run_dir_for, NOW + 10)
-    store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 70, result={"metrics": {}})
+    store.finish_attempt(attempt_end(a.id, AttemptState.SUCCEEDED, result={"metrics": {}}), NOW + 70)
     store.start_attempts([(ids[1], "n")], run_dir_for, NOW + 20)
     got = sorted(store.held_since(NOW), key=lambda h: h.job_id)
     assert [(h.job_id, h.dispatched_at, h.ended_at, h.first_started_at) for h in got] == [
@@ -91,7 +92,8 @@ stages:
                                                      (ids[4], NOW - 40, None, None)]):
         (a,) = store.start_attempts([(job_id, "n", share)], run_dir_for, start)
         if end is not None:
-            store.finish_attempt(a.id, AttemptState.SUCCEEDED, end, result={"metrics": {}, "ended_at": end})
+            store.finish_attempt(attempt_end(a.id, AttemptState.SUCCEEDED, result={"metrics": {}, "ended_at": end}),
+                                 end)
     capacity = Capacity.of([node_of("n", {"CPU": 8, "GPU": 2, "memory": 16 * 2**30})])
     after = NOW - 10 * half_life if half_life else 0
     want = decayed_usage(store.held_since(after), NOW, half_life, capacity.dominant)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.attempt import WorkerOutcome, WorkerResult
 from scheduler import estimate, policy
 from scheduler.config import Settings
-from scheduler.records import NodeSnapshot
+from scheduler.records import AttemptEnd, EndCause, NodeSnapshot
 from scheduler.render import start_text
 from scheduler.simulator import node
 from scheduler.spec import load_spec
@@ -219,7 +220,8 @@ SWEEP = """
 def _run(store: Store, job_id: int, start: float, end: float | None, outcome=AttemptState.SUCCEEDED) -> None:
     [attempt] = store.start_attempts([(job_id, "n0", 1.0)], lambda j, n: f"/runs/{j}/{n}", start)
     if end is not None:
-        store.finish_attempt(attempt.id, outcome, end, result={"started_at": start + 1})
+        result = WorkerResult(outcome=WorkerOutcome.of(outcome.value), started_at=start + 1)
+        store.finish_attempt(AttemptEnd(attempt.id, outcome, EndCause.RETURNED, result), end)
 
 
 def _gpu_node(store: Store, now: float, gpus: int = 1) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.fake_backend import FakeBackend, make_nodes
+from scheduler.fake_backend import FakeBackend, make_nodes
 from scheduler.config import Settings
 from scheduler.loop import Scheduler
 from scheduler.store import Store
@@ -86,7 +86,7 @@ def test_fresh_workers_only_where_gpus_are_real(tmp_path):
             return original(task, **kwargs)
 
         backend.launch = launch
-        scheduler._gpu_readings[backend.node_list[0].node_id] = readings  # as read by _read_gpus
+        scheduler.gpus.readings[backend.node_list[0].node_id] = readings  # as read by _read_gpus
         scheduler.tick(NOW)
         assert launched == [fresh, fresh]
         store.close()

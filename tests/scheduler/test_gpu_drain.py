@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.fake_backend import FakeBackend, make_nodes
+from scheduler.fake_backend import FakeBackend, make_nodes
 from scheduler.config import Settings
-from scheduler.loop import DRAIN_DEADLINE_SECONDS, Scheduler
+from scheduler.gpu_books import DRAIN_DEADLINE_SECONDS
+from scheduler.loop import Scheduler
 from scheduler.states import AttemptState
 from scheduler.store import Store
 from workers import gpu
@@ -67,7 +68,7 @@ def _start(scheduler: Scheduler, backend: FakeBackend, readings: list[dict]) -> 
     scheduler.tick(NOW + 1)  # starts the first NVML reading of the node
     scheduler.tick(NOW + 2)  # ...and picks it up
     ((handle, task),) = backend.launched
-    paths = RunPaths(Path(task["run_dir"]))
+    paths = RunPaths(Path(task.run_dir))
     paths.create()
     paths.write_gpu_pids({JOB_PID})  # as the worker does before the job starts
     return handle, task
@@ -79,7 +80,7 @@ def _booked(scheduler: Scheduler) -> float:
 
 
 def _cancel(scheduler: Scheduler, store: Store, backend: FakeBackend, handle, task, now: float) -> None:
-    store.cancel([task["job_id"]], now)
+    store.cancel([task.job_id], now)
     scheduler.tick(now)  # asks Ray to cancel
     backend.end(handle, AttemptState.CANCELLED, error="cancelled")
     scheduler.tick(now + 1)  # records it
@@ -90,14 +91,14 @@ def test_a_cancelled_jobs_share_is_booked_until_nvml_no_longer_lists_its_pids(cl
     handle, task = _start(scheduler, backend, _gpu0(JOB_PID))
     # When the job is cancelled while its process is still on the GPU
     _cancel(scheduler, store, backend, handle, task, NOW + 3)
-    assert store.attempts(task["job_id"])[0].state is AttemptState.CANCELLED
+    assert store.attempts(task.job_id)[0].state is AttemptState.CANCELLED
     # Then its share stays booked and the waiting job does not start...
     assert _booked(scheduler) == 1.0 and len(backend.launched) == 1
     scheduler.tick(NOW + 5)  # a reading taken after the end still lists the pid
     assert _booked(scheduler) == 1.0 and len(backend.launched) == 1
     # ...and `labq nodes` says why
     (gpu0,) = store.nodes()[0].gpus
-    assert gpu0["allocated"] == 1.0 and gpu0["draining"] == 1.0 and gpu0["draining_jobs"] == [task["job_id"]]
+    assert gpu0["allocated"] == 1.0 and gpu0["draining"] == 1.0 and gpu0["draining_jobs"] == [task.job_id]
 
     # When the process leaves the GPU
     backend.gpu_readings[NODE.node_id] = _gpu0(9999)  # a neighbour's process does not count
@@ -105,8 +106,8 @@ def test_a_cancelled_jobs_share_is_booked_until_nvml_no_longer_lists_its_pids(cl
     assert _booked(scheduler) == 1.0 and len(backend.launched) == 1
     scheduler.tick(NOW + 7)  # the first reading taken after it left
     # Then the share is released and given to the waiting job in the same pass
-    assert len(backend.launched) == 2 and backend.launched[1][1]["job_id"] != task["job_id"]
-    assert not scheduler._draining
+    assert len(backend.launched) == 2 and backend.launched[1][1].job_id != task.job_id
+    assert not scheduler.gpus.draining
     (gpu0,) = store.nodes()[0].gpus
     assert "draining" not in gpu0
 
@@ -122,24 +123,24 @@ def test_a_share_whose_pids_never_leave_is_released_at_the_deadline(cluster, cap
     with caplog.at_level(logging.WARNING, logger="labq.loop"):
         scheduler.tick(ended + DRAIN_DEADLINE_SECONDS)
     assert _booked(scheduler) == 1.0 and len(backend.launched) == 2  # the next job has it now
-    assert f"job {task['job_id']}" in caplog.text and f"[{JOB_PID}]" in caplog.text
+    assert f"job {task.job_id}" in caplog.text and f"[{JOB_PID}]" in caplog.text
 
 
 def test_a_node_without_nvml_gets_the_share_back_at_once(cluster):
     scheduler, store, backend = cluster
     handle, task = _start(scheduler, backend, [])  # logical GPUs: the reading is []
     _cancel(scheduler, store, backend, handle, task, NOW + 3)
-    assert not scheduler._draining
+    assert not scheduler.gpus.draining
     assert len(backend.launched) == 2  # in the pass that recorded the cancel
 
 
 def test_an_attempt_with_no_pid_record_is_released_unchecked(cluster):
     scheduler, store, backend = cluster
     handle, task = _start(scheduler, backend, _gpu0(JOB_PID))
-    RunPaths(Path(task["run_dir"])).gpu_pids.unlink()  # killed before it wrote one
+    RunPaths(Path(task.run_dir)).gpu_pids.unlink()  # killed before it wrote one
     backend.end(handle, AttemptState.LOST, error="WorkerCrashedError: died")
     scheduler.tick(NOW + 3)
-    assert not scheduler._draining and len(backend.launched) == 2
+    assert not scheduler.gpus.draining and len(backend.launched) == 2
 
 
 @pytest.mark.parametrize("pids_left, drains", [([], False), ([5151], True)])
@@ -150,10 +151,10 @@ def test_a_success_drains_only_when_its_worker_saw_pids_left(cluster, pids_left,
               "pid": JOB_PID, "gpu_usage": {"gpus": [0], "pids_left": pids_left}}
     backend.end(handle, AttemptState.SUCCEEDED, result=result)
     scheduler.tick(NOW + 3)
-    assert store.attempts(task["job_id"])[0].state is AttemptState.SUCCEEDED
-    assert bool(scheduler._draining) is drains and len(backend.launched) == (1 if drains else 2)
+    assert store.attempts(task.job_id)[0].state is AttemptState.SUCCEEDED
+    assert bool(scheduler.gpus.draining) is drains and len(backend.launched) == (1 if drains else 2)
     if drains:
-        (d,) = scheduler._draining.values()
+        (d,) = scheduler.gpus.draining.values()
         assert d.pids == {JOB_PID, 5151}
 
 

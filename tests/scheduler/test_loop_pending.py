@@ -15,12 +15,12 @@ from scheduler.loop import Scheduler
 from scheduler.states import AttemptState
 from scheduler.store import Store
 
-from test_store import CHAIN, JOIN, NOW, _submit_yaml, run_dir_for
+from test_store import CHAIN, JOIN, NOW, _submit_yaml, end, run_dir_for
 
 
 def _view(scheduler: Scheduler) -> list[int]:
-    scheduler._sync_pending()
-    return sorted(scheduler._pending)
+    scheduler.pending.sync(scheduler.store)
+    return sorted(scheduler.pending.demands)
 
 
 def _truth(store: Store) -> list[int]:
@@ -47,18 +47,18 @@ def test_pending_view_follows_every_kind_of_change(tmp_path):
     assert _view(scheduler) == _truth(loop_store) == sorted(join_ids[:2])
 
     # a failure with retries left requeues it; success of the retry unblocks dependents
-    loop_store.finish_attempt(prep.id, AttemptState.FAILED, NOW + 3, error="boom")
+    loop_store.finish_attempt(end(prep.id, AttemptState.FAILED, error="boom"), NOW + 3)
     assert _view(scheduler) == _truth(loop_store) == sorted([chain_ids[0], *join_ids[:2]])
     (prep2,) = loop_store.start_attempts([(chain_ids[0], "n")], run_dir_for, NOW + 4)
-    loop_store.finish_attempt(prep2.id, AttemptState.SUCCEEDED, NOW + 5, result={"metrics": {}})
+    loop_store.finish_attempt(end(prep2.id, AttemptState.SUCCEEDED, result={"metrics": {}}), NOW + 5)
     assert _view(scheduler) == _truth(loop_store) == sorted([*chain_ids[1:3], *join_ids[:2]])
 
     # a cancel from the CLI removes a pending job
     cli.cancel([join_ids[0]], NOW + 6)
     assert _view(scheduler) == _truth(loop_store) == sorted([*chain_ids[1:3], join_ids[1]])
     # nothing changed: nothing re-read, same view
-    seen = scheduler._events_seen
-    assert _view(scheduler) == _truth(loop_store) and scheduler._events_seen == seen
+    seen = scheduler.pending._events_seen
+    assert _view(scheduler) == _truth(loop_store) and scheduler.pending._events_seen == seen
     cli.close()
     loop_store.close()
 

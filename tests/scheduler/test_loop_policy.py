@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.fake_backend import FakeBackend, make_nodes
+from scheduler.records import EndCause
+from scheduler.fake_backend import FakeBackend, make_nodes
 from scheduler import accounting
 from scheduler.config import Queue, Settings
 from scheduler.loop import Scheduler
@@ -46,7 +47,7 @@ def test_usage_stops_growing_when_jobs_end_while_nothing_waits(tmp_path):
     sched.tick(NOW)
     assert len(sched.running) == 4
     for run in list(sched.running.values()):
-        backend.end(run.ref, AttemptState.SUCCEEDED, _done(run))
+        backend.end(run.handle, AttemptState.SUCCEEDED, _done(run))
     sched.tick(NOW + 60)  # the four end a minute in; the queue is empty now
     assert not sched.running
     later = NOW + 10 * 3600
@@ -87,17 +88,17 @@ def test_one_preemption_at_a_time_while_the_first_victims_share_drains(tmp_path)
     assert len(sched.running) == 2
     _submit_yaml(store, _spec(tmp_path, "hi", "{cpu: 1, gpu: 1}", queue="high"))
     sched.tick(NOW + 6)
-    (victim,) = [r for r in sched.running.values() if r.stop_reason is AttemptState.PREEMPTED]
+    (victim,) = [r for r in sched.running.values() if (r.stop and r.stop.state) is AttemptState.PREEMPTED]
     # The victim ends, but NVML still lists its process for a while
     RunPaths(Path(victim.attempt.run_dir)).create()
     RunPaths(Path(victim.attempt.run_dir)).write_gpu_pids({4242})
     backend.gpu_readings[victim.attempt.node_id][0]["pids"] = [4242]
-    backend.end(victim.ref, AttemptState.CANCELLED)
+    backend.end(victim.handle, AttemptState.CANCELLED)
     for t in (6.3, 6.6, 6.9):
         sched.tick(NOW + t)
     # No second job was stopped for the same guarantee
-    assert not [r for r in sched.running.values() if r.stop_reason is not None]
-    assert sched._draining
+    assert not [r for r in sched.running.values() if r.stop is not None]
+    assert sched.gpus.draining
     store.close()
 
 
@@ -111,8 +112,8 @@ def test_a_job_lost_with_its_node_is_not_placed_there_again_before_ray_reports_i
     victim = next(r for r in sched.running.values() if r.attempt.node_id == nodes[1].node_id)
     # Its node dies, but Ray still lists it alive (health checks have not failed yet),
     # and the node view was refreshed a moment ago
-    backend.end(victim.ref, AttemptState.LOST, error="NodeDiedError: Task failed because the node it was "
-                                                     "running on is dead or unavailable.")
+    backend.end(victim.handle, AttemptState.LOST, error="NodeDiedError: Task failed because the node it was "
+                                                     "running on is dead or unavailable.", cause=EndCause.NODE_DIED)
     sched.tick(NOW + 0.1)
     sched.tick(NOW + 0.2)
     # Then the requeued job waits for the other node instead of being lost there a second time
@@ -135,7 +136,7 @@ def test_the_loop_writes_start_estimates_the_cli_reads_instead_of_replaying(tmp_
     assert at == NOW and starts == {ids[1]: NOW + 60, ids[2]: NOW + 120}
     # Not again before ESTIMATE_SECONDS; then the queue is empty, so none are left
     for run in list(sched.running.values()):
-        backend.end(run.ref, AttemptState.CANCELLED)
+        backend.end(run.handle, AttemptState.CANCELLED)
     store.cancel(ids, NOW + 1)
     sched.tick(NOW + 1)
     assert store.estimates(ids)[0] == NOW

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.fake_backend import FakeBackend, make_nodes
+from scheduler.fake_backend import FakeBackend, make_nodes
 from scheduler import packing
 from scheduler.config import SchedulerSettings, Settings
 from scheduler.loop import Scheduler
@@ -112,7 +112,7 @@ def _packed(tmp_path, n: int, extra: str = "", cpu: float = 1):
     for t in range(3):
         sched.tick(NOW + t)
         (run,) = sched.running.values()
-        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+        backend.end(run.handle, AttemptState.SUCCEEDED, _result(NOW + t))
     sched.tick(NOW + 3)
     ((ref, members),) = _packs(sched).items()
     return store, backend, sched, ref, members
@@ -124,7 +124,7 @@ def _learn(store, backend, sched, tmp_path, name="warm", n=3) -> None:
     sched.tick(NOW)
     assert len(sched.running) == n and not backend.packs
     for run in list(sched.running.values()):
-        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW))
+        backend.end(run.handle, AttemptState.SUCCEEDED, _result(NOW))
     sched.tick(NOW + 1)
     assert not sched.running
 
@@ -133,8 +133,8 @@ def _packs(sched) -> dict:
     """Ray handle -> the Running of each job it runs, for the packs running now."""
     out: dict = {}
     for run in sched.running.values():
-        if run.packed:
-            out.setdefault(run.ref, []).append(run)
+        if run.pack:
+            out.setdefault(run.handle, []).append(run)
     return out
 
 
@@ -146,7 +146,7 @@ def test_a_backlog_of_short_jobs_is_packed_one_share_per_pack_and_each_job_recor
         sched.tick(NOW + t)
         assert len(sched.running) == 2 and not backend.packs
         for run in list(sched.running.values()):
-            backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+            backend.end(run.handle, AttemptState.SUCCEEDED, _result(NOW + t))
     sched.tick(NOW + 2)
     packs = _packs(sched)
     assert len(packs) == 2, "a backlog of a stage measured short was not packed"
@@ -194,7 +194,7 @@ def test_cancelling_one_packed_job_stops_its_pack_and_requeues_the_others(tmp_pa
     _started(running)
     store.cancel([target.job.id], NOW + 3.5)
     sched.tick(NOW + 4)  # asks the pack to stop
-    assert target.stop_reason is AttemptState.CANCELLED and running.stop_reason is None
+    assert (target.stop and target.stop.state) is AttemptState.CANCELLED and running.stop is None
     backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
     sched.tick(NOW + 5)
     assert store.job(target.job.id).state is JobState.CANCELLED
@@ -213,7 +213,7 @@ def test_gpu_jobs_and_a_zero_budget_are_never_packed(tmp_path):
     for t in range(4):
         sched.tick(NOW + t)
         for run in list(sched.running.values()):
-            backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+            backend.end(run.handle, AttemptState.SUCCEEDED, _result(NOW + t))
     assert not backend.packs and sched._short.any_packable()
     store.close()
 
@@ -222,7 +222,7 @@ def test_gpu_jobs_and_a_zero_budget_are_never_packed(tmp_path):
     for t in range(6):
         off.tick(NOW + t)
         for run in list(off.running.values()):
-            off_backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+            off_backend.end(run.handle, AttemptState.SUCCEEDED, _result(NOW + t))
     assert not off_backend.packs and len(off_backend.launched) == 6
     off_store.close()
 
@@ -238,7 +238,7 @@ def test_a_pack_past_its_timeout_times_out_only_the_job_running_and_keeps_or_req
         _started(run, {**_result(NOW + 3), "outcome": outcome, "error": "boom"})
     _started(running)
     sched.tick(NOW + 104)  # every member's clock says 101 s: the pack is stopped once
-    assert all(r.stop_reason is AttemptState.TIMED_OUT for r in members)
+    assert all((r.stop and r.stop.state) is AttemptState.TIMED_OUT for r in members)
     backend.end(ref, AttemptState.CANCELLED, None, "cancelled")
     sched.tick(NOW + 105)
     assert store.job(done.job.id).state is JobState.SUCCEEDED
@@ -258,7 +258,7 @@ def test_a_pack_killed_by_force_for_another_jobs_cancel_does_not_charge_the_job_
     store.cancel([target.job.id], NOW + 3.5)
     sched.tick(NOW + 4)
     sched.tick(NOW + 4 + sched.settings.scheduler.cancel_grace)  # not stopped politely: killed
-    assert running.forced
+    assert target.stop.forced and running.stop is None  # the cancelled job's stop was forced; the other was not asked
     assert backend.cancels == [(ref, False), (ref, True)]  # the pack's task once politely, once by force
     backend.end(ref, AttemptState.LOST, None, "WorkerCrashedError: killed")  # what Ray says after a force cancel
     sched.tick(NOW + 10)
@@ -297,7 +297,7 @@ def test_a_job_that_ended_on_its_own_during_the_wait_is_not_then_timed_out(tmp_p
     _, (job_id,), _ = _submit_yaml(store, _spec(tmp_path, "t", 1, extra="    timeout: 60\n    retries: 0\n"))
     sched.tick(NOW)
     (run,) = sched.running.values()
-    backend.end(run.ref, AttemptState.FAILED, {**_result(NOW + 59), "outcome": "failed", "error": "boom"}, "boom")
+    backend.end(run.handle, AttemptState.FAILED, {**_result(NOW + 59), "outcome": "failed", "error": "boom"}, "boom")
     sched.tick(NOW + 61)  # the end is seen only now, past the timeout
     assert store.job(job_id).state is JobState.FAILED  # its own failure, not a timeout
     store.close()
@@ -337,7 +337,7 @@ def test_cancelling_a_packed_job_that_already_finished_leaves_its_pack_running(t
     _started(done, _result(NOW + 3))
     store.cancel([done.job.id], NOW + 3.5)
     sched.tick(NOW + 4)
-    assert not backend.cancels and all(r.stop_reason is None for r in members)
+    assert not backend.cancels and all(r.stop is None for r in members)
     backend.end(ref, AttemptState.SUCCEEDED, [_result(NOW + 3 + 0.01 * i) for i in range(len(members))])
     sched.tick(NOW + 5)
     assert store.job(done.job.id).state is JobState.SUCCEEDED  # it ended before the cancel could matter
@@ -356,7 +356,7 @@ def test_a_pack_ray_would_not_take_charges_its_first_job_only(tmp_path):
     for t in range(3):
         sched.tick(NOW + t)
         (run,) = sched.running.values()
-        backend.end(run.ref, AttemptState.SUCCEEDED, _result(NOW + t))
+        backend.end(run.handle, AttemptState.SUCCEEDED, _result(NOW + t))
     sched.tick(NOW + 3)  # the pack of the other five is refused
     states = sorted(store.job(j.id).state.value for j in store.jobs_of_experiment(1)[3:])
     assert states.count("failed") == 1 and states.count("pending") + states.count("running") == 4

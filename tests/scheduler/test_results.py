@@ -11,10 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from scheduler import api
+from scheduler.records import EndCause
 from scheduler.states import AttemptState
 from scheduler.store import Store
 
-from test_store import NOW, _submit_yaml, start
+from test_store import NOW, _submit_yaml, end, start
 
 SPEC = """
 experiment: ranked
@@ -54,18 +55,18 @@ def test_a_ranked_page_is_the_head_of_the_full_results(tmp_path_factory, outcome
     _, ids, _ = _submit_yaml(store, spec)
     for job_id in ids[:2]:  # the prep jobs succeed, so the train jobs can start
         (att,) = start(store, job_id)
-        store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2, result={"metrics": {"rows": 100}})
+        store.finish_attempt(end(att.id, AttemptState.SUCCEEDED, result={"metrics": {"rows": 100}}), NOW + 2)
     for n, (job_id, (what, metrics, rss_mib)) in enumerate(zip(ids[2:], outcomes)):
         if what == "pending":
             continue
         result = {"metrics": metrics, "peak_rss": rss_mib * 2**20, "started_at": NOW + 1, "ended_at": NOW + 30 + n}
         (att,) = start(store, job_id)
         if what == "retried":  # its first result is wiped by a second attempt still running
-            store.finish_attempt(att.id, AttemptState.LOST, NOW + 3, result=result, free_retry=True)
+            store.finish_attempt(end(att.id, AttemptState.LOST, EndCause.NODE_DIED, result=result), NOW + 3)
             start(store, job_id, now=NOW + 4)
         else:
-            store.finish_attempt(att.id, AttemptState.SUCCEEDED if what == "succeeded" else AttemptState.FAILED,
-                                 NOW + 31, result=result)
+            store.finish_attempt(end(att.id, AttemptState.SUCCEEDED if what == "succeeded" else AttemptState.FAILED,
+                                     result=result), NOW + 31)
     full = api.results(store, "ranked", sort=sort, ascending=ascending)
     page = api.results(store, "ranked", sort=sort, ascending=ascending, limit=limit)
     assert _rows(page) == _rows(full)[:limit]

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.attempt import WorkerResult
 from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
+from scheduler.records import AttemptEnd, EndCause
 from scheduler.spec import load_spec
 from scheduler.states import AttemptState, JobState
 from scheduler.store import Store
@@ -93,6 +95,22 @@ def run_dir_for(job_id, number):
 
 def start(store: Store, *job_ids: int, now: float = NOW + 1, node: str = "node-1"):
     return store.start_attempts([(j, node) for j in job_ids], run_dir_for, now)
+
+
+# What ended an attempt, when a test does not say: the usual cause of each end.
+CAUSE_OF = {AttemptState.SUCCEEDED: EndCause.RETURNED, AttemptState.FAILED: EndCause.RETURNED,
+            AttemptState.OUT_OF_MEMORY: EndCause.HOST_OOM, AttemptState.TIMED_OUT: EndCause.TIMED_OUT,
+            AttemptState.CANCELLED: EndCause.CANCELLED, AttemptState.PREEMPTED: EndCause.PREEMPTED,
+            AttemptState.LOST: EndCause.WORKER_DIED}
+
+
+def end(attempt_id: int, outcome: AttemptState, cause: EndCause | None = None, *, result: dict | None = None,
+        error: str | None = None, slot_from: float | None = None) -> AttemptEnd:
+    """An attempt's end as the loop hands it to the store; ``result`` as a
+    worker's result.json has it."""
+    return AttemptEnd(attempt_id=attempt_id, state=outcome, cause=cause or CAUSE_OF[outcome],
+                      result=None if result is None else WorkerResult.from_json({"outcome": outcome.value, **result}),
+                      error=error, slot_from=slot_from)
 
 
 def state(store: Store, job_id: int) -> JobState:
@@ -255,7 +273,7 @@ def test_unknown_ids_raise(store):
     with pytest.raises(UnknownIdError):
         store.experiment("nope")
     with pytest.raises(UnknownIdError):
-        store.finish_attempt(4242, AttemptState.SUCCEEDED, NOW)
+        store.finish_attempt(end(4242, AttemptState.SUCCEEDED), NOW)
 
 
 # ---------------------------------------------------------------- attempts
@@ -286,7 +304,7 @@ def test_success_stores_result_once_and_unblocks_dependents(store, submit):
     (a,) = start(store, prep)
     result = {"metrics": {"rows": 150}, "artifacts": ["data.npz"], "exit_code": 0, "node_id": "node-9",
               "gpu_ids": ["0"], "started_at": NOW + 1.5, "peak_rss": 1234}
-    assert store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 5, result=result) is JobState.SUCCEEDED
+    assert store.finish_attempt(end(a.id, AttemptState.SUCCEEDED, result=result), NOW + 5) is JobState.SUCCEEDED
     job = store.job(prep)
     assert job.state is JobState.SUCCEEDED and job.ended_at == NOW + 5 and job.reason is None
     assert job.node_id == "node-9" and job.gpu_ids == ["0"]
@@ -303,10 +321,10 @@ def test_success_stores_result_once_and_unblocks_dependents(store, submit):
 
     # Each eval job waits for its own train job only.
     (b1, b2) = start(store, t1, t2)
-    store.finish_attempt(b1.id, AttemptState.SUCCEEDED, NOW + 6, result={"metrics": {"acc": 0.9}})
+    store.finish_attempt(end(b1.id, AttemptState.SUCCEEDED, result={"metrics": {"acc": 0.9}}), NOW + 6)
     assert state(store, e1) is JobState.PENDING and state(store, e2) is JobState.BLOCKED
     assert any(e.message == f"blocked -> pending: upstream job {t1} succeeded" for e in store.events(e1))
-    store.finish_attempt(b2.id, AttemptState.SUCCEEDED, NOW + 7, result={"metrics": {"acc": 0.8}})
+    store.finish_attempt(end(b2.id, AttemptState.SUCCEEDED, result={"metrics": {"acc": 0.8}}), NOW + 7)
     assert state(store, e2) is JobState.PENDING
     assert store._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
 
@@ -317,9 +335,9 @@ def test_dependent_with_two_upstream_stages_waits_for_all(store, submit):
     (a,), (b,), (c,) = stages["a"], stages["b"], stages["c"]
     assert store.job(c).depends_on == sorted([a, b])
     att_a, att_b = start(store, a, b)
-    store.finish_attempt(att_a.id, AttemptState.SUCCEEDED, NOW + 2)
+    store.finish_attempt(end(att_a.id, AttemptState.SUCCEEDED), NOW + 2)
     assert state(store, c) is JobState.BLOCKED
-    store.finish_attempt(att_b.id, AttemptState.SUCCEEDED, NOW + 3)
+    store.finish_attempt(end(att_b.id, AttemptState.SUCCEEDED), NOW + 3)
     assert state(store, c) is JobState.PENDING
 
 
@@ -328,8 +346,8 @@ def test_one_upstream_failing_fails_a_join(store, submit):
     stages = ids_by_stage(store, experiment_id)
     (a,), (b,), (c,) = stages["a"], stages["b"], stages["c"]
     att_a, att_b = start(store, a, b)
-    store.finish_attempt(att_a.id, AttemptState.SUCCEEDED, NOW + 2)
-    store.finish_attempt(att_b.id, AttemptState.FAILED, NOW + 3, error="boom")
+    store.finish_attempt(end(att_a.id, AttemptState.SUCCEEDED), NOW + 2)
+    store.finish_attempt(end(att_b.id, AttemptState.FAILED, error="boom"), NOW + 3)
     assert state(store, b) is JobState.FAILED
     assert state(store, c) is JobState.UPSTREAM_FAILED
 
@@ -338,8 +356,8 @@ def test_failure_retries_then_fails_downstream_transitively(store, submit):
     experiment_id, ids, _ = submit(CHAIN)
     prep, t1, t2, e1, e2 = ids
     (a1,) = start(store, prep)
-    target = store.finish_attempt(a1.id, AttemptState.FAILED, NOW + 2,
-                                  error="Traceback (most recent call last):\n  ...\nValueError: bad rows\n")
+    error = "Traceback (most recent call last):\n  ...\nValueError: bad rows\n"
+    target = store.finish_attempt(end(a1.id, AttemptState.FAILED, error=error), NOW + 2)
     assert target is JobState.PENDING
     job = store.job(prep)
     assert job.state is JobState.PENDING and job.attempts == 1
@@ -349,7 +367,8 @@ def test_failure_retries_then_fails_downstream_transitively(store, submit):
 
     (a2,) = start(store, prep, now=NOW + 3)
     assert a2.number == 2 and a2.run_dir == f"/runs/{prep}/2"
-    assert store.finish_attempt(a2.id, AttemptState.FAILED, NOW + 4, error="ValueError: bad rows") is JobState.FAILED
+    assert store.finish_attempt(end(a2.id, AttemptState.FAILED, error="ValueError: bad rows"),
+                                NOW + 4) is JobState.FAILED
     job = store.job(prep)
     assert job.state is JobState.FAILED and job.attempts == 2 and job.reason == "ValueError: bad rows"
     assert [x.state for x in store.attempts(prep)] == [AttemptState.FAILED, AttemptState.FAILED]
@@ -370,13 +389,13 @@ def test_exhausting_no_retries_fails_at_once(store, submit):
             command: "false"
     """)
     (a,) = start(store, ids[0])
-    assert store.finish_attempt(a.id, AttemptState.OUT_OF_MEMORY, NOW + 2) is JobState.FAILED
+    assert store.finish_attempt(end(a.id, AttemptState.OUT_OF_MEMORY), NOW + 2) is JobState.FAILED
 
 
 def test_timed_out_is_not_retried(store, submit):
     _, ids, _ = submit(CHAIN)
     (a,) = start(store, ids[0])  # prep has retries: 1
-    assert store.finish_attempt(a.id, AttemptState.TIMED_OUT, NOW + 2) is JobState.TIMED_OUT
+    assert store.finish_attempt(end(a.id, AttemptState.TIMED_OUT), NOW + 2) is JobState.TIMED_OUT
     assert state(store, ids[1]) is JobState.UPSTREAM_FAILED
 
 
@@ -384,51 +403,51 @@ def test_lost_with_free_retry_requeues_without_retries(store, submit):
     _, ids, _ = submit(JOIN)  # retries: 0 everywhere
     a = ids[0]
     (att,) = start(store, a)
-    assert store.finish_attempt(att.id, AttemptState.LOST, NOW + 2, error="scheduler restarted",
-                                free_retry=True) is JobState.PENDING
+    assert store.finish_attempt(end(att.id, AttemptState.LOST, EndCause.SCHEDULER_GONE, error="scheduler restarted"),
+                                NOW + 2) is JobState.PENDING
     job = store.job(a)
     assert job.state is JobState.PENDING and job.reason == "requeued after attempt 1 lost"
     (att2,) = start(store, a, now=NOW + 3)
     assert att2.number == 2
-    # Without free_retry a loss with no retries left is a failure.
-    assert store.finish_attempt(att2.id, AttemptState.LOST, NOW + 4, error="node died") is JobState.FAILED
+    # A loss that may be the job's own doing (its worker died), with no retries left, is a failure.
+    assert store.finish_attempt(end(att2.id, AttemptState.LOST, error="node died"), NOW + 4) is JobState.FAILED
 
 
 def test_free_retry_does_not_use_up_the_retry_budget(store, submit):
     _, ids, _ = submit(CHAIN)
     prep = ids[0]  # retries: 1
     (a1,) = start(store, prep)
-    store.finish_attempt(a1.id, AttemptState.LOST, NOW + 2, free_retry=True)
+    store.finish_attempt(end(a1.id, AttemptState.LOST, EndCause.NODE_DIED), NOW + 2)
     (a2,) = start(store, prep, now=NOW + 3)
-    assert store.finish_attempt(a2.id, AttemptState.FAILED, NOW + 4, error="boom") is JobState.PENDING
+    assert store.finish_attempt(end(a2.id, AttemptState.FAILED, error="boom"), NOW + 4) is JobState.PENDING
 
 
 def test_free_retries_are_capped_so_a_job_that_keeps_killing_its_node_ends(store, submit):
-    from scheduler.store import MAX_FREE_RETRIES
+    from scheduler.endings import MAX_FREE_RETRIES
     _, ids, _ = submit(JOIN)  # retries: 0
     job = ids[0]
     for n in range(MAX_FREE_RETRIES):
         (att,) = start(store, job, now=NOW + 2 * n)
-        assert store.finish_attempt(att.id, AttemptState.LOST, NOW + 2 * n + 1, error="NodeDiedError",
-                                    free_retry=True) is JobState.PENDING
+        assert store.finish_attempt(end(att.id, AttemptState.LOST, EndCause.NODE_DIED, error="NodeDiedError"),
+                                    NOW + 2 * n + 1) is JobState.PENDING
     (att,) = start(store, job, now=NOW + 100)
-    assert store.finish_attempt(att.id, AttemptState.LOST, NOW + 101, error="NodeDiedError",
-                                free_retry=True) is JobState.FAILED
+    assert store.finish_attempt(end(att.id, AttemptState.LOST, EndCause.NODE_DIED, error="NodeDiedError"),
+                                NOW + 101) is JobState.FAILED
 
 
 def test_finish_attempt_is_idempotent(store, submit):
     experiment_id, ids, _ = submit(CHAIN)
     prep = ids[0]
     (a,) = start(store, prep)
-    assert store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 2, result={"metrics": {"x": 1}}) \
+    assert store.finish_attempt(end(a.id, AttemptState.SUCCEEDED, result={"metrics": {"x": 1}}), NOW + 2) \
         is JobState.SUCCEEDED
     snapshot = (store.job(prep), store.attempts(prep), store.events(prep),
                 [store.job(j) for j in ids], store._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0],
                 store._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
     # Called again, even with another outcome and result: nothing changes.
-    assert store.finish_attempt(a.id, AttemptState.FAILED, NOW + 9, result={"metrics": {"x": 2}},
-                                error="late") is JobState.SUCCEEDED
-    assert store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 9) is JobState.SUCCEEDED
+    assert store.finish_attempt(end(a.id, AttemptState.FAILED, result={"metrics": {"x": 2}}, error="late"),
+                                NOW + 9) is JobState.SUCCEEDED
+    assert store.finish_attempt(end(a.id, AttemptState.SUCCEEDED), NOW + 9) is JobState.SUCCEEDED
     again = (store.job(prep), store.attempts(prep), store.events(prep),
              [store.job(j) for j in ids], store._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0],
              store._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -440,8 +459,8 @@ def test_failed_attempt_finished_twice_does_not_consume_a_retry(store, submit):
     _, ids, _ = submit(CHAIN)
     prep = ids[0]
     (a,) = start(store, prep)
-    store.finish_attempt(a.id, AttemptState.FAILED, NOW + 2, error="x")
-    store.finish_attempt(a.id, AttemptState.FAILED, NOW + 3, error="x")
+    store.finish_attempt(end(a.id, AttemptState.FAILED, error="x"), NOW + 2)
+    store.finish_attempt(end(a.id, AttemptState.FAILED, error="x"), NOW + 3)
     job = store.job(prep)
     assert job.state is JobState.PENDING and job.attempts == 1
     assert len(store.attempts(prep)) == 1
@@ -477,7 +496,7 @@ def test_cancel_running_flags_it(store, submit):
     assert store.cancel_requested() == {prep}
     assert store.events(prep)[-1].kind == "cancel"
     # The worker then dies from the cancel: recorded as cancelled, not failed or retried.
-    assert store.finish_attempt(a.id, AttemptState.FAILED, NOW + 3, error="killed") is JobState.CANCELLED
+    assert store.finish_attempt(end(a.id, AttemptState.FAILED, error="killed"), NOW + 3) is JobState.CANCELLED
     assert store.attempts(prep)[0].state is AttemptState.CANCELLED
     assert state(store, t1) is JobState.UPSTREAM_FAILED
     assert store.cancel_requested() == set()
@@ -487,7 +506,7 @@ def test_cancel_requested_lost_attempt_is_not_requeued(store, submit):
     _, ids, _ = submit(CHAIN)
     (a,) = start(store, ids[0])
     store.cancel([ids[0]], NOW + 2)
-    assert store.finish_attempt(a.id, AttemptState.LOST, NOW + 3, free_retry=True) is JobState.CANCELLED
+    assert store.finish_attempt(end(a.id, AttemptState.LOST, EndCause.NODE_DIED), NOW + 3) is JobState.CANCELLED
 
 
 def test_cancel_requested_out_of_memory_attempt_is_not_requeued(store, submit):
@@ -495,14 +514,14 @@ def test_cancel_requested_out_of_memory_attempt_is_not_requeued(store, submit):
     prep = ids[0]  # retries: 1
     (a,) = start(store, prep)
     store.cancel([prep], NOW + 2)
-    store.finish_attempt(a.id, AttemptState.OUT_OF_MEMORY, NOW + 3)
+    store.finish_attempt(end(a.id, AttemptState.OUT_OF_MEMORY), NOW + 3)
     assert state(store, prep) is JobState.CANCELLED
 
 
 def test_cancel_finished_and_unknown(store, submit):
     _, ids, _ = submit(JOIN)
     (a,) = start(store, ids[0])
-    store.finish_attempt(a.id, AttemptState.SUCCEEDED, NOW + 2)
+    store.finish_attempt(end(a.id, AttemptState.SUCCEEDED), NOW + 2)
     events_before = len(store.events(ids[0]))
     assert store.cancel([ids[0]], NOW + 3) == {"cancelled": [], "stopping": [], "already_ended": [ids[0]]}
     assert state(store, ids[0]) is JobState.SUCCEEDED
@@ -524,7 +543,7 @@ def test_illegal_transition_raises_and_rolls_back(store, submit):
     _, ids, _ = submit(JOIN)
     a = ids[0]
     (att,) = start(store, a)
-    store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2)
+    store.finish_attempt(end(att.id, AttemptState.SUCCEEDED), NOW + 2)
     events_before = len(store.events(a))
     with pytest.raises(IllegalTransition, match="succeeded -> running"):
         with store._tx() as cur:
@@ -564,12 +583,12 @@ def test_final_results_attempts_and_events_read_back(store, submit):
     experiment_id, ids, _ = submit(CHAIN)
     prep, t1, t2, e1, e2 = ids
     (a1,) = start(store, prep)
-    store.finish_attempt(a1.id, AttemptState.FAILED, NOW + 2, error="flaky")
+    store.finish_attempt(end(a1.id, AttemptState.FAILED, error="flaky"), NOW + 2)
     (a2,) = start(store, prep, now=NOW + 3, node="node-2")
-    store.finish_attempt(a2.id, AttemptState.SUCCEEDED, NOW + 4, result={"metrics": {"rows": 10}})
+    store.finish_attempt(end(a2.id, AttemptState.SUCCEEDED, result={"metrics": {"rows": 10}}), NOW + 4)
     (b1,) = start(store, t1, now=NOW + 5)
-    store.finish_attempt(b1.id, AttemptState.SUCCEEDED, NOW + 6,
-                         result={"metrics": {"acc": 0.75, "loss": 0.5}, "artifacts": ["model.pt"]})
+    store.finish_attempt(end(b1.id, AttemptState.SUCCEEDED,
+                             result={"metrics": {"acc": 0.75, "loss": 0.5}, "artifacts": ["model.pt"]}), NOW + 6)
 
     finals = store.final_results(experiment_id)
     assert set(finals) == {prep, t1}  # t2 and eval never ran
@@ -723,32 +742,35 @@ def test_gpu_oom_retries_with_a_doubled_share_up_to_a_whole_gpu_without_charging
     for n in range(2):
         (att,) = store.start_attempts([(fit, "n", store.job(fit).gpu)], run_dir_for, NOW + 10 * n)
         shares.append(att.gpu_share)
-        assert store.finish_attempt(att.id, AttemptState.OUT_OF_MEMORY, NOW + 10 * n + 1,
-                                    error="exceeded GPU memory share") is JobState.PENDING
+        assert store.finish_attempt(end(att.id, AttemptState.OUT_OF_MEMORY, EndCause.GPU_OOM,
+                                        error="exceeded GPU memory share"), NOW + 10 * n + 1) is JobState.PENDING
     # 0.25 -> 0.5 -> 1.0; a job that ran out with a whole GPU is charged like any failure (retries: 0)
     assert shares == [0.25, 0.5] and store.job(fit).gpu == 1.0
     (att,) = store.start_attempts([(fit, "n", store.job(fit).gpu)], run_dir_for, NOW + 40)
-    assert store.finish_attempt(att.id, AttemptState.OUT_OF_MEMORY, NOW + 41,
-                                error="CUDA out of memory. Tried to allocate 2.00 GiB") is JobState.FAILED
+    assert store.finish_attempt(end(att.id, AttemptState.OUT_OF_MEMORY, EndCause.GPU_OOM,
+                                    error="CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                NOW + 41) is JobState.FAILED
     assert "retrying with gpu 0.5" in " ".join(e.message for e in store.events(fit))
 
 
 def test_host_memory_oom_does_not_grow_the_gpu_share(store, submit):
     _, (fit, _), _ = submit(GPU_SWEEP)
     (att,) = store.start_attempts([(fit, "n", 0.25)], run_dir_for, NOW + 1)
-    assert store.finish_attempt(att.id, AttemptState.OUT_OF_MEMORY, NOW + 2,
-                                error="used 3.0GiB, over its memory request of 2.0GiB") is JobState.FAILED
+    assert store.finish_attempt(end(att.id, AttemptState.OUT_OF_MEMORY, EndCause.HOST_OOM,
+                                    error="used 3.0GiB, over its memory request of 2.0GiB"), NOW + 2) is JobState.FAILED
     assert store.job(fit).gpu == 0.25
 
 
 def test_a_preempted_attempt_requeues_without_charging_and_keeps_history(store, submit):
     _, ids, _ = submit(JOIN)  # retries: 0
     (a1,) = start(store, ids[0])
-    assert store.finish_attempt(a1.id, AttemptState.PREEMPTED, NOW + 2,
-                                error="preempted: queue 'prod' is below its guarantee") is JobState.PENDING
+    assert store.finish_attempt(end(a1.id, AttemptState.PREEMPTED, EndCause.PREEMPTED,
+                                    error="preempted: queue 'prod' is below its guarantee"),
+                                NOW + 2) is JobState.PENDING
     (a2,) = start(store, ids[0], now=NOW + 3)
     assert a2.number == 2
-    assert store.finish_attempt(a2.id, AttemptState.SUCCEEDED, NOW + 4, result={"metrics": {}}) is JobState.SUCCEEDED
+    assert store.finish_attempt(end(a2.id, AttemptState.SUCCEEDED, result={"metrics": {}}),
+                                NOW + 4) is JobState.SUCCEEDED
     assert [a.state for a in store.attempts(ids[0])] == [AttemptState.PREEMPTED, AttemptState.SUCCEEDED]
 
 
@@ -771,7 +793,8 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path):
     spec.write_text(JOIN)
     _, ids, _ = _submit_yaml(store, spec)
     (att,) = start(store, ids[0])
-    assert store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2, result={"metrics": {}}) is JobState.SUCCEEDED
+    assert store.finish_attempt(end(att.id, AttemptState.SUCCEEDED, result={"metrics": {}}),
+                                NOW + 2) is JobState.SUCCEEDED
     assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == \
         str(SCHEMA_VERSION)
     store.close()
@@ -803,9 +826,9 @@ stages:
     _, ids, _ = _submit_yaml(store, spec)
     for job_id, acc in zip(ids, (0.7, 0.9, 0.8)):
         (att,) = start(store, job_id)
-        store.finish_attempt(att.id, AttemptState.SUCCEEDED, NOW + 2, result={
+        store.finish_attempt(end(att.id, AttemptState.SUCCEEDED, result={
             "metrics": {"accuracy": acc, "note": "text"}, "peak_rss": 300 * 2**20, "started_at": NOW + 1,
-            "ended_at": NOW + 61, "cpu_time": 60.0})
+            "ended_at": NOW + 61, "cpu_time": 60.0}), NOW + 2)
     store.close()
     # Given the database as schema 2 left it: results, but no rank or advice tables
     conn = sqlite3.connect(home / "labq.db")
