@@ -2,7 +2,7 @@
 policy alone on large queues.
 
 The scheduler part runs in a fresh child process (so its RSS is the scheduler's
-own) with the real Store, Scheduler and policy and bench/fake_backend.py
+own) with the real Store, Scheduler and policy and scheduler/fake_backend.py
 instead of Ray: 10 nodes of 16 CPUs and 2 GPUs, jobs at {cpu: 0.5}, so 320 run
 at once.  The database holds one experiment of N pending jobs, 20 of them
 "running" attempts left by a previous scheduler.

@@ -10,7 +10,7 @@ A. The worker path alone, in Ray: N tasks at num_cpus=0.1 on a local Ray with 2
      4. the same with the sampler and os.fsync both no-ops.
    Tasks/s and CPU ms per task of all Ray processes (workers, raylet, gcs).
 B. The control plane alone: a real Scheduler (store, policy, loop) with
-   bench/fake_backend.py, 20 slots, tasks that finish at once: jobs/s with no
+   scheduler/fake_backend.py, 20 slots, tasks that finish at once: jobs/s with no
    Ray at all, and where a tick's time goes (cProfile).
 C. (with --py-spy) py-spy over the whole process tree during a warm labq run
    of N jobs: samples per process kind and the heaviest frames in the workers

@@ -24,6 +24,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from jobs.source import has_dynamic_names, top_level_names
 from scheduler.errors import SpecError
+from scheduler.sweep_points import expand_sweep, sweep_size
 from scheduler.units import parse_duration, parse_memory
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -686,8 +687,6 @@ def _check_points(stage: Stage) -> list[dict[str, Any]]:
     """Points of the sweep to show check_params: every value of every swept param
     at least once (grid values, and up to 100 random draws per param), not the
     whole product, which may be huge."""
-    from scheduler.sweep import expand_sweep, sweep_size
-
     if sweep_size(stage.sweep) <= 200:
         return expand_sweep(stage.sweep)
     points: list[dict[str, Any]] = []
