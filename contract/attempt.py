@@ -71,6 +71,20 @@ class Share:
                    custom=dict(data.get("custom") or {}), gpu_memory=data.get("gpu_memory"))
 
 
+def gpu_share(resources: dict[str, Any], memory_total: int | None = None) -> float | None:
+    """The job's fraction of one card (0 < share < 1), or None when it holds
+    whole GPUs or none.  A ``gpu_memory`` request is a fraction of ``memory_total``
+    when that is known."""
+    gpu_memory = resources.get("gpu_memory")
+    if gpu_memory and memory_total:
+        return min(1.0, int(gpu_memory) / memory_total)
+    try:
+        share = float(resources.get("gpu") or 0)
+    except (TypeError, ValueError):
+        return None
+    return share if 0 < share < 1 else None
+
+
 @dataclass(frozen=True)
 class Input:
     """One upstream job whose outputs an attempt reads."""

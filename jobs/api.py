@@ -110,7 +110,7 @@ class JobContext:
         torch = sys.modules.get("torch")
         if torch is None or not self.gpu_ids or not torch.cuda.is_available():
             return None
-        from workers.gpu import gpu_share
+        from contract.attempt import gpu_share
 
         # Ray set CUDA_VISIBLE_DEVICES to the job's GPUs: they are cuda:0, cuda:1...
         total = int(torch.cuda.get_device_properties(0).total_memory) if self.resources.get("gpu_memory") else None

@@ -35,12 +35,12 @@ records do not carry them).
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import operator
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
-from scheduler import policy, simulator
+from scheduler import policy
+from scheduler.virtual_cluster import VirtualCluster
 
 DEFAULT_LIMIT = 500
 # The replay also stops once its decisions have walked this many classes of
@@ -65,85 +65,27 @@ def expected_duration(history: Sequence[float], timeout: float | None) -> float 
 
 # ---------------------------------------------------------------- the replay
 
-class _Forward(simulator._Replay):
-    """The simulator's virtual cluster started from now: the nodes' totals, the
-    running jobs already booked on them, and usage seeded from the live history."""
-
-    def __init__(self, nodes: list[policy.Node], known: list[policy.Node],
-                 queues: list[policy.QueueConfig] | None, usage: Mapping | None, half_life: float, now: float):
-        super().__init__([], known, policy.DEFAULT_POLICY, queues, half_life)
-        self.known = [_empty(n) for n in known]
-        self.free = {n.node_id: _empty(n) for n in nodes}
-        self.capacity = policy.Capacity.of(self.known)
-        self.book = policy.UsageBook(half_life, self.capacity)
-        self.book.seed(usage or {}, now)
-        self.last_t = now
-        self.demands: dict[int, policy.Demand] = {}
-        self.work = 0  # classes visited by decisions so far
-
-    def demand(self, job_id: int) -> policy.Demand:
-        """A job to requeue (after a preemption in the replay)."""
-        return self.demands[job_id]
-
-    def _decide(self, t: float) -> None:
-        self.work += len(self.pending.classes()) + len(self.running) + 1
-        super()._decide(t)
-
-    def _book(self, run: policy.RunningJob, sign: int) -> None:
-        if run.node_id in self.free:  # a job on a dead node holds nothing placeable
-            super()._book(run, sign)
-
-    def _freed(self, node_id: str) -> None:
-        if node_id in self.free:
-            super()._freed(node_id)
-
-    def load(self, pending: Iterable[policy.Demand], running: Iterable[policy.RunningJob],
-             durations: Mapping[int, float | None], now: float) -> None:
-        self.pending = policy.PendingIndex(pending)
-        for (*_, shape, _), jobs in self.pending.classes():
-            self.example.setdefault(shape, jobs[0][2])
-            for _, job_id, d in jobs:
-                self.demands[job_id] = d
-                self.remaining[job_id] = durations.get(job_id)
-        for r in running:
-            free = self.free.get(r.node_id)
-            if free is not None:
-                r = dataclasses.replace(r, gpu_indices=tuple(i for i in r.gpu_indices if i < free.gpu_total))
-            self.demands[r.job_id] = policy.Demand(
-                job_id=r.job_id, cpu=r.cpu, gpu=r.gpu, memory=r.memory, priority=r.priority, seq=r.job_id,
-                user=r.user, queue=r.queue, time_limit=r.time_limit, submitted_at=r.started_at)
-            self._book(r, -1)
-            self.running.add(r)
-            self.book.add(r)
-            self.attempt[r.job_id] = 1
-            duration = durations.get(r.job_id)
-            if duration is None:
-                self.remaining[r.job_id] = None  # never ends: what waits for its room gets no estimate
-                continue
-            left = max(r.started_at + duration - now, MIN_REMAINING)
-            self.remaining[r.job_id] = left
-            heapq.heappush(self.ends, (now + left, r.job_id, 1))
-
-    def forward(self, now: float, limit: int, work_budget: int) -> None:
-        """Decide now, then at each expected end, until ``limit`` jobs have started,
-        nothing more will end, or the decisions have used up ``work_budget``."""
-        self._decide(now)
-        while self.ends and len(self.first_start) < limit and self.work < work_budget:
-            t = self.ends[0][0]
-            self._advance_clock(t)
-            while self.ends and self.ends[0][0] <= t:
-                _, job, attempt = heapq.heappop(self.ends)
-                if self.attempt.get(job) == attempt:
-                    self._end(job, t)
-            if self.may_change:
-                self._decide(t)
+def _forward(cluster: VirtualCluster, now: float, limit: int, work_budget: int) -> None:
+    """Decide now, then at each expected end, until ``limit`` jobs have started,
+    nothing more will end, or the decisions have used up ``work_budget``."""
+    cluster.decide(now)
+    while cluster.ends and len(cluster.first_start) < limit and cluster.work < work_budget:
+        t = cluster.next_end()
+        cluster.advance(t)
+        cluster.end_due(t)
+        cluster.decide(t)
 
 
-def _empty(n: policy.Node) -> policy.Node:
-    """A copy of ``n`` with everything free."""
-    return dataclasses.replace(n, cpu_free=n.cpu_total, memory_free=n.memory_total, gpu_free=[1.0] * n.gpu_total,
-                               custom_total=dict(n.custom_total), custom_free=dict(n.custom_total),
-                               gpu_memory=list(n.gpu_memory))
+def _adopt_running(cluster: VirtualCluster, running: Iterable[policy.RunningJob],
+                   durations: Mapping[int, float | None], now: float) -> None:
+    for r in running:
+        free = cluster.free.get(r.node_id)
+        if free is not None:
+            r = dataclasses.replace(r, gpu_indices=tuple(i for i in r.gpu_indices if i < free.gpu_total))
+        duration = durations.get(r.job_id)
+        # No duration: it never ends, and what waits for its room gets no estimate.
+        left = None if duration is None else max(r.started_at + duration - now, MIN_REMAINING)
+        cluster.adopt(r, left, now)
 
 
 def estimate_starts(pending: Iterable[policy.Demand], running: Iterable[policy.RunningJob],
@@ -163,13 +105,14 @@ def estimate_starts(pending: Iterable[policy.Demand], running: Iterable[policy.R
     out: dict[int, float | None] = {d.job_id: None for d in pending}
     if not pending or limit <= 0:
         return out
-    fed = first_of_each_class(pending, limit)
-    replay = _Forward(nodes, nodes if known is None else known, queues, usage,
-                      getattr(usage, "half_life", half_life), now)
-    replay.load(fed, running, durations, now)
-    replay.forward(now, limit, work_budget)
+    cluster = VirtualCluster(nodes, nodes if known is None else known, policy_name=policy.DEFAULT_POLICY,
+                             queues=queues, half_life=getattr(usage, "half_life", half_life), usage=usage or {}, now=now)
+    for d in first_of_each_class(pending, limit):
+        cluster.arrive(d, durations.get(d.job_id))
+    _adopt_running(cluster, running, durations, now)
+    _forward(cluster, now, limit, work_budget)
     counted = 0
-    for job_id, at in replay.first_start.items():  # in the order they started
+    for job_id, at in cluster.first_start.items():  # in the order they started
         if job_id in out and counted < limit:
             out[job_id] = at
             counted += 1
@@ -184,7 +127,7 @@ def first_of_each_class(pending: Iterable[policy.Demand], limit: int) -> list[po
     taken: dict[tuple, int] = {}
     fed = []
     for d in sorted(pending, key=operator.attrgetter("seq", "job_id")):
-        key = policy.PendingIndex._key(d)
+        key = policy.PendingIndex.class_key(d)
         count = taken.get(key, 0)
         if count < limit:
             taken[key] = count + 1
@@ -267,7 +210,8 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
     running = place_running(
         (policy.RunningJob(job_id=job.id, user=job.user, queue=job.queue, cpu=job.cpu,
                            gpu=attempt.gpu_share or job.gpu, memory=job.memory or 0, node_id=attempt.node_id or "",
-                           started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority)
+                           started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority,
+                           custom=job.custom)
          for attempt, job in rows), alive, allocated)
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}

@@ -299,35 +299,20 @@ class Scheduler:
         return [policy.RunningJob(job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
                                   memory=r.job.memory or 0, node_id=r.attempt.node_id or "",
                                   gpu_indices=r.gpu_indices, started_at=r.attempt.dispatched_at or 0.0,
-                                  time_limit=r.job.timeout, priority=r.job.priority)
+                                  time_limit=r.job.timeout, priority=r.job.priority, custom=r.job.custom)
                 for r in self.attempts.holding()]
 
     def free_capacity(self, nodes_in: list | None = None) -> list[policy.Node]:
         """Capacity from the nodes' totals minus what labq's running attempts
         and draining GPU shares hold.  Computed from labq's own books, not Ray's
         available resources, which lag behind just-launched tasks."""
-        nodes = {}
-        for n in (self.nodes.placeable if nodes_in is None else nodes_in):
-            nodes[n.node_id] = policy.node_of(n.node_id, n.resources, self.gpus.readings.get(n.node_id, ()))
-        for run in self.attempts.holding():
-            node = nodes.get(run.attempt.node_id or "")
-            if node is None:
-                continue
-            job = run.job
-            node.cpu_free -= job.cpu
-            node.memory_free -= job.memory or 0
-            for k, v in job.custom.items():
-                node.custom_free[k] = node.custom_free.get(k, 0.0) - v
-            share = run.share
-            for i in run.gpu_indices:
-                if i < len(node.gpu_free):
-                    node.gpu_free[i] -= share if share <= 1 else 1.0
+        book = policy.CapacityBook(policy.node_of(n.node_id, n.resources, self.gpus.readings.get(n.node_id, ()))
+                                   for n in (self.nodes.placeable if nodes_in is None else nodes_in))
+        for run in self._running_jobs():
+            book.take(run)
         for d in self.gpus.draining.values():  # ended, but its processes may still hold GPU memory
-            node = nodes.get(d.node_id)
-            for i in d.gpu_indices if node is not None else ():
-                if i < len(node.gpu_free):
-                    node.gpu_free[i] -= d.share
-        return list(nodes.values())
+            book.hold_gpus(d.node_id, d.gpu_indices, d.share)
+        return book.nodes()
 
     def _account(self, now: float) -> None:
         """Advance decayed usage to ``now`` with what runs; on the first pass,

@@ -15,7 +15,6 @@ order and resume from their checkpoint (the work done so far is kept).
 from __future__ import annotations
 
 import csv
-import heapq
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any, Iterable
 from scheduler import policy
 from scheduler.errors import UserError, one_line
 from scheduler.units import parse_duration, parse_memory
+from scheduler.virtual_cluster import VirtualCluster
 
 MiB = 2**20
 DEFAULT_HALF_LIFE = policy.DEFAULT_HALF_LIFE
@@ -262,171 +262,48 @@ def lower_bound(trace: list[TraceJob], nodes: list[policy.Node]) -> dict[str, fl
 # ---------------------------------------------------------------- the replay
 
 class _Replay:
-    """The virtual cluster: free capacity, pending index, running jobs, clocks."""
+    """A trace fed to a :class:`VirtualCluster` in order of submission, with the
+    share of GPUs and CPUs held after each step."""
 
     def __init__(self, trace: list[TraceJob], nodes: list[policy.Node], policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float):
         self.trace = trace
         self.policy = policy_name
-        self.queues = queues
-        self.known = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0]))
-                      for n in nodes]
-        self.free = {n.node_id: node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0]))
-                     for n in nodes}
+        shapes = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0])) for n in nodes]
+        self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life)
         self.with_memory = any(n.memory_total for n in nodes)  # else memory is not simulated
-        self.capacity = policy.Capacity.of(self.known)
-        self.book = policy.UsageBook(half_life, self.capacity)
-        self.pending = policy.PendingIndex()
-        self.running = policy.RunningIndex()
-        self.remaining: dict[int, float | None] = {}
-        self.attempt: dict[int, int] = {}
-        self.ends: list[tuple[float, int, int]] = []  # (time, job, attempt)
-        self.first_start: dict[int, float] = {}
-        self.finish: dict[int, float] = {}
-        self.unschedulable: set[int] = set()
-        self.alloc = [0.0, 0.0]  # gpu, cpu held now
-        self.busy = [0.0, 0.0]  # gpu-seconds, cpu-seconds
+        self.first_start, self.finish = self.cluster.first_start, self.cluster.finish
         self.timeline: list[tuple[float, float, float]] = []
-        self.preempted = self.timed_out = self.decisions = 0
-        self.last_t: float | None = None
-        self.last: policy.Decision | None = None  # the last decision, while it says what is stuck
-        self.may_change = True
-        self.may_preempt = any(q.preempt for q in queues or ())
-        self.example: dict[tuple, policy.Demand] = {}  # shape -> a demand of that shape
 
     def demand(self, index: int) -> policy.Demand:
         job = self.trace[index]
-        d = policy.Demand(job_id=index, cpu=job.cpu, gpu=job.gpu, memory=job.memory if self.with_memory else 0,
+        return policy.Demand(job_id=index, cpu=job.cpu, gpu=job.gpu, memory=job.memory if self.with_memory else 0,
                              priority=job.priority, seq=index, user=job.user, queue=job.queue,
                              time_limit=job.time_limit, submitted_at=job.submit_time)
-        self.example.setdefault(d.shape(), d)
-        return d
 
     def run(self) -> float | None:
+        cluster = self.cluster
         order = sorted(range(len(self.trace)), key=lambda i: (self.trace[i].submit_time, i))
-        for i in order:
-            self.remaining[i] = self.trace[i].duration
         next_arrival = 0
         alloc_final = None
-        while next_arrival < len(order) or self.ends:
+        while next_arrival < len(order) or cluster.ends:
             t = min(self.trace[order[next_arrival]].submit_time if next_arrival < len(order) else math.inf,
-                    self.ends[0][0] if self.ends else math.inf)
-            self._advance_clock(t)
-            while self.ends and self.ends[0][0] <= t:
-                _, job, attempt = heapq.heappop(self.ends)
-                if self.attempt.get(job) == attempt:
-                    self._end(job, t)
+                    cluster.next_end())
+            cluster.advance(t)
+            cluster.end_due(t)
             while next_arrival < len(order) and self.trace[order[next_arrival]].submit_time <= t:
-                self._arrive(self.demand(order[next_arrival]))
+                index = order[next_arrival]
+                cluster.arrive(self.demand(index), self.trace[index].duration)
                 next_arrival += 1
-            if self.may_change:
-                self._decide(t)
+            cluster.decide(t)
             if next_arrival == len(order) and alloc_final is None:
-                alloc_final = self.alloc[0] / self.capacity.gpu if self.capacity.gpu else None
+                alloc_final = cluster.alloc[0] / cluster.capacity.gpu if cluster.capacity.gpu else None
             self.timeline.append((t, self._share(0), self._share(1)))
         return alloc_final
 
     def _share(self, k: int) -> float:
-        total = self.capacity.gpu if k == 0 else self.capacity.cpu
-        return self.alloc[k] / total if total else 0.0
-
-    def _advance_clock(self, t: float) -> None:
-        if self.last_t is not None and t > self.last_t:
-            dt = t - self.last_t
-            self.busy[0] += self.alloc[0] * dt
-            self.busy[1] += self.alloc[1] * dt
-        self.last_t = t
-        self.book.advance(t)
-
-    def _arrive(self, d: policy.Demand) -> None:
-        self.pending.add(d)
-        stuck = self.last
-        if stuck is None or (stuck.blocked_by is None and d.shape() not in stuck.stuck_shapes):
-            self.may_change = True
-
-    def _freed(self, node_id: str) -> None:
-        """Capacity came back on one node: a decision is due if a stuck shape now fits there."""
-        if self.may_change or self.last is None:
-            self.may_change = True
-            return
-        free = self.free[node_id]
-        for shape in self.last.stuck_shapes:
-            if policy.fits_now(self.example[shape], free):
-                self.may_change = True
-                return
-
-    def _decide(self, t: float) -> None:
-        """Ask the policy.  A decision is skipped only when it provably places
-        nothing: the last one left every pending shape fitting nowhere (or, under
-        fifo, the head blocked), and since then nothing freed room for any of them."""
-        self.may_change = False
-        self.last = None
-        for _ in range(3):  # after a preemption, decide again at once: the freed room is there now
-            if not self.pending:
-                return
-            self.decisions += 1
-            decision = policy.decide(self.pending, list(self.free.values()), self.known,
-                                     running=self.running, queues=self.queues,
-                                     usage=self.book.snapshot(), now=t, policy=self.policy, explain=False)
-            for job in decision.unschedulable:
-                self.pending.remove(job)
-                self.unschedulable.add(job)
-            if decision.stuck_shapes and not self.may_preempt:
-                self.last = decision
-            for placement in decision.placements:
-                self._start(placement, t)
-            if not decision.preempt:
-                return
-            for job in decision.preempt:
-                self._preempt(job, t)
-
-    def _start(self, p: policy.Placement, t: float) -> None:
-        d = self.pending.remove(p.job_id)
-        run = policy.RunningJob(d.job_id, d.user, d.queue, d.cpu, p.gpu_share, d.memory, p.node_id, p.gpu_indices,
-                                t, d.time_limit, d.priority)
-        self._book(run, -1)
-        self.running.add(run)
-        self.book.add(run)
-        self.first_start.setdefault(d.job_id, t)
-        remaining = self.remaining[d.job_id]
-        self.attempt[d.job_id] = self.attempt.get(d.job_id, 0) + 1
-        runs_for = remaining if remaining is not None else math.inf
-        if d.time_limit is not None and d.time_limit < runs_for:
-            runs_for = d.time_limit
-        if runs_for < math.inf:
-            heapq.heappush(self.ends, (t + runs_for, d.job_id, self.attempt[d.job_id]))
-
-    def _book(self, run: policy.RunningJob, sign: int) -> None:
-        """Take (-1) or give back (+1) what ``run`` holds on its node."""
-        free = self.free[run.node_id]
-        free.cpu_free += sign * run.cpu
-        free.memory_free += sign * run.memory
-        share = 1.0 if run.gpu > 1 else run.gpu
-        for i in run.gpu_indices:
-            free.gpu_free[i] += sign * share
-        self.alloc[0] -= sign * share * len(run.gpu_indices)
-        self.alloc[1] -= sign * run.cpu
-
-    def _end(self, job: int, t: float) -> None:
-        run = self.running.remove(job)
-        self._book(run, +1)
-        self._freed(run.node_id)
-        self.book.remove(run)
-        remaining = self.remaining[job]
-        if run.time_limit is not None and (remaining is None or remaining > run.time_limit + 1e-9):
-            self.timed_out += 1
-        self.finish[job] = t
-
-    def _preempt(self, job: int, t: float) -> None:
-        run = self.running.remove(job)
-        self._book(run, +1)
-        self.may_change = True
-        self.book.remove(run)
-        self.attempt[job] += 1  # its end event no longer counts
-        if self.remaining[job] is not None:
-            self.remaining[job] = max(0.0, self.remaining[job] - (t - run.started_at))  # resumes from its checkpoint
-        self.preempted += 1
-        self.pending.add(self.demand(job))
+        total = self.cluster.capacity.gpu if k == 0 else self.cluster.capacity.cpu
+        return self.cluster.alloc[k] / total if total else 0.0
 
 
 def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = policy.DEFAULT_POLICY,
@@ -450,15 +327,16 @@ def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimRes
     start = min(j.submit_time for j in trace)
     end = max(replay.finish.values(), default=start)
     makespan = end - start
-    capacity = replay.capacity
-    util = [replay.busy[0] / (capacity.gpu * makespan) if capacity.gpu and makespan else None,
-            replay.busy[1] / (capacity.cpu * makespan) if capacity.cpu and makespan else None]
+    cluster = replay.cluster
+    capacity = cluster.capacity
+    util = [cluster.busy[0] / (capacity.gpu * makespan) if capacity.gpu and makespan else None,
+            cluster.busy[1] / (capacity.cpu * makespan) if capacity.cpu and makespan else None]
     return SimResult(
         policy=replay.policy, jobs=len(trace), finished=len(replay.finish),
         unplaced=len(trace) - len(replay.first_start), avg_jct=_mean(jcts), avg_wait=_mean(waits),
         p95_wait=_percentile(waits, 95), makespan=makespan, gpu_util=util[0], cpu_util=util[1],
-        gpu_alloc_final=alloc_final, per_user=_per_user(replay), preempted=replay.preempted,
-        timed_out=replay.timed_out, decisions=replay.decisions, wall_s=wall_s,
+        gpu_alloc_final=alloc_final, per_user=_per_user(replay), preempted=cluster.preempted,
+        timed_out=cluster.timed_out, decisions=cluster.decisions, wall_s=wall_s,
         timeline=_thin(replay.timeline, _TIMELINE_POINTS))
 
 

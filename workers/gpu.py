@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from contract.attempt import gpu_share
+
 # One sample a second: NVML's utilisation is itself an average over the last
 # 1/6 s to 1 s (by model), so sampling faster adds nothing to the average; a
 # sample is a few driver calls (~0.1-1 ms), well under 0.1% of a core.  Peaks
@@ -272,20 +274,6 @@ def share_bytes(resources: dict[str, Any], memory_total: int | None) -> int | No
     if share is None or memory_total is None:
         return None
     return int(share * memory_total)
-
-
-def gpu_share(resources: dict[str, Any], memory_total: int | None = None) -> float | None:
-    """The job's fraction of one card (0 < share < 1), or None when it holds
-    whole GPUs or none.  A ``gpu_memory`` request is a fraction of ``memory_total``
-    when that is known."""
-    gpu_memory = resources.get("gpu_memory")
-    if gpu_memory and memory_total:
-        return min(1.0, int(gpu_memory) / memory_total)
-    try:
-        share = float(resources.get("gpu") or 0)
-    except (TypeError, ValueError):
-        return None
-    return share if 0 < share < 1 else None
 
 
 @dataclass

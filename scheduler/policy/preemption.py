@@ -1,0 +1,87 @@
+"""Preemption during one decision: a queue that may preempt and is under its
+guarantee takes capacity back from queues borrowing beyond theirs, by naming the
+fewest running jobs on one node whose stopping lets its job fit."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from scheduler.policy.records import Decision, Demand, RunningJob
+from scheduler.policy.room import ClusterRoom, Need, NodeRoom
+from scheduler.policy.shares import Shares
+from scheduler.policy.text import vector_text
+from scheduler.policy.usage import held_vector
+
+
+class Preemption:
+    def __init__(self, shares: Shares, cluster: ClusterRoom, running: Iterable[RunningJob], decision: Decision):
+        self.shares = shares
+        self.cluster = cluster
+        self.running = running
+        self.decision = decision
+        self.tried: set[tuple] = set()  # (queue, shape): one try per pass
+        self.preempting: set[int] = set()
+
+    def reclaim_for(self, d: Demand, shape: tuple, need: Need) -> str | None:
+        """Name running jobs of borrowing queues to stop so that ``d``, of a queue
+        that may preempt and is under its guarantee, can start (into the
+        decision's ``preempt``); the reason ``d`` waits then, or None if not
+        allowed or not possible."""
+        config = self.shares.config(d.queue)
+        if not (config.preempt and config.guarantee) or (d.queue, shape) in self.tried:
+            return None
+        self.tried.add((d.queue, shape))
+        if not self.shares.under_guarantee(d.queue, self.shares.demand_vec(d)):
+            return None
+        victims = self._cheapest_victims(d, need)
+        if not victims:
+            return None
+        guarantee_text = vector_text(config.guarantee)
+        for v in victims:
+            lent = self.shares.config(v.queue).guarantee
+            self.decision.preempt[v.job_id] = (
+                f"queue {v.queue!r} borrows beyond its guarantee ({vector_text(lent) or 'none'}); "
+                f"queue {d.queue!r} reclaims its guarantee ({guarantee_text}) for job {d.job_id}")
+            self.preempting.add(v.job_id)
+        return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} of borrowing queues on "
+                f"{victims[0].node_id}; starts when they stop")
+
+    def _cheapest_victims(self, d: Demand, need: Need) -> list[RunningJob]:
+        """Fewest running jobs on one node whose stopping lets ``d`` fit: lowest
+        priority first, then the most recently started (least work lost)."""
+        by_node: dict[str, list[RunningJob]] = {}
+        for job in self.running:
+            if (job.queue != d.queue and job.job_id not in self.preempting and job.node_id in self.cluster.nodes):
+                by_node.setdefault(job.node_id, []).append(job)
+        best: list[RunningJob] | None = None
+        for node_id, jobs in sorted(by_node.items()):
+            left = {q: list(self.shares.held.get(q, [0.0, 0.0, 0.0])) for q in {j.queue for j in jobs}}
+            for v in self.running:
+                if v.job_id in self.preempting and v.queue in left:
+                    _subtract(left[v.queue], held_vector(v))
+            later = self.cluster.nodes[node_id].clone()
+            chosen: list[RunningJob] = []
+            for job in sorted(jobs, key=lambda j: (j.priority, -j.started_at, j.job_id)):
+                if best is not None and len(chosen) + 1 >= len(best):
+                    break
+                if not self.shares.borrowing(job.queue, left[job.queue]) or not _helps(later, need, job):
+                    continue
+                later.release(job)
+                _subtract(left[job.queue], held_vector(job))
+                chosen.append(job)
+                if later.fits(need):
+                    best = chosen
+                    break
+        return best or []
+
+
+def _helps(later: NodeRoom, need: Need, job: RunningJob) -> bool:
+    """Whether stopping ``job`` gives back something ``need`` lacks on its node."""
+    short_gpu = (need.gpu or need.whole or need.gpu_memory) and later.pick_gpus(need) is None
+    return ((later.cpu < need.cpu and job.cpu > 0) or (later.memory < need.memory and job.memory > 0)
+            or bool(short_gpu and job.gpu_indices))
+
+
+def _subtract(held: list[float], vec: tuple[float, float, float]) -> None:
+    for i in range(3):
+        held[i] -= vec[i]

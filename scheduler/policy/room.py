@@ -1,0 +1,240 @@
+"""Where a job fits: a demand in the integer grain (``Need``), one node's room
+during a decision (``NodeRoom``) and all placeable nodes' room indexed for best
+fit (``ClusterRoom``); whether a job fits now or could ever fit."""
+
+from __future__ import annotations
+
+import bisect
+
+from scheduler.policy.records import GRAIN, GiB, Demand, Node, RunningJob, q
+
+
+# ---------------------------------------------------------------- fit
+
+def fits_now(demand: Demand, node: Node) -> bool:
+    """Whether ``demand`` fits on ``node``'s free capacity as it is."""
+    return NodeRoom.of(node).fits(Need(demand))
+
+
+
+def never_fits(demand: Demand, nodes: list[Node]) -> str | None:
+    """None if some node could hold the job when empty, else what is missing."""
+    if not nodes:
+        return None  # no cluster known yet (Ray down or starting): wait, do not judge
+    if demand.gpu_memory:
+        return _never_fits_gpu_memory(demand, nodes)
+    gpus_needed = _gpus_needed(demand)
+    offered = {name for node in nodes for name in node.custom_total}
+    problems = []
+    for node in nodes:
+        lacking = []
+        if q(node.cpu_total) < q(demand.cpu):
+            lacking.append(f"{demand.cpu:g} cpu (node has {node.cpu_total:g})")
+        if node.gpu_total < gpus_needed:
+            lacking.append(f"{demand.gpu:g} gpu (node has {node.gpu_total})")
+        if demand.memory and node.memory_total < demand.memory:
+            lacking.append(f"{demand.memory / GiB:.1f}GiB memory (node has {node.memory_total / GiB:.1f}GiB)")
+        for name, amount in demand.custom.items():
+            if q(node.custom_total.get(name, 0.0)) < q(amount):
+                lacking.append(f"{amount:g} {name!r}" + ("" if name in offered else " (offered by no node)"))
+        if not lacking:
+            return None
+        problems.append(lacking)
+    best = min(problems, key=len)
+    where = "any node" if len(nodes) > 1 else "the node"
+    return f"needs {', '.join(best)}: more than {where} has"
+
+
+def _never_fits_gpu_memory(demand: Demand, nodes: list[Node]) -> str | None:
+    plain = never_fits(Demand(demand.job_id, cpu=demand.cpu, memory=demand.memory, custom=demand.custom), nodes)
+    if plain is not None:
+        return plain
+    cards = [(total, n.node_id) for n in nodes for total in n.gpu_memory[:n.gpu_total]]
+    if not cards:
+        return f"needs {demand.gpu_memory / GiB:.1f}GiB of GPU memory: no node reports its GPUs' memory"
+    for n in nodes:
+        if (q(n.cpu_total) >= q(demand.cpu) and n.memory_total >= demand.memory
+                and any(t >= demand.gpu_memory for t in n.gpu_memory[:n.gpu_total])):
+            return None
+    largest, where = max(cards)
+    return (f"needs {demand.gpu_memory / GiB:.1f}GiB of GPU memory: the largest GPU has "
+            f"{largest / GiB:.1f}GiB (on {where})")
+
+
+def _gpus_needed(demand: Demand) -> int:
+    if demand.gpu <= 0 and not demand.gpu_memory:
+        return 0
+    return 1 if demand.gpu <= 1 else int(round(demand.gpu))
+
+
+# ---------------------------------------------------------------- room during one decision
+
+class Need:
+    """A demand in the policy's integer grain: cpu and GPU share in 1/10000."""
+
+    __slots__ = ("cpu", "gpu", "whole", "memory", "custom", "gpu_memory")
+
+    def __init__(self, d: Demand):
+        self.cpu = q(d.cpu)
+        self.memory = d.memory
+        self.custom = {k: q(v) for k, v in d.custom.items()}
+        self.gpu_memory = d.gpu_memory
+        self.whole = int(round(d.gpu)) if d.gpu > 1 and not d.gpu_memory else 0
+        self.gpu = q(d.gpu) if 0 < d.gpu <= 1 and not d.gpu_memory else 0
+
+
+class NodeRoom:
+    """One node's free capacity during a pass (integer grain)."""
+
+    __slots__ = ("id", "cpu", "memory", "gpu", "custom", "gpu_memory", "whole")
+
+    def __init__(self, node_id: str, cpu: int, memory: int, gpu: list[int], custom: dict[str, int],
+                 gpu_memory: list[int]):
+        self.id, self.cpu, self.memory, self.gpu, self.custom, self.gpu_memory = node_id, cpu, memory, gpu, custom, gpu_memory
+        self.whole = sum(1 for f in gpu if f >= GRAIN)
+
+    @classmethod
+    def of(cls, n: Node) -> "NodeRoom":
+        return cls(n.node_id, q(n.cpu_free), n.memory_free, [q(f) for f in n.gpu_free],
+                   {k: q(v) for k, v in n.custom_free.items()}, list(n.gpu_memory))
+
+    def clone(self) -> "NodeRoom":
+        return NodeRoom(self.id, self.cpu, self.memory, list(self.gpu), dict(self.custom), self.gpu_memory)
+
+    def holds(self, need: Need) -> bool:
+        """Enough cpu, memory and custom resources (GPUs are picked separately)."""
+        return (self.cpu >= need.cpu and self.memory >= need.memory
+                and all(self.custom.get(k, 0) >= v for k, v in need.custom.items()))
+
+    def pick_gpus(self, need: Need) -> tuple[tuple[int, ...], int] | None:
+        """(GPU indices, share booked on each) for ``need`` here, or None."""
+        if need.whole:
+            free = [i for i, f in enumerate(self.gpu) if f >= GRAIN][:need.whole]
+            return (tuple(free), GRAIN) if len(free) == need.whole else None
+        if need.gpu:
+            fitting = [(f, i) for i, f in enumerate(self.gpu) if f >= need.gpu]
+            return ((min(fitting)[1],), need.gpu) if fitting else None
+        if need.gpu_memory:
+            return self._pick_by_memory(need.gpu_memory)
+        return (), 0
+
+    def _pick_by_memory(self, gpu_memory: int) -> tuple[tuple[int, ...], int] | None:
+        best = None
+        for i, total in enumerate(self.gpu_memory[:len(self.gpu)]):
+            share = -(-gpu_memory * GRAIN // total) if total > 0 else GRAIN + 1  # round up: never over-book
+            if share <= GRAIN and self.gpu[i] >= share and (best is None or self.gpu[i] - share < best[0]):
+                best = (self.gpu[i] - share, i, share)
+        return ((best[1],), best[2]) if best else None
+
+    def fits(self, need: Need) -> bool:
+        return self.holds(need) and self.pick_gpus(need) is not None
+
+    def take(self, need: Need, gpus: tuple[int, ...], share: int) -> None:
+        self.cpu -= need.cpu
+        self.memory -= need.memory
+        for k, v in need.custom.items():
+            self.custom[k] = self.custom.get(k, 0) - v
+        for i in gpus:
+            self.gpu[i] -= share
+        self.whole = sum(1 for f in self.gpu if f >= GRAIN)
+
+    def release(self, job: RunningJob) -> None:
+        """Give back what a running job holds: what :class:`CapacityBook` took
+        for it, in the integer grain."""
+        self.cpu += q(job.cpu)
+        self.memory += job.memory
+        for k, v in job.custom.items():
+            self.custom[k] = self.custom.get(k, 0) + q(v)
+        share = q(job.share_per_gpu)
+        for i in job.gpu_indices:
+            if i < len(self.gpu):
+                self.gpu[i] += share
+        self.whole = sum(1 for f in self.gpu if f >= GRAIN)
+
+
+class ClusterRoom:
+    """The free capacity of the placeable nodes during one pass, indexed by free
+    cpu and by free share per GPU so that a best-fit search is a bisection."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = {n.node_id: NodeRoom.of(n) for n in nodes}
+        self.by_cpu = sorted((w.cpu, w.id) for w in self.nodes.values())
+        self.by_gpu = sorted(e for w in self.nodes.values() for e in self._gpu_entries(w))
+
+    @staticmethod
+    def _gpu_entries(w: NodeRoom) -> list[tuple[int, int, str, int]]:
+        # Fullest GPU first, then the node with fewest whole GPUs left, keeping whole ones whole.
+        return [(f, w.whole, w.id, i) for i, f in enumerate(w.gpu) if f > 0]
+
+    def find(self, need: Need, accept=None) -> tuple[NodeRoom, tuple[int, ...], int] | None:
+        """Best fit for ``need``; ``accept(work, gpus, share)`` may veto a spot."""
+        if need.whole or need.gpu_memory:
+            return self._scan(need, accept)
+        if need.gpu:
+            by = self.by_gpu
+            for k in range(bisect.bisect_left(by, (need.gpu,)), len(by)):
+                w = self.nodes[by[k][2]]
+                if w.holds(need) and (accept is None or accept(w, (by[k][3],), need.gpu)):
+                    return w, (by[k][3],), need.gpu
+            return None
+        by = self.by_cpu
+        for k in range(bisect.bisect_left(by, (need.cpu,)), len(by)):
+            w = self.nodes[by[k][1]]
+            if w.holds(need) and (accept is None or accept(w, (), 0)):
+                return w, (), 0
+        return None
+
+    def _scan(self, need: Need, accept) -> tuple[NodeRoom, tuple[int, ...], int] | None:
+        best = None
+        for w in self.nodes.values():
+            if not w.holds(need):
+                continue
+            picked = w.pick_gpus(need)
+            if picked is None or (accept is not None and not accept(w, *picked)):
+                continue
+            gpus, share = picked
+            leftover = w.whole - len(gpus) if need.whole else w.gpu[gpus[0]] - share
+            key = (leftover, w.whole, w.cpu - need.cpu, w.id)
+            if best is None or key < best[0]:
+                best = (key, w, gpus, share)
+        return None if best is None else (best[1], best[2], best[3])
+
+    def take(self, w: NodeRoom, need: Need, gpus: tuple[int, ...], share: int) -> None:
+        del self.by_cpu[bisect.bisect_left(self.by_cpu, (w.cpu, w.id))]
+        if gpus:
+            for e in self._gpu_entries(w):
+                del self.by_gpu[bisect.bisect_left(self.by_gpu, e)]
+        w.take(need, gpus, share)
+        bisect.insort(self.by_cpu, (w.cpu, w.id))
+        if gpus:
+            for e in self._gpu_entries(w):
+                bisect.insort(self.by_gpu, e)
+
+    def why_waiting(self, d: Demand, need: Need) -> str:
+        """What is short, in numbers, on the best node for each resource."""
+        nodes = list(self.nodes.values())
+        if not nodes:
+            return "no nodes available (is Ray up?)"
+        most_cpu = self.by_cpu[-1][0]
+        if most_cpu < need.cpu:
+            return f"needs {d.cpu:g} cpu, most free on a node {max(most_cpu, 0) / GRAIN:g}"
+        if need.whole:
+            whole = max(w.whole for w in nodes)
+            if whole < need.whole:
+                return f"needs {need.whole} whole free GPUs on one node, most free {whole}"
+        elif need.gpu or need.gpu_memory:
+            largest = max((f for w in nodes for f in w.gpu), default=0)
+            if need.gpu and largest < need.gpu:
+                return f"needs {d.gpu:g} gpu, largest free share {max(largest, 0) / GRAIN:g}"
+            if need.gpu_memory and not any(w.pick_gpus(need) for w in nodes):
+                return (f"needs {d.gpu_memory / GiB:.1f}GiB of GPU memory, largest free share "
+                        f"{max(largest, 0) / GRAIN:g} of a GPU")
+        if d.memory:
+            most_mem = max(w.memory for w in nodes)
+            if most_mem < d.memory:
+                return f"needs {d.memory / GiB:.2f}GiB memory, most free {max(most_mem, 0) / GiB:.2f}GiB"
+        for name, amount in need.custom.items():
+            most = max(w.custom.get(name, 0) for w in nodes)
+            if most < amount:
+                return f"needs {amount / GRAIN:g} {name}, most free {max(most, 0) / GRAIN:g}"
+        return "no single node has all of its resources free at once"
