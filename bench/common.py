@@ -1,5 +1,9 @@
 """Shared helpers for labq's benchmarks: machine facts, statistics, tables, the
-BENCHMARKS.md writer, and Ray processes that clean up after themselves.
+writer of raw results (one JSON file per run under bench/results/), and Ray
+processes that clean up after themselves.
+
+BENCHMARKS.md holds one current table of headline figures; it is updated by
+hand from the files under bench/results/, never written by a benchmark.
 
 Every Ray this suite starts lives under its own short temp dir (``/tmp/lqb-*``),
 and cleanup kills only processes whose command line names that dir (plus their
@@ -15,7 +19,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import secrets
+import shlex
 import shutil
 import socket
 import statistics
@@ -31,6 +37,7 @@ from typing import Any, Iterable, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+RESULTS = BENCH / "results"
 VENV_BIN = Path(sys.executable).parent
 RAY_CLI = str(VENV_BIN / "ray")
 LABQ_CLI = str(VENV_BIN / "labq")
@@ -48,16 +55,21 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="small N: a smoke run")
     p.add_argument("--json-out", help="also write the results as JSON here (run_all uses it)")
-    p.add_argument("--no-md", action="store_true", help="do not append to BENCHMARKS.md")
+    p.add_argument("--no-save", "--no-md", dest="no_md", action="store_true",
+                   help="do not write the raw result under bench/results/ (--no-md: the old name)")
     return p
 
 
 def finish(args: argparse.Namespace, name: str, title: str, markdown: str, data: dict[str, Any]) -> None:
-    """Print the section, append it to BENCHMARKS.md, dump JSON for run_all."""
+    """Print the section, write the run's raw result under bench/results/, dump
+    JSON for run_all."""
     section = render_section(title, markdown, quick=args.quick)
     print(section)
     if not args.no_md:
-        append_markdown(section)
+        path = write_result(name, title, markdown, data, quick=args.quick)
+        print(f"Raw result written to {path.relative_to(ROOT)}.\n"
+              "Reminder: the current table in BENCHMARKS.md is updated by hand; "
+              "if this run changes a headline figure, edit its row there (value, date, commit, command).")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"name": name, "title": title, "quick": args.quick,
                                                    "markdown": markdown, "data": data}, default=str, indent=1))
@@ -149,30 +161,61 @@ def rss(pid: int | None = None) -> int:
     return psutil.Process(pid or os.getpid()).memory_info().rss
 
 
-# ---------------------------------------------------------------- BENCHMARKS.md
-
-HEADER = """# labq benchmarks
-
-Produced by `python bench/run_all.py` (full) or `python bench/run_all.py --quick`
-(small N, a smoke run); each `bench/bench_<name>.py` also runs alone. Every run
-appends dated sections below, so the newest results are at the end. Headlines
-are ratios measured side by side in one run on the same machine (timings on
-this shared 2-core machine are noisy; compare ratios, not bare times).
-`python bench/profile_throughput.py [--py-spy]` (not part of run_all) adds a
-section on what limits labq's throughput.
-"""
-
+# ---------------------------------------------------------------- results
 
 def render_section(title: str, markdown: str, quick: bool) -> str:
+    """The run as text, for the terminal: title, mode, time, machine, tables."""
     mode = "quick" if quick else "full"
     return f"## {title} ({mode}, {now_stamp()})\n\nMachine: {machine_line()}\n\n{markdown.strip()}\n"
 
 
-def append_markdown(text: str) -> None:
-    if not BENCHMARKS_MD.exists():
-        BENCHMARKS_MD.write_text(HEADER)
-    with open(BENCHMARKS_MD, "a", encoding="utf-8") as f:
-        f.write("\n" + text.rstrip() + "\n")
+def command_line(argv: list[str] | None = None) -> str:
+    """How this run was started, as a shell line relative to the repository
+    (``python bench/bench_x.py --quick``), without run_all's ``--json-out FILE``."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]) if argv else Path("?")
+    try:
+        script_s = str(script.resolve().relative_to(ROOT))
+    except (ValueError, OSError):
+        script_s = str(script)
+    rest, skip = [], False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--json-out":
+            skip = True
+            continue
+        if a.startswith("--json-out="):
+            continue
+        rest.append(a)
+    return shlex.join(["python", script_s, *rest])
+
+
+def write_result(name: str, title: str, markdown: str, data: dict[str, Any], quick: bool,
+                 results_dir: Path | None = None) -> Path:
+    """Write one run's raw result as ``<results_dir>/<date>-<HHMM>-<name>[-quick].json``
+    (UTC; a suffix -2, -3... if that name is taken) and return its path.
+
+    Fields: date, commit (``git rev-parse --short HEAD``, ``+dirty`` when
+    tracked files differ), machine, benchmark, title, mode, command, figures
+    (what the benchmark measured, as it passed it) and text (its tables as
+    printed)."""
+    out = results_dir or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "bench"
+    stem = f"{now:%Y-%m-%d-%H%M}-{slug}{'-quick' if quick else ''}"
+    path = out / f"{stem}.json"
+    n = 2
+    while path.exists():
+        path = out / f"{stem}-{n}.json"
+        n += 1
+    record = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "commit": git_rev(), "machine": machine_line(),
+              "benchmark": slug, "title": title, "mode": "quick" if quick else "full",
+              "command": command_line(), "figures": data, "text": markdown.strip()}
+    path.write_text(json.dumps(record, default=str, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 # ---------------------------------------------------------------- processes

@@ -1,5 +1,5 @@
-"""Run every labq benchmark, then append a summary of the headline ratios to
-BENCHMARKS.md.
+"""Run every labq benchmark, then write a summary of the headline ratios under
+bench/results/.
 
     python bench/run_all.py            # full: about 15 minutes on 2 cores
     python bench/run_all.py --quick    # small N: a smoke run of a few minutes
@@ -8,7 +8,9 @@ BENCHMARKS.md.
 
 Each benchmark runs as its own process (a fresh Ray, a clean RSS), with a time
 limit; a benchmark that fails or runs out of time is reported and the rest go
-on.  Each appends its own dated section to BENCHMARKS.md; the summary comes last.
+on.  Each writes its raw result as a dated JSON file under bench/results/ (and
+prints it); the summary comes last.  The current table in BENCHMARKS.md is
+updated by hand from those files.
 """
 
 from __future__ import annotations
@@ -123,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="lqb-all-") as d:
         for name in names:
             extra = ["--home-dir", args.throughput_home_dir] if name == "throughput" and args.throughput_home_dir else []
+            extra += ["--no-save"] if args.no_md else []
             data, status, wall = run_one(name, args.quick, Path(d) / f"{name}.json", extra)
             results[name] = data or {}
             statuses.append([f"bench_{name}", status, wall])
     rows = summary_rows(results)
-    md = ("Headline numbers of this run (details in the sections above).\n\n"
+    md = ("Headline numbers of this run (details in this run's other files under bench/results/).\n\n"
           + common.table(["benchmark", "measure", "value"], rows)
           + "\n\n" + common.table(["benchmark", "status", "wall s"], statuses)
           + f"\n\nCommand: `python bench/run_all.py{' --quick' if args.quick else ''}"
