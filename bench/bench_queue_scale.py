@@ -131,10 +131,11 @@ def scheduler_part(home: Path, out: Path, reps: int = 5) -> None:
     total = max(stats.total_tt, 1e-9)
     parts = {}
     for (filename, _, func), (_, _, _, cum, _) in stats.stats.items():
-        if filename.endswith(("store.py", "policy.py", "loop.py")) and func in (
-                "pending_jobs", "set_reasons", "decide", "start_attempts", "finish_attempts", "_launch",
+        if "/scheduler/" in filename.replace("\\", "/") and func in (
+                "pending_jobs", "set_reasons", "decide", "start_attempts", "finish_attempts", "launch", "launch_pack", "sync",
                 "_save_node_snapshot", "_record_ends"):
-            parts[func] = cum / total
+            key = f"{Path(filename).stem}.{func}"  # endings.decide is not policy.walk.decide
+            parts[key] = parts.get(key, 0) + cum / total
     rss_after = proc.memory_info().rss
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out.write_text(json.dumps({

@@ -151,10 +151,11 @@ def control_plane(temp: Path, n: int) -> dict:
     total = max(stats.total_tt, 1e-9)
     parts = {}
     for (filename, _, func), (_, _, _, cum, _) in stats.stats.items():
-        if filename.endswith(("store.py", "policy.py", "loop.py")) and func in (
+        if "/scheduler/" in filename.replace("\\", "/") and func in (
                 "pending_jobs", "set_reasons", "decide", "start_attempts", "finish_attempts", "launch_context",
                 "launch", "launch_pack", "_save_node_snapshot", "_record_ends", "data_version", "cancel_requested"):
-            parts[func] = parts.get(func, 0) + cum / total
+            key = f"{Path(filename).stem}.{func}"  # endings.decide is not policy.walk.decide
+            parts[key] = parts.get(key, 0) + cum / total
     ok = store.state_counts(sub.experiment_id).get("succeeded", 0)
     store.close()
     r = {"n": n, "jobs_per_s": n / wall, "ticks": ticks, "ms_per_job": 1000 * wall / n, "succeeded": ok,
