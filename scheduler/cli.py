@@ -42,15 +42,17 @@ def _has_cluster_file(ctx: click.Context) -> bool:
     return bool(ctx.obj.get("cluster") or os.environ.get("LABQ_CLUSTER"))
 
 
-def _estimate_settings(ctx: click.Context) -> dict[str, Any]:
+def _estimate_settings(ctx: click.Context):
     """The settings a start estimate replays the queue with: the cluster file's,
     or, without one, the defaults, built without loading pydantic."""
+    from scheduler.api import EstimateSettings
+
     if _has_cluster_file(ctx):
         settings = _settings(ctx)
-        return {"half_life": settings.scheduler.usage_half_life, "queues": settings.queue_configs()}
+        return EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs())
     from scheduler.policy import QueueConfig
 
-    return {"half_life": DEFAULT_USAGE_HALF_LIFE, "queues": [QueueConfig(name=DEFAULT_QUEUE)]}
+    return EstimateSettings(DEFAULT_USAGE_HALF_LIFE, [QueueConfig(name=DEFAULT_QUEUE)])
 
 
 def _store(ctx: click.Context):
@@ -226,26 +228,9 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
 
 # ---------------------------------------------------------------- reading
 
-# The running scheduler's estimates (written every loop.ESTIMATE_SECONDS) are
-# used while younger than this; otherwise the CLI replays the queue itself.
-ESTIMATES_FRESH_SECONDS = 60.0
-
-
-def _start_estimates(ctx: click.Context, store, now: float, job_ids: list[int]) -> dict[int, float | None]:
-    """{pending job id: estimated start, or None} (scheduler.estimate) for
-    ``job_ids``: the scheduler's own, else worked out here from the store; a
-    failure costs the estimates, never the listing."""
-    at, starts = store.estimates(job_ids)
-    if at is not None and now - at < ESTIMATES_FRESH_SECONDS:
-        return {job_id: None if start is None else round(start, 1) for job_id, start in starts.items()}
-    from scheduler import estimate
-
-    try:
-        starts = estimate.from_store(store, now, **_estimate_settings(ctx))
-    except Exception as exc:  # an estimate is a nicety: say why it is missing, list the queue anyway
-        click.echo(f"warning: no start estimates: {one_line(str(exc)) or type(exc).__name__}", err=True)
-        return {}
-    return {job_id: None if at is None else round(at, 1) for job_id, at in starts.items()}
+def _warn(starts) -> None:
+    if starts.warning:
+        click.echo(f"warning: {starts.warning}", err=True)
 
 
 @cli.command()
@@ -255,28 +240,21 @@ def _start_estimates(ctx: click.Context, store, now: float, job_ids: list[int]) 
 @click.pass_context
 def queue(ctx: click.Context, as_json: bool, limit: int | None) -> None:
     """Running, pending and blocked jobs, and why each pending job waits."""
-    from scheduler import daemon
+    from scheduler import api
 
-    store = _store(ctx)
     if limit is None and not as_json:
         limit = QUEUE_TABLE_ROWS  # a screenful; rich takes ~1 ms a row to lay out
-    jobs = store.active_jobs(limit=limit)
-    now = time.time()
-    pending = [j.id for j in jobs if j.state.value == "pending"]
-    starts = _start_estimates(ctx, store, now, pending) if pending else {}
+    view = api.queue(_store(ctx), _estimate_settings(ctx), limit=limit, summary=not as_json)
+    _warn(view.starts)
     if as_json:
-        _print_json([{**j.to_json(), "estimated_start": starts.get(j.id)} for j in jobs])
+        _print_json(view.to_json())
         return
     from scheduler import render
 
-    total = store.count_active()
-    st = daemon.status(store.home)
-    unplaced = ("no scheduler running" if not st.running else
-                "scheduler starting (connecting to Ray)" if st.ray != "up" else "")
-    render.console.print(render.queue_table(jobs, now, total, unplaced, starts))
-    if total > len(jobs):
-        render.console.print(f"... {total - len(jobs)} more (--limit)", highlight=False)
-    if total and not st.running:
+    render.console.print(render.queue_table(view.jobs, view.now, view.total, view.unplaced, view.starts.at))
+    if view.total > len(view.jobs):
+        render.console.print(f"... {view.total - len(view.jobs)} more (--limit)", highlight=False)
+    if view.total and not view.scheduler.running:
         render.console.print("no scheduler is running: `labq scheduler start` to run these jobs", highlight=False)
 
 
@@ -288,37 +266,21 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
     """One job (by id) or one experiment (by name): attempts, events, result."""
     from scheduler import api, render
 
-    store = _store(ctx)
-    from scheduler.records import is_id
-
-    if is_id(ref):
-        job = store.job(int(ref))
-        attempts, events = store.attempts(job.id), store.events(job.id)
-        now = time.time()
-        start = _start_estimates(ctx, store, now, [job.id]).get(job.id) if job.state.value == "pending" else None
-        if as_json:
-            _print_json({**job.to_json(), "estimated_start": start, "attempts_detail": [a.to_json() for a in attempts],
-                         "events": [e.to_json() for e in events]})
-        else:
-            finished = [a for a in attempts if a.ended_at]
-            advice = api.advice_for(job, finished[-1]) if finished else []
-            render.console.print(render.status_view(job, attempts, events, advice, start, now))
-        return
-    exp = store.experiment(ref)
-    jobs = store.jobs_of_experiment(exp.id)
-    counts = api.active_state_counts(jobs)
-    now = time.time()
-    starts = (_start_estimates(ctx, store, now, [j.id for j in jobs if j.state.value == "pending"])
-              if counts.get("pending") else {})
+    found = api.status(_store(ctx), ref, _estimate_settings(ctx))
+    _warn(found.starts)
     if as_json:
-        _print_json({**exp.to_json(), "counts": counts,
-                     "jobs": [{**j.to_json(), "estimated_start": starts.get(j.id)} for j in jobs]})
+        _print_json(found.to_json())
         return
+    if isinstance(found, api.JobStatus):
+        render.console.print(render.status_view(found.job, found.attempts, found.events, found.advice,
+                                                found.estimated_start, found.now))
+        return
+    exp, jobs = found.experiment, found.jobs
     render.console.print(f"experiment {exp.name} (id {exp.id}) by {exp.user}, queue {exp.queue}, "
                          f"priority {exp.priority}, submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(exp.submitted_at))}",
                          highlight=False)
-    render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())), highlight=False)
-    render.console.print(render.queue_table(jobs, now, len(jobs), starts=starts,
+    render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(found.counts.items())), highlight=False)
+    render.console.print(render.queue_table(jobs, found.now, len(jobs), starts=found.starts.at,
                                             title=f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}, "
                                                   f"{sum(not j.state.is_terminal() for j in jobs)} active"))
 
@@ -350,40 +312,20 @@ def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_
 @click.pass_context
 def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, show_stderr: bool | None) -> None:
     """stdout/stderr of a job's attempt; -f follows it live."""
-    from workers.paths import RunPaths
-
-    store = _store(ctx)
-    job = store.job(job_id)
-    attempts = store.attempts(job_id)
-    while follow and not attempts and not job.state.is_terminal():
-        time.sleep(0.5)
-        job, attempts = store.job(job_id), store.attempts(job_id)
     from scheduler import api
 
-    chosen = api.chosen_attempt(store, job_id, attempt, what="logs")
-    paths = RunPaths(Path(chosen.run_dir))
-    streams = {"stdout": paths.stdout, "stderr": paths.stderr}
-    if show_stderr is not None:
-        streams = {"stderr": paths.stderr} if show_stderr else {"stdout": paths.stdout}
-    offsets = {name: 0 for name in streams}
+    store = _store(ctx)
+    while follow and not api.log_ready(store, job_id):
+        time.sleep(0.5)
+    streams = ("stdout", "stderr") if show_stderr is None else ("stderr",) if show_stderr else ("stdout",)
+    cursor = api.logs(store, job_id, attempt, streams)
     while True:
-        for name, path in streams.items():
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offsets[name])
-                    chunk = f.read()
-            except FileNotFoundError:
-                continue
-            offsets[name] += len(chunk)
-            if chunk:
-                out = sys.stderr.buffer if name == "stderr" and len(streams) > 1 else sys.stdout.buffer
-                out.write(chunk)
-                out.flush()
-        if not follow:
+        for name, chunk in cursor.read():
+            out = sys.stderr.buffer if name == "stderr" and len(streams) > 1 else sys.stdout.buffer
+            out.write(chunk)
+            out.flush()
+        if not follow or cursor.finished():
             return
-        if store.job(job_id).state.is_terminal() or (store.attempts(job_id)[-1].number != chosen.number):
-            if all(offsets[n] >= (p.stat().st_size if p.exists() else 0) for n, p in streams.items()):
-                return
         time.sleep(0.3)
 
 
@@ -400,13 +342,13 @@ def artifacts(ctx: click.Context, job_id: int, attempt: int | None, get_path: st
     its working directory) and the artifacts it saved; --get fetches one."""
     from scheduler import api, render
 
-    chosen = api.chosen_attempt(_store(ctx), job_id, attempt)
+    files = api.attempt_files(_store(ctx), job_id, attempt)
+    chosen = files.attempt
     if get_path is None:
         if output:
             raise UserError("labq artifacts: -o needs --get PATH (the file to write)")
         if as_json:
-            _print_json({"job_id": job_id, "attempt": chosen.number, "state": chosen.state.value,
-                         "run_dir": chosen.run_dir, "outputs": chosen.outputs, "artifacts": chosen.artifacts})
+            _print_json(files.to_json())
             return
         if chosen.ended_at is None:
             render.console.print(f"attempt {chosen.number} is still running: its files are listed when it ends "
@@ -456,11 +398,11 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
         from scheduler.plots import plot_results
 
         try:
-            plot_results(plotted, plot)
+            plot_results(plotted, api.step_curves(plotted.rows, plotted.metric), plot)
         except OSError as exc:
             raise UserError(f"--plot {plot}: cannot write it: {exc.strerror or exc}") from None
     if as_json:
-        _print_json([{**r, "main_metric": res.metric} for r in res.rows])
+        _print_json(res.to_json())
     elif as_csv:
         flat = [api.flatten(r) for r in res.rows]
         columns = list(dict.fromkeys(k for row in flat for k in row))
@@ -494,26 +436,16 @@ def _print_more(res, hint: str) -> None:
 def usage(ctx: click.Context, since: str, by: str, as_json: bool) -> None:
     """Resource-hours, jobs and waiting per user and queue (like SLURM's sreport),
     and the decayed usage fair share ranks by."""
-    from scheduler import accounting
-    from scheduler.units import parse_duration
+    from scheduler import api
 
-    try:
-        period = parse_duration(since)
-    except ValueError as exc:
-        raise UserError(f"--since {since}: {exc}") from None
-    settings = _settings(ctx)
-    half_life = settings.scheduler.usage_half_life
-    now = time.time()
-    # Decayed usage needs history: ten half-lives back weighs under 0.1%.
-    held = _store(ctx).held_since(min(now - period, now - 10 * half_life))
-    groups = ("user",) if by == "user" else ("queue",) if by == "queue" else ("queue", "user")
-    rows = accounting.summarize(held, since=now - period, now=now, half_life=half_life, by=groups)
+    half_life = _settings(ctx).scheduler.usage_half_life
+    report = api.usage(_store(ctx), since, by, half_life)
     if as_json:
-        _print_json({"since": now - period, "now": now, "half_life_s": half_life, "rows": rows})
+        _print_json(report.to_json())
         return
     from scheduler import render
 
-    render.console.print(render.usage_table(rows, groups, since, half_life))
+    render.console.print(render.usage_table(report.rows, report.groups, since, half_life))
 
 
 @cli.command()
@@ -521,21 +453,20 @@ def usage(ctx: click.Context, since: str, by: str, as_json: bool) -> None:
 @click.pass_context
 def nodes(ctx: click.Context, as_json: bool) -> None:
     """Capacity, allocation and GPUs per node, as the scheduler last saw them."""
-    from scheduler import daemon
+    from scheduler import api
 
-    store = _store(ctx)
-    found = store.nodes()
-    st = daemon.status(store.home)
+    view = api.nodes(_store(ctx))
     if as_json:
-        _print_json({"scheduler": st.to_json(), "nodes": [n.to_json() for n in found]})
+        _print_json(view.to_json())
         return
     from scheduler import render
 
+    st = view.scheduler
     if not st.running:
         render.console.print("no scheduler is running; showing what the last one saw", highlight=False)
     elif st.ray == "down":
         render.console.print("Ray is DOWN: the scheduler keeps the queue and resumes when Ray is back", highlight=False)
-    render.console.print(render.nodes_table(found, time.time()))
+    render.console.print(render.nodes_table(view.nodes, time.time()))
 
 
 @cli.command()
@@ -635,9 +566,9 @@ def scheduler_stop(ctx: click.Context) -> None:
 @click.pass_context
 def scheduler_status(ctx: click.Context, as_json: bool) -> None:
     """Whether a scheduler runs for this LABQ_HOME, and whether it sees Ray."""
-    from scheduler import daemon
+    from scheduler import api
 
-    st = daemon.status(_settings(ctx).home_path)
+    st = api.scheduler_status(_settings(ctx).home_path)
     if as_json:
         _print_json(st.to_json())
     elif not st.running:

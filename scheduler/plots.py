@@ -3,13 +3,11 @@ curves when jobs reported steps.  matplotlib, headless (Agg)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from workers.paths import RunPaths
 
-
-def plot_results(res: Any, out: str) -> None:
+def plot_results(res: Any, curves: list[Any], out: str) -> None:
+    """``res``: api.Results; ``curves``: api.StepCurve of some of its jobs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +15,6 @@ def plot_results(res: Any, out: str) -> None:
 
     metric = res.metric
     rows = [r for r in res.rows if metric and isinstance(r["metrics"].get(metric), (int, float))]
-    curves = _step_curves(res.rows, metric)
     panels = len(res.varying_params) + (1 if curves else 0)
     if not rows or panels == 0:
         panels = 1
@@ -39,10 +36,10 @@ def plot_results(res: Any, out: str) -> None:
         ax.grid(alpha=0.3)
     if curves:
         ax = axes[len(res.varying_params)]
-        for job_id, name, xs, ys in curves[:20]:
-            ax.plot(xs, ys, label=f"job {job_id}")
+        for curve in curves[:20]:
+            ax.plot(curve.steps, curve.values, label=f"job {curve.job_id}")
         ax.set_xlabel("step")
-        ax.set_ylabel(curves[0][1])
+        ax.set_ylabel(curves[0].metric)
         ax.grid(alpha=0.3)
         if len(curves) <= 10:
             ax.legend(fontsize=7)
@@ -54,23 +51,6 @@ def plot_results(res: Any, out: str) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
-
-
-def _step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[tuple[int, str, list, list]]:
-    curves = []
-    for r in rows:
-        if not r.get("run_dir"):
-            continue
-        _, steps = RunPaths(Path(r["run_dir"])).read_reported_metrics()
-        steps = [s for s in steps if "step" in s]
-        if len(steps) < 2:
-            continue
-        names = [k for k in steps[-1] if k not in ("time", "step")]
-        name = metric if metric in names else (names[0] if names else None)
-        if name:
-            pts = [(s["step"], s[name]) for s in steps if isinstance(s.get(name), (int, float))]
-            curves.append((r["job_id"], name, [p[0] for p in pts], [p[1] for p in pts]))
-    return curves
 
 
 def _label(value: Any) -> str:

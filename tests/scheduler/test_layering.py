@@ -15,10 +15,10 @@ PACKAGES = ("contract", "jobs", "workers", "scheduler")
 
 # The scheduler modules that may import ``workers``: the two backends (they run
 # attempts), the spec's check of a metrics regex against the worker's own
-# reader, and the readers of a finished run dir for the user (logs, artifacts,
-# per-step plots).  The loop and everything it is made of are not among them.
-MAY_IMPORT_WORKERS = {"scheduler.ray_backend", "scheduler.fake_backend", "scheduler.spec", "scheduler.api",
-                      "scheduler.plots", "scheduler.cli"}
+# reader, and the API's readers of a run dir for the user (logs, artifacts,
+# per-step plots).  The CLI reads through the API; the loop and everything it
+# is made of are not among them.
+MAY_IMPORT_WORKERS = {"scheduler.ray_backend", "scheduler.fake_backend", "scheduler.spec", "scheduler.api.files"}
 LOOP = {"scheduler.loop", "scheduler.attempt_table", "scheduler.launch", "scheduler.node_view",
         "scheduler.gpu_books", "scheduler.pending_view", "scheduler.node_report", "scheduler.packing",
         "scheduler.endings", "scheduler.store", "scheduler.estimate", "scheduler.virtual_cluster"}
@@ -139,6 +139,13 @@ def test_scheduler_imports_workers_only_where_named():
                  if m.startswith("scheduler") and any(t.startswith("workers") for t in targets)}
     assert importing <= MAY_IMPORT_WORKERS
     assert not importing & LOOP
+
+
+def test_the_cli_reads_only_through_the_api():
+    """The CLI prints what scheduler.api returns: it never opens run dirs itself
+    (so a remote CLI differs from a local one only in transport)."""
+    assert not any(t.startswith("workers") for t in GRAPH["scheduler.cli"])
+    assert "scheduler.api" in GRAPH["scheduler.cli"]
 
 
 def test_the_loop_never_imports_workers():

@@ -1,135 +1,19 @@
-"""labq's Python API: what the CLI calls, importable from a notebook.
-
-    from scheduler.api import results_frame
-    df = results_frame("iris-rf")          # one row per job: params.*, metrics.*
-
-Nothing here imports Ray; pandas is imported only by ``results_frame``.
-"""
+"""Results: one row per job with params, final metrics, timing and placement,
+best first, and the right-sizing advice."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Iterable
 
-from scheduler import wakeup
-from scheduler.identity import current_user
-from scheduler.errors import PermissionDenied, SpecError, UnknownIdError, UserError
-from scheduler.records import Job, is_id
-from scheduler.states import JobState
+from scheduler.records import Job
 from scheduler.store import Store, is_number
-
-if TYPE_CHECKING:  # pydantic costs ~100 ms to import: only the verbs that read settings pay it
-    from scheduler.config import Settings
 
 # Metrics labq knows the direction of, in the order it prefers them as the main one.
 _BIGGER_IS_BETTER = ("accuracy", "val_accuracy", "f1_macro", "roc_auc", "r2", "auc", "score")
 _SMALLER_IS_BETTER = ("val_loss", "loss", "rmse", "mae", "mse", "log_loss", "error")
 
-
-@dataclass
-class Submitted:
-    experiment_id: int
-    experiment: str
-    job_ids: list[int]
-    stages: dict[str, int]  # stage -> job count
-
-    def to_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
-
-def open_store(settings: Settings | None = None) -> Store:
-    from scheduler.config import load_settings
-
-    return Store((settings or load_settings()).home_path)
-
-
-def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings | None = None,
-           user: str | None = None) -> Submitted:
-    """Validate, expand the sweeps, snapshot the code and store every job in one
-    transaction.  Raises SpecError (nothing written) on bad input."""
-    from scheduler.packaging import snapshot
-    from scheduler.spec import load_spec, stage_runtimes
-    from scheduler.sweep import plan_jobs
-
-    from scheduler.config import load_settings
-
-    settings = settings or load_settings()
-    source = str(spec_path)
-    spec, raw = load_spec(spec_path, overrides)
-    if spec.queue not in settings.queue_names():
-        raise SpecError(source, [("queue", f"no queue {spec.queue!r}; declared queues: {', '.join(settings.queue_names())}")])
-    drafts = plan_jobs(spec, source)
-    home = settings.home_path
-    store = Store(home)  # first: it refuses a state directory that is not this account's own
-    try:
-        package = snapshot(Path(spec_path).resolve().parent, home, source)
-        experiment_id, ids = store.submit(
-            name=spec.experiment, user=user or current_user(), queue=spec.queue, priority=spec.priority,
-            spec_path=str(Path(spec_path).resolve()), spec=raw, package=str(package), metric=spec.metric,
-            mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time(),
-            runtimes=stage_runtimes(spec, Path(spec_path).resolve().parent))
-    finally:
-        store.close()
-    wakeup.notify(home)
-    counts: dict[str, int] = {}
-    for d in drafts:
-        counts[d.stage] = counts.get(d.stage, 0) + 1
-    return Submitted(experiment_id=experiment_id, experiment=spec.experiment, job_ids=ids, stages=counts)
-
-
-def wait(store: Store, experiment_id: int, on_update: Callable[[list[Job]], None] | None = None,
-         poll: float = 0.5, timeout: float | None = None) -> list[Job]:
-    """Block until every job of the experiment is terminal; returns the jobs."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        jobs = store.jobs_of_experiment(experiment_id)
-        if on_update:
-            on_update(jobs)
-        if all(j.state.is_terminal() for j in jobs):
-            return jobs
-        if deadline is not None and time.monotonic() > deadline:
-            return jobs
-        time.sleep(poll)
-
-
-def cancel(store: Store, ids: list[str], experiment: str | None, settings: Settings,
-           user: str | None = None) -> dict[str, list[int]]:
-    """Cancel jobs by id and/or experiment name.  Only the owner of a job or an
-    admin (``metadata.labq.admins``) may cancel it; a refused request cancels
-    nothing."""
-    user = user or current_user()
-    job_ids = resolve_jobs(store, ids, experiment)
-    if user not in settings.admins:
-        foreign = [j for j in store.jobs_by_ids(job_ids) if j.user != user]
-        if foreign:
-            owners = ", ".join(sorted({j.user for j in foreign}))
-            raise PermissionDenied(
-                f"{len(foreign)} of these jobs belong to {owners} (e.g. job {foreign[0].id}); you ({user}) may cancel "
-                "only your own jobs unless listed in cluster.yaml metadata.labq.admins")
-    done = store.cancel(job_ids, time.time())
-    wakeup.notify(settings.home_path)
-    return done
-
-
-def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[int]:
-    """Job ids from the CLI's arguments (numbers) and/or --experiment NAME."""
-    job_ids: list[int] = []
-    for ref in ids:
-        if not is_id(ref):
-            raise UnknownIdError(f"{ref!r} is not a job id (a number); use --experiment NAME for an experiment")
-        store.job(int(ref))  # raises for an unknown id
-        job_ids.append(int(ref))
-    if experiment:
-        experiment_ids = store.experiment_names(experiment)
-        if not experiment_ids:
-            store.experiment(experiment)  # raises with the recent names as a hint
-        job_ids += store.active_job_ids_of(experiment_ids)
-    return job_ids
-
-
-# ---------------------------------------------------------------- results
 
 def main_metric(metric: str | None, mode: str | None, names: Iterable[str]) -> tuple[str | None, str]:
     """The metric to sort by and its direction: the spec's, else the first known
@@ -158,6 +42,10 @@ class Results:
     metric_names: list[str]
     total: int  # jobs in the experiment; more than len(rows) for one page
     advice: list[str]  # the most common right-sizing advice over all its jobs, with counts
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """What `labq results --json` prints: the rows, each naming the main metric."""
+        return [{**r, "main_metric": self.metric} for r in self.rows]
 
 
 def results(store: Store, experiment: str, sort: str | None = None, ascending: bool | None = None,
@@ -246,39 +134,6 @@ def _row(experiment: str, job: Job, attempt: Any, metrics: dict[str, Any], advic
     }
 
 
-def chosen_attempt(store: Store, job_id: int, number: int | None, what: str = "files") -> Any:
-    """Attempt ``number`` of a job (default: its latest); UserError if none."""
-    job = store.job(job_id)
-    attempts = store.attempts(job_id)
-    if not attempts:
-        raise UserError(f"job {job_id} has not started yet (state {job.state.value}); no {what}")
-    chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
-    if chosen is None:
-        raise UserError(f"job {job_id} has no attempt {number}; attempts: 1-{len(attempts)}")
-    return chosen
-
-
-def attempt_file(attempt: Any, path: str) -> Path:
-    """The file behind ``path``, one of the attempt's kept outputs or its
-    artifacts, as recorded: nothing else under the run dir, nothing outside it."""
-    from workers.paths import RunPaths
-    from workers.workdir import OUTPUTS
-
-    paths = RunPaths(Path(attempt.run_dir))
-    if any(o["path"] == path and o.get("kept", True) for o in attempt.outputs):
-        base = paths.root / OUTPUTS
-    elif path in attempt.artifacts:
-        base = paths.artifacts
-    else:
-        known = [o["path"] for o in attempt.outputs if o.get("kept", True)] + list(attempt.artifacts)
-        hint = f"; it has: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known else "; it has none"
-        raise UserError(f"attempt {attempt.number} of job {attempt.job_id} kept no file {path!r}{hint}")
-    target = (base / path).resolve()
-    if base.resolve() not in target.parents or not target.is_file():
-        raise UserError(f"{path}: no longer in {base} (moved or deleted since the job ended)")
-    return target
-
-
 def advice_for(job: Job, attempt: Any) -> list[str]:
     """What the attempt used against what the job asked for (scheduler.advice)."""
     from scheduler.advice import advise
@@ -326,14 +181,3 @@ def results_frame(experiment: str, home: str | Path | None = None):
     finally:
         store.close()
     return pd.DataFrame([flatten(r) for r in res.rows])
-
-
-def active_state_counts(jobs: list[Job]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.state.value] = counts.get(job.state.value, 0) + 1
-    return counts
-
-
-def succeeded_all(jobs: list[Job]) -> bool:
-    return all(j.state is JobState.SUCCEEDED for j in jobs)

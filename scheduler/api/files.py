@@ -1,0 +1,152 @@
+"""A job's files: which attempt, the outputs and artifacts it kept, one file of
+them, and its stdout/stderr as they grow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import UserError
+from scheduler.store import Store
+
+
+def chosen_attempt(store: Store, job_id: int, number: int | None, what: str = "files") -> Any:
+    """Attempt ``number`` of a job (default: its latest); UserError if none."""
+    job = store.job(job_id)
+    attempts = store.attempts(job_id)
+    if not attempts:
+        raise UserError(f"job {job_id} has not started yet (state {job.state.value}); no {what}")
+    chosen = attempts[-1] if number is None else next((a for a in attempts if a.number == number), None)
+    if chosen is None:
+        raise UserError(f"job {job_id} has no attempt {number}; attempts: 1-{len(attempts)}")
+    return chosen
+
+
+def attempt_file(attempt: Any, path: str) -> Path:
+    """The file behind ``path``, one of the attempt's kept outputs or its
+    artifacts, as recorded: nothing else under the run dir, nothing outside it."""
+    from workers.paths import RunPaths
+    from workers.workdir import OUTPUTS
+
+    paths = RunPaths(Path(attempt.run_dir))
+    if any(o["path"] == path and o.get("kept", True) for o in attempt.outputs):
+        base = paths.root / OUTPUTS
+    elif path in attempt.artifacts:
+        base = paths.artifacts
+    else:
+        known = [o["path"] for o in attempt.outputs if o.get("kept", True)] + list(attempt.artifacts)
+        hint = f"; it has: {', '.join(known[:10])}{' ...' if len(known) > 10 else ''}" if known else "; it has none"
+        raise UserError(f"attempt {attempt.number} of job {attempt.job_id} kept no file {path!r}{hint}")
+    target = (base / path).resolve()
+    if base.resolve() not in target.parents or not target.is_file():
+        raise UserError(f"{path}: no longer in {base} (moved or deleted since the job ended)")
+    return target
+
+
+@dataclass(frozen=True)
+class AttemptFiles:
+    """What `labq artifacts` lists: the files an attempt kept."""
+
+    job_id: int
+    attempt: Any  # records.Attempt
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.attempt
+        return {"job_id": self.job_id, "attempt": a.number, "state": a.state.value, "run_dir": a.run_dir,
+                "outputs": a.outputs, "artifacts": a.artifacts}
+
+
+def attempt_files(store: Store, job_id: int, number: int | None = None) -> AttemptFiles:
+    return AttemptFiles(job_id, chosen_attempt(store, job_id, number))
+
+
+# ---------------------------------------------------------------- logs
+
+STREAMS = ("stdout", "stderr")
+
+
+def log_ready(store: Store, job_id: int) -> bool:
+    """Whether a follower may start reading: the job has an attempt, or has
+    ended without one (a follower waits while neither holds)."""
+    return bool(store.attempts(job_id)) or store.job(job_id).state.is_terminal()
+
+
+class LogCursor:
+    """One reader of an attempt's stdout and stderr: each :meth:`read` returns
+    what was written since the last; :meth:`finished` says when a follower has
+    seen all there will be (the job ended, or a newer attempt took over, and
+    every stream is read to its end)."""
+
+    def __init__(self, store: Store, job_id: int, attempt: Any, streams: tuple[str, ...] = STREAMS):
+        from workers.paths import RunPaths
+
+        paths = RunPaths(Path(attempt.run_dir))
+        self.store, self.job_id, self.attempt = store, job_id, attempt
+        self.paths = {name: getattr(paths, name) for name in streams}
+        self.offsets = {name: 0 for name in streams}
+
+    def read(self) -> list[tuple[str, bytes]]:
+        """[(stream, new bytes)] for each stream with something new."""
+        out = []
+        for name, path in self.paths.items():
+            try:
+                with open(path, "rb") as f:
+                    f.seek(self.offsets[name])
+                    chunk = f.read()
+            except FileNotFoundError:
+                continue
+            self.offsets[name] += len(chunk)
+            if chunk:
+                out.append((name, chunk))
+        return out
+
+    def finished(self) -> bool:
+        if not (self.store.job(self.job_id).state.is_terminal()
+                or self.store.attempts(self.job_id)[-1].number != self.attempt.number):
+            return False
+        return all(self.offsets[n] >= (p.stat().st_size if p.exists() else 0) for n, p in self.paths.items())
+
+
+def logs(store: Store, job_id: int, number: int | None = None, streams: tuple[str, ...] = STREAMS) -> LogCursor:
+    """A reader of attempt ``number``'s output (default: the latest attempt)."""
+    unknown = set(streams) - set(STREAMS)
+    if unknown:
+        raise UserError(f"no log stream {sorted(unknown)[0]!r}; streams: {', '.join(STREAMS)}")
+    return LogCursor(store, job_id, chosen_attempt(store, job_id, number, what="logs"), streams)
+
+
+# ---------------------------------------------------------------- per-step metrics
+
+@dataclass(frozen=True)
+class StepCurve:
+    """One job's metric per reported step (``report(step=...)``, metrics.jsonl)."""
+
+    job_id: int
+    metric: str
+    steps: list
+    values: list
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "metric": self.metric, "steps": self.steps, "values": self.values}
+
+
+def step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[StepCurve]:
+    """The curve of each results row whose job reported two steps or more: of
+    ``metric`` when it reported that, else of its first metric."""
+    from workers.paths import RunPaths
+
+    curves = []
+    for r in rows:
+        if not r.get("run_dir"):
+            continue
+        _, steps = RunPaths(Path(r["run_dir"])).read_reported_metrics()
+        steps = [s for s in steps if "step" in s]
+        if len(steps) < 2:
+            continue
+        names = [k for k in steps[-1] if k not in ("time", "step")]
+        name = metric if metric in names else (names[0] if names else None)
+        if name:
+            pts = [(s["step"], s[name]) for s in steps if isinstance(s.get(name), (int, float))]
+            curves.append(StepCurve(r["job_id"], name, [p[0] for p in pts], [p[1] for p in pts]))
+    return curves

@@ -1,0 +1,157 @@
+"""Reading the queue: the active jobs with when each is estimated to start, and
+one job or one experiment in detail."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from scheduler.errors import one_line
+from scheduler.records import Job, is_id
+from scheduler.store import Store
+
+# The running scheduler's estimates (written every loop.ESTIMATE_SECONDS) are
+# used while younger than this; otherwise they are worked out here from the store.
+ESTIMATES_FRESH_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class EstimateSettings:
+    """What a start estimate replays the queue with: the usage half-life and the
+    queues (settings.queue_configs())."""
+
+    half_life: float
+    queues: Sequence[Any]  # policy.QueueConfig
+
+
+@dataclass(frozen=True)
+class Starts:
+    """{pending job id: estimated start (epoch seconds), or None}, and why there
+    are none when working them out failed."""
+
+    at: dict[int, float | None] = field(default_factory=dict)
+    warning: str | None = None
+
+
+def start_estimates(store: Store, now: float, job_ids: list[int], settings: EstimateSettings) -> Starts:
+    """The scheduler's own estimates for ``job_ids`` while fresh, else worked out
+    here from the store (scheduler.estimate); a failure costs the estimates,
+    never the listing."""
+    if not job_ids:
+        return Starts()
+    at, starts = store.estimates(job_ids)
+    if at is not None and now - at < ESTIMATES_FRESH_SECONDS:
+        return Starts({job_id: None if start is None else round(start, 1) for job_id, start in starts.items()})
+    from scheduler import estimate
+
+    try:
+        starts = estimate.from_store(store, now, half_life=settings.half_life, queues=settings.queues)
+    except Exception as exc:  # an estimate is a nicety: say why it is missing, list the queue anyway
+        return Starts(warning=f"no start estimates: {one_line(str(exc)) or type(exc).__name__}")
+    return Starts({job_id: None if at is None else round(at, 1) for job_id, at in starts.items()})
+
+
+def _with_starts(jobs: list[Job], starts: Starts) -> list[dict[str, Any]]:
+    return [{**j.to_json(), "estimated_start": starts.at.get(j.id)} for j in jobs]
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The active jobs (running first) with their estimated starts; with the
+    summary, how many are active in all and whether a scheduler is there to
+    place them."""
+
+    jobs: list[Job]
+    starts: Starts
+    now: float
+    total: int | None = None  # active jobs in all (None: not counted)
+    scheduler: Any = None  # daemon.Status, with the summary
+
+    @property
+    def unplaced(self) -> str:
+        """Why no job is being placed right now, or ""."""
+        if self.scheduler is None:
+            return ""
+        if not self.scheduler.running:
+            return "no scheduler running"
+        return "scheduler starting (connecting to Ray)" if self.scheduler.ray != "up" else ""
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return _with_starts(self.jobs, self.starts)
+
+
+def queue(store: Store, estimates: EstimateSettings, *, limit: int | None = None, now: float | None = None,
+          summary: bool = True) -> QueueView:
+    """Running, pending and blocked jobs (the first ``limit``), and when each
+    pending one is estimated to start; ``summary`` adds the count of all active
+    jobs and the scheduler's status (what a table shows under the rows)."""
+    now = time.time() if now is None else now
+    jobs = store.active_jobs(limit=limit)
+    pending = [j.id for j in jobs if j.state.value == "pending"]
+    starts = start_estimates(store, now, pending, estimates)
+    if not summary:
+        return QueueView(jobs, starts, now)
+    from scheduler import daemon
+
+    return QueueView(jobs, starts, now, store.count_active(), daemon.status(store.home))
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One job: its attempts, events, right-sizing advice and estimated start."""
+
+    job: Job
+    attempts: list[Any]
+    events: list[Any]
+    starts: Starts
+    now: float
+
+    @property
+    def estimated_start(self) -> float | None:
+        return self.starts.at.get(self.job.id)
+
+    @property
+    def advice(self) -> list[str]:
+        """What the last finished attempt used against what the job asked for."""
+        from scheduler.api.ranking import advice_for
+
+        finished = [a for a in self.attempts if a.ended_at]
+        return advice_for(self.job, finished[-1]) if finished else []
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.job.to_json(), "estimated_start": self.estimated_start,
+                "attempts_detail": [a.to_json() for a in self.attempts],
+                "events": [e.to_json() for e in self.events]}
+
+
+@dataclass(frozen=True)
+class ExperimentStatus:
+    """One experiment: its jobs, how many are in each state, their estimated starts."""
+
+    experiment: Any  # records.Experiment
+    jobs: list[Job]
+    counts: dict[str, int]
+    starts: Starts
+    now: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.experiment.to_json(), "counts": self.counts, "jobs": _with_starts(self.jobs, self.starts)}
+
+
+def status(store: Store, ref: str, estimates: EstimateSettings,
+           now: float | None = None) -> JobStatus | ExperimentStatus:
+    """A job by id, or an experiment by name (UnknownIdError if neither)."""
+    from scheduler.api.submission import active_state_counts
+
+    now = time.time() if now is None else now
+    if is_id(ref):
+        job = store.job(int(ref))
+        attempts, events = store.attempts(job.id), store.events(job.id)
+        starts = start_estimates(store, now, [job.id], estimates) if job.state.value == "pending" else Starts()
+        return JobStatus(job, attempts, events, starts, now)
+    exp = store.experiment(ref)
+    jobs = store.jobs_of_experiment(exp.id)
+    counts = active_state_counts(jobs)
+    pending = [j.id for j in jobs if j.state.value == "pending"] if counts.get("pending") else []
+    return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates), now)

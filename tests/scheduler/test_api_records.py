@@ -1,0 +1,183 @@
+"""scheduler.api returns records and the CLI prints them: each record's
+``to_json`` is exactly what the verb's ``--json`` prints, read from a real
+Store (the CLI run in this process against the same LABQ_HOME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from scheduler import api, cli
+from scheduler.errors import UnknownIdError, UserError
+from scheduler.policy import QueueConfig
+from scheduler.records import NodeSnapshot
+from scheduler.states import AttemptState
+from scheduler.store import Store
+
+from test_store import NOW, _submit_yaml, end
+
+SPEC = """
+experiment: records
+stages:
+  - name: train
+    command: "true"
+    sweep: {grid: {lr: [0.1, 0.2, 0.3]}}
+    resources: {cpu: 1}
+"""
+
+ESTIMATES = api.EstimateSettings(half_life=7 * 86400.0, queues=[QueueConfig(name="default")])
+
+
+@pytest.fixture
+def home() -> Path:
+    return Path(os.environ["LABQ_HOME"])  # the autouse fixture's: the CLI reads the same one
+
+
+@pytest.fixture
+def store(home):
+    s = Store(home)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def submitted(store, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC))
+    experiment_id, ids, _ = _submit_yaml(store, spec)
+    return experiment_id, ids
+
+
+def _start(store: Store, tmp_path: Path, job_id: int):
+    (attempt,) = store.start_attempts([(job_id, "node-1")], lambda j, n: str(tmp_path / "runs" / f"{j}-{n}"), NOW + 1)
+    Path(attempt.run_dir).mkdir(parents=True)
+    return attempt
+
+
+def _cli_json(capsys, *args: str):
+    code = cli.main([*args, "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_queue_lists_running_first_with_the_summary_a_table_needs(store, submitted, tmp_path, capsys):
+    _, ids = submitted
+    _start(store, tmp_path, ids[1])
+    view = api.queue(store, ESTIMATES)
+    assert [j.id for j in view.jobs] == [ids[1], ids[0], ids[2]]
+    assert view.total == 3 and not view.scheduler.running
+    assert view.unplaced == "no scheduler running"
+    assert view.starts.warning is None
+    bare = api.queue(store, ESTIMATES, limit=1, summary=False)
+    assert [j.id for j in bare.jobs] == [ids[1]] and bare.total is None and bare.unplaced == ""
+    code, printed = _cli_json(capsys, "queue")
+    assert code == 0 and printed == api.queue(store, ESTIMATES, summary=False).to_json()
+    assert [row["id"] for row in printed] == [ids[1], ids[0], ids[2]]
+    assert all("estimated_start" in row for row in printed)
+
+
+def test_status_of_a_job_and_of_an_experiment(store, submitted, tmp_path, capsys):
+    _, ids = submitted
+    attempt = _start(store, tmp_path, ids[0])
+    store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={"metrics": {"accuracy": 0.9}}), NOW + 5)
+    found = api.status(store, str(ids[0]), ESTIMATES)
+    assert isinstance(found, api.JobStatus)
+    assert found.job.state.value == "succeeded" and [a.number for a in found.attempts] == [1]
+    assert found.estimated_start is None and found.events
+    code, printed = _cli_json(capsys, "status", str(ids[0]))
+    assert code == 0 and printed == found.to_json()
+    assert printed["attempts_detail"][0]["state"] == "succeeded"
+
+    exp = api.status(store, "records", ESTIMATES)
+    assert isinstance(exp, api.ExperimentStatus)
+    assert exp.counts == {"succeeded": 1, "pending": 2}
+    code, printed = _cli_json(capsys, "status", "records")
+    assert code == 0 and printed == exp.to_json()
+    with pytest.raises(UnknownIdError):
+        api.status(store, "999", ESTIMATES)
+
+
+def test_a_log_cursor_reads_what_is_new_and_knows_when_it_has_all(store, submitted, tmp_path):
+    _, ids = submitted
+    with pytest.raises(UserError, match="has not started yet"):
+        api.logs(store, ids[0])
+    assert not api.log_ready(store, ids[0])
+    attempt = _start(store, tmp_path, ids[0])
+    assert api.log_ready(store, ids[0])
+    run = Path(attempt.run_dir)
+    (run / "stdout.log").write_bytes(b"epoch 1\n")
+    cursor = api.logs(store, ids[0])
+    assert cursor.read() == [("stdout", b"epoch 1\n")]
+    assert cursor.read() == []
+    with open(run / "stdout.log", "ab") as f:
+        f.write(b"epoch 2\n")
+    (run / "stderr.log").write_bytes(b"warn\n")
+    assert cursor.read() == [("stdout", b"epoch 2\n"), ("stderr", b"warn\n")]
+    assert not cursor.finished()  # still running
+    with open(run / "stdout.log", "ab") as f:
+        f.write(b"done\n")
+    store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={}), NOW + 5)
+    assert not cursor.finished()  # ended, but "done" is not read yet
+    assert cursor.read() == [("stdout", b"done\n")]
+    assert cursor.finished()
+    only_err = api.logs(store, ids[0], 1, ("stderr",))
+    assert only_err.read() == [("stderr", b"warn\n")]
+    with pytest.raises(UserError, match="no log stream"):
+        api.logs(store, ids[0], None, ("stdin",))
+
+
+def test_the_cli_prints_the_cursors_bytes(store, submitted, tmp_path, capsysbinary):
+    _, ids = submitted
+    attempt = _start(store, tmp_path, ids[0])
+    (Path(attempt.run_dir) / "stdout.log").write_bytes(b"out\n")
+    (Path(attempt.run_dir) / "stderr.log").write_bytes(b"err\n")
+    assert cli.main(["logs", str(ids[0])]) == 0
+    captured = capsysbinary.readouterr()
+    assert (captured.out, captured.err) == (b"out\n", b"err\n")
+    assert cli.main(["logs", str(ids[0]), "--stderr"]) == 0
+    assert capsysbinary.readouterr().out == b"err\n"  # one stream alone goes to stdout
+
+
+def test_artifacts_and_step_curves(store, submitted, tmp_path, capsys):
+    _, ids = submitted
+    attempt = _start(store, tmp_path, ids[0])
+    run = Path(attempt.run_dir)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"time": NOW, "step": s, "loss": 1 / s}) + "\n"
+                                               for s in (1, 2, 3)))
+    store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={"metrics": {"loss": 0.33}}), NOW + 5)
+    files = api.attempt_files(store, ids[0])
+    code, printed = _cli_json(capsys, "artifacts", str(ids[0]))
+    assert code == 0 and printed == files.to_json()
+    assert printed["attempt"] == 1 and printed["state"] == "succeeded"
+    res = api.results(store, "records")
+    assert res.to_json()[0]["main_metric"] == "loss"
+    (curve,) = api.step_curves(res.rows, res.metric)
+    assert (curve.job_id, curve.metric, curve.steps) == (ids[0], "loss", [1, 2, 3])
+    assert curve.values == pytest.approx([1.0, 0.5, 1 / 3])
+    code, printed = _cli_json(capsys, "results", "records")
+    assert code == 0 and printed == res.to_json()
+
+
+def test_nodes_and_usage(store, submitted, tmp_path, capsys):
+    store.save_nodes([NodeSnapshot(node_id="node-1", address="10.0.0.1", alive=True, total={"CPU": 4.0},
+                                   allocated={"CPU": 1.0}, running_jobs=1, gpus=[], updated_at=NOW)])
+    view = api.nodes(store)
+    assert [n.node_id for n in view.nodes] == ["node-1"] and not view.scheduler.running
+    code, printed = _cli_json(capsys, "nodes")
+    assert code == 0 and printed == view.to_json()
+
+    _, ids = submitted
+    attempt = _start(store, tmp_path, ids[0])
+    store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={}), NOW + 3601)
+    report = api.usage(store, "2h", "user", half_life=7 * 86400.0, now=NOW + 7200)
+    assert report.groups == ("user",) and len(report.rows) == 1
+    assert report.to_json() == {"since": NOW, "now": NOW + 7200, "half_life_s": 7 * 86400.0, "rows": report.rows}
+    code, printed = _cli_json(capsys, "usage", "--since", "365d", "--by", "user")
+    assert code == 0
+    assert printed == api.usage(store, "365d", "user", half_life=printed["half_life_s"], now=printed["now"]).to_json()
+    with pytest.raises(UserError, match="--since soon"):
+        api.usage(store, "soon", "user", half_life=3600.0)
