@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from scheduler import DEFAULT_HOME, DEFAULT_QUEUE, DEFAULT_USAGE_HALF_LIFE, __version__
+from scheduler import DEFAULT_HOME, DEFAULT_USAGE_HALF_LIFE, __version__
 from scheduler.errors import LabqError, SchedulerStartError, UserError, one_line, state_database_error
 
 EXIT_OK = 0
@@ -50,9 +50,7 @@ def _estimate_settings(ctx: click.Context):
     if _has_cluster_file(ctx):
         settings = _settings(ctx)
         return EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs())
-    from scheduler.policy import QueueConfig
-
-    return EstimateSettings(DEFAULT_USAGE_HALF_LIFE, [QueueConfig(name=DEFAULT_QUEUE)])
+    return EstimateSettings(DEFAULT_USAGE_HALF_LIFE)  # the default queue alone
 
 
 def _store(ctx: click.Context):
@@ -122,18 +120,13 @@ _gpus_option = click.option("--gpus", type=click.IntRange(min=0, max=10_000),
 
 
 def _submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], will_start: bool = False):
-    from scheduler.api import submit
+    from scheduler.api import check_before_start, submit
 
     settings = _settings(ctx)
-    if will_start:
-        from scheduler import daemon
-
-        if (settings.home_path / "labq.db").exists() and not daemon.is_running(settings.home_path):
-            # The scheduler this submit starts checks the whole database first: do
-            # it before writing, so a damaged queue refuses the submit, not the start.
-            store = _store(ctx)
-            store.check_intact()
-            ctx.obj["database_checked"] = True  # the scheduler started next need not read it all again
+    # The scheduler this submit starts checks the whole database first: do it
+    # before writing, so a damaged queue refuses the submit, not the start.
+    if will_start and check_before_start(settings.home_path):
+        ctx.obj["database_checked"] = True  # the scheduler started next need not read it all again
     return submit(spec, list(overrides), settings)
 
 
@@ -318,14 +311,16 @@ def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, sho
     while follow and not api.log_ready(store, job_id):
         time.sleep(0.5)
     streams = ("stdout", "stderr") if show_stderr is None else ("stderr",) if show_stderr else ("stdout",)
-    cursor = api.logs(store, job_id, attempt, streams)
+    offsets = None  # each read goes on from where the last ended, on the attempt the first chose
     while True:
-        for name, chunk in cursor.read():
+        got = api.read_logs(store, job_id, attempt, streams, offsets)
+        for name, chunk in got.chunks:
             out = sys.stderr.buffer if name == "stderr" and len(streams) > 1 else sys.stdout.buffer
             out.write(chunk)
             out.flush()
-        if not follow or cursor.finished():
+        if not follow or got.done:
             return
+        attempt, offsets = got.attempt, got.offsets
         time.sleep(0.3)
 
 

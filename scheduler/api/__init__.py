@@ -14,20 +14,73 @@ Nothing here imports Ray; pandas is imported only by ``results_frame``.
 - ``cluster_view``: nodes, the scheduler's status, usage
 """
 
-from scheduler.api.cluster_view import NodesView, UsageReport, nodes, scheduler_status, usage
-from scheduler.api.files import (AttemptFiles, LogCursor, StepCurve, attempt_file, attempt_files, chosen_attempt,
-                                 log_ready, logs, step_curves)
-from scheduler.api.queue_view import (EstimateSettings, ExperimentStatus, JobStatus, QueueView, Starts, queue,
-                                      start_estimates, status)
-from scheduler.api.ranking import (ADVICE_SHOWN, ROW_FIELDS, Results, advice_for, flatten, main_metric, results,
-                                   results_frame)
-from scheduler.api.submission import (Submitted, active_state_counts, cancel, open_store, resolve_jobs, submit,
-                                      succeeded_all, wait)
+# Each verb's module is imported on first use: `labq queue` should not pay for
+# submit's imports (a CLI call's budget is well under a second).
+_HOME = {
+    "NodesView": "cluster_view",
+    "UsageReport": "cluster_view",
+    "nodes": "cluster_view",
+    "scheduler_status": "cluster_view",
+    "usage": "cluster_view",
+    "AttemptFiles": "files",
+    "LogCursor": "files",
+    "LogRead": "files",
+    "StepCurve": "files",
+    "attempt_file": "files",
+    "attempt_files": "files",
+    "chosen_attempt": "files",
+    "log_ready": "files",
+    "logs": "files",
+    "read_logs": "files",
+    "step_curves": "files",
+    "EstimateSettings": "queue_view",
+    "ExperimentStatus": "queue_view",
+    "JobStatus": "queue_view",
+    "QueueView": "queue_view",
+    "Starts": "queue_view",
+    "queue": "queue_view",
+    "start_estimates": "queue_view",
+    "status": "queue_view",
+    "ADVICE_SHOWN": "ranking",
+    "ROW_FIELDS": "ranking",
+    "Results": "ranking",
+    "advice_for": "ranking",
+    "flatten": "ranking",
+    "main_metric": "ranking",
+    "results": "ranking",
+    "results_frame": "ranking",
+    "Submitted": "submission",
+    "active_state_counts": "queue_view",
+    "cancel": "submission",
+    "check_before_start": "submission",
+    "open_store": "submission",
+    "resolve_jobs": "submission",
+    "submit": "submission",
+    "succeeded_all": "queue_view",
+    "wait": "submission",
+}
+
 
 __all__ = [
     "ADVICE_SHOWN", "ROW_FIELDS", "AttemptFiles", "EstimateSettings", "ExperimentStatus", "JobStatus", "LogCursor",
-    "NodesView", "QueueView", "Results", "StepCurve", "Starts", "Submitted", "UsageReport", "active_state_counts",
-    "advice_for", "attempt_file", "attempt_files", "cancel", "chosen_attempt", "flatten", "log_ready", "logs",
-    "main_metric", "nodes", "open_store", "queue", "resolve_jobs", "results", "results_frame", "scheduler_status",
-    "start_estimates", "status", "step_curves", "submit", "succeeded_all", "usage", "wait",
+    "LogRead", "NodesView", "QueueView", "Results", "StepCurve", "Starts", "Submitted", "UsageReport",
+    "active_state_counts", "advice_for", "attempt_file", "attempt_files", "cancel", "check_before_start",
+    "chosen_attempt", "flatten", "log_ready", "logs", "main_metric", "nodes", "open_store", "queue", "read_logs",
+    "resolve_jobs", "results", "results_frame", "scheduler_status", "start_estimates", "status", "step_curves",
+    "submit", "succeeded_all", "usage", "wait",
 ]
+
+
+def __getattr__(name: str):
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scheduler.api' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"scheduler.api.{module}"), name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -116,6 +116,49 @@ def logs(store: Store, job_id: int, number: int | None = None, streams: tuple[st
     return LogCursor(store, job_id, chosen_attempt(store, job_id, number, what="logs"), streams)
 
 
+@dataclass(frozen=True)
+class LogRead:
+    """What one :func:`read_logs` found: the new bytes of each stream, where each
+    stream now ends (pass ``offsets`` and ``attempt`` back to read on), and
+    ``done``: the job ended or a newer attempt took over, and every stream is
+    read to its end, so a follower stops."""
+
+    job_id: int
+    attempt: int
+    chunks: tuple[tuple[str, bytes], ...]
+    offsets: dict[str, int]
+    done: bool
+
+    def to_json(self) -> dict[str, Any]:
+        import base64
+
+        return {"job_id": self.job_id, "attempt": self.attempt, "offsets": self.offsets, "done": self.done,
+                "chunks": [{"stream": name, "data": base64.b64encode(data).decode("ascii")}
+                           for name, data in self.chunks]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogRead:
+        import base64
+
+        return cls(int(data["job_id"]), int(data["attempt"]),
+                   tuple((c["stream"], base64.b64decode(c["data"])) for c in data["chunks"]),
+                   {str(k): int(v) for k, v in data["offsets"].items()}, bool(data["done"]))
+
+
+def read_logs(store: Store, job_id: int, attempt: int | None = None, streams: tuple[str, ...] = STREAMS,
+              offsets: dict[str, int] | None = None) -> LogRead:
+    """The output of attempt ``attempt`` (default: the latest) written past
+    ``offsets`` (default: from the start): one stateless step of a follower,
+    which waits while :func:`log_ready` is false, then calls this with the
+    attempt and offsets the last call returned until ``done``."""
+    cursor = logs(store, job_id, attempt, streams)
+    for name, at in (offsets or {}).items():
+        if name in cursor.offsets:
+            cursor.offsets[name] = max(0, int(at))
+    chunks = tuple(cursor.read())
+    return LogRead(job_id, cursor.attempt.number, chunks, dict(cursor.offsets), cursor.finished())
+
+
 # ---------------------------------------------------------------- per-step metrics
 
 @dataclass(frozen=True)

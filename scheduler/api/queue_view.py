@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from scheduler.errors import one_line
 from scheduler.records import Job, is_id
+from scheduler.states import JobState
 from scheduler.store import Store
 
 # The running scheduler's estimates (written every loop.ESTIMATE_SECONDS) are
@@ -19,10 +20,19 @@ ESTIMATES_FRESH_SECONDS = 60.0
 @dataclass(frozen=True)
 class EstimateSettings:
     """What a start estimate replays the queue with: the usage half-life and the
-    queues (settings.queue_configs())."""
+    queues (settings.queue_configs()); None: the default queue alone, built only
+    when an estimate is worked out (the policy's import is not free)."""
 
     half_life: float
-    queues: Sequence[Any]  # policy.QueueConfig
+    queues: Sequence[Any] | None = None  # policy.QueueConfig
+
+    def queue_configs(self) -> list[Any]:
+        if self.queues is not None:
+            return list(self.queues)
+        from scheduler import DEFAULT_QUEUE
+        from scheduler.policy import QueueConfig
+
+        return [QueueConfig(name=DEFAULT_QUEUE)]
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,7 @@ def start_estimates(store: Store, now: float, job_ids: list[int], settings: Esti
     from scheduler import estimate
 
     try:
-        starts = estimate.from_store(store, now, half_life=settings.half_life, queues=settings.queues)
+        starts = estimate.from_store(store, now, half_life=settings.half_life, queues=settings.queue_configs())
     except Exception as exc:  # an estimate is a nicety: say why it is missing, list the queue anyway
         return Starts(warning=f"no start estimates: {one_line(str(exc)) or type(exc).__name__}")
     return Starts({job_id: None if at is None else round(at, 1) for job_id, at in starts.items()})
@@ -142,8 +152,6 @@ class ExperimentStatus:
 def status(store: Store, ref: str, estimates: EstimateSettings,
            now: float | None = None) -> JobStatus | ExperimentStatus:
     """A job by id, or an experiment by name (UnknownIdError if neither)."""
-    from scheduler.api.submission import active_state_counts
-
     now = time.time() if now is None else now
     if is_id(ref):
         job = store.job(int(ref))
@@ -155,3 +163,14 @@ def status(store: Store, ref: str, estimates: EstimateSettings,
     counts = active_state_counts(jobs)
     pending = [j.id for j in jobs if j.state.value == "pending"] if counts.get("pending") else []
     return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates), now)
+
+
+def active_state_counts(jobs: list[Job]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.state.value] = counts.get(job.state.value, 0) + 1
+    return counts
+
+
+def succeeded_all(jobs: list[Job]) -> bool:
+    return all(j.state is JobState.SUCCEEDED for j in jobs)

@@ -11,7 +11,6 @@ from scheduler import wakeup
 from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
 from scheduler.identity import current_user
 from scheduler.records import Job, is_id
-from scheduler.states import JobState
 from scheduler.store import Store
 
 if TYPE_CHECKING:  # pydantic costs ~100 ms to import: only the verbs that read settings pay it
@@ -69,6 +68,24 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
     return Submitted(experiment_id=experiment_id, experiment=spec.experiment, job_ids=ids, stages=counts)
 
 
+def check_before_start(home: str | Path) -> bool:
+    """Before a submit that will start a scheduler: read the whole queue
+    database, so that a damaged one refuses the submit (StoreError), not the
+    start.  True when it was read (the scheduler started next need not read it
+    all again); False when there is none yet or a scheduler already runs."""
+    from scheduler import daemon
+
+    home = Path(home)
+    if not (home / "labq.db").exists() or daemon.is_running(home):
+        return False
+    store = Store(home)
+    try:
+        store.check_intact()
+    finally:
+        store.close()
+    return True
+
+
 def wait(store: Store, experiment_id: int, on_update: Callable[[list[Job]], None] | None = None,
          poll: float = 0.5, timeout: float | None = None) -> list[Job]:
     """Block until every job of the experiment is terminal; returns the jobs."""
@@ -117,14 +134,3 @@ def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[i
             store.experiment(experiment)  # raises with the recent names as a hint
         job_ids += store.active_job_ids_of(experiment_ids)
     return job_ids
-
-
-def active_state_counts(jobs: list[Job]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.state.value] = counts.get(job.state.value, 0) + 1
-    return counts
-
-
-def succeeded_all(jobs: list[Job]) -> bool:
-    return all(j.state is JobState.SUCCEEDED for j in jobs)

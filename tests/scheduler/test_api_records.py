@@ -181,3 +181,70 @@ def test_nodes_and_usage(store, submitted, tmp_path, capsys):
     assert printed == api.usage(store, "365d", "user", half_life=printed["half_life_s"], now=printed["now"]).to_json()
     with pytest.raises(UserError, match="--since soon"):
         api.usage(store, "soon", "user", half_life=3600.0)
+
+
+def test_estimates_without_a_cluster_file_replay_the_default_queue_alone():
+    settings = api.EstimateSettings(half_life=3600.0)
+    assert settings.queue_configs() == [QueueConfig(name="default")]
+    assert ESTIMATES.queue_configs() == [QueueConfig(name="default")]
+
+
+def test_read_logs_is_one_stateless_step_of_a_follower(store, submitted, tmp_path):
+    _, ids = submitted
+    with pytest.raises(UserError, match="has not started yet"):
+        api.read_logs(store, ids[0])
+    attempt = _start(store, tmp_path, ids[0])
+    run = Path(attempt.run_dir)
+    got = api.read_logs(store, ids[0])
+    assert (got.attempt, got.chunks, got.offsets, got.done) == (1, (), {"stdout": 0, "stderr": 0}, False)
+    (run / "stdout.log").write_bytes(b"epoch 1\n")
+    (run / "stderr.log").write_bytes(b"warn\n")
+    got = api.read_logs(store, ids[0], got.attempt, offsets=got.offsets)
+    assert got.chunks == (("stdout", b"epoch 1\n"), ("stderr", b"warn\n")) and not got.done
+    assert got.offsets == {"stdout": 8, "stderr": 5}
+    with open(run / "stdout.log", "ab") as f:
+        f.write(b"done \xff\n")  # bytes as written, not text
+    store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={}), NOW + 5)
+    got = api.read_logs(store, ids[0], got.attempt, offsets=got.offsets)
+    assert got.chunks == (("stdout", b"done \xff\n"),) and got.done
+    assert api.LogRead.from_json(json.loads(json.dumps(got.to_json()))) == got
+    again = api.read_logs(store, ids[0], 1, ("stdout",), offsets={"stdout": 8, "stderr": 5})
+    assert again.chunks == (("stdout", b"done \xff\n"),) and again.offsets == {"stdout": 15} and again.done
+    with pytest.raises(UserError, match="no attempt 2"):
+        api.read_logs(store, ids[0], 2)
+
+
+def test_a_follower_of_a_superseded_attempt_stops_once_it_has_read_all(store, submitted, tmp_path, capsysbinary):
+    _, ids = submitted
+    first = _start(store, tmp_path, ids[0])
+    (Path(first.run_dir) / "stdout.log").write_bytes(b"try 1\n")
+    store.finish_attempt(end(first.id, AttemptState.PREEMPTED, result={}), NOW + 5)
+    assert store.job(ids[0]).state.value == "pending"  # requeued: not terminal
+    assert not api.read_logs(store, ids[0]).done  # no newer attempt yet
+    second = _start(store, tmp_path, ids[0])
+    assert second.number == 2
+    got = api.read_logs(store, ids[0], 1)
+    assert got.chunks == (("stdout", b"try 1\n"),) and got.done
+    assert cli.main(["logs", str(ids[0]), "-f", "--attempt", "1"]) == 0
+    assert capsysbinary.readouterr().out == b"try 1\n"
+
+
+def test_a_submit_that_starts_a_scheduler_reads_the_database_first(home):
+    assert not api.check_before_start(home)  # no queue yet
+    Store(home).close()
+    assert api.check_before_start(home)
+
+
+def test_the_cli_reads_the_queue_only_through_the_api():
+    """No verb of cli.py calls a Store method or reads a run dir itself: it
+    passes the store it opened to scheduler.api and prints what comes back."""
+    import ast
+
+    tree = ast.parse(Path(cli.__file__).read_text())
+    calls = [node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+             and node.func.value.id == "store"]
+    assert calls == []
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in [ast.alias(node.module or "")]}
+    assert "workers" not in imported
