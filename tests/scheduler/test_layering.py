@@ -173,3 +173,20 @@ def test_type_checking_imports_are_not_counted():
     tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import scheduler.spec\n"
                      "else:\n    import scheduler.sweep\nimport scheduler.store\n")
     assert _imports(tree) == {"typing.TYPE_CHECKING", "scheduler.sweep", "scheduler.store"}
+
+
+def test_every_package_is_installed():
+    """pyproject's package list covers every package directory (a subpackage
+    left out imports from a checkout but not from `pip install .`)."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = config["packages"]  # a list, or {"find": {"include": [...]}}
+    if isinstance(found, dict):
+        found = find_packages(str(ROOT), include=found["find"]["include"])
+    on_disk = {".".join(p.relative_to(ROOT).parent.parts) for package in PACKAGES
+               for p in (ROOT / package).rglob("__init__.py")}
+    assert on_disk >= {"scheduler.api", "scheduler.policy"}
+    assert set(found) == on_disk
