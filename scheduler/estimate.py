@@ -106,7 +106,7 @@ def estimate_starts(pending: Iterable[policy.Demand], running: Iterable[policy.R
     if not pending or limit <= 0:
         return out
     cluster = VirtualCluster(nodes, nodes if known is None else known, policy_name=policy.DEFAULT_POLICY,
-                             queues=queues, half_life=getattr(usage, "half_life", half_life), usage=usage or {}, now=now)
+                             queues=queues, half_life=getattr(usage, "half_life", half_life), usage=usage, now=now)
     for d in first_of_each_class(pending, limit):
         cluster.arrive(d, durations.get(d.job_id))
     _adopt_running(cluster, running, durations, now)

@@ -259,8 +259,9 @@ class Scheduler:
                 self._ask_stop(run, AttemptState.PREEMPTED, now, detail=f"preempted: {why}")
 
     def _decide(self, now: float) -> policy.Decision:
-        known = self.free_capacity(list(self.nodes.known.values()))
-        return policy.decide(self.pending.index, self.free_capacity(), known=known, running=self._running_jobs(),
+        running = self._running_jobs()  # once: both capacity views and the policy read it
+        known = self.free_capacity(list(self.nodes.known.values()), running)
+        return policy.decide(self.pending.index, self.free_capacity(running=running), known=known, running=running,
                              queues=self._queues, usage=self._usage.snapshot() if self._usage else None, now=now,
                              policy="labq")
 
@@ -302,13 +303,15 @@ class Scheduler:
                                   time_limit=r.job.timeout, priority=r.job.priority, custom=r.job.custom)
                 for r in self.attempts.holding()]
 
-    def free_capacity(self, nodes_in: list | None = None) -> list[policy.Node]:
+    def free_capacity(self, nodes_in: list | None = None,
+                      running: list[policy.RunningJob] | None = None) -> list[policy.Node]:
         """Capacity from the nodes' totals minus what labq's running attempts
+        (``running``: :meth:`_running_jobs`, when the caller has it already)
         and draining GPU shares hold.  Computed from labq's own books, not Ray's
         available resources, which lag behind just-launched tasks."""
         book = policy.CapacityBook(policy.node_of(n.node_id, n.resources, self.gpus.readings.get(n.node_id, ()))
                                    for n in (self.nodes.placeable if nodes_in is None else nodes_in))
-        for run in self._running_jobs():
+        for run in self._running_jobs() if running is None else running:
             book.take(run)
         for d in self.gpus.draining.values():  # ended, but its processes may still hold GPU memory
             book.hold_gpus(d.node_id, d.gpu_indices, d.share)

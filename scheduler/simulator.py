@@ -272,8 +272,15 @@ class _Replay:
         shapes = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0])) for n in nodes]
         self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life)
         self.with_memory = any(n.memory_total for n in nodes)  # else memory is not simulated
-        self.first_start, self.finish = self.cluster.first_start, self.cluster.finish
         self.timeline: list[tuple[float, float, float]] = []
+
+    @property
+    def first_start(self) -> dict[int, float]:
+        return self.cluster.first_start
+
+    @property
+    def finish(self) -> dict[int, float]:
+        return self.cluster.finish
 
     def demand(self, index: int) -> policy.Demand:
         job = self.trace[index]

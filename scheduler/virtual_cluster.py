@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from scheduler import policy
 
@@ -25,7 +25,7 @@ class VirtualCluster:
 
     def __init__(self, nodes: Iterable[policy.Node], known: Iterable[policy.Node], *, policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float,
-                 usage: dict | None = None, now: float | None = None):
+                 usage: Mapping | None = None, now: float | None = None):
         self.policy = policy_name
         self.queues = queues
         self.known = [policy.empty_copy(n) for n in known]

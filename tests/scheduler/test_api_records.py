@@ -18,7 +18,7 @@ from scheduler.records import NodeSnapshot
 from scheduler.states import AttemptState
 from scheduler.store import Store
 
-from test_store import NOW, _submit_yaml, end
+from test_store import NOW, _submit_yaml, end, store  # noqa: F401  (store: over this module's home)
 
 SPEC = """
 experiment: records
@@ -35,13 +35,6 @@ ESTIMATES = api.EstimateSettings(half_life=7 * 86400.0, queues=[QueueConfig(name
 @pytest.fixture
 def home() -> Path:
     return Path(os.environ["LABQ_HOME"])  # the autouse fixture's: the CLI reads the same one
-
-
-@pytest.fixture
-def store(home):
-    s = Store(home)
-    yield s
-    s.close()
 
 
 @pytest.fixture
