@@ -99,7 +99,7 @@ def scheduler_part(home: Path, out: Path, reps: int = 5) -> None:
     store = Store(home)
     sched = Scheduler(store, backend, settings)
     t_constructed = time.perf_counter()
-    lost = sched.reconcile(time.time())
+    lost = sched.reconcile(time.time()).lost
     t_reconciled = time.perf_counter()
     sched.tick(time.time())
     t_tick = time.perf_counter()

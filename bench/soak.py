@@ -791,7 +791,7 @@ class Soak:
 
     def command_pgid(self, run_dir: Path) -> int | None:
         try:
-            pgid = int((run_dir / "pgid").read_text().strip())
+            pgid = int((run_dir / "pgid").read_text().split()[0])
         except (FileNotFoundError, ValueError):
             return None
         want = str(run_dir / "stdout.log")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Protocol
 
 from contract.attempt import AttemptTask, AttemptTrace, WorkerResult
+from contract.owner import Held
 from scheduler.records import EndCause
 from scheduler.states import AttemptState
 
@@ -52,6 +53,16 @@ class TaskEnd:
         return cls(state, cause, result, result.error)
 
 
+@dataclass(frozen=True)
+class Adopted:
+    """A task a previous scheduler launched that still runs (or ended
+    unrecorded), now waited on again by ``handle``."""
+
+    handle: Handle
+    held: Held
+    node_id: str
+
+
 class Backend(Protocol):
     """What the scheduler needs of a cluster."""
 
@@ -71,13 +82,22 @@ class Backend(Protocol):
         """The node the scheduler runs on (the head, on a cluster)."""
 
     def launch(self, task: AttemptTask, *, node_id: str | None, pip: list[str] | None = None,
-               fresh_worker: bool = False) -> Handle:
-        """Start one attempt with ``task.resources``, pinned to ``node_id``."""
+               fresh_worker: bool = False, gpu_indices: tuple[int, ...] = ()) -> Handle:
+        """Start one attempt with ``task.resources``, pinned to ``node_id``
+        (``gpu_indices``: the policy's plan, handed back by :meth:`adopt`)."""
 
     def launch_pack(self, tasks: list[AttemptTask], *, node_id: str | None,
                     pip: list[str] | None = None) -> Handle:
         """Start several short CPU attempts one after another in one task, with
         the first one's share."""
+
+    def adopt(self) -> list[Adopted]:
+        """The tasks of this labq home that outlived the scheduler that launched
+        them, each waited on again; launches of that older scheduler are
+        refused from now on."""
+
+    def release(self, handles: list[Handle]) -> None:
+        """The ends of ``handles`` are recorded: what holds them may let go."""
 
     def ready(self, handles: list[Handle], timeout: float = 0.0) -> list[Handle]:
         """The handles that have ended; with a timeout, wait until one has."""

@@ -547,13 +547,29 @@ def scheduler_start(ctx: click.Context, address: str | None, cpus: float | None,
 
 
 @scheduler.command("stop")
+@click.option("--drain", is_flag=True, help="Start nothing new, wait for the running jobs to end, then stop.")
+@click.option("--cancel-running", is_flag=True, help="End the running jobs too and requeue them.")
 @click.pass_context
-def scheduler_stop(ctx: click.Context) -> None:
-    """Stop the scheduler; jobs it was running are requeued."""
+def scheduler_stop(ctx: click.Context, drain: bool, cancel_running: bool) -> None:
+    """Stop the scheduler.  Running jobs go on and the next `labq scheduler
+    start` takes them over, unless --drain or --cancel-running says otherwise."""
     from scheduler import daemon
 
-    pid = daemon.stop(_settings(ctx).home_path)
-    click.echo("no scheduler was running" if pid is None else f"scheduler stopped (pid {pid})")
+    if drain and cancel_running:
+        raise click.UsageError("--drain and --cancel-running exclude each other")
+    mode = daemon.STOP_DRAIN if drain else daemon.STOP_CANCEL if cancel_running else daemon.STOP_LEAVE
+    home = _settings(ctx).home_path
+    if drain and daemon.is_running(home):
+        click.echo("draining: nothing new starts; waiting for the running jobs to end (Ctrl-C stops waiting, "
+                   "not the drain)")
+    stopped = daemon.stop(home, timeout=None if drain else 30.0, mode=mode)
+    if stopped is None:
+        click.echo("no scheduler was running")
+        return
+    left = stopped.left_running
+    tail = ("; it did not stop in time and was killed: the next start adopts what still runs" if stopped.killed
+            else f"; {left} running jobs go on, and the next `labq scheduler start` takes them over" if left else "")
+    click.echo(f"scheduler stopped (pid {stopped.pid}){tail}")
 
 
 @scheduler.command("status")

@@ -2,10 +2,17 @@
 
 One scheduler per ``LABQ_HOME``, guaranteed by an exclusive ``flock`` on
 ``scheduler.lock`` that the daemon holds for its whole life (the kernel drops it
-if the process dies, so a stale pid file can never block a restart).  The daemon
-writes ``scheduler.pid`` and logs to ``scheduler.log`` in ``LABQ_HOME``.
+if the process dies, so a stale pid file can never block a restart), and one
+per Ray cluster, by a named actor only a live scheduler holds
+(``ray_backend.SchedulerLock``).  The daemon writes ``scheduler.pid`` and logs
+to ``scheduler.log`` in ``LABQ_HOME``.
 
-This module does not import Ray; only the daemon's own ``main`` does.
+Running attempts outlive the scheduler (their owners are on the nodes, see
+workers.owner), and so does the local Ray labq starts (scheduler.local_ray):
+a stop leaves them running unless asked to drain or cancel, and the next start
+adopts them.
+
+This module does not import Ray; only the daemon's child process does.
 """
 
 from __future__ import annotations
@@ -146,58 +153,52 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
                          f"see {log_path(home)}")
 
 
-def stop(home: Path, timeout: float = 30.0) -> int | None:
-    """SIGTERM the daemon and wait for it to let go of its lock; SIGKILL after
-    ``timeout``.  Returns the pid stopped, or None if none ran."""
+# How a stop treats the attempts that run (`labq scheduler stop [--drain | --cancel-running]`).
+STOP_LEAVE = "leave"  # they run on under their owners; the next start adopts them
+STOP_DRAIN = "drain"  # start nothing new, wait for them to end, then stop
+STOP_CANCEL = "cancel"  # end them and requeue their jobs (labq before 0.2)
+STOP_MODES = (STOP_LEAVE, STOP_DRAIN, STOP_CANCEL)
+
+
+@dataclass
+class Stopped:
+    pid: int
+    left_running: int | None  # attempts left running for the next scheduler (None: not known)
+    killed: bool = False  # it did not stop in time and was killed
+
+
+def stop(home: Path, timeout: float | None = 30.0, mode: str = STOP_LEAVE) -> Stopped | None:
+    """Ask the daemon to stop (SIGTERM, with ``mode`` left in ``scheduler.stop``)
+    and wait for it to let go of its lock; SIGKILL after ``timeout`` (None: wait
+    as long as it takes, as a drain does).  Returns what stopped, or None if
+    none ran."""
     st = status(home)
     if not st.running or st.pid is None:
         return None
+    request = _stop_path(home)
+    request.write_text(json.dumps({"mode": mode, "at": time.time()}))
     os.kill(st.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
         if not is_running(home):
-            return st.pid
+            return Stopped(st.pid, _read_state(home).get("left_running"))
         time.sleep(0.1)
     os.kill(st.pid, signal.SIGKILL)
-    return st.pid
+    return Stopped(st.pid, None, killed=True)
 
 
-def _local_ray_processes() -> list[tuple[int, float]]:
-    """(pid, start time) of every process under this one: the local Ray it
-    started.  Recorded with each heartbeat so the next scheduler can end them."""
-    import psutil
-
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            found.append((proc.pid, proc.create_time()))
-        except psutil.NoSuchProcess:
-            continue
-    return found
+def _stop_path(home: Path) -> Path:
+    return home / "scheduler.stop"
 
 
-def _reap_previous_local_ray(home: Path) -> int:
-    """A scheduler killed with -9 cannot shut down the local Ray it started, and
-    some of Ray's helper processes outlive it (Ray renames them, so they cannot be
-    found by command line).  Called by the next scheduler of the same home, which
-    holds the lock, so the old one is gone: end the processes it recorded, checking
-    start times so a reused pid is never touched.  Never used for a Ray at an
-    address, which is not ours to stop."""
-    old = _read_state(home)
-    if not old or old.get("address") not in (None, "local"):
-        return 0
-    import psutil
-
-    count = 0
-    for pid, started in old.get("ray_processes") or []:
-        try:
-            proc = psutil.Process(pid)
-            if abs(proc.create_time() - started) < 0.01 and pid != os.getpid():
-                proc.kill()
-                count += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return count
+def _take_stop_request(home: Path) -> str:
+    """The mode the last `labq scheduler stop` asked for (a plain SIGTERM: leave)."""
+    try:
+        mode = json.loads(_stop_path(home).read_text()).get("mode")
+        _stop_path(home).unlink()
+    except (OSError, ValueError, AttributeError):
+        return STOP_LEAVE
+    return mode if mode in STOP_MODES else STOP_LEAVE
 
 
 # ---------------------------------------------------------------- the daemon itself
@@ -207,6 +208,8 @@ SUPERVISOR_BACKOFF_SECONDS = (2.0, 5.0, 10.0, 30.0)
 EXIT_STATE_UNUSABLE = 78
 # A child that lost Ray exits with this; the supervisor starts a new one.
 EXIT_RAY_DOWN = 75
+# Another scheduler already drives this Ray cluster: no restart mends that.
+EXIT_CLUSTER_TAKEN = 76
 HEARTBEAT_SECONDS = 2.0
 PRIVATE_UMASK = 0o077
 RAY_DOWN_BEATS = 3  # heartbeats in a row that find Ray down before the child gives up on it
@@ -226,6 +229,8 @@ def _parse(argv: list[str] | None):
     parser.add_argument("--gpus", type=int)
     parser.add_argument("--idle-timeout", type=float)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    # The child before this one lost its Ray: do not join the same local Ray again.
+    parser.add_argument("--ray-was-down", action="store_true", help=argparse.SUPPRESS)
     # The database was checked just before this start (by the CLI that spawned it).
     parser.add_argument("--checked", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -272,24 +277,32 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     failures = 0
     lives = 0
+    ray_was_down = False
     while not stop_event.is_set():
         # Only the first life trusts the starter's check: a restart checks again.
         child_args = [a for a in (argv or sys.argv[1:]) if a != "--checked" or lives == 0]
+        if ray_was_down:
+            child_args.append("--ray-was-down")
         lives += 1
         proc = subprocess.Popen([sys.executable, "-m", "scheduler.daemon", "--child", *child_args],
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         child["proc"] = proc
         started = time.monotonic()
         code = proc.wait()
-        if code in (0, EXIT_STATE_UNUSABLE) or stop_event.is_set():
+        if code in (0, EXIT_STATE_UNUSABLE, EXIT_CLUSTER_TAKEN) or stop_event.is_set():
             if code == EXIT_STATE_UNUSABLE:
                 log.error("the state database is unusable (see above); the scheduler stops instead of retrying")
+            if code == EXIT_CLUSTER_TAKEN:
+                log.error("another labq scheduler drives this Ray cluster (see above); this one stops")
             break
+        ray_was_down = code == EXIT_RAY_DOWN
         failures = 0 if time.monotonic() - started > 60 else failures + 1
         delay = SUPERVISOR_BACKOFF_SECONDS[min(failures, len(SUPERVISOR_BACKOFF_SECONDS) - 1)]
         log.warning("the scheduler process exited with code %s (Ray down?); restarting in %.0fs", code, delay)
         _write_state(home, pid=os.getpid(), ray="down", **_old_ray(home))
         stop_event.wait(delay)
+    if code == EXIT_CLUSTER_TAKEN:
+        _write_state(home, pid=os.getpid(), ray="taken", **{**_old_ray(home), "error": _read_state(home).get("error")})
     log.info("scheduler stopped")
     return 0
 
@@ -314,7 +327,7 @@ def _die_with_parent() -> None:
 def _old_ray(home: Path) -> dict:
     """What the last child recorded of its local Ray, kept so the next one reaps it."""
     old = _read_state(home)
-    return {k: old.get(k) for k in ("address", "ray_session_dir", "ray_processes")}
+    return {k: old.get(k) for k in ("address", "ray_processes", "local_ray", "left_running")}
 
 
 def _child(args) -> int:
@@ -323,9 +336,10 @@ def _child(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("labq.daemon")
 
+    from scheduler import local_ray
     from scheduler.config import load_settings
     from scheduler.loop import Scheduler, run
-    from scheduler.ray_backend import RayBackend
+    from scheduler.ray_backend import ClusterTaken, RayBackend
     from scheduler.store import Store
 
     os.environ["LABQ_HOME"] = str(home)
@@ -333,22 +347,30 @@ def _child(args) -> int:
     address = args.address or settings.address
     if address == "local":
         address = None
-    backend = RayBackend(address=address, num_cpus=args.cpus or settings.local.num_cpus,
-                         num_gpus=args.gpus if args.gpus is not None else settings.local.num_gpus)
     stop_event = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    stop_mode = {"mode": STOP_LEAVE}
+    scheduler_ref: dict[str, Scheduler | None] = {"it": None}
+
+    def on_term(*_) -> None:
+        mode = _take_stop_request(home)
+        stop_mode["mode"] = mode
+        if mode == STOP_DRAIN and scheduler_ref["it"] is not None:
+            log.info("draining: nothing new starts; the scheduler stops once what runs has ended")
+            scheduler_ref["it"].draining = True
+        else:
+            stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
     supervisor = os.getppid()
-    session: dict[str, str | None] = {"dir": None}
+    keeper: dict[str, local_ray.LocalRay | None] = {"it": None}
 
-    def write_state(ray_state: str) -> None:
+    def write_state(ray_state: str, **extra) -> None:
+        kept = keeper["it"]
         _write_state(home, pid=supervisor, ray=ray_state, address=address or "local",
-                     ray_session_dir=session["dir"], ray_processes=_local_ray_processes() if address is None else [])
+                     local_ray=kept.to_json() if kept else None,
+                     ray_processes=kept.processes() if kept else [], **extra)
 
-    if address is None:
-        reaped = _reap_previous_local_ray(home)
-        if reaped:
-            log.info("ended %d processes of the local Ray of a scheduler that died", reaped)
     try:  # before Ray: a damaged database is not Ray's fault, and no retry mends it
         store = Store(home, fsync_commits=False)  # see Store: kill -9 loses nothing, a power cut may rerun jobs
         if not args.checked:
@@ -356,19 +378,35 @@ def _child(args) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return EXIT_STATE_UNUSABLE
+    if address is None:
+        try:
+            keeper["it"] = _local_ray(home, args, settings, log)
+        except Exception as exc:
+            log.error("could not start the local Ray: %s", exc)
+            return EXIT_RAY_DOWN
     write_state("starting")
-    log.info("connecting to Ray (%s)", address or "local")
+    joined = address or keeper["it"].address
+    log.info("connecting to Ray (%s)", address or f"local, {joined}")
+    backend = RayBackend(address=joined, home=home)
     try:
         backend.connect()
+        backend.lock_cluster(home)
+    except ClusterTaken as exc:
+        log.error("%s", exc)
+        write_state("taken", error=str(exc))
+        backend.shutdown()
+        return EXIT_CLUSTER_TAKEN
     except Exception as exc:  # Ray not there (yet): the supervisor retries
-        log.error("could not connect to Ray at %s: %s", address or "local", exc)
+        log.error("could not connect to Ray at %s: %s", joined, exc)
         return EXIT_RAY_DOWN
-    if address is None:
-        session["dir"] = backend.session_dir()
     scheduler = Scheduler(store, backend, settings)
-    lost = scheduler.reconcile(time.time())
-    if lost:
-        log.info("reconciled %d attempts left running by a previous scheduler", lost)
+    found = scheduler.reconcile(time.time())
+    if found.adopted or found.lost:
+        log.info("adopted %d attempts that outlived the previous scheduler; %d had died with it (requeued)",
+                 found.adopted, found.lost)
+    scheduler_ref["it"] = scheduler
+    if stop_mode["mode"] == STOP_DRAIN:  # asked while this life was starting
+        scheduler.draining = True
     write_state("up")
 
     def heartbeat() -> None:
@@ -394,14 +432,52 @@ def _child(args) -> int:
     threading.Thread(target=heartbeat, daemon=True).start()
     idle = args.idle_timeout if args.idle_timeout is not None else 0.0
     log.info("scheduler running (pid %d, supervisor %d, home %s)", os.getpid(), supervisor, home)
+    left = 0
     try:
         run(scheduler, stop_event, idle_timeout=idle)
     finally:
-        scheduler.release_all(time.time(), "scheduler stopped while the attempt ran")
-        write_state("stopped")
+        now = time.time()
+        if stop_mode["mode"] == STOP_CANCEL:
+            scheduler.release_all(now, "cancelled by `labq scheduler stop --cancel-running`")
+        else:
+            scheduler.detach(now)
+        left = len(store.running_attempts())
+        if left:
+            log.info("%d attempts run on under their owners; the next scheduler adopts them", left)
+        else:
+            backend.end_idle_owners()
+        stop_event.set()  # the heartbeat must not write "up" over what follows
         backend.shutdown()
+        if not left and keeper["it"] is not None:
+            local_ray.stop(keeper["it"])
+            keeper["it"] = None
+        write_state("stopped", left_running=left)
         log.info("scheduler loop ended")
     return 0
+
+
+def _local_ray(home: Path, args, settings, log: logging.Logger):
+    """The local Ray of this home: the one a previous scheduler started, if its
+    keeper still runs (its attempts may still run there), else a new one
+    (after ending whatever a dead one left)."""
+    from scheduler import local_ray
+
+    old_state = _read_state(home)
+    old = local_ray.LocalRay.from_json(old_state.get("local_ray"))
+    if old is not None and old.alive() and not args.ray_was_down:
+        log.info("joining the local Ray a previous scheduler started (%s)", old.address)
+        return old
+    if old is not None:
+        ended = local_ray.stop(old)
+        if ended:
+            log.info("ended the local Ray of a previous scheduler (%d processes): %s", ended,
+                     "it went down under it" if args.ray_was_down else "it was broken")
+    reaped = local_ray.reap(old_state.get("ray_processes") or [])
+    if reaped:
+        log.info("ended %d processes left by the local Ray of a scheduler that died", reaped)
+    log.info("starting a local Ray")
+    return local_ray.start(home, num_cpus=args.cpus or settings.local.num_cpus,
+                           num_gpus=args.gpus if args.gpus is not None else settings.local.num_gpus)
 
 
 if __name__ == "__main__":

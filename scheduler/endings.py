@@ -37,7 +37,7 @@ MAX_FREE_RETRIES = 5
 
 # Lost through no fault of the job, and counted against MAX_FREE_RETRIES: a job
 # can be what kills its node, so these cannot requeue for ever.
-NODE_LOSSES = frozenset({EndCause.NODE_DIED, EndCause.SCHEDULER_GONE})
+NODE_LOSSES = frozenset({EndCause.NODE_DIED, EndCause.SCHEDULER_GONE, EndCause.OWNER_DIED})
 # Lost without having had a fair run: it never began in its pack, or its pack was
 # stopped for another job's sake.  Not the job's doing, and not a danger to the
 # node either, so not capped.

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.attempt import AttemptTask, AttemptTrace, WorkerResult
-from scheduler.backend import NodeInfo, TaskEnd
+from contract.owner import Held
+from scheduler.backend import Adopted, NodeInfo, TaskEnd
 from scheduler.records import EndCause
 from scheduler.states import AttemptState
 from workers import node_ops
@@ -53,6 +54,10 @@ class FakeBackend:
     cancels: list[tuple[Handle, bool]] = field(default_factory=list)  # (handle, force) per cancel asked
     launch_options: list[dict[str, Any]] = field(default_factory=list)  # node_id, pip, fresh_worker per launch
     groups_ended: list[str] = field(default_factory=list)  # run dirs whose process group was ended
+    # What a restarted scheduler may adopt: every task launched and not yet
+    # released, as a node's owner holds it (the fake outlives its schedulers).
+    held: dict[Handle, Held] = field(default_factory=dict)
+    released: list[Handle] = field(default_factory=list)
 
     def connect(self) -> None:
         pass
@@ -73,13 +78,15 @@ class FakeBackend:
         return self.node_list[0].node_id
 
     def launch(self, task: AttemptTask, *, node_id: str | None, pip: list[str] | None = None,
-               fresh_worker: bool = False) -> Handle:
+               fresh_worker: bool = False, gpu_indices: tuple[int, ...] = ()) -> Handle:
         if self.first_launch_at is None:
             self.first_launch_at = time.perf_counter()
         handle = Handle(len(self.launched))
         self.launched.append((handle, task))
         self.launch_options.append({"node_id": node_id, "pip": pip, "fresh_worker": fresh_worker})
         self._running.append(handle)
+        self.held[handle] = Held(key=task.run_dir, attempts=((task.job_id, task.attempt),), pack=False,
+                                 gpu_indices=tuple(gpu_indices), launched_at=time.time(), ended=False)
         return handle
 
     def launch_pack(self, tasks: list[AttemptTask], *, node_id: str | None,
@@ -92,6 +99,8 @@ class FakeBackend:
         self.launch_options.append({"node_id": node_id, "pip": pip, "fresh_worker": False})
         self._running.append(handle)
         self.packs[handle] = len(tasks)
+        self.held[handle] = Held(key=tasks[0].run_dir, attempts=tuple((t.job_id, t.attempt) for t in tasks),
+                                 pack=True, gpu_indices=(), launched_at=time.time(), ended=False)
         return handle
 
     def finish_oldest(self, k: int) -> None:
@@ -114,6 +123,16 @@ class FakeBackend:
             self._outcomes[handle] = TaskEnd.returned(WorkerResult.from_json(result))
         else:
             self._outcomes[handle] = TaskEnd(state, cause or _RAY_CAUSES.get(state, EndCause.WORKER_DIED), None, error)
+
+    def adopt(self) -> list[Adopted]:
+        """Every task launched and not released: the same handles, as a new
+        scheduler would wait on them again."""
+        return [Adopted(handle=h, held=held, node_id=self.local_node_id()) for h, held in self.held.items()]
+
+    def release(self, handles: list[Handle]) -> None:
+        for handle in handles:
+            if self.held.pop(handle, None) is not None:
+                self.released.append(handle)
 
     def ready(self, refs: list[Handle], timeout: float = 0.0) -> list[Handle]:
         return [r for r in refs if r in self.done]

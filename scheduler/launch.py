@@ -62,7 +62,8 @@ class Launcher:
             # A worker that has used CUDA keeps its first device: real GPUs get a fresh
             # worker per job. Logical GPUs (NVML read nothing there) have no CUDA to keep.
             fresh = task.resources.gpu > 0 and self._has_nvml(placement.node_id)
-            handle = self._backend.launch(task, node_id=placement.node_id, pip=pip, fresh_worker=fresh)
+            handle = self._backend.launch(task, node_id=placement.node_id, pip=pip, fresh_worker=fresh,
+                                          gpu_indices=placement.gpu_indices)
         except Exception as exc:  # bad runtime env, Ray gone mid-pass: the attempt failed to start
             log.exception("launching job %s failed", job.id)
             self._store.finish_attempt(AttemptEnd(attempt.id, AttemptState.LOST, EndCause.LAUNCH_FAILED,

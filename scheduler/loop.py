@@ -21,11 +21,12 @@ import collections
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 from contract.attempt import run_dir_for
 from scheduler import accounting, estimate, node_report, packing, policy, wakeup
-from scheduler.attempt_table import AttemptTable, Running, saved_end
+from scheduler.attempt_table import AttemptTable, Pack, Running, saved_end
 from scheduler.backend import Backend
 from scheduler.config import Settings
 from scheduler.gpu_books import DRAIN_DEADLINE_SECONDS, Draining, GpuBooks
@@ -37,6 +38,14 @@ from scheduler.states import AttemptState
 from scheduler.store import Store
 
 log = logging.getLogger("labq.loop")
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a starting scheduler found of the attempts its store says run."""
+
+    adopted: int  # still running (or ended unrecorded) under their owners: taken over
+    lost: int  # died with their owner, node or Ray: recorded, and requeued
 
 NODE_REFRESH_SECONDS = 2.0
 NODE_FRESHNESS_SECONDS = 0.5
@@ -71,6 +80,8 @@ class Scheduler:
         # Backend tasks launched, by jobs per task (1: a job alone), since start:
         # what packing did (the throughput benchmark reports it).
         self.launched: collections.Counter[int] = collections.Counter()
+        # `labq scheduler stop --drain`: start nothing new; the daemon ends the loop once nothing runs.
+        self.draining = False
 
     @property
     def running(self) -> dict[int, Running]:
@@ -127,6 +138,8 @@ class Scheduler:
             # a finished task's result can be fetched again.
             self.attempts.put_back(tasks)
             raise
+        # Recorded: whoever holds these tasks for a scheduler to come may let go.
+        self.backend.release([runs[0].handle for runs in tasks])
         for (run, end), job_state in zip(ends, states):
             log.info("job %s attempt %s: %s -> job %s", run.job.id, run.attempt.number, end.state.value,
                      job_state.value)
@@ -221,7 +234,7 @@ class Scheduler:
         # Fair share's usage must follow every start and end, queue empty or not:
         # it charges what ran since the last call to what was running then.
         self._account(now)
-        if not len(self.pending):
+        if not len(self.pending) or self.draining:
             return
         decision = self._decide(now)
         if decision.unschedulable and now - self.nodes.refreshed_at > NODE_FRESHNESS_SECONDS:
@@ -386,21 +399,81 @@ class Scheduler:
 
     # ------------------------------------------------------------ restart and stop
 
-    def reconcile(self, now: float) -> int:
-        """Attempts the store says are running but this process did not launch
-        belong to a scheduler that is gone, and Ray ends a task when its owner dies.
-        Record a result the worker managed to write; otherwise mark the attempt lost
-        and requeue the job (not charged to its retries).  Returns how many."""
-        count = 0
-        for attempt, _job in self.store.running_attempts():
-            if attempt.id in self.attempts:
+    def reconcile(self, now: float) -> Reconciled:
+        """Take over from a scheduler that stopped or died.  The attempts it
+        launched are owned on their nodes, not by it (workers.owner), so the
+        store's running attempts that an owner still holds are adopted: they
+        go on, hold their share, and end, are cancelled or time out here as if
+        launched here.  The rest truly died with their owner, node or Ray: a
+        result the worker managed to write is recorded, else, once whatever
+        is left of its command is ended on its node, the attempt is marked
+        lost and its job requeued (not charged to its retries)."""
+        running = {a.run_dir: (a, j) for a, j in self.store.running_attempts() if a.id not in self.attempts}
+        by_number = {(j.id, a.number): (a, j) for a, j in running.values()}
+        adopted = 0
+        gone: list = []  # handles of tasks whose end is already recorded
+        for task in self.backend.adopt():
+            if not self._is_ours(task.held.key):
+                continue  # another home's (an owner may serve several in tests): not ours to touch
+            members = [by_number.get(pair) for pair in task.held.attempts] if task.held.key in running else [None]
+            if not all(members):
+                # Its end was recorded before the owner was told to forget it (or, for a
+                # pack, part of it was): stop what may still run of it, and let go.
+                if not task.held.ended:
+                    self.backend.cancel(task.handle, force=True)
+                gone.append(task.handle)
+                for member in members:
+                    if member is not None:
+                        running.pop(member[0].run_dir, None)
+                        self.store.finish_attempt(AttemptEnd(
+                            member[0].id, AttemptState.LOST, EndCause.SCHEDULER_GONE,
+                            error="its pack was only partly known after the scheduler restarted"), now)
                 continue
+            pack = Pack(task.handle, tuple(a.id for a, _ in members)) if task.held.pack else None
+            runs = [Running(attempt=a, job=j, handle=task.handle, pack=pack,
+                            gpu_indices=task.held.gpu_indices if i == 0 else ())
+                    for i, (a, j) in enumerate(members)]
+            self.attempts.add(runs)
+            for a, _ in members:
+                running.pop(a.run_dir)
+            adopted += len(runs)
+        if gone:
+            self.backend.release(gone)
+        lost = 0
+        alive = {n.node_id for n in self.backend.nodes() if n.alive}
+        for attempt, _job in running.values():
             saved = self.backend.trace(attempt.node_id, attempt.run_dir).saved
-            self.store.finish_attempt(saved_end(attempt.id, saved) if saved is not None else AttemptEnd(
-                attempt.id, AttemptState.LOST, EndCause.SCHEDULER_GONE,
-                error="scheduler restarted; the attempt's Ray task ended with it"), now)
-            count += 1
-        return count
+            if saved is not None:
+                end = saved_end(attempt.id, saved)
+            else:
+                if attempt.node_id in alive or attempt.node_id is None:
+                    # A command's process group may outlive its worker: end it before the retry starts.
+                    self.backend.end_process_group(attempt.node_id, attempt.run_dir)
+                end = AttemptEnd(attempt.id, AttemptState.LOST, EndCause.OWNER_DIED, error=(
+                    "lost while the scheduler was restarting: no labq owner held it any more (the owner on its "
+                    "node, the node or Ray itself went down)"))
+                end.error = f"{end.error} (on node {self.nodes.describe(attempt.node_id)})"
+            self.store.finish_attempt(end, now)
+            lost += 1
+        if adopted or lost:
+            self._dirty = True
+        return Reconciled(adopted=adopted, lost=lost)
+
+    def _is_ours(self, run_dir: str) -> bool:
+        """Whether a run dir is under this home's runs (an owner may serve several homes in tests)."""
+        return str(run_dir).startswith(str(self.settings.home_path / "runs") + "/")
+
+    def detach(self, now: float) -> int:
+        """On a stop that leaves running attempts running: record what already
+        ended, and let go of the rest, which the next scheduler adopts.
+        Returns how many are left running."""
+        try:
+            self._record_ends(self.backend.ready(self.attempts.handles()), now)
+        except Exception:  # Ray or the disk going away: the next scheduler records them
+            log.exception("recording the last ends before stopping failed")
+        left = len(self.attempts)
+        self.attempts.clear()
+        return left
 
     def release_all(self, now: float, why: str) -> None:
         """On a clean stop: record what already ended, then end what this
@@ -411,10 +484,12 @@ class Scheduler:
             self._record_ends(self.backend.ready(self.attempts.handles()), now)
         except Exception:  # Ray or the disk going away: what is left is requeued below
             log.exception("recording the last ends before stopping failed")
-        for handle in self.attempts.handles():
+        handles = self.attempts.handles()
+        for handle in handles:
             self.backend.cancel(handle, force=True)
         for end in self._release_ends(why, now):
             self.store.finish_attempt(end, now)
+        self.backend.release(handles)
         self.attempts.clear()
 
     def _release_ends(self, why: str, now: float) -> Iterator[AttemptEnd]:
@@ -456,6 +531,9 @@ def _run_passes(scheduler: Scheduler, stop: threading.Event, poll: float, idle_t
         except Exception:  # one bad pass must not kill the daemon; the store keeps the truth
             log.exception("scheduler pass failed")
             stop.wait(1.0)
+        if scheduler.draining and not len(scheduler.attempts):
+            log.info("drained: nothing runs any more")
+            return
         if idle_timeout:
             busy = bool(len(scheduler.attempts)) or scheduler.store.count_active() > 0
             idle_since = None if busy else (idle_since or now)

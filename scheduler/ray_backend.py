@@ -1,16 +1,25 @@
-"""The only module of labq that talks to Ray.
+"""The only module of the scheduler that talks to Ray.
 
-It connects (or starts a local Ray), reports node capacity, launches one task
-per attempt with the job's resources pinned to the node the policy chose, waits
-on many tasks at once, cancels, and translates Ray's errors into attempt
-outcomes.  Ray's task retries are off: labq counts attempts itself so that every
-try is recorded.
+It connects, reports node capacity, has each attempt launched with the job's
+resources on the node the policy chose, waits on many at once, cancels, and
+translates Ray's errors into attempt outcomes.  Ray's task retries are off:
+labq counts attempts itself so that every try is recorded.
+
+The attempts are not this process's tasks: each node's *owner*
+(workers.owner, a detached actor) submits them and so owns them, and this
+process waits on its call to the owner.  Ray ends a task with the process that
+submitted it; a detached actor outlives the scheduler, so a crash, a stop or
+an upgrade of the scheduler leaves the attempts running, and the next
+scheduler adopts them (:meth:`RayBackend.adopt`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +27,28 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from contract.attempt import AttemptTask, AttemptTrace, WorkerResult
-from scheduler.backend import Handle, NodeInfo, TaskEnd
+from contract.owner import OWNER_PROTOCOL, Held, Launch, OwnerInfo
+from scheduler import __version__
+from scheduler.backend import Adopted, Handle, NodeInfo, TaskEnd
 from scheduler.records import EndCause
 from scheduler.states import AttemptState
-from workers import node_ops
-from workers.attempt import run_attempt, run_attempts
+from workers import node_ops, owner as owner_mod
 from workers.workdir import CODE_NAMESPACE, code_key
 from workers.gpu import node_telemetry
 
 log = logging.getLogger("labq.ray")
 
-_remote_attempt = ray.remote(max_retries=0)(run_attempt)
-# A job on a real GPU gets a fresh worker process: a worker that has started
-# CUDA keeps its first CUDA_VISIBLE_DEVICES and its torch memory cap, so reusing
-# it could put the next job on the wrong card (Ray only defaults max_calls=1 for
-# GPU functions declared with num_gpus, not for num_gpus given in .options()).
-_remote_gpu_attempt = ray.remote(max_retries=0, max_calls=1)(run_attempt)
-# A pack of short jobs run one after another in one task (scheduler.packing).
-_remote_pack = ray.remote(max_retries=0)(run_attempts)
 # NVML readings of one node's GPUs, for `labq nodes`: no CPU held, so it never
 # waits behind the jobs it reports on.
 _remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
-# What the scheduler asks of an attempt's node (workers.node_ops), run there.
-_remote_trace = ray.remote(num_cpus=0, max_retries=0)(node_ops.trace)
-_remote_end_group = ray.remote(num_cpus=0, max_retries=0)(node_ops.end_process_group)
-# How long the scheduler waits for a node to answer about one of its attempts.
+# How long the scheduler waits for a node's owner to answer about one of its attempts.
 NODE_OP_SECONDS = 10.0
+# Ray's namespace for labq's named actors (the owners, the cluster lock).
+NAMESPACE = "labq"
+# Owners of this labq: a scheduler of another version adopts an older owner's
+# attempts and lets them finish there, and starts its own owner beside it.
+OWNER_VERSION = f"{__version__}-p{OWNER_PROTOCOL}"
+OWNER_PREFIX = "labq-owner-"
 
 # Ray settings for the local Ray labq starts itself.  Ray keeps idle worker
 # processes beyond one per CPU for a second only; labq runs fractional-CPU jobs
@@ -56,21 +61,66 @@ NODE_OP_SECONDS = 10.0
 LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 10_000}
 
 
+class ClusterTaken(RuntimeError):
+    """Another labq scheduler drives this Ray cluster."""
+
+
+class SchedulerLock:
+    """Held by the one scheduler that drives a Ray cluster: a named actor that
+    is *not* detached, so Ray ends it, and frees its name, when the scheduler's
+    driver goes away, however it ends.  A second scheduler cannot take the name
+    while the first lives (the flock on LABQ_HOME only guards one machine)."""
+
+    def __init__(self, holder: dict[str, Any]):
+        self._holder = holder
+
+    def holder(self) -> dict[str, Any]:
+        return self._holder
+
+
+LOCK_NAME = "labq-scheduler"
+# How long a starting scheduler waits for the lock of one that just died (Ray
+# ends a dead driver's actors within seconds).
+LOCK_WAIT_SECONDS = 15.0
+
+
+@dataclass
+class _Owned:
+    """What a handle (the call that waits on an attempt) stands for."""
+
+    owner: Any  # the owner's actor handle
+    key: str  # the task's key on that owner
+    node_id: str
+
+
+def home_key(home: str | Path | None) -> str:
+    """A short name for a labq home, in its owners' actor names."""
+    if home is None:
+        return "any"
+    return hashlib.sha1(str(Path(home).expanduser().resolve()).encode()).hexdigest()[:10]
+
+
 class RayBackend:
-    def __init__(self, address: str | None = None, num_cpus: float | None = None, num_gpus: int | None = None):
+    def __init__(self, address: str | None = None, num_cpus: float | None = None, num_gpus: int | None = None,
+                 *, home: str | Path | None = None, system_config: dict[str, Any] | None = None):
         self.address = address
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
+        self.home_key = home_key(home)
         self._uploaded: dict[str, str] = {}
-        self._pack_remotes: dict[tuple, Any] = {}
         self._here: str | None = None
+        self._owners: dict[str, Any] = {}  # node id -> this version's owner there
+        self._older: dict[str, tuple[Any, set[str]]] = {}  # actor name -> an older owner, and the keys it still runs
+        self._handles: dict[Any, _Owned] = {}  # handle -> its owner and key
+        # This scheduler life's number: an owner that a newer life adopted refuses its launches.
+        self.epoch = time.time_ns()
 
     # ------------------------------------------------------------ connection
 
     def connect(self) -> None:
         if ray.is_initialized():
             return
-        kwargs: dict[str, Any] = {"log_to_driver": False, "namespace": "labq", "configure_logging": False}
+        kwargs: dict[str, Any] = {"log_to_driver": False, "namespace": NAMESPACE, "configure_logging": False}
         if self.address:
             _use_token_auth_if_available()
             ray.init(address=self.address, **kwargs)
@@ -80,17 +130,9 @@ class RayBackend:
             ray.init(address="local", num_cpus=self.num_cpus, num_gpus=self.num_gpus, include_dashboard=False,
                      _system_config=LOCAL_RAY_SYSTEM_CONFIG, **kwargs)
         self._uploaded.clear()
-        self._pack_remotes.clear()
         self._here = None
-
-    @staticmethod
-    def session_dir() -> str | None:
-        """The session directory of the Ray this process started or joined: every
-        process of a local Ray names it on its command line."""
-        try:
-            return ray._private.worker._global_node.get_session_dir_path()
-        except AttributeError:
-            return None
+        self._owners.clear()
+        self._handles.clear()
 
     @staticmethod
     def local_node_id() -> str:
@@ -115,8 +157,36 @@ class RayBackend:
         return "up" if any(n.get("NodeID") == here and n.get("Alive") for n in nodes) else "node dead"
 
     def shutdown(self) -> None:
+        """Disconnect.  The owners are detached: what they run goes on."""
         if ray.is_initialized():
             ray.shutdown()
+
+    def lock_cluster(self, home: str | Path) -> None:
+        """Become the one scheduler of this Ray cluster, or raise ClusterTaken
+        naming the one that is."""
+        import os
+        import socket
+
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "home": str(home), "since": time.time()}
+        lock_class = ray.remote(num_cpus=0, max_restarts=0)(SchedulerLock)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                self._lock = lock_class.options(name=LOCK_NAME, namespace=NAMESPACE).remote(holder)
+                ray.get(self._lock.holder.remote(), timeout=60)
+                return
+            except ValueError:  # the name is taken
+                pass
+            try:
+                other = ray.get(ray.get_actor(LOCK_NAME, namespace=NAMESPACE).holder.remote(), timeout=5)
+            except Exception:  # gone since, or dying with its driver: try again
+                other = None
+            if other is not None and time.monotonic() > deadline:
+                raise ClusterTaken(
+                    f"another labq scheduler drives this Ray cluster (host {other.get('host')}, pid "
+                    f"{other.get('pid')}, home {other.get('home')}); two would start the same jobs twice. Stop "
+                    "that one, or give this one a Ray of its own")
+            time.sleep(0.5)
 
     def nodes(self) -> list[NodeInfo]:
         return [NodeInfo(node_id=n["NodeID"], address=n.get("NodeManagerAddress", ""), alive=bool(n.get("Alive")),
@@ -146,13 +216,13 @@ class RayBackend:
     # ------------------------------------------------------------ tasks
 
     def launch(self, task: AttemptTask, *, node_id: str | None, pip: list[str] | None = None,
-               fresh_worker: bool = False) -> ray.ObjectRef:
+               fresh_worker: bool = False, gpu_indices: tuple[int, ...] = ()) -> ray.ObjectRef:
         self._code_for(task, node_id)
         share = task.resources
-        options = _options(f"labq-job-{task.job_id}-{task.attempt}", share.cpu, share.gpu, share.memory,
-                           share.custom, node_id, pip)
-        remote = _remote_gpu_attempt if fresh_worker else _remote_attempt
-        return remote.options(**options).remote(task.to_json())
+        return self._run(Launch(key=task.run_dir, attempts=((task.job_id, task.attempt),), tasks=(task.to_json(),),
+                                name=f"labq-job-{task.job_id}-{task.attempt}", cpu=share.cpu, gpu=share.gpu,
+                                memory=share.memory, custom=dict(share.custom), pip=tuple(pip or ()),
+                                fresh_worker=fresh_worker, gpu_indices=tuple(gpu_indices)), node_id)
 
     def launch_pack(self, tasks: list[AttemptTask], *, node_id: str | None,
                     pip: list[str] | None = None) -> ray.ObjectRef:
@@ -160,24 +230,142 @@ class RayBackend:
         share (no GPU: packs are CPU jobs); read its end with :meth:`pack_outcomes`."""
         self._code_for(tasks[0], node_id)
         share = tasks[0].resources
-        cpu, memory, custom = share.cpu, share.memory, share.custom
-        key = (cpu, memory, tuple(sorted(custom.items())), node_id, tuple(pip or ()))
-        remote = self._pack_remotes.get(key)
-        if remote is None:
-            # .options() validates each call (~1 ms): one per shape, node and
-            # environment, not one per pack.
-            if len(self._pack_remotes) >= 256:
-                self._pack_remotes.clear()
-            remote = self._pack_remotes[key] = _remote_pack.options(
-                **_options("labq-pack", cpu, 0, memory, custom, node_id, pip))
-        return remote.remote([t.to_json() for t in tasks])
+        return self._run(Launch(key=tasks[0].run_dir, attempts=tuple((t.job_id, t.attempt) for t in tasks),
+                                tasks=tuple(t.to_json() for t in tasks), pack=True, name="labq-pack", cpu=share.cpu,
+                                memory=share.memory, custom=dict(share.custom), pip=tuple(pip or ())), node_id)
 
-    @classmethod
-    def pack_outcomes(cls, ref: ray.ObjectRef, count: int) -> list[TaskEnd]:
+    def _run(self, launch: Launch, node_id: str | None) -> ray.ObjectRef:
+        """Have the node's owner start ``launch``; the handle is the call that
+        waits for its end."""
+        node = node_id or self._local()
+        owner = self._owner(node)
+        handle = owner.run.remote(self.epoch, launch.to_json())
+        self._handles[handle] = _Owned(owner, launch.key, node)
+        return handle
+
+    # ------------------------------------------------------------ owners
+
+    def _local(self) -> str:
+        if self._here is None:
+            self._here = self.local_node_id()
+        return self._here
+
+    def _owner_name(self, node_id: str) -> str:
+        return f"{OWNER_PREFIX}{self.home_key}-{node_id[:16]}-{OWNER_VERSION}"
+
+    def _owner(self, node_id: str) -> Any:
+        """This version's owner on ``node_id``, started there if there is none."""
+        owner = self._owners.get(node_id)
+        if owner is None:
+            owner = owner_mod.actor_class().options(
+                name=self._owner_name(node_id), namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False),
+            ).remote(self.home_key, node_id, OWNER_VERSION)
+            self._owners[node_id] = owner
+        return owner
+
+    def _owner_died(self, owned: _Owned) -> None:
+        """Forget a dead owner, so the next call on its node starts a new one."""
+        if self._owners.get(owned.node_id) is owned.owner:
+            del self._owners[owned.node_id]
+
+    def owners(self) -> list[tuple[str, Any]]:
+        """(actor name, handle) of every owner of this labq home the cluster has, any version."""
+        mine = f"{OWNER_PREFIX}{self.home_key}-"
+        found = []
+        for entry in ray.util.list_named_actors(all_namespaces=False):
+            name = entry["name"] if isinstance(entry, dict) else entry
+            if name.startswith(mine):
+                try:
+                    found.append((name, ray.get_actor(name, namespace=NAMESPACE)))
+                except ValueError:  # it died since it was listed
+                    continue
+        return found
+
+    def adopt(self) -> list[Adopted]:
+        """Take over what the owners of this labq home hold, from a scheduler
+        that stopped or died: every owner is told this life's epoch (so a late
+        launch of the old one is refused) and each task it holds is waited on
+        again, by a new handle.  An owner of another labq version keeps its
+        attempts to the end (it still answers every call a task needs) and is
+        ended once they are recorded; new attempts go to this version's owner."""
+        found: list[tuple[str, Any, OwnerInfo]] = []
+        for name, actor in self.owners():
+            try:
+                found.append((name, actor, OwnerInfo.from_json(ray.get(actor.about.remote(), timeout=NODE_OP_SECONDS))))
+            except Exception as exc:  # dead, or its node is: what it held is lost
+                log.warning("labq's owner %s does not answer (%s): its attempts are lost", name, _short(exc))
+        # Above the epoch of every life before (a clock behind on another head cannot undo it).
+        self.epoch = max([self.epoch, *(info.epoch + 1 for _, _, info in found)])
+        adopted: list[Adopted] = []
+        for name, actor, info in found:
+            try:
+                held = [Held.from_json(h) for h in ray.get(actor.adopt.remote(self.epoch), timeout=NODE_OP_SECONDS)]
+            except Exception as exc:
+                log.warning("labq's owner %s did not hand over its attempts (%s): they are lost", name, _short(exc))
+                continue
+            if info.version == OWNER_VERSION:
+                self._owners[info.node_id] = actor
+            elif held:
+                log.warning("an owner of labq %s on node %s holds %d tasks: they finish under it; new attempts "
+                            "start under this labq's (%s) owner", info.version, info.node_id[:8], len(held),
+                            OWNER_VERSION)
+                self._older[name] = (actor, {h.key for h in held})
+            else:
+                self._end_owner(name, actor)
+            for h in held:
+                handle = actor.join.remote(h.key)
+                self._handles[handle] = _Owned(actor, h.key, info.node_id)
+                adopted.append(Adopted(handle=handle, held=h, node_id=info.node_id))
+        return adopted
+
+    def release(self, handles: list[Handle]) -> None:
+        """The ends of ``handles`` are recorded: their owners may forget them.
+        An owner of an older labq that holds nothing more is ended."""
+        by_owner: dict[str, tuple[Any, list[str]]] = {}
+        for handle in handles:
+            owned = self._handles.pop(handle, None)
+            if owned is not None:
+                by_owner.setdefault(_actor_id(owned.owner), (owned.owner, []))[1].append(owned.key)
+        for actor, keys in by_owner.values():
+            try:
+                actor.forget.remote(keys)
+            except Exception as exc:  # a dead owner forgot them anyway
+                log.debug("forget on an owner: %s", exc)
+        for name, (actor, keys) in list(self._older.items()):
+            keys.difference_update(by_owner.get(_actor_id(actor), (None, []))[1])
+            if not keys:
+                del self._older[name]
+                self._end_owner(name, actor)
+
+    def _end_owner(self, name: str, actor: Any) -> None:
+        log.info("ending labq's owner %s: it holds no attempt", name)
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception as exc:
+            log.debug("ending %s: %s", name, exc)
+
+    def end_idle_owners(self) -> int:
+        """End every owner of this home that holds nothing (a stop with nothing
+        running, a test's end); returns how many."""
+        ended = 0
+        for name, actor in self.owners():
+            try:
+                info = OwnerInfo.from_json(ray.get(actor.about.remote(), timeout=NODE_OP_SECONDS))
+            except Exception:
+                continue
+            if info.held == 0:
+                self._end_owner(name, actor)
+                ended += 1
+        self._owners.clear()
+        return ended
+
+    def pack_outcomes(self, ref: ray.ObjectRef, count: int) -> list[TaskEnd]:
         """How each job of a finished pack ended; when the pack itself ended in
         a Ray error, that error for every job (with no result: the scheduler
         asks each job's node what it left)."""
-        end, results = cls._end(ref)
+        end, results = self._end(ref)
+        self._after_error(ref, end)
         if results is None:
             return [end] * count
         return [TaskEnd.returned(WorkerResult.from_json(r)) for r in results]
@@ -215,51 +403,34 @@ class RayBackend:
         if refs:
             ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
 
-    @classmethod
-    def outcome(cls, ref: ray.ObjectRef) -> TaskEnd:
+    def outcome(self, ref: ray.ObjectRef) -> TaskEnd:
         """How a finished single attempt ended."""
-        end, result = cls._end(ref)
+        end, result = self._end(ref)
+        self._after_error(ref, end)
         return end if result is None else TaskEnd.returned(WorkerResult.from_json(result))
+
+    def _after_error(self, ref: ray.ObjectRef, end: TaskEnd) -> None:
+        owned = self._handles.get(ref)
+        if owned is not None and end.cause is EndCause.OWNER_DIED:
+            self._owner_died(owned)
 
     @staticmethod
     def _end(ref: ray.ObjectRef) -> tuple[TaskEnd, Any]:
         """(the end, None) when the task ended in a Ray error, else (a success, what it returned)."""
-        from ray import exceptions as rex
-
-        lost, failed = AttemptState.LOST, AttemptState.FAILED
         try:
             return TaskEnd(AttemptState.SUCCEEDED, EndCause.RETURNED), ray.get(ref, timeout=30)
-        except rex.TaskCancelledError:
-            return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled"), None
-        except rex.OutOfMemoryError as exc:
-            return TaskEnd(AttemptState.OUT_OF_MEMORY, EndCause.HOST_OOM, error=_short(exc)), None
-        except rex.WorkerCrashedError:  # Ray's text points at its own logs; say what it means
-            return TaskEnd(lost, EndCause.WORKER_DIED, error=(
-                "WorkerCrashedError: the worker process died while running the job (killed by a signal: the "
-                "kernel's out-of-memory killer, a kill -9, or a crash in native code; Ray does not say which); "
-                "its output so far is in `labq logs`")), None
-        except (rex.NodeDiedError, rex.LocalRayletDiedError, rex.TaskUnschedulableError) as exc:
-            # The node, not just the worker, is gone: not the job's fault.
-            return TaskEnd(lost, EndCause.NODE_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}"), None
-        except rex.ObjectLostError as exc:
-            return TaskEnd(lost, EndCause.WORKER_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}"), None
-        except rex.RuntimeEnvSetupError as exc:
-            return TaskEnd(failed, EndCause.ENV_FAILED, error="could not install the stage's env.pip packages on "
-                           f"the node: {_pip_error(exc)}"), None
-        except rex.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, rex.TaskCancelledError) or isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
-                return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled"), None
-            return TaskEnd(failed, EndCause.WORKER_ERROR, error=f"worker error: {_cause(exc)}"), None
-        except rex.RayError as exc:
-            return TaskEnd(lost, EndCause.WORKER_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}"), None
+        except Exception as exc:
+            return _classify(exc), None
 
-    @staticmethod
-    def cancel(ref: ray.ObjectRef, force: bool) -> None:
+    def cancel(self, ref: ray.ObjectRef, force: bool) -> None:
+        """Asked of the task's owner: only the owner of a Ray task can cancel it."""
+        owned = self._handles.get(ref)
+        if owned is None:
+            return
         try:
-            ray.cancel(ref, force=force)
-        except Exception as exc:  # already finished, or Ray gone: nothing left to stop
-            log.debug("cancel %s: %s", ref, exc)
+            owned.owner.cancel.remote(owned.key, force)
+        except Exception as exc:  # Ray gone: nothing left to stop
+            log.debug("cancel %s: %s", owned.key, exc)
 
     # ------------------------------------------------------------ on an attempt's node
 
@@ -274,21 +445,21 @@ class RayBackend:
                 return True
         return node_id == self._here
 
-    def _on_node(self, node_id: str, remote: Any, *args: Any) -> Any:
-        """Run ``remote`` on ``node_id`` and wait for its answer (None if the node
-        does not answer in NODE_OP_SECONDS: dead, or Ray going down)."""
+    def _ask_owner(self, node_id: str, method: str, run_dir: str) -> Any:
+        """Ask ``node_id``'s owner to do ``method`` there and wait for its answer
+        (None if it does not answer in NODE_OP_SECONDS: dead, or Ray going down)."""
         try:
-            ref = remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-                                 ).remote(*args)
-            return ray.get(ref, timeout=NODE_OP_SECONDS)
+            return ray.get(getattr(self._owner(node_id), method).remote(run_dir), timeout=NODE_OP_SECONDS)
         except Exception as exc:
-            log.debug("node %s did not answer about %s: %s", node_id[:8], args[0], exc)
+            log.debug("node %s did not answer about %s: %s", node_id[:8], run_dir, exc)
+            self._owners.pop(node_id, None)  # a dead owner is started again next time
             return None
 
     def trace(self, node_id: str | None, run_dir: str) -> AttemptTrace:
-        """What the attempt's node holds of it.  A node that does not answer is
-        read here instead: on a shared disk the run dir is the same."""
-        data = None if self._is_here(node_id) else self._on_node(node_id, _remote_trace, run_dir)
+        """What the attempt's node holds of it: read here for this node, else by
+        its owner.  A node that does not answer is read here instead: on a
+        shared disk the run dir is the same."""
+        data = None if self._is_here(node_id) else self._ask_owner(node_id, "trace", run_dir)
         return AttemptTrace.from_json(data if data is not None else node_ops.trace(run_dir))
 
     def gpu_ids(self, node_id: str | None, run_dir: str) -> list[int] | None:
@@ -300,7 +471,7 @@ class RayBackend:
         if self._is_here(node_id):
             node_ops.end_process_group(run_dir)
         else:
-            self._on_node(node_id, _remote_end_group, run_dir)
+            self._ask_owner(node_id, "end_process_group", run_dir)
 
     @staticmethod
     def keep_bundle(data: bytes, run_dir: str) -> None:
@@ -309,21 +480,6 @@ class RayBackend:
     @staticmethod
     def artifacts_bundle(run_dir: str) -> bytes:
         return node_ops.artifacts_bundle(run_dir)
-
-
-def _options(name: str, cpu: float, gpu: float, memory: int | None, custom: dict[str, float],
-             node_id: str | None, pip: list[str] | None) -> dict[str, Any]:
-    """Ray task options for one attempt or pack: its share, pinned to the node
-    the policy chose, in a Ray runtime environment with the stage's env.pip
-    packages when it names any (Ray installs each distinct set once per node)."""
-    options: dict[str, Any] = {"num_cpus": cpu, "num_gpus": gpu, "resources": dict(custom) or None, "name": name}
-    if memory:
-        options["memory"] = memory
-    if pip:
-        options["runtime_env"] = {"pip": {"packages": list(pip), "pip_check": False}}
-    if node_id:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-    return options
 
 
 def _use_token_auth_if_available() -> None:
@@ -363,3 +519,59 @@ def _cause(exc: BaseException) -> str:
         return _ANSI.sub("", f"{cause.__class__.__name__}: {cause}").strip().splitlines()[0][:500]
     lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
     return (lines[-1] if lines else exc.__class__.__name__)[:500]
+
+
+def _classify(exc: BaseException) -> TaskEnd:
+    """The attempt end a Ray error stands for.  The owner re-raises the error
+    that ended its task, which Ray wraps as the error of the call to it: that
+    wrapping is looked through."""
+    from ray import exceptions as rex
+
+    lost, failed = AttemptState.LOST, AttemptState.FAILED
+    if isinstance(exc, rex.RayTaskError) and isinstance(getattr(exc, "cause", None), _OWNER_PASSES):
+        return _classify(exc.cause)
+    if isinstance(exc, owner_mod.StaleScheduler):
+        return TaskEnd(lost, EndCause.NOT_STARTED, error=f"not started: {exc}")
+    if isinstance(exc, owner_mod.NotHeld):
+        return TaskEnd(lost, EndCause.OWNER_DIED, error=f"{exc.args[0] if exc.args else exc}: its owner was replaced")
+    if isinstance(exc, rex.TaskCancelledError):
+        return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled")
+    if isinstance(exc, (rex.ActorDiedError, rex.ActorUnavailableError, rex.OwnerDiedError)):
+        return TaskEnd(lost, EndCause.OWNER_DIED, error=(
+            "labq's owner of the node's attempts died (killed, or its node or Ray went down), and Ray ended the "
+            f"attempt with it: {exc.__class__.__name__}"))
+    if isinstance(exc, rex.OutOfMemoryError):
+        return TaskEnd(AttemptState.OUT_OF_MEMORY, EndCause.HOST_OOM, error=_short(exc))
+    if isinstance(exc, rex.WorkerCrashedError):  # Ray's text points at its own logs; say what it means
+        return TaskEnd(lost, EndCause.WORKER_DIED, error=(
+            "WorkerCrashedError: the worker process died while running the job (killed by a signal: the "
+            "kernel's out-of-memory killer, a kill -9, or a crash in native code; Ray does not say which); "
+            "its output so far is in `labq logs`"))
+    if isinstance(exc, (rex.NodeDiedError, rex.LocalRayletDiedError, rex.TaskUnschedulableError)):
+        # The node, not just the worker, is gone: not the job's fault.
+        return TaskEnd(lost, EndCause.NODE_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}")
+    if isinstance(exc, rex.ObjectLostError):
+        return TaskEnd(lost, EndCause.WORKER_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}")
+    if isinstance(exc, rex.RuntimeEnvSetupError):
+        return TaskEnd(failed, EndCause.ENV_FAILED, error="could not install the stage's env.pip packages on "
+                       f"the node: {_pip_error(exc)}")
+    if isinstance(exc, rex.RayTaskError):
+        if isinstance(getattr(exc, "cause", None), KeyboardInterrupt):
+            return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled")
+        return TaskEnd(failed, EndCause.WORKER_ERROR, error=f"worker error: {_cause(exc)}")
+    if isinstance(exc, rex.RayError):
+        return TaskEnd(lost, EndCause.WORKER_DIED, error=f"{exc.__class__.__name__}: {_short(exc)}")
+    raise exc
+
+
+def _actor_id(actor: Any) -> str:
+    return actor._actor_id.hex()
+
+
+def _owner_passes() -> tuple[type, ...]:
+    from ray import exceptions as rex
+
+    return (rex.RayError, owner_mod.StaleScheduler, owner_mod.NotHeld)
+
+
+_OWNER_PASSES = _owner_passes()

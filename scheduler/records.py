@@ -178,8 +178,12 @@ class EndCause(str, Enum):
     WORKER_DIED = "worker_died"
     # Its node (or that node's raylet) died: not the job's fault.
     NODE_DIED = "node_died"
-    # The scheduler that held it restarted or stopped: not the job's fault.
+    # The scheduler that held it restarted or stopped, and nothing kept it
+    # running (Ray itself went down, or a stop asked to end what runs): not the job's fault.
     SCHEDULER_GONE = "scheduler_gone"
+    # labq's owner of its node's attempts (workers.owner) died, and Ray ended
+    # the attempt with it: not the job's fault.
+    OWNER_DIED = "owner_died"
     # labq's own worker code raised (not the job: that is RETURNED, failed).
     WORKER_ERROR = "worker_error"
     # Ray would not take it (Ray down mid-pass, a bad option).

@@ -472,7 +472,9 @@ def _run_command(line: str, ctx: JobContext, paths: RunPaths, sampler: "_RssSamp
     with open(paths.stdout, "ab") as out, open(paths.stderr, "ab") as err:
         proc = subprocess.Popen(["/bin/sh", "-c", line], stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL, env=env, preexec_fn=_child_setup, cwd=ctx.workdir)
-    paths.pgid.write_text(str(proc.pid))
+    # The group's id and its leader's start time: whoever ends this attempt's
+    # group later checks the group is still this one, not a reused id.
+    paths.pgid.write_text(f"{proc.pid} {start_ticks(proc.pid) or ''}".strip())
     sampler.command_pgid = proc.pid
     sampler.record_gpu_pids({proc.pid})
     try:
@@ -514,6 +516,42 @@ def _child_setup() -> None:
     if sys.platform.startswith("linux"):
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/PID/stat field 22):
+    with the pid, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def group_is_attempts(pgid: int, leader_started: int | None) -> bool:
+    """Whether process group ``pgid`` is still the one an attempt's command
+    made (its leader started at ``leader_started``): the leader is alive with
+    that start time, or, once it has exited, every process left in the group
+    started no earlier.  A group id is reused only after all of its processes
+    are gone, and then by a newer leader."""
+    if leader_started is None or not _HAVE_PROC:
+        return True  # recorded by an older labq (the id alone), or no /proc to check: as before
+    members: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            members[int(name)] = int(fields[19])
+    if not members:
+        return False
+    if pgid in members:
+        return members[pgid] == leader_started
+    return all(started >= leader_started for started in members.values())
 
 
 def kill_process_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from contract.attempt import AttemptTrace, OomCause, WorkerResult
 from workers import bundle
-from workers.attempt import OOM_MARKER, kill_process_group
+from workers.attempt import OOM_MARKER, group_is_attempts, kill_process_group
 from workers.paths import RunPaths
 
 
@@ -36,12 +36,17 @@ def gpu_ids(run_dir: str) -> list[int] | None:
 
 
 def end_process_group(run_dir: str, grace: float = 0.5) -> bool:
-    """End the process group of the attempt's command, if it recorded one: a
+    """End the process group of the attempt's command, if it recorded one and
+    it is still that attempt's (workers.attempt.group_is_attempts): a
     force-killed worker takes its command with it (PDEATHSIG), but not the
     command's own children.  True if a group was there to end."""
     try:
-        pgid = int(RunPaths(Path(run_dir)).pgid.read_text())
-    except (OSError, ValueError):
+        fields = RunPaths(Path(run_dir)).pgid.read_text().split()
+        pgid = int(fields[0])
+        leader_started = int(fields[1]) if len(fields) > 1 else None
+    except (OSError, ValueError, IndexError):
+        return False
+    if not group_is_attempts(pgid, leader_started):
         return False
     return kill_process_group(pgid, grace=grace)
 

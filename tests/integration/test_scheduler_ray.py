@@ -184,7 +184,7 @@ def test_cancel_running_command_kills_its_whole_process_group(tmp_path, ray_back
           until=lambda jobs: jobs[0].state is JobState.RUNNING and store.attempts(jobs[0].id)
           and RunPaths(Path(store.attempts(jobs[0].id)[0].run_dir)).pgid.exists())
     job_id = store.jobs_of_experiment(sub.experiment_id)[0].id
-    pgid = int(RunPaths(Path(store.attempts(job_id)[0].run_dir)).pgid.read_text())
+    pgid = int(RunPaths(Path(store.attempts(job_id)[0].run_dir)).pgid.read_text().split()[0])
     time.sleep(0.5)
     assert [p for p in psutil.process_iter() if _pgid(p) == pgid], "command not running"
     store.cancel([job_id], time.time())
@@ -301,11 +301,12 @@ def test_restart_reconciles_attempts_of_a_dead_scheduler(tmp_path, ray_backend):
     store.start_attempts([(job_id, None)], lambda j, n: run_dir_for(home, j, n), time.time())
     # When a new scheduler starts
     scheduler, store, _ = make_scheduler(home, ray_backend)
-    assert scheduler.reconcile(time.time()) == 1
-    # Then the orphaned attempt is lost (not charged to retries) and the job reruns
+    assert scheduler.reconcile(time.time()).lost == 1
+    # Then the orphaned attempt (no owner holds it: it never launched) is lost, not
+    # charged to retries, and the job reruns
     (job,) = drive(scheduler, store, sub.experiment_id)
     first, second = store.attempts(job_id)
-    assert first.state is AttemptState.LOST and "scheduler restarted" in first.error
+    assert first.state is AttemptState.LOST and "no labq owner held it" in first.error
     assert job.state is JobState.SUCCEEDED and second.state is AttemptState.SUCCEEDED
 
 

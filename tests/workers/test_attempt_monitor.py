@@ -269,9 +269,9 @@ class JobsOnCard(RecordedNvml):
 
                 out[os.getpid()] = used
             elif pgid.exists():
-                text = pgid.read_text().strip()  # another job's thread may be writing it right now
-                if text.isdigit():
-                    out[int(text)] = used
+                text = pgid.read_text().split()  # another job's thread may be writing it right now
+                if text and text[0].isdigit():
+                    out[int(text[0])] = used
         return out
 
 
