@@ -144,6 +144,9 @@ def start(settings: Settings, *, cluster: str | None, address: str | None, cpus:
         if proc.poll() is not None:
             if is_running(home):  # lost a race to another starter: that one serves
                 return None
+            why = _read_state(home).get("error")
+            if why:
+                raise SchedulerError(f"the scheduler did not start: {why}")
             raise SchedulerError(f"the scheduler exited with code {proc.returncode}; see {log_path(home)}")
         st = status(home)
         if st.running and st.ray == "up" and _read_state(home).get("pid") == proc.pid:
@@ -289,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         child["proc"] = proc
         started = time.monotonic()
         code = proc.wait()
+        if code:
+            log.info("the scheduler process exited with code %s", code)
         if code in (0, EXIT_STATE_UNUSABLE, EXIT_CLUSTER_TAKEN) or stop_event.is_set():
             if code == EXIT_STATE_UNUSABLE:
                 log.error("the state database is unusable (see above); the scheduler stops instead of retrying")
@@ -303,8 +308,24 @@ def main(argv: list[str] | None = None) -> int:
         stop_event.wait(delay)
     if code == EXIT_CLUSTER_TAKEN:
         _write_state(home, pid=os.getpid(), ray="taken", **{**_old_ray(home), "error": _read_state(home).get("error")})
+    _stop_idle_local_ray(home, log)
     log.info("scheduler stopped")
     return 0
+
+
+def _stop_idle_local_ray(home: Path, log: logging.Logger) -> None:
+    """Stop the local Ray once the scheduler has stopped with nothing running
+    on it (running attempts keep it up for the next scheduler to adopt)."""
+    from scheduler import local_ray
+
+    state = _read_state(home)
+    kept = local_ray.LocalRay.from_json(state.get("local_ray"))
+    if kept is None or state.get("left_running") != 0:
+        return
+    ended = local_ray.stop(kept)
+    _write_state(home, **{**state, "local_ray": None, "ray_processes": [], "heartbeat": time.time()})
+    if ended:
+        log.info("stopped the local Ray (%d processes): nothing runs on it", ended)
 
 
 def _read_state(home: Path) -> dict:
@@ -327,7 +348,7 @@ def _die_with_parent() -> None:
 def _old_ray(home: Path) -> dict:
     """What the last child recorded of its local Ray, kept so the next one reaps it."""
     old = _read_state(home)
-    return {k: old.get(k) for k in ("address", "ray_processes", "local_ray", "left_running")}
+    return {k: old.get(k) for k in ("address", "ray_processes", "local_ray")}
 
 
 def _child(args) -> int:
@@ -399,6 +420,7 @@ def _child(args) -> int:
     except Exception as exc:  # Ray not there (yet): the supervisor retries
         log.error("could not connect to Ray at %s: %s", joined, exc)
         return EXIT_RAY_DOWN
+    signal.signal(signal.SIGTERM, on_term)  # again: joining Ray put its own handler (exit at once) in place
     scheduler = Scheduler(store, backend, settings)
     found = scheduler.reconcile(time.time())
     if found.adopted or found.lost:
@@ -429,7 +451,8 @@ def _child(args) -> int:
                           downs * HEARTBEAT_SECONDS)
                 os._exit(EXIT_RAY_DOWN)
 
-    threading.Thread(target=heartbeat, daemon=True).start()
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
     idle = args.idle_timeout if args.idle_timeout is not None else 0.0
     log.info("scheduler running (pid %d, supervisor %d, home %s)", os.getpid(), supervisor, home)
     left = 0
@@ -446,11 +469,11 @@ def _child(args) -> int:
             log.info("%d attempts run on under their owners; the next scheduler adopts them", left)
         else:
             backend.end_idle_owners()
-        stop_event.set()  # the heartbeat must not write "up" over what follows
+        stop_event.set()  # the heartbeat must not write "up" over what follows, nor call Ray while it closes
+        beat.join(timeout=10)
         backend.shutdown()
-        if not left and keeper["it"] is not None:
-            local_ray.stop(keeper["it"])
-            keeper["it"] = None
+        # The supervisor stops an idle local Ray once this process is gone: a
+        # driver whose GCS goes away under it aborts.
         write_state("stopped", left_running=left)
         log.info("scheduler loop ended")
     return 0

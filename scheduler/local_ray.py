@@ -126,7 +126,7 @@ def start(home: Path, *, num_cpus: float | None, num_gpus: int | None) -> LocalR
     raise RuntimeError(f"the local Ray did not come up within {READY_SECONDS:.0f}s; see {log_file}")
 
 
-def stop(ray: LocalRay, grace: float = 5.0) -> int:
+def stop(ray: LocalRay, grace: float = 2.0) -> int:
     """End the keeper and everything under it (SIGTERM, then SIGKILL after
     ``grace``); returns how many processes there were."""
     keeper = ray.keeper()

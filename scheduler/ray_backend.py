@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ log = logging.getLogger("labq.ray")
 _remote_telemetry = ray.remote(num_cpus=0, max_retries=0)(node_telemetry)
 # How long the scheduler waits for a node's owner to answer about one of its attempts.
 NODE_OP_SECONDS = 10.0
+# How long a new owner may take to answer before its node is taken for dead
+# (starting an actor's worker takes about a second).
+PROBE_SECONDS = 8.0
 # Ray's namespace for labq's named actors (the owners, the cluster lock).
 NAMESPACE = "labq"
 # Owners of this labq: a scheduler of another version adopts an older owner's
@@ -112,6 +115,7 @@ class RayBackend:
         self._owners: dict[str, Any] = {}  # node id -> this version's owner there
         self._older: dict[str, tuple[Any, set[str]]] = {}  # actor name -> an older owner, and the keys it still runs
         self._handles: dict[Any, _Owned] = {}  # handle -> its owner and key
+        self._probes: dict[str, tuple[float, bool]] = {}  # node id -> (when, whether its owner answered)
         # This scheduler life's number: an owner that a newer life adopted refuses its launches.
         self.epoch = time.time_ns()
 
@@ -365,7 +369,7 @@ class RayBackend:
         a Ray error, that error for every job (with no result: the scheduler
         asks each job's node what it left)."""
         end, results = self._end(ref)
-        self._after_error(ref, end)
+        end = self._after_error(ref, end)
         if results is None:
             return [end] * count
         return [TaskEnd.returned(WorkerResult.from_json(r)) for r in results]
@@ -406,13 +410,37 @@ class RayBackend:
     def outcome(self, ref: ray.ObjectRef) -> TaskEnd:
         """How a finished single attempt ended."""
         end, result = self._end(ref)
-        self._after_error(ref, end)
+        end = self._after_error(ref, end)
         return end if result is None else TaskEnd.returned(WorkerResult.from_json(result))
 
-    def _after_error(self, ref: ray.ObjectRef, end: TaskEnd) -> None:
+    def _after_error(self, ref: ray.ObjectRef, end: TaskEnd) -> TaskEnd:
+        """An owner that died: was it the owner alone, or its node?  Ray takes
+        seconds to call a node dead; a new owner there answering (or not) says
+        at once, so a requeued job is not placed on a dead node meanwhile."""
         owned = self._handles.get(ref)
-        if owned is not None and end.cause is EndCause.OWNER_DIED:
-            self._owner_died(owned)
+        if owned is None or end.cause is not EndCause.OWNER_DIED:
+            return end
+        self._owner_died(owned)
+        if self._node_answers(owned.node_id):
+            return end
+        return replace(end, cause=EndCause.NODE_DIED,
+                       error=f"its node does not answer (labq's owner there died with it): {end.error}")
+
+    def _node_answers(self, node_id: str) -> bool:
+        """Whether a (new) owner on ``node_id`` answers within seconds; asked at
+        most once per node every few seconds (several attempts die together)."""
+        now = time.monotonic()
+        asked = self._probes.get(node_id)
+        if asked is not None and now - asked[0] < NODE_OP_SECONDS:
+            return asked[1]
+        try:
+            ray.get(self._owner(node_id).about.remote(), timeout=PROBE_SECONDS)
+            alive = True
+        except Exception:
+            self._owners.pop(node_id, None)
+            alive = False
+        self._probes[node_id] = (now, alive)
+        return alive
 
     @staticmethod
     def _end(ref: ray.ObjectRef) -> tuple[TaskEnd, Any]:

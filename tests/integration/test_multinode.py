@@ -176,3 +176,51 @@ def test_jobs_spread_over_nodes_land_on_custom_resources_and_survive_node_loss(c
         assert row["node_id"] == rejoined["node_id"]
     finally:
         labq(cluster, home, "scheduler", "stop", check=False)
+
+
+def test_a_job_on_the_second_node_outlives_a_killed_scheduler_and_a_second_scheduler_is_refused(cluster, tmp_path):
+    home = tmp_path / "home"
+    code = tmp_path / "code"
+    code.mkdir()
+    shutil.copy(HERE / "testjobs.py", code)
+    spec = code / "spec.yaml"
+    spec.write_text(textwrap.dedent("""
+        experiment: outlive
+        stages:
+          - name: far
+            run: testjobs:sleepy
+            params: {seconds: 8}
+            resources: {cpu: 0.5, custom: {special: 1}}
+            retries: 0
+    """))
+    labq(cluster, home, "scheduler", "start", "--address", cluster["address"])
+    try:
+        (job_id,) = json.loads(labq(cluster, home, "submit", str(spec), "--json").stdout)["job_ids"]
+        wait_until(lambda: json.loads(labq(cluster, home, "status", str(job_id), "--json").stdout)["state"]
+                   == "running", 60, "the job running on the second node")
+        time.sleep(1)
+        # When the whole scheduler is killed with -9 while the job runs on the other node
+        supervisor = psutil.Process(int((home / "scheduler.pid").read_text()))
+        procs = [supervisor, *supervisor.children()]
+        for proc in procs:
+            proc.kill()
+        psutil.wait_procs(procs, timeout=10)
+        # Then a new scheduler adopts it, and it ends there with its one attempt
+        labq(cluster, home, "scheduler", "start", "--address", cluster["address"])
+        assert "adopted 1 attempts" in (home / "scheduler.log").read_text()
+        wait_until(lambda: json.loads(labq(cluster, home, "status", str(job_id), "--json").stdout)["state"]
+                   == "succeeded", 60, "the adopted job to succeed")
+        status = json.loads(labq(cluster, home, "status", str(job_id), "--json").stdout)
+        (attempt,) = status["attempts_detail"]
+        nodes = json.loads(labq(cluster, home, "nodes", "--json").stdout)["nodes"]
+        special_node = next(n["node_id"] for n in nodes if "special" in n["total"])
+        assert attempt["state"] == "succeeded" and attempt["node_id"] == special_node
+        # And a second labq (another home) cannot drive the same cluster beside it
+        other = labq(cluster, tmp_path / "other", "scheduler", "start", "--address", cluster["address"],
+                     check=False)
+        assert other.returncode != 0
+        assert "another labq scheduler drives this Ray cluster" in other.stderr, other.stderr
+        assert f"pid {supervisor.pid}" not in other.stderr  # it names the live one, not the killed one
+    finally:
+        labq(cluster, home, "scheduler", "stop", check=False)
+        labq(cluster, tmp_path / "other", "scheduler", "stop", check=False)
