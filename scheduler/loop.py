@@ -446,9 +446,11 @@ class Scheduler:
             if saved is not None:
                 end = saved_end(attempt.id, saved)
             else:
-                if attempt.node_id in alive or attempt.node_id is None:
-                    # A command's process group may outlive its worker: end it before the retry starts.
-                    self.backend.end_process_group(attempt.node_id, attempt.run_dir)
+                # A command's process group may outlive its worker: end it before the retry
+                # starts.  A node this Ray does not know (a local Ray that was restarted, say)
+                # is asked of here: the group is checked to be the attempt's before it is ended.
+                self.backend.end_process_group(attempt.node_id if attempt.node_id in alive else None,
+                                               attempt.run_dir)
                 end = AttemptEnd(attempt.id, AttemptState.LOST, EndCause.OWNER_DIED, error=(
                     "lost while the scheduler was restarting: no labq owner held it any more (the owner on its "
                     "node, the node or Ray itself went down)"))

@@ -475,12 +475,17 @@ class RayBackend:
 
     def _ask_owner(self, node_id: str, method: str, run_dir: str) -> Any:
         """Ask ``node_id``'s owner to do ``method`` there and wait for its answer
-        (None if it does not answer in NODE_OP_SECONDS: dead, or Ray going down)."""
+        (None if it does not answer in NODE_OP_SECONDS: dead, or Ray going down;
+        at once when it did not answer a moment ago)."""
+        probed = self._probes.get(node_id)
+        if probed is not None and not probed[1] and time.monotonic() - probed[0] < NODE_OP_SECONDS:
+            return None
         try:
             return ray.get(getattr(self._owner(node_id), method).remote(run_dir), timeout=NODE_OP_SECONDS)
         except Exception as exc:
             log.debug("node %s did not answer about %s: %s", node_id[:8], run_dir, exc)
             self._owners.pop(node_id, None)  # a dead owner is started again next time
+            self._probes[node_id] = (time.monotonic(), False)
             return None
 
     def trace(self, node_id: str | None, run_dir: str) -> AttemptTrace:

@@ -545,7 +545,7 @@ def group_is_attempts(pgid: int, leader_started: int | None) -> bool:
                 fields = f.read().rsplit(b")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[2]) == pgid and fields[0] != b"Z":  # a zombie runs nothing
             members[int(name)] = int(fields[19])
     if not members:
         return False

@@ -112,6 +112,16 @@ def test_a_dead_local_raylet_counts_as_ray_down_and_the_scheduler_recovers(tmp_p
                    [run, run / "stdout.log", run / "result.json", home / "scheduler.log", home / "scheduler.json",
                     home / "scheduler.pid", home / "code"]}
         assert all(mode & 0o077 == 0 for mode in private.values()), {str(k): oct(v) for k, v in private.items()}
+        # ...and one long job running on it
+        long_spec = tmp_path / "long.yaml"
+        long_spec.write_text("experiment: long\nstages:\n  - {name: s, command: 'sleep 25; echo done', "
+                             "resources: {cpu: 0.5}}\n")
+        (long_id,) = json.loads(labq("submit", str(long_spec), "--json").stdout)["job_ids"]
+        first_run = home / "runs" / str(long_id) / "attempt-1"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (first_run / "pgid").exists():
+            time.sleep(0.2)
+        assert (first_run / "pgid").exists()
         # When its raylet is killed
         # (the local Ray runs under a keeper of its own, so that jobs outlive the scheduler)
         keeper = psutil.Process(json.loads((home / "scheduler.json").read_text())["local_ray"]["pid"])
@@ -133,5 +143,17 @@ def test_a_dead_local_raylet_counts_as_ray_down_and_the_scheduler_recovers(tmp_p
         assert psutil.pid_exists(supervisor)
         out = labq("submit", str(spec), "--wait", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
+        # ...and the long job, lost with its Ray (the cause in `labq status`), ran again to the end
+        # while nothing of its first attempt ran on beside it (its command was ended first)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status = json.loads(labq("status", str(long_id), "--json").stdout)
+            if status["state"] == "succeeded":
+                break
+            time.sleep(1)
+        first, *rest = status["attempts_detail"]
+        assert status["state"] == "succeeded" and first["state"] == "lost", status
+        assert "owner" in first["error"] or "node" in first["error"], first["error"]
+        assert "done" not in (first_run / "stdout.log").read_text()
     finally:
         labq("scheduler", "stop")

@@ -51,17 +51,19 @@ def _start(tmp_path: Path, resources: str, n: int, node_cpu: float = 4, timeout:
 
 
 def test_a_restarted_scheduler_adopts_what_runs_and_records_each_end_once(tmp_path):
-    home, store, backend, first, job_ids = _start(tmp_path, "{cpu: 2}", n=3)
-    assert len(first.running) == 2  # the third waits for room
+    home, store, backend, first, job_ids = _start(tmp_path, "{cpu: 1, gpu: 1}", n=3)
+    assert len(first.running) == 2  # the third waits for a GPU
     before = {r.attempt.id for r in first.running.values()}
+    gpus = sorted(r.gpu_indices for r in first.running.values())
     # When the scheduler dies (nothing of it is called again) and a new one starts
     second = _restart(store, backend, home)
     found = second.reconcile(NOW + 5)
     # Then both running attempts are adopted, none lost, and they still hold their CPUs
     assert (found.adopted, found.lost) == (2, 0)
     assert set(second.running) == before
+    assert sorted(r.gpu_indices for r in second.running.values()) == gpus == [(0,), (1,)]
     second.tick(NOW + 6)
-    assert store.job(job_ids[2]).state is JobState.PENDING  # no room was given away twice
+    assert store.job(job_ids[2]).state is JobState.PENDING  # no GPU was given away twice
     # When they end, each is recorded once and the third job starts
     for run in list(second.running.values()):
         backend.end(run.handle, AttemptState.SUCCEEDED, _done())

@@ -190,3 +190,30 @@ def test_every_package_is_installed():
                for p in (ROOT / package).rglob("__init__.py")}
     assert on_disk >= {"scheduler.api", "scheduler.policy"}
     assert set(found) == on_disk
+
+
+def test_the_daemons_supervisor_stays_ray_free():
+    """The supervisor (scheduler.daemon, and the local Ray keeper it stops)
+    never imports Ray: only the child that runs the loop does, inside _child."""
+    def reaches(name: str, seen: set[str]) -> set[str]:
+        if name in seen:
+            return set()
+        seen.add(name)
+        out = {name}
+        for target in GRAPH[name]:
+            out |= reaches(target, seen)
+        return out
+
+    tree = ast.parse(MODULES["scheduler.daemon"].read_text())
+    child = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_child")
+    outside = _imports_in(n for n in tree.body if n is not child)
+    supervisor_modules = set()
+    for target in {_owner(n) for n in outside} - {None}:
+        supervisor_modules |= reaches(target, set())
+    assert "scheduler.local_ray" in supervisor_modules
+    assert "scheduler.ray_backend" not in supervisor_modules and "scheduler.loop" not in supervisor_modules
+    for name in supervisor_modules | {"scheduler.daemon"}:
+        imported = _external(name) if name != "scheduler.daemon" else {n.split(".")[0] for n in outside}
+        assert "ray" not in imported, name
+    assert "ray" in {n.split(".")[0] for n in _imports(child)} or "scheduler.ray_backend" in {
+        _owner(n) for n in _imports(child)}
