@@ -488,7 +488,7 @@ def test_gpu_usage_lists_job_processes_left_on_the_gpu(tmp_path, code, on_gpu, q
     nvml = JobsOnCard({tmp_path / "runs" / "1": GiB})
     monkeypatch.setattr(gpu, "open_nvml", lambda: nvml)
     result = attempt.run_attempt(make_task(tmp_path, path, "command", "sleep 0.3", {"gpu": 0.5}))
-    pgid = int((tmp_path / "runs" / "1" / "pgid").read_text())
+    pgid = int((tmp_path / "runs" / "1" / "pgid").read_text().split()[0])  # "<pgid> <leader start>"
     assert result["gpu_usage"]["pids_left"] == [pgid]
 
 
