@@ -91,6 +91,10 @@ class Backend(Protocol):
         """Start several short CPU attempts one after another in one task, with
         the first one's share."""
 
+    def flush(self) -> None:
+        """Hand over the launches of this pass (a backend may queue them to
+        send them together); waiting or cancelling flushes too."""
+
     def adopt(self) -> list[Adopted]:
         """The tasks of this labq home that outlived the scheduler that launched
         them, each waited on again; launches of that older scheduler are

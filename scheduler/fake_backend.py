@@ -124,6 +124,9 @@ class FakeBackend:
         else:
             self._outcomes[handle] = TaskEnd(state, cause or _RAY_CAUSES.get(state, EndCause.WORKER_DIED), None, error)
 
+    def flush(self) -> None:
+        pass  # launched at once
+
     def adopt(self) -> list[Adopted]:
         """Every task launched and not released: the same handles, as a new
         scheduler would wait on them again."""

@@ -307,6 +307,7 @@ class Scheduler:
                 continue
             self.attempts.add(runs)
             self.launched[len(runs)] += 1
+        self.backend.flush()  # at once: what is recorded running should be running
         self.pending.forget(started)
 
     def _running_jobs(self) -> list[policy.RunningJob]:

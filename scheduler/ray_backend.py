@@ -89,11 +89,13 @@ LOCK_WAIT_SECONDS = 15.0
 
 @dataclass
 class _Owned:
-    """What a handle (the call that waits on an attempt) stands for."""
+    """A task of a node's owner, as this scheduler knows it.  The handle the
+    loop holds is its key (the first attempt's run dir)."""
 
     owner: Any  # the owner's actor handle
-    key: str  # the task's key on that owner
     node_id: str
+    ref: Any = None  # the task's ObjectRef, borrowed from the owner once it took the launch
+    refused: TaskEnd | None = None  # the owner would not take it (or could not be reached)
 
 
 def home_key(home: str | Path | None) -> str:
@@ -114,7 +116,8 @@ class RayBackend:
         self._here: str | None = None
         self._owners: dict[str, Any] = {}  # node id -> this version's owner there
         self._older: dict[str, tuple[Any, set[str]]] = {}  # actor name -> an older owner, and the keys it still runs
-        self._handles: dict[Any, _Owned] = {}  # handle -> its owner and key
+        self._tasks: dict[str, _Owned] = {}  # key (the handle) -> its owner, and its ref once started
+        self._unsent: dict[str, list[Launch]] = {}  # node id -> launches not yet handed to its owner
         self._probes: dict[str, tuple[float, bool]] = {}  # node id -> (when, whether its owner answered)
         # This scheduler life's number: an owner that a newer life adopted refuses its launches.
         self.epoch = time.time_ns()
@@ -136,7 +139,8 @@ class RayBackend:
         self._uploaded.clear()
         self._here = None
         self._owners.clear()
-        self._handles.clear()
+        self._tasks.clear()
+        self._unsent.clear()
 
     @staticmethod
     def local_node_id() -> str:
@@ -220,7 +224,7 @@ class RayBackend:
     # ------------------------------------------------------------ tasks
 
     def launch(self, task: AttemptTask, *, node_id: str | None, pip: list[str] | None = None,
-               fresh_worker: bool = False, gpu_indices: tuple[int, ...] = ()) -> ray.ObjectRef:
+               fresh_worker: bool = False, gpu_indices: tuple[int, ...] = ()) -> str:
         self._code_for(task, node_id)
         share = task.resources
         return self._run(Launch(key=task.run_dir, attempts=((task.job_id, task.attempt),), tasks=(task.to_json(),),
@@ -229,7 +233,7 @@ class RayBackend:
                                 fresh_worker=fresh_worker, gpu_indices=tuple(gpu_indices)), node_id)
 
     def launch_pack(self, tasks: list[AttemptTask], *, node_id: str | None,
-                    pip: list[str] | None = None) -> ray.ObjectRef:
+                    pip: list[str] | None = None) -> str:
         """One task that runs ``tasks`` one after another with the first one's
         share (no GPU: packs are CPU jobs); read its end with :meth:`pack_outcomes`."""
         self._code_for(tasks[0], node_id)
@@ -238,14 +242,38 @@ class RayBackend:
                                 tasks=tuple(t.to_json() for t in tasks), pack=True, name="labq-pack", cpu=share.cpu,
                                 memory=share.memory, custom=dict(share.custom), pip=tuple(pip or ())), node_id)
 
-    def _run(self, launch: Launch, node_id: str | None) -> ray.ObjectRef:
-        """Have the node's owner start ``launch``; the handle is the call that
-        waits for its end."""
+    def _run(self, launch: Launch, node_id: str | None) -> str:
+        """Queue ``launch`` for the node's owner; the pass's launches go to each
+        owner in one call (:meth:`flush`), before anything waits on them."""
         node = node_id or self._local()
-        owner = self._owner(node)
-        handle = owner.run.remote(self.epoch, launch.to_json())
-        self._handles[handle] = _Owned(owner, launch.key, node)
-        return handle
+        self._tasks[launch.key] = _Owned(self._owner(node), node)
+        self._unsent.setdefault(node, []).append(launch)
+        return launch.key
+
+    def flush(self) -> None:
+        """Hand every queued launch to its node's owner, which starts them and
+        lends back their refs."""
+        unsent, self._unsent = self._unsent, {}
+        for node, launches in unsent.items():
+            try:
+                replies = ray.get(self._owner(node).start.remote(self.epoch, [launch.to_json() for launch in launches]),
+                                  timeout=NODE_OP_SECONDS * 6)
+            except Exception as exc:  # the owner (or its node) is gone: these never started
+                end = _classify(exc) if _is_ray_error(exc) else TaskEnd(
+                    AttemptState.LOST, EndCause.LAUNCH_FAILED, error=f"could not launch on Ray: {_short(exc)}")
+                if end.cause is EndCause.OWNER_DIED:
+                    self._owners.pop(node, None)
+                replies = [end] * len(launches)
+            for launch, reply in zip(launches, replies):
+                task = self._tasks.get(launch.key)
+                if task is None:
+                    continue  # released meanwhile
+                if isinstance(reply, TaskEnd):
+                    task.refused = reply
+                elif isinstance(reply, str):
+                    task.refused = TaskEnd(AttemptState.LOST, EndCause.NOT_STARTED, error=f"not started: {reply}")
+                else:
+                    task.ref = reply[0]
 
     # ------------------------------------------------------------ owners
 
@@ -304,7 +332,8 @@ class RayBackend:
         adopted: list[Adopted] = []
         for name, actor, info in found:
             try:
-                held = [Held.from_json(h) for h in ray.get(actor.adopt.remote(self.epoch), timeout=NODE_OP_SECONDS)]
+                held = [(Held.from_json(h), refs[0])
+                        for h, refs in ray.get(actor.adopt.remote(self.epoch), timeout=NODE_OP_SECONDS)]
             except Exception as exc:
                 log.warning("labq's owner %s did not hand over its attempts (%s): they are lost", name, _short(exc))
                 continue
@@ -314,23 +343,23 @@ class RayBackend:
                 log.warning("an owner of labq %s on node %s holds %d tasks: they finish under it; new attempts "
                             "start under this labq's (%s) owner", info.version, info.node_id[:8], len(held),
                             OWNER_VERSION)
-                self._older[name] = (actor, {h.key for h in held})
+                self._older[name] = (actor, {h.key for h, _ in held})
             else:
                 self._end_owner(name, actor)
-            for h in held:
-                handle = actor.join.remote(h.key)
-                self._handles[handle] = _Owned(actor, h.key, info.node_id)
-                adopted.append(Adopted(handle=handle, held=h, node_id=info.node_id))
+            for h, ref in held:
+                self._tasks[h.key] = _Owned(actor, info.node_id, ref=ref)
+                adopted.append(Adopted(handle=h.key, held=h, node_id=info.node_id))
         return adopted
 
     def release(self, handles: list[Handle]) -> None:
         """The ends of ``handles`` are recorded: their owners may forget them.
         An owner of an older labq that holds nothing more is ended."""
+        self.flush()  # a launch still queued must reach its owner before the forget
         by_owner: dict[str, tuple[Any, list[str]]] = {}
-        for handle in handles:
-            owned = self._handles.pop(handle, None)
+        for key in handles:
+            owned = self._tasks.pop(key, None)
             if owned is not None:
-                by_owner.setdefault(_actor_id(owned.owner), (owned.owner, []))[1].append(owned.key)
+                by_owner.setdefault(_actor_id(owned.owner), (owned.owner, []))[1].append(key)
         for actor, keys in by_owner.values():
             try:
                 actor.forget.remote(keys)
@@ -389,36 +418,65 @@ class RayBackend:
             log.debug("telemetry %s: %s", ref, exc)
             return None
 
-    @staticmethod
-    def ready(refs: list[ray.ObjectRef], timeout: float = 0.0) -> list[ray.ObjectRef]:
-        """Every ref that is done now; with a timeout, block until at least one is."""
-        if not refs:
+    def ready(self, handles: list[Any], timeout: float = 0.0) -> list[Any]:
+        """Every handle whose task has ended now; with a timeout, block until
+        one has.  A handle is a task's key, or a telemetry reading's ref."""
+        if not handles:
             return []
-        if timeout > 0:
+        self.flush()
+        done: list[Any] = []
+        by_ref: dict[Any, Any] = {}
+        for handle in handles:
+            if not isinstance(handle, str):
+                by_ref[handle] = handle
+                continue
+            task = self._tasks.get(handle)
+            if task is not None and task.refused is not None:
+                done.append(handle)  # refused, or its owner gone: ended already
+            elif task is not None and task.ref is not None:
+                by_ref[task.ref] = handle
+        refs = list(by_ref)
+        if not refs:
+            return done
+        if timeout > 0 and not done:
             ready, _ = ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
             if not ready:
-                return []
+                return done
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-        return ready
+        return done + [by_ref[r] for r in ready]
 
-    @staticmethod
-    def wait_any(refs: list[ray.ObjectRef], timeout: float) -> None:
-        """Block until one of ``refs`` is done or ``timeout`` passes."""
-        if refs:
-            ray.wait(refs, num_returns=1, timeout=timeout, fetch_local=False)
+    def wait_any(self, keys: list[str], timeout: float) -> None:
+        """Block until one of ``keys`` has ended or ``timeout`` passes."""
+        self.ready(keys, timeout=timeout)
 
-    def outcome(self, ref: ray.ObjectRef) -> TaskEnd:
+    def outcome(self, key: str) -> TaskEnd:
         """How a finished single attempt ended."""
-        end, result = self._end(ref)
-        end = self._after_error(ref, end)
+        end, result = self._end_of(key)
         return end if result is None else TaskEnd.returned(WorkerResult.from_json(result))
 
-    def _after_error(self, ref: ray.ObjectRef, end: TaskEnd) -> TaskEnd:
+    def pack_outcomes(self, key: str, count: int) -> list[TaskEnd]:
+        """How each job of a finished pack ended; when the pack itself ended in
+        a Ray error, that error for every job (with no result: the scheduler
+        asks each job's node what it left)."""
+        end, results = self._end_of(key)
+        if results is None:
+            return [end] * count
+        return [TaskEnd.returned(WorkerResult.from_json(r)) for r in results]
+
+    def _end_of(self, key: str) -> tuple[TaskEnd, Any]:
+        task = self._tasks.get(key)
+        if task is None:
+            return TaskEnd(AttemptState.LOST, EndCause.WORKER_DIED, error="unknown task"), None
+        if task.refused is not None:
+            return task.refused, None
+        end, result = self._end(task.ref)
+        return self._after_error(task, end), result
+
+    def _after_error(self, owned: _Owned, end: TaskEnd) -> TaskEnd:
         """An owner that died: was it the owner alone, or its node?  Ray takes
         seconds to call a node dead; a new owner there answering (or not) says
         at once, so a requeued job is not placed on a dead node meanwhile."""
-        owned = self._handles.get(ref)
-        if owned is None or end.cause is not EndCause.OWNER_DIED:
+        if end.cause is not EndCause.OWNER_DIED:
             return end
         self._owner_died(owned)
         if self._node_answers(owned.node_id):
@@ -450,15 +508,16 @@ class RayBackend:
         except Exception as exc:
             return _classify(exc), None
 
-    def cancel(self, ref: ray.ObjectRef, force: bool) -> None:
+    def cancel(self, key: str, force: bool) -> None:
         """Asked of the task's owner: only the owner of a Ray task can cancel it."""
-        owned = self._handles.get(ref)
-        if owned is None:
+        self.flush()
+        owned = self._tasks.get(key)
+        if owned is None or owned.ref is None:
             return
         try:
-            owned.owner.cancel.remote(owned.key, force)
+            owned.owner.cancel.remote(key, force)
         except Exception as exc:  # Ray gone: nothing left to stop
-            log.debug("cancel %s: %s", owned.key, exc)
+            log.debug("cancel %s: %s", key, exc)
 
     # ------------------------------------------------------------ on an attempt's node
 
@@ -555,18 +614,13 @@ def _cause(exc: BaseException) -> str:
 
 
 def _classify(exc: BaseException) -> TaskEnd:
-    """The attempt end a Ray error stands for.  The owner re-raises the error
-    that ended its task, which Ray wraps as the error of the call to it: that
-    wrapping is looked through."""
+    """The attempt end a Ray error stands for.  An error of a call to an owner
+    that carries a Ray error (Ray wraps what a callee raises) is looked through."""
     from ray import exceptions as rex
 
     lost, failed = AttemptState.LOST, AttemptState.FAILED
     if isinstance(exc, rex.RayTaskError) and isinstance(getattr(exc, "cause", None), _OWNER_PASSES):
         return _classify(exc.cause)
-    if isinstance(exc, owner_mod.StaleScheduler):
-        return TaskEnd(lost, EndCause.NOT_STARTED, error=f"not started: {exc}")
-    if isinstance(exc, owner_mod.NotHeld):
-        return TaskEnd(lost, EndCause.OWNER_DIED, error=f"{exc.args[0] if exc.args else exc}: its owner was replaced")
     if isinstance(exc, rex.TaskCancelledError):
         return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled")
     if isinstance(exc, (rex.ActorDiedError, rex.ActorUnavailableError, rex.OwnerDiedError)):
@@ -597,6 +651,12 @@ def _classify(exc: BaseException) -> TaskEnd:
     raise exc
 
 
+def _is_ray_error(exc: BaseException) -> bool:
+    from ray import exceptions as rex
+
+    return isinstance(exc, rex.RayError)
+
+
 def _actor_id(actor: Any) -> str:
     return actor._actor_id.hex()
 
@@ -604,7 +664,7 @@ def _actor_id(actor: Any) -> str:
 def _owner_passes() -> tuple[type, ...]:
     from ray import exceptions as rex
 
-    return (rex.RayError, owner_mod.StaleScheduler, owner_mod.NotHeld)
+    return (rex.RayError,)
 
 
 _OWNER_PASSES = _owner_passes()

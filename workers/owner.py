@@ -10,24 +10,26 @@ actor, named after the labq home, the node and the labq version, that submits
 the node's attempt tasks itself and so owns them: the scheduler may crash,
 stop or be upgraded while they run.
 
-The scheduler never holds a task of its own: it calls :meth:`AttemptOwner.run`,
-which starts the task (once per key) and awaits its end, so the scheduler
-waits on that call's reply.  A scheduler that starts later calls ``adopt`` for
-what the owner holds and ``join`` to wait on each again; ``forget`` drops an
-end once a scheduler has recorded it.  The owner also does what touches its
-node's files and processes for the scheduler: reading a run dir, ending an
-attempt's process group.
+The scheduler hands the owner a pass's launches in one call (:meth:`start`)
+and gets each task's ObjectRef back, nested in a list, which makes the
+scheduler a *borrower* of it: it waits on the task and reads its result
+straight from Ray, as if it had submitted it, while the owner keeps it alive.
+A scheduler that starts later calls :meth:`adopt` for what the owner holds
+(the same refs, borrowed again); ``forget`` drops a task once a scheduler has
+recorded its end.  The owner also does what touches its node's files and
+processes for the scheduler: reading a run dir, ending an attempt's process
+group.
 
-Orders carry the scheduler's *epoch* (a number each scheduler life takes from
-the database, always higher): once a newer scheduler has adopted, a launch the
-dead one sent that arrives late is refused, so an attempt the new scheduler
-judged lost and requeued can never start beside its retry.
+Orders carry the scheduler's *epoch* (each scheduler life takes a higher one):
+once a newer scheduler has adopted, a launch the dead one sent that arrives
+late is refused, so an attempt the new scheduler judged lost and requeued can
+never start beside its retry.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,18 +50,11 @@ _remote_gpu_attempt = ray.remote(max_retries=0, max_calls=1)(run_attempt)
 # A pack of short jobs run one after another in one task (scheduler.packing).
 _remote_pack = ray.remote(max_retries=0)(run_attempts)
 
-# Async actor: every attempt awaited is a coroutine, not a thread.  The limit
-# only caps attempts in flight on one node.
-MAX_IN_FLIGHT = 100_000
-
-
-class StaleScheduler(RuntimeError):
-    """A launch from a scheduler older than the one that adopted this owner."""
-
-
-class NotHeld(KeyError):
-    """The owner holds no task of that key: it never started here, or this
-    owner is a new one (the old one died with its tasks)."""
+# Calls run in a few threads: ending a process group waits out a grace
+# period, which must not hold up a pass's launches.
+OWNER_THREADS = 8
+# What the owner answers for a launch it refuses (the scheduler reads it as an error).
+REFUSED = "refused"
 
 
 @dataclass
@@ -67,15 +62,6 @@ class _Task:
     launch: Launch
     ref: Any  # the task's ObjectRef: this actor is its owner
     launched_at: float
-    # (True, what it returned) or (False, the error that ended it), once it ended:
-    # set by one watcher per task, so any number of callers can wait on it.
-    end: "asyncio.Future[tuple[bool, Any]]"
-
-    async def result(self) -> Any:
-        ok, value = await asyncio.shield(self.end)
-        if ok:
-            return value
-        raise value
 
 
 class AttemptOwner:
@@ -87,45 +73,48 @@ class AttemptOwner:
         self._version = version
         self._tasks: dict[str, _Task] = {}
         self._epoch = 0
+        self._lock = threading.Lock()  # launches and adoptions are one at a time (the epoch fence)
         self._remotes: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------ who
 
-    async def about(self) -> dict[str, Any]:
+    def about(self) -> dict[str, Any]:
         return OwnerInfo(home_key=self._home_key, version=self._version, protocol=OWNER_PROTOCOL,
                          node_id=self._node_id, pid=os.getpid(), held=len(self._tasks), epoch=self._epoch).to_json()
 
-    async def adopt(self, epoch: int) -> list[dict[str, Any]]:
+    def adopt(self, epoch: int) -> list[tuple[dict[str, Any], list[Any]]]:
         """A scheduler of life ``epoch`` takes over: from now on, launches of an
-        older one are refused.  Returns what this owner holds (contract.owner.Held)."""
-        self._epoch = max(self._epoch, int(epoch))
-        return [Held(key=k, attempts=t.launch.attempts, pack=t.launch.pack,
-                     gpu_indices=t.launch.gpu_indices, launched_at=t.launched_at,
-                     ended=t.end.done()).to_json()
-                for k, t in self._tasks.items()]
+        older one are refused.  Returns each task held (contract.owner.Held)
+        with its ref, nested so that the caller borrows it."""
+        with self._lock:
+            self._epoch = max(self._epoch, int(epoch))
+            tasks = list(self._tasks.items())
+        done = _done({k: t.ref for k, t in tasks})
+        return [(Held(key=k, attempts=t.launch.attempts, pack=t.launch.pack, gpu_indices=t.launch.gpu_indices,
+                      launched_at=t.launched_at, ended=k in done).to_json(), [t.ref])
+                for k, t in tasks]
 
     # ------------------------------------------------------------ tasks
 
-    async def run(self, epoch: int, launch_json: dict[str, Any]) -> Any:
-        """Start the task (unless this key runs already) and return its result
-        when it ends; an error that ended it is raised, as Ray raised it here."""
-        launch = Launch.from_json(launch_json)
-        task = self._tasks.get(launch.key)
-        if task is None:
-            if int(epoch) < self._epoch:
-                raise StaleScheduler(f"launch of attempt {launch.key} refused: sent by scheduler life {epoch}, "
-                                     f"but life {self._epoch} has taken over")
-            task = self._tasks[launch.key] = self._start(launch)
-        return await task.result()
+    def start(self, epoch: int, launches: list[dict[str, Any]]) -> list[Any]:
+        """Start each launch (once per key) on this node; for each, its ref
+        nested in a list, or a string saying why it was refused."""
+        out: list[Any] = []
+        with self._lock:
+            stale = int(epoch) < self._epoch
+            for data in launches:
+                launch = Launch.from_json(data)
+                task = self._tasks.get(launch.key)
+                if task is None and stale:
+                    out.append(f"{REFUSED}: launch of {launch.key} sent by scheduler life {epoch}, "
+                               f"but life {self._epoch} has taken over")
+                    continue
+                if task is None:
+                    task = self._tasks[launch.key] = _Task(launch, self._submit(launch), time.time())
+                out.append([task.ref])
+        return out
 
-    async def join(self, key: str) -> Any:
-        """Wait again on a task a previous scheduler launched."""
-        task = self._tasks.get(key)
-        if task is None:
-            raise NotHeld(f"attempt {key} is not held by labq's owner on node {self._node_id[:8]}")
-        return await task.result()
-
-    async def cancel(self, key: str, force: bool) -> bool:
+    def cancel(self, key: str, force: bool) -> bool:
         task = self._tasks.get(key)
         if task is None:
             return False
@@ -135,15 +124,10 @@ class AttemptOwner:
             return False
         return True
 
-    async def forget(self, keys: list[str]) -> int:
+    def forget(self, keys: list[str]) -> int:
         """Drop tasks whose end a scheduler has recorded."""
-        return sum(self._tasks.pop(k, None) is not None for k in keys)
-
-    def _start(self, launch: Launch) -> _Task:
-        ref = self._submit(launch)
-        task = _Task(launch, ref, time.time(), asyncio.get_running_loop().create_future())
-        asyncio.get_running_loop().create_task(_watch(task))
-        return task
+        with self._lock:
+            return sum(self._tasks.pop(k, None) is not None for k in keys)
 
     def _submit(self, launch: Launch) -> Any:
         """The Ray task of ``launch``, pinned to this node with its share."""
@@ -169,29 +153,30 @@ class AttemptOwner:
 
     # ------------------------------------------------------------ this node's files and processes
 
-    async def trace(self, run_dir: str) -> dict[str, Any]:
+    def trace(self, run_dir: str) -> dict[str, Any]:
         return node_ops.trace(run_dir)
 
-    async def gpu_ids(self, run_dir: str) -> list[int] | None:
+    def gpu_ids(self, run_dir: str) -> list[int] | None:
         return node_ops.gpu_ids(run_dir)
 
-    async def end_process_group(self, run_dir: str) -> bool:
-        # It waits out a grace period: off the event loop, which awaits the attempts.
-        return await asyncio.to_thread(node_ops.end_process_group, run_dir)
+    def end_process_group(self, run_dir: str) -> bool:
+        return node_ops.end_process_group(run_dir)
 
 
-async def _watch(task: _Task) -> None:
-    try:
-        task.end.set_result((True, await task.ref))
-    except Exception as exc:  # a Ray error ended it: kept for whoever waits
-        task.end.set_result((False, exc))
+def _done(refs: dict[str, Any]) -> set[str]:
+    """The keys whose task has ended."""
+    if not refs:
+        return set()
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0, fetch_local=False)
+    ready_ids = {r.hex() for r in ready}
+    return {k for k, r in refs.items() if r.hex() in ready_ids}
 
 
 def actor_class() -> Any:
     """The Ray actor class (made on first use, so importing this module costs nothing)."""
     global _ACTOR
     if _ACTOR is None:
-        _ACTOR = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=MAX_IN_FLIGHT)(AttemptOwner)
+        _ACTOR = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=OWNER_THREADS)(AttemptOwner)
     return _ACTOR
 
 
