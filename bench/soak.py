@@ -24,17 +24,21 @@ scheduler (``labq scheduler start --cpus 2``) and then, for M minutes:
   How the worker is found (one method, exact): labq names each Ray task
   ``labq-job-<job id>-<attempt>`` (``ray_backend.launch``) and a Ray worker sets
   its process title to ``ray::<task name>`` while it runs the task, so the
-  worker is the descendant of the scheduler daemon whose cmdline[0] is
+  worker is the descendant of the local Ray's keeper whose cmdline[0] is
   ``ray::labq-job-<id>-<n>``.  For command jobs, half the kills instead
   SIGKILL the command's process group, read from the attempt's ``pgid`` file
   (checked first: the group leader must hold the attempt's stdout.log open, so
   a recycled pid is never killed);
-* a few times per run (``--daemon-kills``, default one a minute, at least
-  ``--min-uptime`` s after the previous restart was ready) kills -9 the
-  scheduler daemon (pid from ``LABQ_HOME/scheduler.pid``), notes which of its
-  descendants survive it (3 s later, and again once the next scheduler is up),
-  and restarts it with ``labq scheduler start --cpus 2``; reconcile on start
-  must requeue what the dead one was running.
+* every 20-60 s (``--daemon-kill-gap MIN MAX``, drawn at random, counted from
+  the last restart being ready) kills -9 the whole scheduler, the supervisor
+  (pid from ``LABQ_HOME/scheduler.pid``) and its loop child at once, and
+  restarts it with ``labq scheduler start --cpus 2``.  Running attempts must
+  outlive it: their owner actor and the local Ray are not the daemon's
+  descendants (the keeper in ``scheduler.json``, ``local_ray``), and the next
+  scheduler adopts them (the soak reads "adopted N attempts" from its log);
+* with ``--owner-kills K``, kills -9 labq's owner actor (the keeper's
+  descendant titled ``ray::AttemptOwner...``) K times: what it ran is lost
+  (Ray ends a dead owner's tasks), ended on the node and requeued.
 
 The daemon may be the scheduler itself or a supervisor running the scheduler
 loop in a child (``python -m scheduler.daemon --child``): RSS, fds and children
@@ -66,16 +70,17 @@ exits 1 if an invariant failed:
   (scheduler restarts are free retries, so they do not excuse a failure);
   a cancel that was acknowledged ends the job cancelled (or succeeded, when it
   raced the end of a running job);
+* attempts redone = 0: no attempt is lost except to a worker, process group
+  or owner this soak killed (a scheduler kill must cost nothing);
 * orphans: no job process (a holder of a run dir's files) alive 2 s after its
-  Ray worker or process group was killed, still alive once the scheduler that
-  replaced its killed daemon is up, or alive >10 s after its attempt was
+  Ray worker or process group was killed, or alive >10 s after its attempt was
   recorded ended; one entry per attempt;
 * daemon: it never exits unless this script killed it; no CLI call fails.
 
 Warnings (reported, not failing): `scheduler start` returning before the new
 daemon is ready (checked: scheduler.json must name the new pid with Ray up),
-Ray processes of a killed daemon still alive after the next one is up, and
-descendants of the last daemon alive 3 s after `labq scheduler stop`.
+the local Ray still up 5 s after `labq scheduler stop` with nothing running,
+and descendants of the last daemon alive 3 s after it.
 
 The summary is also written to ``LABQ_HOME/soak-summary.json``.  A temp
 LABQ_HOME is removed after a passing run (unless ``--keep``) and kept after a
@@ -249,6 +254,8 @@ class Soak:
         self.max_live_attempts = 0
         self.chaos_thread: threading.Thread | None = None
         self.kills_skipped = 0
+        self.owner_kills = 0  # kill -9s of the owner actor done
+        self.ray_root_recorded: tuple[int, float] | None = None
         self.shut_down = False
         self.leftovers: list[str] = []
         # (job, attempt) -> what was seen of its processes outliving their worker,
@@ -405,6 +412,10 @@ class Soak:
         return True
 
     def kill_daemon(self) -> None:
+        """kill -9 of the whole scheduler (the supervisor and its loop child at
+        once), then a restart.  Running attempts must outlive it: their owners
+        and the local Ray are not the daemon's descendants, and the next
+        scheduler adopts them (only attempts whose owner died may be lost)."""
         with self.lock:
             life = self.daemon
             if life is None or self.restarting:
@@ -416,13 +427,16 @@ class Soak:
             if self.pid_file() != pid:
                 self.warnings.append(f"scheduler.pid says {self.pid_file()}, expected {pid}")
             before = self.remember_descendants(pid)
-            holders = {pid_: key for key, pids in self.live_attempts().items() for pid_ in pids}
+            running_before = len(self.query("SELECT id FROM attempts WHERE state = 'running'"))
             life.end = self.measure(pid)
-            log(f"kill -9 scheduler daemon {pid} ({len(before)} descendants)")
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            child = self.loop_child(pid)
+            log(f"kill -9 scheduler daemon {pid} and its loop {child.pid if child else '-'} "
+                f"({running_before} attempts running)")
+            for victim in [pid] + ([child.pid] if child else []):
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             life.ended_how = "kill -9"
             deadline = time.monotonic() + 30
             while psutil.pid_exists(pid) and time.monotonic() < deadline:
@@ -441,7 +455,7 @@ class Soak:
                 time.sleep(0.5)
             else:
                 self.warnings.append(f"scheduler lock still held 30s after daemon {pid} was killed")
-            time.sleep(3.0)
+            time.sleep(1.0)
             for p in before:
                 try:
                     if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
@@ -449,56 +463,76 @@ class Soak:
                 except psutil.Error:
                     pass
             if life.orphans:
-                log(f"  descendants of daemon {pid} alive 3s after: {life.orphans}")
-            early = {p_: key for key, pids in self.live_attempts().items() for p_ in pids if holders.get(p_) == key}
-            if early:
-                log(f"  job processes of daemon {pid} alive 3s after: {self.describe(set(early))}")
-                self.job_survivors_3s += len(early)
+                log(f"  descendants of daemon {pid} alive 1s after: {life.orphans}")
+            self.job_survivors_3s += len(self.live_attempts())
             if not self.start_daemon(f"restart after kill -9 of {pid}"):
                 log("restart failed; retrying once")
                 self.start_daemon(f"second restart after kill -9 of {pid}")
-            # Once the next scheduler is up (it has reconciled: the old attempts are
-            # lost and requeued), nothing of the old one may still run: Ray ends a
-            # task when its owner dies (README), and a job process still running now
-            # runs beside the job's next attempt.
-            time.sleep(1.0)
-            for p in before:
-                try:
-                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                        life.orphans_after_restart.append(short_cmd(p))
-                except psutil.Error:
-                    pass
-            survivors = self.live_attempts()
-            for key, pids in sorted(survivors.items()):
-                old = {p_ for p_ in pids if holders.get(p_) == key}
-                if old:
-                    self.orphan(key, f"{self.describe(old)} still alive after kill -9 of the scheduler daemon "
-                                     f"{pid} and the restart that reconciled it")
-            if life.orphans_after_restart:
-                self.warnings.append(f"{len(life.orphans_after_restart)} processes of daemon {pid} (killed -9) still "
-                                     f"alive after the next scheduler was up: {', '.join(life.orphans_after_restart)}")
+            adopted = re.findall(r"adopted (\d+) attempts that outlived the previous scheduler; (\d+) had died",
+                                 self.log_text())
+            if adopted:
+                log(f"  the restart adopted {adopted[-1][0]} attempts ({adopted[-1][1]} had died)")
         finally:
             with self.lock:
                 self.restarting = False
 
-    def chaos(self, t_start: float, duration: float) -> None:
-        """Kill the daemon at spread-out times of the run (in its own thread, so
-        submitting goes on while no scheduler runs)."""
-        n = self.args.daemon_kills
-        times = sorted(t_start + duration * (k + 1) / (n + 1) * self.rng.uniform(0.9, 1.1) for k in range(n))
+    def log_text(self) -> str:
         try:
-            for i, t in enumerate(times):
-                # A restart takes tens of seconds here (Ray starts afresh): give each
-                # scheduler some uptime so that jobs do run between the kills.
-                t = max(t, self.last_ready + self.args.min_uptime)
-                if t > t_start + duration - 5:
-                    self.kills_skipped = n - i
-                    log(f"{n - i} daemon kills skipped: no time left with {self.args.min_uptime:.0f}s of uptime each")
+            return (self.home / "scheduler.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def ray_root(self) -> int | None:
+        """The local Ray's keeper (scheduler.json): Ray's workers and the owners run under it."""
+        local = self.state_file().get("local_ray") or {}
+        return local.get("pid")
+
+    def kill_owner(self) -> None:
+        """kill -9 of labq's owner of the node's attempts: what it ran is lost
+        (Ray ends a dead owner's tasks), ended on the node and requeued."""
+        root = self.ray_root()
+        try:
+            procs = psutil.Process(root).children(recursive=True) if root else []
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            try:
+                if (p.cmdline() or [""])[0].startswith("ray::AttemptOwner"):
+                    running = [r["job_id"] for r in self.query("SELECT job_id FROM attempts WHERE state = 'running'")]
+                    p.kill()
+                    self.owner_kills += 1
+                    with self.lock:
+                        for job in running:
+                            if job in self.expect:
+                                self.expect[job].interfered.append("owner kill")
+                    log(f"kill -9 labq's owner {p.pid} ({len(running)} attempts running)")
                     return
-                while time.time() < t:
-                    if self.stop_chaos.wait(0.2):
-                        return
-                self.kill_daemon()
+            except psutil.Error:
+                continue
+        log("no owner process found to kill")
+
+    def chaos(self, t_start: float, duration: float) -> None:
+        """Kill the daemon every --daemon-kill-gap seconds (drawn at random
+        between its two bounds, counted from the last restart being ready), in
+        its own thread so submitting goes on while no scheduler runs; and the
+        owner --owner-kills times, spread over the run."""
+        lo, hi = self.args.daemon_kill_gap
+        owner_times = sorted(t_start + duration * (k + 1) / (self.args.owner_kills + 1)
+                             for k in range(self.args.owner_kills))
+        try:
+            next_kill = self.last_ready + self.rng.uniform(lo, hi)
+            while True:
+                if self.stop_chaos.wait(0.2):
+                    return
+                now = time.time()
+                if now > t_start + duration - 5:
+                    return
+                if owner_times and now >= owner_times[0]:
+                    owner_times.pop(0)
+                    self.kill_owner()
+                if now >= next_kill:
+                    self.kill_daemon()
+                    next_kill = self.last_ready + self.rng.uniform(lo, hi)
         except Exception:
             self.cli_errors.append("chaos thread crashed: " + traceback.format_exc()[-800:])
 
@@ -755,10 +789,10 @@ class Soak:
                 except ProcessLookupError:
                     pass
         title = f"ray::labq-job-{job}-{n}"
-        try:
-            descendants = psutil.Process(life.pid).children(recursive=True)
+        try:  # Ray's workers run under the local Ray's keeper, not the daemon
+            descendants = psutil.Process(self.ray_root() or life.pid).children(recursive=True)
         except psutil.Error:
-            self.worker_kills["skipped: daemon gone"] += 1
+            self.worker_kills["skipped: Ray gone"] += 1
             return
         for p in descendants:
             try:
@@ -933,6 +967,11 @@ class Soak:
         if life is not None:
             final = {p.pid for p in self.remember_descendants(life.pid)}
             self.expected_exit.add(life.pid)
+        root = self.ray_root()
+        try:
+            self.ray_root_recorded = (root, psutil.Process(root).create_time()) if root else None
+        except psutil.Error:
+            self.ray_root_recorded = None
         proc = self.labq("scheduler", "stop", timeout=90, check=False)
         if proc is not None:
             log((proc.stdout or proc.stderr).strip())
@@ -941,6 +980,22 @@ class Soak:
             deadline = time.monotonic() + 15
             while psutil.pid_exists(life.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
+        keeper = self.ray_root_recorded
+        if keeper is not None:
+            try:
+                kept = psutil.Process(keeper[0])
+                if abs(kept.create_time() - keeper[1]) < 0.01:
+                    psutil.wait_procs([kept], timeout=5)
+                    if kept.is_running() and kept.status() != psutil.STATUS_ZOMBIE:
+                        self.warnings.append("the local Ray's keeper outlived `labq scheduler stop` with nothing "
+                                             "running; killed with what runs under it")
+                        for p in [*kept.children(recursive=True), kept]:
+                            try:
+                                p.kill()
+                            except psutil.Error:
+                                pass
+            except psutil.Error:
+                pass
         time.sleep(3.0)
         for pid, created in list(self.own_pids.items()):
             try:
@@ -1049,10 +1104,18 @@ class Soak:
         per_job = collections.Counter(len(by_job.get(j, [])) for j in jobs)
         attempt_states = collections.Counter(a["state"] for a in attempts)
         lost_reasons = collections.Counter(
-            ("scheduler restart" if "scheduler restarted" in (a["error"] or "") else
+            ("died while no scheduler ran" if "no labq owner held it" in (a["error"] or "") else
+             "owner died" if "owner" in (a["error"] or "") else
              "scheduler stop" if "scheduler stopped" in (a["error"] or "") else
              (a["error"] or "?").split(":")[0][:40])
             for a in attempts if a["state"] == "lost")
+        # Attempts run again that nothing this soak did explains: a scheduler kill
+        # must cost no attempt (only a killed worker, process group or owner may).
+        redone = [f"job {a['job_id']} attempt {a['number']}: {(a['error'] or '').strip()[:160]}"
+                  for a in attempts if a["state"] == "lost"
+                  and not (a["job_id"] in self.expect and self.expect[a["job_id"]].interfered)
+                  and not (self.owner_kills and "owner" in (a["error"] or ""))
+                  and "not started" not in (a["error"] or "") and "interrupted" not in (a["error"] or "")]
         first, last = (self.daemons[0], self.daemons[-1]) if self.daemons else (None, None)
 
         invariants = {
@@ -1065,6 +1128,7 @@ class Soak:
             "cancel not honoured": cancel_bad,
             "attempts with orphaned job processes (outlived their worker or daemon, or their attempt's end by >10s)":
                 [f"job {j} attempt {n}: " + "; then ".join(msgs) for (j, n), msgs in sorted(self.job_orphans.items())],
+            "attempts redone (lost to a scheduler kill, or to nothing this soak did)": redone,
             "unexpected scheduler exits": self.unexpected_exits,
             "CLI errors": self.cli_errors,
         }
@@ -1094,8 +1158,9 @@ class Soak:
                  "worker kills: " + (", ".join(f"{k} {v}" for k, v in sorted(self.worker_kills.items())) or "none"),
                  f"jobs interfered with (cancel or kill): {interfered}",
                  f"scheduler daemons: {len(self.daemons)} (kill -9 + restart: {sum(d.ended_how == 'kill -9' for d in self.daemons)}"
-                 + (f", {self.kills_skipped} kills skipped for lack of time" if self.kills_skipped else "") + "); "
-                 f"job processes alive 3s after a daemon kill (before the restart): {self.job_survivors_3s}",
+                 + f", owner kills {self.owner_kills}); "
+                 f"attempts running on through the daemon kills (summed over kills, seen live before each restart): "
+                 f"{self.job_survivors_3s}",
                  ]
         def proc_line(m: dict[str, Any]) -> str:
             if not m:
@@ -1164,10 +1229,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", help="LABQ_HOME to use (must hold no labq.db); default: a fresh temp dir")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--cpus", type=float, default=2, help="the scheduler's --cpus (default 2)")
-    p.add_argument("--daemon-kills", type=int, default=None,
-                   help="kill -9 + restarts of the scheduler (default: 1 per minute, 1 to 5)")
-    p.add_argument("--min-uptime", type=float, default=20.0,
-                   help="least seconds a restarted scheduler runs before the next kill -9 (default 20)")
+    p.add_argument("--daemon-kill-gap", type=float, nargs=2, default=[20.0, 60.0], metavar=("MIN", "MAX"),
+                   help="seconds from a scheduler being up to its kill -9, drawn at random (default 20 60)")
+    p.add_argument("--owner-kills", type=int, default=0,
+                   help="kill -9s of labq's owner actor, spread over the run (default 0)")
     p.add_argument("--kill-every", type=float, default=15.0, help="mean seconds between worker kills (default 15)")
     p.add_argument("--cancel-frac", type=float, default=0.1, help="share of jobs cancelled (default 0.1)")
     p.add_argument("--long-frac", type=float, default=0.05, help="share of experiments that are sleep 20-60 s")
@@ -1177,8 +1242,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
-    if args.daemon_kills is None:
-        args.daemon_kills = max(1, min(5, round(args.minutes)))
     soak = Soak(args)
 
     def on_term(*_: Any) -> None:

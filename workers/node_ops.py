@@ -11,6 +11,8 @@ the one that attempt's own worker recorded, never one found by name.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +38,51 @@ def gpu_ids(run_dir: str) -> list[int] | None:
 
 
 def end_process_group(run_dir: str, grace: float = 0.5) -> bool:
-    """End the process group of the attempt's command, if it recorded one and
-    it is still that attempt's (workers.attempt.group_is_attempts): a
+    """End what still runs of an attempt that has been judged ended: the
+    process group of its command, if it recorded one and it is still that
+    attempt's (workers.attempt.group_is_attempts), and any process that still
+    holds its logs open (the Ray worker of a Python job whose owner just died:
+    Ray ends it too, but a moment later, and its retry may already start).  A
     force-killed worker takes its command with it (PDEATHSIG), but not the
-    command's own children.  True if a group was there to end."""
+    command's own children.  True if something was there to end."""
+    paths = RunPaths(Path(run_dir))
+    ended = False
     try:
-        fields = RunPaths(Path(run_dir)).pgid.read_text().split()
+        fields = paths.pgid.read_text().split()
         pgid = int(fields[0])
         leader_started = int(fields[1]) if len(fields) > 1 else None
+        if group_is_attempts(pgid, leader_started):
+            ended = kill_process_group(pgid, grace=grace)
     except (OSError, ValueError, IndexError):
+        pass
+    return _end_holders(paths) or ended
+
+
+def _end_holders(paths: RunPaths) -> bool:
+    """SIGKILL every Ray worker (a process titled ``ray::...``) that has the
+    attempt's stdout or stderr log open: a worker holds them only while it
+    runs that attempt.  Anything else reading them (`labq logs -f`) is left alone."""
+    logs = {str(paths.stdout), str(paths.stderr)}
+    if not paths.root.exists() or not os.path.isdir("/proc"):
         return False
-    if not group_is_attempts(pgid, leader_started):
-        return False
-    return kill_process_group(pgid, grace=grace)
+    ended = False
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{name}/fd/{fd}") in logs:
+                    if _is_ray_worker(name):
+                        os.kill(int(name), signal.SIGKILL)
+                        ended = True
+                    break
+            except OSError:
+                continue
+    return ended
 
 
 def keep_bundle(data: bytes, run_dir: str) -> None:
@@ -77,3 +111,11 @@ def _oom_marker(paths: RunPaths) -> tuple[str | None, OomCause | None]:
 
 def _tuple(ids: list[int] | None) -> tuple[int, ...] | None:
     return tuple(ids) if ids is not None else None
+
+
+def _is_ray_worker(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().startswith(b"ray::")
+    except OSError:
+        return False
