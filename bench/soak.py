@@ -59,8 +59,8 @@ exits 1 if an invariant failed:
 * lost: jobs not terminal after the wait = 0;
 * missing: ids a submit acknowledged that are not in the db = 0;
 * ids returned twice = 0;
-* duplicated: no job with two attempts running at once (in the db, by the
-  attempts' dispatched/ended times and by sampling; or as live processes of two
+* duplicated: no job with two attempts running at once (in the db, by one
+  attempt's end and the next one's worker start, and by sampling; or as live processes of two
   attempts of one job at the same moment), no attempt with two
   'running -> ...' transitions;
 * consistency: jobs.attempts matches the attempt rows, no attempt 'running'
@@ -465,12 +465,13 @@ class Soak:
             if life.orphans:
                 log(f"  descendants of daemon {pid} alive 1s after: {life.orphans}")
             self.job_survivors_3s += len(self.live_attempts())
+            said_before = len(re.findall(r"adopted \d+ attempts", self.log_text()))
             if not self.start_daemon(f"restart after kill -9 of {pid}"):
                 log("restart failed; retrying once")
                 self.start_daemon(f"second restart after kill -9 of {pid}")
             adopted = re.findall(r"adopted (\d+) attempts that outlived the previous scheduler; (\d+) had died",
                                  self.log_text())
-            if adopted:
+            if len(adopted) > said_before:  # it says so only when there was something to adopt
                 log(f"  the restart adopted {adopted[-1][0]} attempts ({adopted[-1][1]} had died)")
         finally:
             with self.lock:
@@ -1024,8 +1025,8 @@ class Soak:
     def summarize(self) -> dict[str, Any]:
         jobs = {r["id"]: r for r in self.query("SELECT id, state, attempts, retries, free_retries, cancel_requested"
                                                " FROM jobs")}
-        attempts = self.query("SELECT id, job_id, number, state, dispatched_at, ended_at, error FROM attempts"
-                              " ORDER BY job_id, number")
+        attempts = self.query("SELECT id, job_id, number, state, dispatched_at, started_at, ended_at, error"
+                              " FROM attempts ORDER BY job_id, number")
         transitions = self.query("SELECT attempt_id, COUNT(*) AS n FROM events WHERE kind = 'state'"
                                  " AND message LIKE 'running -> %' AND attempt_id IS NOT NULL"
                                  " GROUP BY attempt_id HAVING COUNT(*) > 1")
@@ -1041,11 +1042,17 @@ class Soak:
         terminal = [j for j in jobs.values() if j["state"] in TERMINAL]
         lost = sorted(j["id"] for j in jobs.values() if j["state"] not in TERMINAL)
 
+        # An attempt's end is the worker's clock when it wrote its result, its
+        # dispatch the scheduler's clock at the start of the pass that launched
+        # it: a pass that finds an attempt ending and starts the next one can
+        # date the dispatch a few ms before that end.  What runs is what counts:
+        # the next attempt's worker start (its own clock), else its dispatch.
         overlaps = []
         for job_id, rows in by_job.items():
             for prev, nxt in zip(rows, rows[1:]):
-                if prev["ended_at"] is None or (nxt["dispatched_at"] is not None and nxt["dispatched_at"] < prev["ended_at"] - 1e-6):
-                    overlaps.append(f"job {job_id}: attempt {nxt['number']} dispatched before attempt {prev['number']} ended")
+                began = nxt["started_at"] or nxt["dispatched_at"]
+                if prev["ended_at"] is None or (began is not None and began < prev["ended_at"] - 1e-6):
+                    overlaps.append(f"job {job_id}: attempt {nxt['number']} began before attempt {prev['number']} ended")
         dupes = (overlaps + [f"job {j}: attempts {n} 'running' at once in the db" for j, n in sorted(self.db_running_dupes)]
                  + [f"attempt id {r['attempt_id']}: {r['n']} 'running -> ...' transitions" for r in transitions]
                  + list(self.live_dupes.values()))
