@@ -258,7 +258,14 @@ class RayBackend:
             try:
                 replies = ray.get(self._owner(node).start.remote(self.epoch, [launch.to_json() for launch in launches]),
                                   timeout=NODE_OP_SECONDS * 6)
-            except Exception as exc:  # the owner (or its node) is gone: these never started
+            except ray.exceptions.GetTimeoutError:
+                # A slow owner may have started them: sent again next time (an owner
+                # starts a key once, and hands back the same ref for it).
+                log.warning("labq's owner on node %s took over a minute to take %d launches; sending them again",
+                            node[:8], len(launches))
+                self._unsent.setdefault(node, []).extend(launches)
+                continue
+            except Exception as exc:  # the owner (or its node) is gone, and what it ran with it
                 end = _classify(exc) if _is_ray_error(exc) else TaskEnd(
                     AttemptState.LOST, EndCause.LAUNCH_FAILED, error=f"could not launch on Ray: {_short(exc)}")
                 if end.cause is EndCause.OWNER_DIED:
