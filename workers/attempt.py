@@ -163,6 +163,8 @@ def _gpu_usage(watch: gpu.GpuWatch | None) -> dict[str, Any] | None:
     if watch is None:
         return None
     try:
+        if not watch.samples:  # a job shorter than one sampling period still reports its card and share
+            watch.sample(set(), time.time())
         summary = watch.summary()
         if summary is not None:
             summary["pids_left"] = sorted(gpu.wait_gone(watch.seen - {os.getpid()}, gpu.GPU_RELEASE_SECONDS,
