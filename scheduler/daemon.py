@@ -320,12 +320,29 @@ def _stop_idle_local_ray(home: Path, log: logging.Logger) -> None:
 
     state = _read_state(home)
     kept = local_ray.LocalRay.from_json(state.get("local_ray"))
-    if kept is None or state.get("left_running") != 0:
+    left = state.get("left_running")
+    if left is None:  # stopped between lives, or the child died: the database says what still runs
+        left = _running_in_db(home)
+    if kept is None or left != 0:
         return
     ended = local_ray.stop(kept)
     _write_state(home, **{**state, "local_ray": None, "ray_processes": [], "heartbeat": time.time()})
     if ended:
         log.info("stopped the local Ray (%d processes): nothing runs on it", ended)
+
+
+def _running_in_db(home: Path) -> int | None:
+    """How many attempts the database says run (None if it cannot be read)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{home / 'labq.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT COUNT(*) FROM attempts WHERE state = 'running'").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
 
 
 def _read_state(home: Path) -> dict:
