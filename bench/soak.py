@@ -120,7 +120,9 @@ LABQ = [str(VENV_BIN / "labq")] if (VENV_BIN / "labq").exists() else [sys.execut
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "unschedulable", "upstream_failed"}
 ACTIVE = {"blocked", "pending", "running"}
 CPUS = ["0.25", "0.5", "0.75", "1"]
-STALE_GRACE_S = 10.0
+STALE_GRACE_S = 10.0  # a job process may outlive its attempt's recorded end by this much
+KILL_GRACE_S = 2.0  # ... the Ray worker or process group the soak killed by this much
+OWNER_KILL_GRACE_S = 20.0  # ... the owner the soak killed (Ray ends its tasks, labq their groups) by this much
 
 JOBS_MODULE = '''\
 """Callable jobs for labq's soak test."""
@@ -209,8 +211,11 @@ class DaemonLife:
     end: dict[str, Any] = field(default_factory=dict)
     rss_max: int = 0  # of the daemon plus its scheduler-loop process, sampled
     ended_how: str = "running"
-    orphans: list[str] = field(default_factory=list)  # descendants alive 3 s after a kill -9
-    orphans_after_restart: list[str] = field(default_factory=list)  # ... and still alive once the next one was up
+    # after its kill -9: its descendants outside the local Ray alive 1 s after (none expected) ...
+    orphans: list[str] = field(default_factory=list)
+    # ... and how many of the local Ray's processes (its keeper and what runs under it) lived on, as they must
+    ray_survivors: int = 0
+    adopted: tuple[int, int] | None = None  # (adopted, had died) as the scheduler that replaced it logged
     loop_pids: list[int] = field(default_factory=list)  # scheduler-loop child processes seen (supervisor model)
 
 
@@ -255,6 +260,9 @@ class Soak:
         self.chaos_thread: threading.Thread | None = None
         self.kills_skipped = 0
         self.owner_kills = 0  # kill -9s of the owner actor done
+        self.owner_kill_times: list[float] = []
+        self.killed_attempts: set[tuple[int, int]] = set()  # (job, attempt) whose worker or process group we killed
+        self.ray_failures: list[str] = []  # the local Ray not outliving a daemon kill, or not joined again
         self.ray_root_recorded: tuple[int, float] | None = None
         self.shut_down = False
         self.leftovers: list[str] = []
@@ -414,8 +422,9 @@ class Soak:
     def kill_daemon(self) -> None:
         """kill -9 of the whole scheduler (the supervisor and its loop child at
         once), then a restart.  Running attempts must outlive it: their owners
-        and the local Ray are not the daemon's descendants, and the next
-        scheduler adopts them (only attempts whose owner died may be lost)."""
+        and the local Ray are not the daemon's descendants, the keeper must
+        still run after the kill, and the next scheduler must join that same Ray
+        and adopt them (only attempts whose owner died may be lost)."""
         with self.lock:
             life = self.daemon
             if life is None or self.restarting:
@@ -427,11 +436,18 @@ class Soak:
             if self.pid_file() != pid:
                 self.warnings.append(f"scheduler.pid says {self.pid_file()}, expected {pid}")
             before = self.remember_descendants(pid)
+            local = self.local_ray()
+            keeper = self.keeper(local)
+            ray_tree = self.tree(keeper)
             running_before = len(self.query("SELECT id FROM attempts WHERE state = 'running'"))
             life.end = self.measure(pid)
             child = self.loop_child(pid)
             log(f"kill -9 scheduler daemon {pid} and its loop {child.pid if child else '-'} "
-                f"({running_before} attempts running)")
+                f"({running_before} attempts running; local Ray keeper {keeper.pid if keeper else '-'}, "
+                f"{len(ray_tree)} processes)")
+            if keeper is None:
+                self.ray_failures.append(f"before the kill of daemon {pid}: no live local Ray keeper in "
+                                         f"scheduler.json ({local})")
             for victim in [pid] + ([child.pid] if child else []):
                 try:
                     os.kill(victim, signal.SIGKILL)
@@ -456,22 +472,38 @@ class Soak:
             else:
                 self.warnings.append(f"scheduler lock still held 30s after daemon {pid} was killed")
             time.sleep(1.0)
+            # The local Ray (its keeper and everything under it) must live on; nothing
+            # else of the daemon's may.
+            life.ray_survivors = sum(self.alive(q, t) for q, t in ray_tree.items())
             for p in before:
                 try:
-                    if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                        life.orphans.append(short_cmd(p))
+                    if p.pid in ray_tree or not (p.is_running() and p.status() != psutil.STATUS_ZOMBIE):
+                        continue
+                    life.orphans.append(short_cmd(p))
                 except psutil.Error:
                     pass
+            if keeper is not None and not self.alive(keeper.pid, ray_tree[keeper.pid]):
+                self.ray_failures.append(f"the local Ray's keeper {keeper.pid} died with daemon {pid} "
+                                         f"({life.ray_survivors} of its {len(ray_tree)} processes left)")
+                log("  " + self.ray_failures[-1])
             if life.orphans:
-                log(f"  descendants of daemon {pid} alive 1s after: {life.orphans}")
+                self.warnings.append(f"descendants of daemon {pid} outside the local Ray alive 1s after its "
+                                     f"kill -9: {', '.join(life.orphans)}")
+                log("  " + self.warnings[-1])
             self.job_survivors_3s += len(self.live_attempts())
             said_before = len(re.findall(r"adopted \d+ attempts", self.log_text()))
             if not self.start_daemon(f"restart after kill -9 of {pid}"):
                 log("restart failed; retrying once")
                 self.start_daemon(f"second restart after kill -9 of {pid}")
+            after = self.local_ray()
+            if keeper is not None and (after.get("pid"), after.get("started")) != (local.get("pid"), local.get("started")):
+                self.ray_failures.append(f"the scheduler that replaced daemon {pid} runs on another local Ray "
+                                         f"(keeper {after.get('pid')}, was {local.get('pid')})")
+                log("  " + self.ray_failures[-1])
             adopted = re.findall(r"adopted (\d+) attempts that outlived the previous scheduler; (\d+) had died",
                                  self.log_text())
             if len(adopted) > said_before:  # it says so only when there was something to adopt
+                life.adopted = (int(adopted[-1][0]), int(adopted[-1][1]))
                 log(f"  the restart adopted {adopted[-1][0]} attempts ({adopted[-1][1]} had died)")
         finally:
             with self.lock:
@@ -483,10 +515,50 @@ class Soak:
         except OSError:
             return ""
 
+    def local_ray(self) -> dict[str, Any]:
+        """The local Ray labq records in scheduler.json: {pid, started, address, temp_dir}."""
+        return self.state_file().get("local_ray") or {}
+
+    @staticmethod
+    def keeper(local: dict[str, Any]) -> psutil.Process | None:
+        """The local Ray's keeper process, if it runs (checked by its start time)."""
+        try:
+            proc = psutil.Process(int(local["pid"]))
+            if abs(proc.create_time() - float(local["started"])) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except (KeyError, TypeError, ValueError, psutil.Error):
+            pass
+        return None
+
+    @staticmethod
+    def tree(proc: psutil.Process | None) -> dict[int, float]:
+        """pid -> create time of ``proc`` and all its descendants."""
+        out: dict[int, float] = {}
+        if proc is None:
+            return out
+        try:
+            procs = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            procs = [proc]
+        for q in procs:
+            try:
+                out[q.pid] = q.create_time()
+            except psutil.Error:
+                pass
+        return out
+
+    @staticmethod
+    def alive(pid: int, created: float) -> bool:
+        try:
+            q = psutil.Process(pid)
+            return abs(q.create_time() - created) < 0.01 and q.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
     def ray_root(self) -> int | None:
-        """The local Ray's keeper (scheduler.json): Ray's workers and the owners run under it."""
-        local = self.state_file().get("local_ray") or {}
-        return local.get("pid")
+        """The local Ray's keeper pid (scheduler.json): Ray's workers and the owners run under it."""
+        proc = self.keeper(self.local_ray())
+        return proc.pid if proc else None
 
     def kill_owner(self) -> None:
         """kill -9 of labq's owner of the node's attempts: what it ran is lost
@@ -499,13 +571,19 @@ class Soak:
         for p in procs:
             try:
                 if (p.cmdline() or [""])[0].startswith("ray::AttemptOwner"):
-                    running = [r["job_id"] for r in self.query("SELECT job_id FROM attempts WHERE state = 'running'")]
+                    running = [(r["job_id"], r["number"])
+                               for r in self.query("SELECT job_id, number FROM attempts WHERE state = 'running'")]
                     p.kill()
+                    now = time.time()
                     self.owner_kills += 1
                     with self.lock:
-                        for job in running:
+                        self.owner_kill_times.append(now)
+                        for job, n in running:
                             if job in self.expect:
                                 self.expect[job].interfered.append("owner kill")
+                            # Ray ends a dead owner's tasks, labq their process groups
+                            self.after_kill_checks.append((now + OWNER_KILL_GRACE_S, job, n,
+                                                           f"the kill -9 of its owner {p.pid}"))
                     log(f"kill -9 labq's owner {p.pid} ({len(running)} attempts running)")
                     return
             except psutil.Error:
@@ -518,10 +596,11 @@ class Soak:
         its own thread so submitting goes on while no scheduler runs; and the
         owner --owner-kills times, spread over the run."""
         lo, hi = self.args.daemon_kill_gap
+        kill_daemons = hi > 0
         owner_times = sorted(t_start + duration * (k + 1) / (self.args.owner_kills + 1)
                              for k in range(self.args.owner_kills))
         try:
-            next_kill = self.last_ready + self.rng.uniform(lo, hi)
+            next_kill = self.last_ready + self.rng.uniform(lo, hi) if kill_daemons else float("inf")
             while True:
                 if self.stop_chaos.wait(0.2):
                     return
@@ -784,24 +863,31 @@ class Soak:
             if pgid is not None:
                 try:
                     os.killpg(pgid, signal.SIGKILL)
-                    self.note_kill(job, f"job {job} attempt {n}: SIGKILL process group {pgid}", "command pgid")
-                    self.after_kill_checks.append((time.time() + 2.0, job, n, f"SIGKILL of its process group {pgid}"))
+                    self.note_kill(job, n, f"job {job} attempt {n}: SIGKILL process group {pgid}", "command pgid")
+                    with self.lock:
+                        self.after_kill_checks.append((time.time() + KILL_GRACE_S, job, n,
+                                                       f"the SIGKILL of its process group {pgid}"))
                     return
                 except ProcessLookupError:
                     pass
         title = f"ray::labq-job-{job}-{n}"
-        try:  # Ray's workers run under the local Ray's keeper, not the daemon
-            descendants = psutil.Process(self.ray_root() or life.pid).children(recursive=True)
+        keeper = self.keeper(self.local_ray())  # Ray's workers run under the local Ray's keeper, not the daemon
+        try:
+            descendants = keeper.children(recursive=True) if keeper else None
         except psutil.Error:
-            self.worker_kills["skipped: Ray gone"] += 1
+            descendants = None
+        if descendants is None:
+            self.worker_kills["skipped: no local Ray keeper"] += 1
             return
         for p in descendants:
             try:
                 if [a.strip() for a in p.cmdline()[:1]] == [title]:
                     p.kill()
-                    self.note_kill(job, f"job {job} attempt {n}: kill -9 Ray worker {p.pid} ({title})",
+                    self.note_kill(job, n, f"job {job} attempt {n}: kill -9 Ray worker {p.pid} ({title})",
                                    f"ray worker ({row['target_kind']})")
-                    self.after_kill_checks.append((time.time() + 2.0, job, n, f"kill -9 of its Ray worker {p.pid}"))
+                    with self.lock:
+                        self.after_kill_checks.append((time.time() + KILL_GRACE_S, job, n,
+                                                       f"the kill -9 of its Ray worker {p.pid}"))
                     return
             except psutil.Error:
                 continue
@@ -813,16 +899,21 @@ class Soak:
         log(f"orphan: job {key[0]} attempt {key[1]}: {what}")
 
     def check_after_kills(self, force: bool = False) -> None:
-        """2 s after a kill, nothing may still hold the killed attempt's run dir."""
-        due = [c for c in self.after_kill_checks if force or c[0] <= time.time()]
+        """A grace after a kill of a worker, process group or owner (KILL_GRACE_S,
+        OWNER_KILL_GRACE_S), nothing may still hold the killed attempt's run dir.
+        Not after a scheduler kill: its attempts run on, as they must."""
+        with self.lock:
+            due = [c for c in self.after_kill_checks if force or c[0] <= time.time()]
+            for c in due:
+                self.after_kill_checks.remove(c)
         if not due:
             return
         live = self.live_attempts()
-        for c in due:
-            self.after_kill_checks.remove(c)
-            _, job, n, what = c
+        for when, job, n, what in due:
             if live.get((job, n)):
-                self.orphan((job, n), f"{self.describe(live[(job, n)])} still alive 2s after {what}")
+                grace = OWNER_KILL_GRACE_S if "owner" in what else KILL_GRACE_S
+                self.orphan((job, n), f"{self.describe(live[(job, n)])} still alive "
+                                      f"{grace + max(0.0, time.time() - when):.0f}s after {what}")
 
     def command_pgid(self, run_dir: Path) -> int | None:
         try:
@@ -841,10 +932,11 @@ class Soak:
             return None
         return None
 
-    def note_kill(self, job: int, what: str, how: str) -> None:
+    def note_kill(self, job: int, n: int, what: str, how: str) -> None:
         self.worker_kills[how] += 1
         self.kill_log.append(what)
         with self.lock:
+            self.killed_attempts.add((job, n))
             if job in self.expect:
                 self.expect[job].interfered.append(f"worker kill ({how})")
         log(what)
@@ -968,11 +1060,10 @@ class Soak:
         if life is not None:
             final = {p.pid for p in self.remember_descendants(life.pid)}
             self.expected_exit.add(life.pid)
-        root = self.ray_root()
-        try:
-            self.ray_root_recorded = (root, psutil.Process(root).create_time()) if root else None
-        except psutil.Error:
-            self.ray_root_recorded = None
+        local = self.local_ray()
+        keeper = self.keeper(local)
+        ray_tree = self.tree(keeper)  # the local Ray's keeper and all under it, before the stop
+        self.ray_root_recorded = (keeper.pid, ray_tree[keeper.pid]) if keeper and keeper.pid in ray_tree else None
         proc = self.labq("scheduler", "stop", timeout=90, check=False)
         if proc is not None:
             log((proc.stdout or proc.stderr).strip())
@@ -981,22 +1072,31 @@ class Soak:
             deadline = time.monotonic() + 15
             while psutil.pid_exists(life.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-        keeper = self.ray_root_recorded
-        if keeper is not None:
-            try:
-                kept = psutil.Process(keeper[0])
-                if abs(kept.create_time() - keeper[1]) < 0.01:
-                    psutil.wait_procs([kept], timeout=5)
-                    if kept.is_running() and kept.status() != psutil.STATUS_ZOMBIE:
-                        self.warnings.append("the local Ray's keeper outlived `labq scheduler stop` with nothing "
-                                             "running; killed with what runs under it")
-                        for p in [*kept.children(recursive=True), kept]:
-                            try:
-                                p.kill()
-                            except psutil.Error:
-                                pass
-            except psutil.Error:
-                pass
+        # With nothing running, the stop ends the local Ray: 5 s later nothing of it may be left.
+        if ray_tree:
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and any(self.alive(q, t) for q, t in ray_tree.items()):
+                time.sleep(0.2)
+            still = self.keeper(local)
+            ray_tree.update(self.tree(still))  # what started under it since
+            left = [q for q, t in ray_tree.items() if self.alive(q, t)]
+            if left:
+                what = []
+                for q in left:
+                    try:
+                        what.append(short_cmd(psutil.Process(q)))
+                    except psutil.Error:
+                        continue
+                self.warnings.append(f"the local Ray outlived `labq scheduler stop` by 5s (keeper {local.get('pid')} "
+                                     f"{'alive' if still else 'gone'}; {len(what)} of its processes left, killed by "
+                                     f"the soak: {', '.join(what)})")
+                log(self.warnings[-1])
+                for q in left:
+                    try:
+                        if self.alive(q, ray_tree[q]):
+                            psutil.Process(q).kill()
+                    except psutil.Error:
+                        pass
         time.sleep(3.0)
         for pid, created in list(self.own_pids.items()):
             try:

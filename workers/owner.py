@@ -50,9 +50,13 @@ _remote_gpu_attempt = ray.remote(max_retries=0, max_calls=1)(run_attempt)
 # A pack of short jobs run one after another in one task (scheduler.packing).
 _remote_pack = ray.remote(max_retries=0)(run_attempts)
 
-# Calls run in a few threads: ending a process group waits out a grace
-# period, which must not hold up a pass's launches.
-OWNER_THREADS = 8
+# The owner's calls about tasks (start, adopt, cancel, forget) run one at a
+# time, in the order one scheduler sent them (a cancel before its forget);
+# what it does on the node's files and processes runs in a group of its own, a
+# few at a time: ending a process group waits out a grace period, which must
+# not hold up a pass's launches.
+NODE_OPS_GROUP = "node"
+NODE_OPS_THREADS = 4
 # What the owner answers for a launch it refuses (the scheduler reads it as an error).
 REFUSED = "refused"
 
@@ -73,7 +77,8 @@ class AttemptOwner:
         self._version = version
         self._tasks: dict[str, _Task] = {}
         self._epoch = 0
-        self._lock = threading.Lock()  # launches and adoptions are one at a time (the epoch fence)
+        # Launches and adoptions are one at a time (the epoch fence), whatever runs them.
+        self._lock = threading.Lock()
         self._remotes: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------ who
@@ -153,12 +158,15 @@ class AttemptOwner:
 
     # ------------------------------------------------------------ this node's files and processes
 
+    @ray.method(concurrency_group=NODE_OPS_GROUP)
     def trace(self, run_dir: str) -> dict[str, Any]:
         return node_ops.trace(run_dir)
 
+    @ray.method(concurrency_group=NODE_OPS_GROUP)
     def gpu_ids(self, run_dir: str) -> list[int] | None:
         return node_ops.gpu_ids(run_dir)
 
+    @ray.method(concurrency_group=NODE_OPS_GROUP)
     def end_process_group(self, run_dir: str) -> bool:
         return node_ops.end_process_group(run_dir)
 
@@ -176,7 +184,8 @@ def actor_class() -> Any:
     """The Ray actor class (made on first use, so importing this module costs nothing)."""
     global _ACTOR
     if _ACTOR is None:
-        _ACTOR = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=OWNER_THREADS)(AttemptOwner)
+        _ACTOR = ray.remote(num_cpus=0, max_restarts=0, max_concurrency=1,
+                            concurrency_groups={NODE_OPS_GROUP: NODE_OPS_THREADS})(AttemptOwner)
     return _ACTOR
 
 
