@@ -1,6 +1,7 @@
 """Soak test: a real labq scheduler under a steady stream of small jobs and chaos.
 
     python bench/soak.py --minutes M [--rate R] [--home DIR] [--seed S]
+                         [--daemon-kill-gap MIN MAX] [--owner-kills K] [--kill-every S]
 
 With a fresh ``LABQ_HOME`` (a temp dir unless ``--home``) it starts the
 scheduler (``labq scheduler start --cpus 2``) and then, for M minutes:
@@ -24,21 +25,28 @@ scheduler (``labq scheduler start --cpus 2``) and then, for M minutes:
   How the worker is found (one method, exact): labq names each Ray task
   ``labq-job-<job id>-<attempt>`` (``ray_backend.launch``) and a Ray worker sets
   its process title to ``ray::<task name>`` while it runs the task, so the
-  worker is the descendant of the local Ray's keeper whose cmdline[0] is
-  ``ray::labq-job-<id>-<n>``.  For command jobs, half the kills instead
-  SIGKILL the command's process group, read from the attempt's ``pgid`` file
-  (checked first: the group leader must hold the attempt's stdout.log open, so
-  a recycled pid is never killed);
-* every 20-60 s (``--daemon-kill-gap MIN MAX``, drawn at random, counted from
-  the last restart being ready) kills -9 the whole scheduler, the supervisor
-  (pid from ``LABQ_HOME/scheduler.pid``) and its loop child at once, and
-  restarts it with ``labq scheduler start --cpus 2``.  Running attempts must
-  outlive it: their owner actor and the local Ray are not the daemon's
-  descendants (the keeper in ``scheduler.json``, ``local_ray``), and the next
-  scheduler adopts them (the soak reads "adopted N attempts" from its log);
-* with ``--owner-kills K``, kills -9 labq's owner actor (the keeper's
-  descendant titled ``ray::AttemptOwner...``) K times: what it ran is lost
-  (Ray ends a dead owner's tasks), ended on the node and requeued.
+  worker is the descendant of the local Ray's keeper (``local_ray.pid`` in
+  ``LABQ_HOME/scheduler.json``, checked by its start time) whose cmdline[0] is
+  ``ray::labq-job-<id>-<n>``: Ray's workers no longer run under the daemon.
+  For command jobs, half the kills instead SIGKILL the command's process group,
+  read from the attempt's ``pgid`` file (checked first: the group leader must
+  hold the attempt's stdout.log open, so a recycled pid is never killed);
+* every 20-60 s (``--daemon-kill-gap MIN MAX``, alias ``--daemon-kills-every``;
+  drawn at random, counted from the last restart being ready; MAX 0 turns it
+  off) kills -9 the whole scheduler, the supervisor (pid from
+  ``LABQ_HOME/scheduler.pid``) and its loop child (``python -m scheduler.daemon
+  --child``) at once, and restarts it with ``labq scheduler start --cpus 2``.
+  Running attempts must outlive it: the local Ray (its keeper and everything
+  under it: Ray's processes, the owner actor, the workers and their job
+  processes) is not the daemon's to take down.  Checked at each kill: the
+  keeper still runs 1 s after it, the restarted scheduler records that same
+  keeper in scheduler.json (it joined the same Ray), and what the restart
+  adopted is read from its log ("adopted N attempts that outlived the previous
+  scheduler; M had died with it");
+* with ``--owner-kills K`` (default 0), kills -9 labq's owner actor (the
+  keeper's descendant whose process title starts with ``ray::AttemptOwner``)
+  K times, spread over the run: what it ran is lost (Ray ends a dead owner's
+  tasks, with an error that names the owner), ended on the node and requeued.
 
 The daemon may be the scheduler itself or a supervisor running the scheduler
 loop in a child (``python -m scheduler.daemon --child``): RSS, fds and children
@@ -51,36 +59,48 @@ processes (a Ray worker running a callable holds stdout.log/stderr.log; a
 command's shell and its children hold them as fds 1 and 2).
 
 At the end it stops submitting, waits (``--drain-timeout``) until every job is
-terminal, measures the daemon, stops it (``labq scheduler stop``), kills only
-leftover processes it can attribute to this run (descendants of the daemons
-it started, or holders of this run's run-dir files), prints a summary, and
-exits 1 if an invariant failed:
+terminal, measures the daemon, stops it (``labq scheduler stop``: with nothing
+running, that stops the local Ray too), kills what is left of the local Ray 5 s
+later (a warning), then kills only other leftover processes it can attribute
+to this run (descendants of the daemons it started, or holders of this run's
+run-dir files), prints a summary (jobs, attempts, lost, duplicated, redone,
+daemon and owner kills, adoptions, wall time), and exits 1 if an invariant
+failed:
 
 * lost: jobs not terminal after the wait = 0;
 * missing: ids a submit acknowledged that are not in the db = 0;
 * ids returned twice = 0;
 * duplicated: no job with two attempts running at once (in the db, by one
-  attempt's end and the next one's worker start, and by sampling; or as live processes of two
-  attempts of one job at the same moment), no attempt with two
+  attempt's end and the next one's worker start, and by sampling; or as live
+  processes of two attempts of one job at the same moment), no attempt with two
   'running -> ...' transitions;
 * consistency: jobs.attempts matches the attempt rows, no attempt 'running'
   under a terminal job, a succeeded job's last attempt succeeded, charged
   attempts within retries + 1;
 * outcome: a job nobody cancelled or killed ends as its action says
-  (scheduler restarts are free retries, so they do not excuse a failure);
-  a cancel that was acknowledged ends the job cancelled (or succeeded, when it
-  raced the end of a running job);
-* attempts redone = 0: no attempt is lost except to a worker, process group
-  or owner this soak killed (a scheduler kill must cost nothing);
-* orphans: no job process (a holder of a run dir's files) alive 2 s after its
-  Ray worker or process group was killed, or alive >10 s after its attempt was
-  recorded ended; one entry per attempt;
+  (a scheduler kill excuses nothing); a cancel that was acknowledged ends the
+  job cancelled (or succeeded, when it raced the end of a running job);
+* attempts redone = 0: no attempt ends ``lost`` except, attempt by attempt,
+  one whose Ray worker or process group this soak killed, one lost for its
+  owner (the error names the owner) that was running when this soak killed the
+  owner (dispatched before the kill or within 20 s after it, ended after it),
+  or a packed job requeued uncharged because its pack ended before it began or
+  was stopped for another job of it.  An attempt lost to a scheduler kill is a
+  failure: the restart must adopt it;
+* local Ray: its keeper alive after every scheduler kill, and the same keeper
+  recorded by the scheduler that replaced the killed one;
+* orphans: no job process (a holder of a run dir's files) alive 2 s after the
+  Ray worker or process group this soak killed, 20 s after the owner it killed,
+  or >10 s after its attempt was recorded ended; one entry per attempt.  Job
+  processes outliving a *scheduler* kill are what must happen, not orphans;
 * daemon: it never exits unless this script killed it; no CLI call fails.
 
 Warnings (reported, not failing): `scheduler start` returning before the new
 daemon is ready (checked: scheduler.json must name the new pid with Ray up),
-the local Ray still up 5 s after `labq scheduler stop` with nothing running,
-and descendants of the last daemon alive 3 s after it.
+descendants of a killed daemon outside the local Ray alive 1 s after its kill,
+anything of the local Ray (the keeper or a process that was under it) alive
+5 s after `labq scheduler stop` with nothing running (killed by the soak), and
+descendants of the last daemon alive 3 s after the stop.
 
 The summary is also written to ``LABQ_HOME/soak-summary.json``.  A temp
 LABQ_HOME is removed after a passing run (unless ``--keep``) and kept after a
@@ -271,6 +291,8 @@ class Soak:
         self.job_orphans: dict[tuple[int, int], list[str]] = {}
         self.job_survivors_3s = 0  # job processes alive 3 s after their daemon's kill -9 (before the restart)
         self.last_ready = 0.0
+        self.t_begin = time.time()
+        self.drain_seconds = 0.0
         self.after_kill_checks: list[tuple[float, int, int, str]] = []  # (when, job, attempt, what was killed)
         self.stop_leftovers: list[str] = []
 
@@ -993,7 +1015,9 @@ class Soak:
                 chaos.join(timeout=300)  # a restart under way finishes first
             time.sleep(2.0)
             self.check_after_kills(force=True)
+            t_drain = time.time()
             self.drain()
+            self.drain_seconds = time.time() - t_drain
             self.stop_sampling.set()
             sampler.join(timeout=30)
             with self.lock:
@@ -1217,12 +1241,26 @@ class Soak:
              (a["error"] or "?").split(":")[0][:40])
             for a in attempts if a["state"] == "lost")
         # Attempts run again that nothing this soak did explains: a scheduler kill
-        # must cost no attempt (only a killed worker, process group or owner may).
-        redone = [f"job {a['job_id']} attempt {a['number']}: {(a['error'] or '').strip()[:160]}"
-                  for a in attempts if a["state"] == "lost"
-                  and not (a["job_id"] in self.expect and self.expect[a["job_id"]].interfered)
-                  and not (self.owner_kills and "owner" in (a["error"] or ""))
-                  and "not started" not in (a["error"] or "") and "interrupted" not in (a["error"] or "")]
+        # must cost no attempt.  Excused, attempt by attempt: one whose Ray worker
+        # or process group the soak killed; one lost for its owner ("owner" in the
+        # error) that ran when the soak killed the owner (dispatched before the kill,
+        # or within OWNER_KILL_GRACE_S after it, when it went to the dead owner,
+        # and ended after it); a packed job requeued uncharged because its pack
+        # ended before it began or was stopped for another job of it.
+        def excused(a: sqlite3.Row) -> bool:
+            error = a["error"] or ""
+            if (a["job_id"], a["number"]) in self.killed_attempts:
+                return True
+            if "owner" in error and any((a["dispatched_at"] or 0) <= t + OWNER_KILL_GRACE_S
+                                        and (a["ended_at"] is None or a["ended_at"] >= t)
+                                        for t in self.owner_kill_times):
+                return True
+            return error.startswith("not started: the pack") or error.startswith("interrupted: its pack")
+
+        redone = [f"job {a['job_id']} attempt {a['number']} (dispatched {time.strftime('%H:%M:%S', time.localtime(a['dispatched_at'] or 0))}, "
+                  f"lost {time.strftime('%H:%M:%S', time.localtime(a['ended_at'] or 0))}): {(a['error'] or '').strip()[:200]}"
+                  for a in attempts if a["state"] == "lost" and not excused(a)]
+        adoptions = [d.adopted for d in self.daemons if d.adopted]
         first, last = (self.daemons[0], self.daemons[-1]) if self.daemons else (None, None)
 
         invariants = {
@@ -1233,9 +1271,12 @@ class Soak:
             "db consistency": consistency,
             "unexpected outcomes (no cancel, no kill)": outcome_bad,
             "cancel not honoured": cancel_bad,
-            "attempts with orphaned job processes (outlived their worker or daemon, or their attempt's end by >10s)":
+            "attempts with orphaned job processes (outlived the worker, process group or owner the soak killed, "
+            "or their attempt's recorded end by >10s)":
                 [f"job {j} attempt {n}: " + "; then ".join(msgs) for (j, n), msgs in sorted(self.job_orphans.items())],
             "attempts redone (lost to a scheduler kill, or to nothing this soak did)": redone,
+            "local Ray not outliving a scheduler kill (keeper died, or the restart joined another Ray)":
+                self.ray_failures,
             "unexpected scheduler exits": self.unexpected_exits,
             "CLI errors": self.cli_errors,
         }
@@ -1248,6 +1289,8 @@ class Soak:
                  f"duration {self.args.minutes:g} min, rate {self.args.rate:g} jobs/min, seed {self.args.seed}, "
                  f"--cpus {self.args.cpus}, LABQ_HOME {self.home}",
                  f"labq code: {code_version()}",
+                 f"wall time {time.time() - self.t_begin:.0f}s (of which waiting for the last jobs "
+                 f"{self.drain_seconds:.0f}s)",
                  f"jobs submitted (ids returned by {self.submits} submits): {len(returned)}",
                  f"jobs in the db: {len(jobs)}" + (f" (not returned by any submit: {phantom})" if phantom else ""),
                  f"terminal: {len(terminal)}",
@@ -1260,6 +1303,7 @@ class Soak:
                    f"total {len(attempts)})",
                  "attempt states: " + ", ".join(f"{k} {v}" for k, v in sorted(attempt_states.items())),
                  "lost attempts by cause: " + (", ".join(f"{k} {v}" for k, v in lost_reasons.most_common()) or "none"),
+                 f"attempts redone (lost, not to a worker, process group or owner the soak killed): {len(redone)}",
                  f"cancels: {len(self.cancels)} (" + ", ".join(f"{k} {v}" for k, v in sorted(collections.Counter(
                      c['answer'] for c in self.cancels.values()).items())) + ")",
                  "worker kills: " + (", ".join(f"{k} {v}" for k, v in sorted(self.worker_kills.items())) or "none"),
@@ -1267,7 +1311,8 @@ class Soak:
                  f"scheduler daemons: {len(self.daemons)} (kill -9 + restart: {sum(d.ended_how == 'kill -9' for d in self.daemons)}"
                  + f", owner kills {self.owner_kills}); "
                  f"attempts running on through the daemon kills (summed over kills, seen live before each restart): "
-                 f"{self.job_survivors_3s}",
+                 f"{self.job_survivors_3s}; adopted by the restarts: {sum(a for a, _ in adoptions)} "
+                 f"({sum(d for _, d in adoptions)} had died with their scheduler)",
                  ]
         def proc_line(m: dict[str, Any]) -> str:
             if not m:
@@ -1288,9 +1333,10 @@ class Soak:
                          f"({'ready' if d.ready_on_return else f'NOT ready; ready after {d.ready_seconds:.1f}s'}); "
                          f"total RSS {mib(d.start.get('total_rss'))} -> {mib(d.end.get('total_rss'))} "
                          f"(max {mib(d.rss_max)}); ended: {d.ended_how}"
-                         + (f"; {len(d.orphans)} descendants alive 3s after: {', '.join(d.orphans)}" if d.orphans else "")
-                         + (f"; {len(d.orphans_after_restart)} still alive after the restart"
-                            if d.orphans_after_restart else ("; none left after the restart" if d.orphans else "")))
+                         + (f"; local Ray processes living on: {d.ray_survivors}" if d.ended_how == "kill -9" else "")
+                         + (f"; next scheduler adopted {d.adopted[0]} ({d.adopted[1]} had died)" if d.adopted else "")
+                         + (f"; {len(d.orphans)} other descendants alive 1s after: {', '.join(d.orphans)}"
+                            if d.orphans else ""))
         if first and last:
             lines.append(f"scheduler at start (daemon pid {first.pid}): {proc_line(first.start)}")
             lines.append(f"scheduler at end   (daemon pid {last.pid}): {proc_line(last.end)}"
@@ -1318,7 +1364,9 @@ class Soak:
         lines.append("RESULT: " + ("PASS" if not failed else f"FAIL ({len(failed)} invariants)"))
         print("\n".join(lines), flush=True)
         summary = {"ok": not failed, "submitted": len(returned), "in_db": len(jobs), "terminal": len(terminal),
-                   "lost": lost, "duplicated": dupes, "ids_twice": twice, "attempts_per_job": dict(per_job),
+                   "lost": lost, "duplicated": dupes, "ids_twice": twice, "redone": redone,
+                   "attempts": len(attempts), "daemon_kills": sum(d.ended_how == "kill -9" for d in self.daemons),
+                   "owner_kills": self.owner_kills, "adoptions": adoptions, "attempts_per_job": dict(per_job),
                    "final_states": dict(collections.Counter(j["state"] for j in jobs.values())),
                    "daemons": [d.__dict__ for d in self.daemons], "invariants": invariants, "warnings": self.warnings}
         try:
@@ -1336,8 +1384,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--home", help="LABQ_HOME to use (must hold no labq.db); default: a fresh temp dir")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--cpus", type=float, default=2, help="the scheduler's --cpus (default 2)")
-    p.add_argument("--daemon-kill-gap", type=float, nargs=2, default=[20.0, 60.0], metavar=("MIN", "MAX"),
-                   help="seconds from a scheduler being up to its kill -9, drawn at random (default 20 60)")
+    p.add_argument("--daemon-kill-gap", "--daemon-kills-every", type=float, nargs=2, default=[20.0, 60.0],
+                   metavar=("MIN", "MAX"), help="seconds from a scheduler being up to its kill -9, drawn at random "
+                   "between MIN and MAX (default 20 60; MAX 0: no scheduler kills)")
     p.add_argument("--owner-kills", type=int, default=0,
                    help="kill -9s of labq's owner actor, spread over the run (default 0)")
     p.add_argument("--kill-every", type=float, default=15.0, help="mean seconds between worker kills (default 15)")
