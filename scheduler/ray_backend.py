@@ -6,9 +6,9 @@ translates Ray's errors into attempt outcomes.  Ray's task retries are off:
 labq counts attempts itself so that every try is recorded.
 
 The attempts are not this process's tasks: each node's *owner*
-(workers.owner, a detached actor) submits them and so owns them, and this
-process waits on its call to the owner.  Ray ends a task with the process that
-submitted it; a detached actor outlives the scheduler, so a crash, a stop or
+(workers.owner, a detached actor) submits them and so owns them, and lends
+this process their refs: it waits on them and reads their results as a
+borrower.  Ray ends a task with the process that submitted it; a detached actor outlives the scheduler, so a crash, a stop or
 an upgrade of the scheduler leaves the attempts running, and the next
 scheduler adopts them (:meth:`RayBackend.adopt`).
 """
@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from contract.attempt import AttemptTask, AttemptTrace, WorkerResult
 from contract.owner import OWNER_PROTOCOL, Held, Launch, OwnerInfo
-from scheduler import __version__
+from scheduler import __version__, local_ray
 from scheduler.backend import Adopted, Handle, NodeInfo, TaskEnd
 from scheduler.records import EndCause
 from scheduler.states import AttemptState
@@ -53,15 +53,9 @@ NAMESPACE = "labq"
 OWNER_VERSION = f"{__version__}-p{OWNER_PROTOCOL}"
 OWNER_PREFIX = "labq-owner-"
 
-# Ray settings for the local Ray labq starts itself.  Ray keeps idle worker
-# processes beyond one per CPU for a second only; labq runs fractional-CPU jobs
-# (20 workers on 2 cores at cpu 0.1), so a gap of a second between waves (a
-# stage boundary, a sweep submitted a moment after the last) would kill them
-# and the next wave would start them again, at about 0.3 s of CPU each.  Ten
-# seconds keeps the pool through such gaps and still frees its memory soon
-# after the queue empties.  A cluster takes the same from `ray start`'s
-# environment (RAY_idle_worker_killing_time_threshold_ms), see cluster.yaml.
-LOCAL_RAY_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 10_000}
+# The local Ray's settings, for a local Ray started in-process (tests, benchmarks):
+# the same as scheduler.local_ray gives `ray start` (why: see there).
+LOCAL_RAY_SYSTEM_CONFIG = local_ray.SYSTEM_CONFIG
 
 
 class ClusterTaken(RuntimeError):
@@ -400,16 +394,6 @@ class RayBackend:
         self._owners.clear()
         return ended
 
-    def pack_outcomes(self, ref: ray.ObjectRef, count: int) -> list[TaskEnd]:
-        """How each job of a finished pack ended; when the pack itself ended in
-        a Ray error, that error for every job (with no result: the scheduler
-        asks each job's node what it left)."""
-        end, results = self._end(ref)
-        end = self._after_error(ref, end)
-        if results is None:
-            return [end] * count
-        return [TaskEnd.returned(WorkerResult.from_json(r)) for r in results]
-
     @staticmethod
     def read_gpus(node_ids: list[str]) -> dict[str, ray.ObjectRef]:
         """Start one NVML reading on each node; collect with :meth:`wait` and :meth:`value`."""
@@ -626,7 +610,7 @@ def _classify(exc: BaseException) -> TaskEnd:
     from ray import exceptions as rex
 
     lost, failed = AttemptState.LOST, AttemptState.FAILED
-    if isinstance(exc, rex.RayTaskError) and isinstance(getattr(exc, "cause", None), _OWNER_PASSES):
+    if isinstance(exc, rex.RayTaskError) and isinstance(getattr(exc, "cause", None), rex.RayError):
         return _classify(exc.cause)
     if isinstance(exc, rex.TaskCancelledError):
         return TaskEnd(AttemptState.CANCELLED, EndCause.CANCELLED, error="cancelled")
@@ -666,12 +650,3 @@ def _is_ray_error(exc: BaseException) -> bool:
 
 def _actor_id(actor: Any) -> str:
     return actor._actor_id.hex()
-
-
-def _owner_passes() -> tuple[type, ...]:
-    from ray import exceptions as rex
-
-    return (rex.RayError,)
-
-
-_OWNER_PASSES = _owner_passes()
