@@ -73,14 +73,33 @@ def _print_json(data: Any) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--cluster", envvar="LABQ_CLUSTER", type=click.Path(dir_okay=False),
               help="cluster.yaml whose metadata.labq holds labq's settings [env LABQ_CLUSTER].")
+@click.option("--server", envvar="LABQ_SERVER", metavar="URL",
+              help="Use the labq server at URL (`labq login URL` first) instead of this machine's "
+                   "queue [env LABQ_SERVER].")
 @click.version_option(__version__, prog_name="labq")
 @click.pass_context
-def cli(ctx: click.Context, cluster: str | None) -> None:
+def cli(ctx: click.Context, cluster: str | None, server: str | None) -> None:
     """labq: a queue for ML experiments on Ray.
 
-    State lives in $LABQ_HOME (default ~/.labq).
+    State lives in $LABQ_HOME (default ~/.labq), or on the server --server names.
     """
-    ctx.obj = {"cluster": cluster}
+    ctx.obj = {"cluster": cluster, "server": server or None}
+
+
+def _remote(ctx: click.Context):
+    """The labq server this call goes to (--server / LABQ_SERVER), or None: this machine."""
+    url = ctx.obj.get("server")
+    if not url:
+        return None
+    from scheduler.remote import Remote
+
+    return Remote(url)
+
+
+def _local_only(ctx: click.Context, what: str) -> None:
+    if ctx.obj.get("server"):
+        raise UserError(f"{what} works on the machine that runs the scheduler, not over --server "
+                        f"({ctx.obj['server']}); run it there, or unset LABQ_SERVER")
 
 
 # ---------------------------------------------------------------- submit / run
@@ -145,11 +164,16 @@ def _start_after_submit(ctx: click.Context, submitted, cpus: float | None, gpus:
 def _wait_and_report(ctx: click.Context, submitted, show_results: bool) -> int:
     from scheduler import api, render
 
-    store = _store(ctx)
+    remote = _remote(ctx)
+    store = _store(ctx) if remote is None else None
     with render.Progress(submitted.experiment, len(submitted.job_ids)) as progress:
-        jobs = api.wait(store, submitted.experiment_id, on_update=progress.update)
+        if remote is None:
+            jobs = api.wait(store, submitted.experiment_id, on_update=progress.update)
+        else:
+            jobs = remote.wait(submitted.experiment_id, on_update=progress.update)
     if show_results:
-        res = api.results(store, str(submitted.experiment_id), limit=RESULTS_TABLE_ROWS)
+        res = (api.results(store, str(submitted.experiment_id), limit=RESULTS_TABLE_ROWS) if remote is None
+               else remote.results(str(submitted.experiment_id), limit=RESULTS_TABLE_ROWS))
         render.console.print(render.results_table(res))
         _print_more(res, f"labq results {submitted.experiment} --limit N, --csv or --json")
     counts = api.active_state_counts(jobs)
@@ -174,12 +198,19 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], cpus: float |
     """
     from scheduler import render
 
-    submitted = _submit(ctx, spec, overrides, will_start=True)
+    remote = _remote(ctx)
+    if remote is not None:
+        submitted, started = remote.submit(spec, list(overrides))
+    else:
+        submitted = _submit(ctx, spec, overrides, will_start=True)
     render.console.print(f"experiment {submitted.experiment}: {len(submitted.job_ids)} jobs "
                          f"({', '.join(f'{s} {n}' for s, n in submitted.stages.items())}), ids "
                          f"{submitted.job_ids[0]}-{submitted.job_ids[-1]}", highlight=False)
-    if _start_after_submit(ctx, submitted, cpus, gpus):
-        render.console.print("started a local scheduler (Ray takes a few seconds to come up)", highlight=False)
+    if remote is None:
+        started = _start_after_submit(ctx, submitted, cpus, gpus)
+    if started:
+        render.console.print(f"started a {'' if remote is None else 'remote '}scheduler (Ray takes a few seconds "
+                             "to come up)", highlight=False)
     ctx.exit(_wait_and_report(ctx, submitted, show_results=True))
 
 
@@ -197,14 +228,21 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
     """Validate SPEC, expand its sweeps and queue every job; print the ids.
 
     Starts a local scheduler in the background when none is running."""
-    submitted = _submit(ctx, spec, overrides, will_start=not no_start)
-    started = False if no_start else _start_after_submit(ctx, submitted, cpus, gpus)
+    remote = _remote(ctx)
+    if remote is not None:
+        if no_start or cpus is not None or gpus is not None:
+            raise UserError("--no-start, --cpus and --gpus are for a local scheduler; a labq server starts its own")
+        submitted, started = remote.submit(spec, list(overrides))
+    else:
+        submitted = _submit(ctx, spec, overrides, will_start=not no_start)
+        started = False if no_start else _start_after_submit(ctx, submitted, cpus, gpus)
     if as_json:
         out = {**submitted.to_json(), "scheduler_started": started}
         if wait_:  # JSON only: wait quietly, then report the final states
             from scheduler import api
 
-            jobs = api.wait(_store(ctx), submitted.experiment_id)
+            jobs = (api.wait(_store(ctx), submitted.experiment_id) if remote is None
+                    else remote.wait(submitted.experiment_id))
             out["states"] = {str(j.id): j.state.value for j in jobs}
             _print_json(out)
             ctx.exit(EXIT_OK if api.succeeded_all(jobs) else EXIT_JOBS_FAILED)
@@ -213,7 +251,7 @@ def submit(ctx: click.Context, spec: str, overrides: tuple[str, ...], wait_: boo
         click.echo(f"submitted experiment {submitted.experiment} (id {submitted.experiment_id}): "
                    f"{len(submitted.job_ids)} jobs, ids {submitted.job_ids[0]}-{submitted.job_ids[-1]}")
         if started:
-            click.echo("started a local scheduler")
+            click.echo("started a local scheduler" if remote is None else "the server started its scheduler")
         click.echo(f"next: labq queue | labq results {submitted.experiment}")
     if wait_:
         ctx.exit(_wait_and_report(ctx, submitted, show_results=True))
@@ -237,7 +275,9 @@ def queue(ctx: click.Context, as_json: bool, limit: int | None) -> None:
 
     if limit is None and not as_json:
         limit = QUEUE_TABLE_ROWS  # a screenful; rich takes ~1 ms a row to lay out
-    view = api.queue(_store(ctx), _estimate_settings(ctx), limit=limit, summary=not as_json)
+    remote = _remote(ctx)
+    view = (api.queue(_store(ctx), _estimate_settings(ctx), limit=limit, summary=not as_json) if remote is None
+            else remote.queue(limit, summary=not as_json))
     _warn(view.starts)
     if as_json:
         _print_json(view.to_json())
@@ -259,7 +299,8 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
     """One job (by id) or one experiment (by name): attempts, events, result."""
     from scheduler import api, render
 
-    found = api.status(_store(ctx), ref, _estimate_settings(ctx))
+    remote = _remote(ctx)
+    found = api.status(_store(ctx), ref, _estimate_settings(ctx)) if remote is None else remote.status(ref)
     _warn(found.starts)
     if as_json:
         _print_json(found.to_json())
@@ -289,7 +330,9 @@ def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_
 
     if not ids and not experiment:
         raise UserError("labq cancel: give job ids or --experiment NAME")
-    done = api.cancel(_store(ctx), list(ids), experiment, _settings(ctx))
+    remote = _remote(ctx)
+    done = (api.cancel(_store(ctx), list(ids), experiment, _settings(ctx)) if remote is None
+            else remote.cancel(list(ids), experiment))
     if as_json:
         _print_json(done)
         return
@@ -307,10 +350,14 @@ def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, sho
     """stdout/stderr of a job's attempt; -f follows it live."""
     from scheduler import api
 
+    streams = ("stdout", "stderr") if show_stderr is None else ("stderr",) if show_stderr else ("stdout",)
+    remote = _remote(ctx)
+    if remote is not None:
+        _remote_logs(remote, job_id, follow, attempt, streams)
+        return
     store = _store(ctx)
     while follow and not api.log_ready(store, job_id):
         time.sleep(0.5)
-    streams = ("stdout", "stderr") if show_stderr is None else ("stderr",) if show_stderr else ("stdout",)
     offsets = None  # each read goes on from where the last ended, on the attempt the first chose
     while True:
         got = api.read_logs(store, job_id, attempt, streams, offsets)
@@ -322,6 +369,21 @@ def logs(ctx: click.Context, job_id: int, follow: bool, attempt: int | None, sho
             return
         attempt, offsets = got.attempt, got.offsets
         time.sleep(0.3)
+
+
+def _remote_logs(remote, job_id: int, follow: bool, attempt: int | None, streams: tuple[str, ...]) -> None:
+    """`labq logs` through a server: one read, or -f as a stream until the attempt is done."""
+    def write(name: str, data: bytes) -> None:
+        out = sys.stderr.buffer if name == "stderr" and len(streams) > 1 else sys.stdout.buffer
+        out.write(data)
+        out.flush()
+
+    if not follow:
+        for name, chunk in remote.read_logs(job_id, attempt, streams).chunks:
+            write(name, chunk)
+        return
+    for name, text in remote.follow_logs(job_id, attempt, streams):
+        write(name, text.encode())
 
 
 @cli.command()
@@ -337,7 +399,8 @@ def artifacts(ctx: click.Context, job_id: int, attempt: int | None, get_path: st
     its working directory) and the artifacts it saved; --get fetches one."""
     from scheduler import api, render
 
-    files = api.attempt_files(_store(ctx), job_id, attempt)
+    remote = _remote(ctx)
+    files = api.attempt_files(_store(ctx), job_id, attempt) if remote is None else remote.attempt_files(job_id, attempt)
     chosen = files.attempt
     if get_path is None:
         if output:
@@ -356,6 +419,9 @@ def artifacts(ctx: click.Context, job_id: int, attempt: int | None, get_path: st
         render.console.print(render.files_table(chosen, title=f"job {job_id}, attempt {chosen.number}",
                                                 limit=10_000_000))
         return
+    if remote is not None:
+        _remote_download(remote, job_id, get_path, chosen.number, output)
+        return
     source = api.attempt_file(chosen, get_path)
     if output:
         try:
@@ -367,6 +433,19 @@ def artifacts(ctx: click.Context, job_id: int, attempt: int | None, get_path: st
     with open(source, "rb") as f:
         shutil.copyfileobj(f, sys.stdout.buffer)
     sys.stdout.buffer.flush()
+
+
+def _remote_download(remote, job_id: int, path: str, attempt: int, output: str | None) -> None:
+    if not output:
+        remote.download(job_id, path, attempt, sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        with open(output, "wb") as f:
+            size = remote.download(job_id, path, attempt, f)
+    except OSError as exc:
+        raise UserError(f"-o {output}: cannot write it: {exc.strerror or exc}") from None
+    click.echo(f"wrote {output} ({size} bytes)", err=True)
 
 
 @cli.command()
@@ -386,14 +465,23 @@ def results(ctx: click.Context, experiment: str, as_json: bool, as_csv: bool, so
 
     if limit is None and not (as_json or as_csv):
         limit = RESULTS_TABLE_ROWS  # a terminal cannot show 100k rows; rich would take minutes to lay them out
-    store = _store(ctx)
-    res = api.results(store, experiment, sort=sort, ascending=ascending, limit=limit)
+    remote = _remote(ctx)
+    store = _store(ctx) if remote is None else None
+
+    def read(limit: int | None):
+        if remote is not None:
+            return remote.results(experiment, sort=sort, ascending=ascending, limit=limit)
+        return api.results(store, experiment, sort=sort, ascending=ascending, limit=limit)
+
+    res = read(limit)
     if plot:
-        plotted = res if len(res.rows) == res.total else api.results(store, experiment, sort=sort, ascending=ascending)
+        plotted = res if len(res.rows) == res.total else read(None)
         from scheduler.plots import plot_results
 
+        curves = (api.step_curves(plotted.rows, plotted.metric) if remote is None
+                  else remote.step_curves(experiment, plotted.metric))
         try:
-            plot_results(plotted, api.step_curves(plotted.rows, plotted.metric), plot)
+            plot_results(plotted, curves, plot)
         except OSError as exc:
             raise UserError(f"--plot {plot}: cannot write it: {exc.strerror or exc}") from None
     if as_json:
@@ -433,8 +521,12 @@ def usage(ctx: click.Context, since: str, by: str, as_json: bool) -> None:
     and the decayed usage fair share ranks by."""
     from scheduler import api
 
-    half_life = _settings(ctx).scheduler.usage_half_life
-    report = api.usage(_store(ctx), since, by, half_life)
+    remote = _remote(ctx)
+    if remote is None:
+        report = api.usage(_store(ctx), since, by, _settings(ctx).scheduler.usage_half_life)
+    else:
+        report = remote.usage(since, by)
+    half_life = report.half_life
     if as_json:
         _print_json(report.to_json())
         return
@@ -450,7 +542,8 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
     """Capacity, allocation and GPUs per node, as the scheduler last saw them."""
     from scheduler import api
 
-    view = api.nodes(_store(ctx))
+    remote = _remote(ctx)
+    view = api.nodes(_store(ctx)) if remote is None else remote.nodes()
     if as_json:
         _print_json(view.to_json())
         return
@@ -520,8 +613,10 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
 # ---------------------------------------------------------------- the daemon
 
 @cli.group()
-def scheduler() -> None:
+@click.pass_context
+def scheduler(ctx: click.Context) -> None:
     """Start, stop or inspect the long-running scheduler."""
+    _local_only(ctx, f"labq scheduler {ctx.invoked_subcommand or ''}".strip())
 
 
 @scheduler.command("start")
@@ -588,6 +683,102 @@ def scheduler_status(ctx: click.Context, as_json: bool) -> None:
         age = f", heartbeat {st.heartbeat_age:.1f}s ago" if st.heartbeat_age is not None else ""
         click.echo(f"scheduler: running (pid {st.pid}), ray: {st.ray} ({st.address}){age}, home {st.home}")
     ctx.exit(EXIT_OK if st.running else EXIT_JOBS_FAILED)
+
+
+# ---------------------------------------------------------------- the HTTP server
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond loopback (0.0.0.0), give TLS or put a proxy in front.")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8470, show_default=True)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate: serve HTTPS (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key of --tls-cert.")
+@click.option("--proxy", "behind_proxy", is_flag=True,
+              help="Behind a TLS proxy on this machine: trust its X-Forwarded-Proto/For headers.")
+@click.pass_context
+def server(ctx: click.Context, host: str, port: int, tls_cert: str | None, tls_key: str | None,
+           behind_proxy: bool) -> None:
+    """Serve labq's HTTP API and dashboard for this LABQ_HOME (on the head).
+
+    Every request needs a token (`labq token create NAME`); the server runs no
+    job itself: a submit starts the scheduler when none runs."""
+    _local_only(ctx, "labq server")
+    from scheduler.server.serve import serve
+
+    serve(_settings(ctx), ctx.obj.get("cluster"), host, port, tls_cert, tls_key, behind_proxy)
+
+
+@cli.group()
+@click.pass_context
+def token(ctx: click.Context) -> None:
+    """API tokens of `labq server`: each one is a labq user."""
+    _local_only(ctx, "labq token")
+
+
+@token.command("create")
+@click.argument("name")
+@click.pass_context
+def token_create(ctx: click.Context, name: str) -> None:
+    """Make a token for user NAME and print it (only its hash is kept)."""
+    from scheduler.server.tokens import TokenBook
+
+    book = TokenBook(_settings(ctx).home_path)
+    secret = book.create(name)
+    click.echo(secret)
+    click.echo(f"token for {name}: shown once, keep it secret; on a laptop: labq login URL", err=True)
+
+
+@token.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def token_list(ctx: click.Context, as_json: bool) -> None:
+    """The tokens: user, id, when made (never the token)."""
+    from scheduler.server.tokens import TokenBook
+
+    entries = TokenBook(_settings(ctx).home_path).entries()
+    if as_json:
+        _print_json([{"user": e.user, "id": e.token_id, "created_at": e.created_at} for e in entries])
+        return
+    for e in entries:
+        click.echo(f"{e.user}\t{e.token_id}\t{time.strftime('%Y-%m-%d %H:%M', time.localtime(e.created_at))}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.option("--id", "token_id", help="Only this token of NAME's (from `labq token list`).")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str, token_id: str | None) -> None:
+    """Revoke NAME's tokens (a running server stops taking them at once)."""
+    from scheduler.server.tokens import TokenBook
+
+    removed = TokenBook(_settings(ctx).home_path).revoke(name, token_id)
+    if not removed:
+        raise UserError(f"labq token revoke {name}: no such token" + (f" {token_id}" if token_id else ""))
+    click.echo(f"revoked {removed} token{'s' if removed != 1 else ''} of {name}")
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--token", "token_text", help="The token (default: asked for, not echoed; or LABQ_TOKEN).")
+def login(url: str, token_text: str | None) -> None:
+    """Save a token for the labq server at URL, after checking it there."""
+    from scheduler.remote import Remote, normal_url, save_token
+
+    url = normal_url(url)
+    token_text = token_text or os.environ.get("LABQ_TOKEN") or click.prompt("token", hide_input=True)
+    who = Remote(url, token_text.strip()).whoami()
+    path = save_token(url, token_text.strip())
+    click.echo(f"logged in to {url} as {who['user']}{' (admin)' if who.get('admin') else ''}; token saved in {path}")
+    click.echo(f"next: export LABQ_SERVER={url}  (or labq --server {url} ...)")
+
+
+@cli.command()
+@click.argument("url")
+def logout(url: str) -> None:
+    """Forget the token saved for URL."""
+    from scheduler.remote import forget_token
+
+    click.echo("logged out" if forget_token(url) else f"no token was saved for {url}")
 
 
 def main(argv: list[str] | None = None) -> int:

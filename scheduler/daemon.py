@@ -50,6 +50,10 @@ class DaemonStatus:
     def to_json(self) -> dict:
         return self.__dict__.copy()
 
+    @classmethod
+    def from_json(cls, data: dict) -> "DaemonStatus":
+        return cls(**{k: data.get(k) for k in ("running", "pid", "home", "heartbeat_age", "ray", "address")})
+
 
 def _lock_path(home: Path) -> Path:
     return home / "scheduler.lock"

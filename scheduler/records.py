@@ -21,6 +21,13 @@ def _fields(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
+def _known(cls: type, data: dict[str, Any], **decoded: Any) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of ``cls``, with ``decoded`` values
+    (enums) in place of their JSON forms."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {**{k: v for k, v in data.items() if k in names}, **decoded}
+
+
 def is_id(ref: object) -> bool:
     """A job or experiment id as typed by a user: ASCII digits that fit SQLite's
     integers (not '²', not 10**400)."""
@@ -65,6 +72,12 @@ class Job:
         data = _fields(self)
         data["state"] = self.state.value
         return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Job":
+        """The inverse of :meth:`to_json` (what `labq --server` reads back);
+        keys it does not know, such as an estimated start, are left out."""
+        return cls(**_known(cls, data, state=JobState(data["state"])))
 
 
 @dataclass(slots=True)
@@ -115,6 +128,10 @@ class Attempt:
         data["state"] = self.state.value
         return data
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Attempt":
+        return cls(**_known(cls, data, state=AttemptState(data["state"])))
+
 
 @dataclass
 class Experiment:
@@ -133,6 +150,10 @@ class Experiment:
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Experiment":
+        return cls(**_known(cls, data))
+
 
 @dataclass
 class Event:
@@ -144,6 +165,10 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Event":
+        return cls(**_known(cls, data))
 
 
 @dataclass
@@ -162,6 +187,10 @@ class NodeSnapshot:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "NodeSnapshot":
+        return cls(**_known(cls, data))
 
 
 class EndCause(str, Enum):

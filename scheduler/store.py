@@ -684,13 +684,26 @@ class Store:
                                        (*chunk, *tail_args)).fetchall()
         return rows
 
-    def active_jobs(self, limit: int | None = None) -> list[Job]:
+    def active_jobs(self, limit: int | None = None, offset: int = 0) -> list[Job]:
         """Running first, then pending and blocked in the order they will be considered."""
         sql = ("WHERE j.state IN ('running', 'pending', 'blocked') ORDER BY "
                "CASE j.state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END, j.priority DESC, j.id")
-        if limit is not None:
-            return self._jobs(sql + " LIMIT ?", (limit,))
+        if limit is not None or offset:
+            return self._jobs(sql + " LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
         return self._jobs(sql, ())
+
+    def experiment_page(self, limit: int, offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """(how many experiments there are, the newest ``limit`` after ``offset``,
+        each with its job count by state): the dashboard's list, without decoding specs."""
+        total = self._conn.execute("SELECT COUNT(*) FROM experiments").fetchone()[0]
+        rows = [dict(r) for r in self._conn.execute(
+            "SELECT id, name, user, queue, priority, submitted_at, metric, mode FROM experiments"
+            " ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset))]
+        for row in rows:
+            counts = {r["state"]: r["n"] for r in self._conn.execute(
+                "SELECT state, COUNT(*) AS n FROM jobs WHERE experiment_id = ? GROUP BY state", (row["id"],))}
+            row["counts"], row["jobs"] = counts, sum(counts.values())
+        return total, rows
 
     def state_counts(self, experiment_id: int | None = None) -> dict[str, int]:
         if experiment_id is None:

@@ -13,7 +13,9 @@ import pytest
 def _isolated_home(tmp_path, monkeypatch):
     """No test may touch the user's ~/.labq."""
     monkeypatch.setenv("LABQ_HOME", str(tmp_path / "labq-home"))
-    monkeypatch.delenv("LABQ_CLUSTER", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # where `labq login` keeps tokens
+    for name in ("LABQ_CLUSTER", "LABQ_SERVER", "LABQ_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 
 

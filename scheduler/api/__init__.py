@@ -12,6 +12,10 @@ Nothing here imports Ray; pandas is imported only by ``results_frame``.
 - ``ranking``: results, best first, and right-sizing advice
 - ``files``: an attempt's kept files, one of them, its logs as they grow
 - ``cluster_view``: nodes, the scheduler's status, usage
+
+A view record's ``to_wire``/``from_wire`` (or ``to_json``/``from_json`` where
+--json prints all of it) carry it whole over `labq server`'s HTTP API, so a
+`labq --server URL` verb prints from the same record as a local one.
 """
 
 # Each verb's module is imported on first use: `labq queue` should not pay for
@@ -41,6 +45,8 @@ _HOME = {
     "queue": "queue_view",
     "start_estimates": "queue_view",
     "status": "queue_view",
+    "status_from_wire": "queue_view",
+    "experiment_page": "queue_view",
     "ADVICE_SHOWN": "ranking",
     "ROW_FIELDS": "ranking",
     "Results": "ranking",
@@ -65,8 +71,8 @@ __all__ = [
     "ADVICE_SHOWN", "ROW_FIELDS", "AttemptFiles", "EstimateSettings", "ExperimentStatus", "JobStatus", "LogCursor",
     "LogRead", "NodesView", "QueueView", "Results", "StepCurve", "Starts", "Submitted", "UsageReport",
     "active_state_counts", "advice_for", "attempt_file", "attempt_files", "cancel", "check_before_start",
-    "chosen_attempt", "flatten", "log_ready", "logs", "main_metric", "nodes", "open_store", "queue", "read_logs",
-    "resolve_jobs", "results", "results_frame", "scheduler_status", "start_estimates", "status", "step_curves",
+    "chosen_attempt", "experiment_page", "flatten", "log_ready", "logs", "main_metric", "nodes", "open_store", "queue", "read_logs",
+    "resolve_jobs", "results", "results_frame", "scheduler_status", "start_estimates", "status", "status_from_wire", "step_curves",
     "submit", "succeeded_all", "usage", "wait",
 ]
 

@@ -22,6 +22,13 @@ class NodesView:
     def to_json(self) -> dict[str, Any]:
         return {"scheduler": self.scheduler.to_json(), "nodes": [n.to_json() for n in self.nodes]}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NodesView:
+        from scheduler.daemon import DaemonStatus
+        from scheduler.records import NodeSnapshot
+
+        return cls(DaemonStatus.from_json(data["scheduler"]), [NodeSnapshot.from_json(n) for n in data["nodes"]])
+
 
 def nodes(store: Store) -> NodesView:
     """Capacity, allocation and GPUs per node, as the scheduler last saw them."""
@@ -51,6 +58,13 @@ class UsageReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"since": self.since, "now": self.now, "half_life_s": self.half_life, "rows": self.rows}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.to_json(), "groups": list(self.groups)}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> UsageReport:
+        return cls(data["since"], data["now"], data["half_life_s"], tuple(data["groups"]), data["rows"])
 
 
 def usage(store: Store, since: str, by: str, half_life: float, now: float | None = None) -> UsageReport:

@@ -56,6 +56,15 @@ class AttemptFiles:
         return {"job_id": self.job_id, "attempt": a.number, "state": a.state.value, "run_dir": a.run_dir,
                 "outputs": a.outputs, "artifacts": a.artifacts}
 
+    def to_wire(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "attempt": self.attempt.to_json()}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> AttemptFiles:
+        from scheduler.records import Attempt
+
+        return cls(int(data["job_id"]), Attempt.from_json(data["attempt"]))
+
 
 def attempt_files(store: Store, job_id: int, number: int | None = None) -> AttemptFiles:
     return AttemptFiles(job_id, chosen_attempt(store, job_id, number))
@@ -172,6 +181,10 @@ class StepCurve:
 
     def to_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "metric": self.metric, "steps": self.steps, "values": self.values}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepCurve:
+        return cls(int(data["job_id"]), data["metric"], list(data["steps"]), list(data["values"]))
 
 
 def step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[StepCurve]:

@@ -66,6 +66,12 @@ def _with_starts(jobs: list[Job], starts: Starts) -> list[dict[str, Any]]:
     return [{**j.to_json(), "estimated_start": starts.at.get(j.id)} for j in jobs]
 
 
+def _jobs_and_starts(rows: list[dict[str, Any]], warning: str | None) -> tuple[list[Job], Starts]:
+    """The inverse of :func:`_with_starts`."""
+    jobs = [Job.from_json(r) for r in rows]
+    return jobs, Starts({r["id"]: r.get("estimated_start") for r in rows if r["state"] == "pending"}, warning)
+
+
 @dataclass(frozen=True)
 class QueueView:
     """The active jobs (running first) with their estimated starts; with the
@@ -90,14 +96,29 @@ class QueueView:
     def to_json(self) -> list[dict[str, Any]]:
         return _with_starts(self.jobs, self.starts)
 
+    def to_wire(self) -> dict[str, Any]:
+        """All of it, for `labq server`'s clients (to_json is what --json prints)."""
+        return {"now": self.now, "total": self.total, "unplaced": self.unplaced,
+                "scheduler": self.scheduler.to_json() if self.scheduler is not None else None,
+                "warning": self.starts.warning, "jobs": self.to_json()}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> QueueView:
+        from scheduler.daemon import DaemonStatus
+
+        jobs, starts = _jobs_and_starts(data["jobs"], data.get("warning"))
+        status = data.get("scheduler")
+        return cls(jobs, starts, data["now"], data.get("total"),
+                   DaemonStatus.from_json(status) if status is not None else None)
+
 
 def queue(store: Store, estimates: EstimateSettings, *, limit: int | None = None, now: float | None = None,
-          summary: bool = True) -> QueueView:
+          summary: bool = True, offset: int = 0) -> QueueView:
     """Running, pending and blocked jobs (the first ``limit``), and when each
     pending one is estimated to start; ``summary`` adds the count of all active
     jobs and the scheduler's status (what a table shows under the rows)."""
     now = time.time() if now is None else now
-    jobs = store.active_jobs(limit=limit)
+    jobs = store.active_jobs(limit=limit, offset=offset)
     pending = [j.id for j in jobs if j.state.value == "pending"]
     starts = start_estimates(store, now, pending, estimates)
     if not summary:
@@ -134,6 +155,20 @@ class JobStatus:
                 "attempts_detail": [a.to_json() for a in self.attempts],
                 "events": [e.to_json() for e in self.events]}
 
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "job", "job": self.job.to_json(), "attempts": [a.to_json() for a in self.attempts],
+                "events": [e.to_json() for e in self.events], "estimated_start": self.estimated_start,
+                "warning": self.starts.warning, "advice": self.advice, "now": self.now}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> JobStatus:
+        from scheduler.records import Attempt, Event
+
+        job = Job.from_json(data["job"])
+        start = data.get("estimated_start")
+        return cls(job, [Attempt.from_json(a) for a in data["attempts"]], [Event.from_json(e) for e in data["events"]],
+                   Starts({job.id: start} if job.state.value == "pending" else {}, data.get("warning")), data["now"])
+
 
 @dataclass(frozen=True)
 class ExperimentStatus:
@@ -147,6 +182,21 @@ class ExperimentStatus:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.experiment.to_json(), "counts": self.counts, "jobs": _with_starts(self.jobs, self.starts)}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"kind": "experiment", "experiment": self.experiment.to_json(), "counts": self.counts,
+                "jobs": _with_starts(self.jobs, self.starts), "warning": self.starts.warning, "now": self.now}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> ExperimentStatus:
+        from scheduler.records import Experiment
+
+        jobs, starts = _jobs_and_starts(data["jobs"], data.get("warning"))
+        return cls(Experiment.from_json(data["experiment"]), jobs, data["counts"], starts, data["now"])
+
+
+def status_from_wire(data: dict[str, Any]) -> JobStatus | ExperimentStatus:
+    return (JobStatus if data["kind"] == "job" else ExperimentStatus).from_wire(data)
 
 
 def status(store: Store, ref: str, estimates: EstimateSettings,
@@ -163,6 +213,13 @@ def status(store: Store, ref: str, estimates: EstimateSettings,
     counts = active_state_counts(jobs)
     pending = [j.id for j in jobs if j.state.value == "pending"] if counts.get("pending") else []
     return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates), now)
+
+
+def experiment_page(store: Store, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+    """The newest experiments (``limit`` after ``offset``) with their job counts
+    by state, and how many there are in all."""
+    total, rows = store.experiment_page(limit, offset)
+    return {"total": total, "experiments": rows}
 
 
 def active_state_counts(jobs: list[Job]) -> dict[str, int]:

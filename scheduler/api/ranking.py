@@ -47,9 +47,17 @@ class Results:
         """What `labq results --json` prints: the rows, each naming the main metric."""
         return [{**r, "main_metric": self.metric} for r in self.rows]
 
+    def to_wire(self) -> dict[str, Any]:
+        """All of it, for `labq server`'s clients."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Results:
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+
 
 def results(store: Store, experiment: str, sort: str | None = None, ascending: bool | None = None,
-            limit: int | None = None) -> Results:
+            limit: int | None = None, offset: int = 0) -> Results:
     """One row per job with params, final metrics, timing and placement, best
     first; the first ``limit`` rows only, when given.
 
@@ -67,7 +75,7 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
     # ranks some jobs by that instead (as the full read does).
     if limit is not None and (key is None or (key in known and key not in ROW_FIELDS
                                                and key not in store.param_names(exp.id))):
-        ids = store.ranked_job_ids(exp.id, key, desc, limit)
+        ids = store.ranked_job_ids(exp.id, key, desc, limit + offset)[offset:]
         finals = store.final_attempts(ids)
         advice = store.final_advice(exp.id, ids)
         position = {job_id: i for i, job_id in enumerate(ids)}
@@ -87,7 +95,7 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
                 return (missing, 0 if missing else (-value if desc else value))
 
             rows.sort(key=sort_key)
-        rows = rows[:limit]
+        rows = rows[offset:None if limit is None else offset + limit]
     # Main metric first, then the rest of the last stage's, then other stages'.
     last_names = set(names.get(last_stage, ())) | {k for r in rows if r["stage"] == last_stage for k in r["metrics"]}
     metric_names = sorted(known | {k for r in rows for k in r["metrics"]},

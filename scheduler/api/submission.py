@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from scheduler import wakeup
-from scheduler.errors import PermissionDenied, SpecError, UnknownIdError
+from scheduler.errors import PermissionDenied, SpecError, UnknownIdError, UserError
 from scheduler.identity import current_user
 from scheduler.records import Job, is_id
 from scheduler.store import Store
@@ -27,6 +27,11 @@ class Submitted:
     def to_json(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Submitted:
+        return cls(int(data["experiment_id"]), data["experiment"], [int(i) for i in data["job_ids"]],
+                   {str(k): int(v) for k, v in data["stages"].items()})
+
 
 def open_store(settings: Settings | None = None) -> Store:
     from scheduler.config import load_settings
@@ -35,9 +40,31 @@ def open_store(settings: Settings | None = None) -> Store:
 
 
 def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings | None = None,
-           user: str | None = None) -> Submitted:
+           user: str | None = None, shown_as: str | None = None) -> Submitted:
     """Validate, expand the sweeps, snapshot the code and store every job in one
-    transaction.  Raises SpecError (nothing written) on bad input."""
+    transaction.  Raises SpecError (nothing written) on bad input.
+
+    ``shown_as``: the spec's path as its user knows it, when ``spec_path`` is a
+    copy (`labq server` unpacks an upload): errors name it and the experiment
+    records it."""
+    if shown_as is None:
+        return _submit(spec_path, overrides, settings, user, str(Path(spec_path).resolve()))
+    copy_dir = str(Path(spec_path).resolve().parent)
+    shown_dir = str(Path(shown_as).parent)
+
+    def shown(text: str) -> str:
+        return text.replace(str(spec_path), shown_as).replace(copy_dir, shown_dir)
+
+    try:
+        return _submit(spec_path, overrides, settings, user, shown_as)
+    except SpecError as exc:
+        raise SpecError(shown_as, [(shown(key), shown(msg)) for key, msg in exc.problems]) from None
+    except UserError as exc:
+        raise UserError(shown(str(exc))) from None
+
+
+def _submit(spec_path: str | Path, overrides: list[str], settings: Settings | None, user: str | None,
+            recorded_path: str) -> Submitted:
     from scheduler.packaging import snapshot
     from scheduler.spec import load_spec, stage_runtimes
     from scheduler.sweep import plan_jobs
@@ -56,7 +83,7 @@ def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings 
         package = snapshot(Path(spec_path).resolve().parent, home, source)
         experiment_id, ids = store.submit(
             name=spec.experiment, user=user or current_user(), queue=spec.queue, priority=spec.priority,
-            spec_path=str(Path(spec_path).resolve()), spec=raw, package=str(package), metric=spec.metric,
+            spec_path=recorded_path, spec=raw, package=str(package), metric=spec.metric,
             mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time(),
             runtimes=stage_runtimes(spec, Path(spec_path).resolve().parent))
     finally:

@@ -241,3 +241,73 @@ def test_the_cli_reads_the_queue_only_through_the_api():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                 for alias in [ast.alias(node.module or "")]}
     assert "workers" not in imported
+
+
+# ---------------------------------------------------------------- over the wire (`labq --server`)
+
+def _through_json(data):
+    """What an HTTP hop does to a record's wire form."""
+    return json.loads(json.dumps(data))
+
+
+def test_every_view_comes_back_whole_from_its_wire_form(store, submitted, tmp_path):
+    """A remote verb prints from the record its wire form rebuilds: the same
+    record a local verb prints from (so the same table and --json)."""
+    from scheduler.api.cluster_view import NodesView, UsageReport
+    from scheduler.api.files import AttemptFiles
+    from scheduler.api.queue_view import QueueView, status_from_wire
+    from scheduler.api.ranking import Results
+
+    _, ids = submitted
+    attempt = _start(store, tmp_path, ids[0])
+    store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={"metrics": {"accuracy": 0.9}}), NOW + 5)
+    _start(store, tmp_path, ids[1])
+    store.save_nodes([NodeSnapshot("n1", "10.0.0.1", True, {"CPU": 4.0}, {"CPU": 1.0}, 1, [], NOW)])
+
+    view = api.queue(store, ESTIMATES)
+    back = QueueView.from_wire(_through_json(view.to_wire()))
+    assert back.jobs == view.jobs and back.starts == view.starts and back.total == view.total
+    assert back.scheduler == view.scheduler and back.unplaced == view.unplaced
+
+    for ref in (str(ids[0]), "records"):
+        found = api.status(store, ref, ESTIMATES)
+        again = status_from_wire(_through_json(found.to_wire()))
+        assert type(again) is type(found) and again.to_json() == found.to_json()
+        if ref != "records":
+            assert again.attempts == found.attempts and again.events == found.events
+            assert again.advice == found.advice
+        else:
+            assert again.experiment == found.experiment and again.counts == found.counts
+
+    res = api.results(store, "records", limit=2)
+    assert Results.from_wire(_through_json(res.to_wire())) == res
+    nodes = api.nodes(store)
+    assert NodesView.from_json(_through_json(nodes.to_json())) == nodes
+    report = api.usage(store, "7d", "both", 3600.0)
+    assert UsageReport.from_wire(_through_json(report.to_wire())) == report
+    files = api.attempt_files(store, ids[0])
+    assert AttemptFiles.from_wire(_through_json(files.to_wire())) == files
+
+
+def test_results_pages_by_offset_in_both_orders(store, submitted, tmp_path):
+    _, ids = submitted
+    for job_id, acc in zip(ids, (0.5, 0.9, 0.7)):
+        attempt = _start(store, tmp_path, job_id)
+        store.finish_attempt(end(attempt.id, AttemptState.SUCCEEDED, result={"metrics": {"accuracy": acc}}), NOW + 5)
+    first, second = (api.results(store, "records", limit=2, offset=o) for o in (0, 2))
+    assert [r["metrics"]["accuracy"] for r in first.rows + second.rows] == [0.9, 0.7, 0.5]
+    by_param = [api.results(store, "records", sort="lr", ascending=True, limit=1, offset=o).rows[0]["params"]["lr"]
+                for o in range(3)]
+    assert by_param == [0.1, 0.2, 0.3]
+    assert api.queue(store, ESTIMATES, limit=1, offset=1).jobs == []  # every job has ended: nothing active
+
+
+def test_the_experiment_page_counts_jobs_by_state(store, submitted, tmp_path):
+    experiment_id, ids = submitted
+    _start(store, tmp_path, ids[0])
+    page = api.experiment_page(store, limit=10)
+    assert page["total"] == 1
+    (row,) = page["experiments"]
+    assert row["id"] == experiment_id and row["name"] == "records" and row["jobs"] == 3
+    assert row["counts"] == {"running": 1, "pending": 2}
+    assert api.experiment_page(store, limit=10, offset=1)["experiments"] == []

@@ -217,3 +217,46 @@ def test_the_daemons_supervisor_stays_ray_free():
         assert "ray" not in imported, name
     assert "ray" in {n.split(".")[0] for n in _imports(child)} or "scheduler.ray_backend" in {
         _owner(n) for n in _imports(child)}
+
+
+def _supervisor_targets() -> set[str]:
+    """What scheduler.daemon imports outside ``_child`` (the process that runs the loop)."""
+    tree = ast.parse(MODULES["scheduler.daemon"].read_text())
+    child = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "_child")
+    return {_owner(n) for n in _imports_in(n for n in tree.body if n is not child)} - {None, "scheduler.daemon"}
+
+
+def _reaches(name: str, seen: set[str] | None = None) -> set[str]:
+    """Every labq module importing ``name`` may load, counting only the
+    daemon's supervisor (its child runs in a process of its own)."""
+    seen = set() if seen is None else seen
+    if name in seen:
+        return set()
+    seen.add(name)
+    out = {name}
+    for target in _supervisor_targets() if name == "scheduler.daemon" else GRAPH[name]:
+        out |= _reaches(target, seen)
+    return out
+
+
+def test_the_http_server_serves_through_the_api_and_never_runs_jobs():
+    """`labq server` calls scheduler.api like the CLI does; nothing it reaches
+    imports Ray, a worker that runs jobs, or the loop (a submit starts the
+    daemon, a process of its own)."""
+    server = [m for m in MODULES if m.startswith("scheduler.server")]
+    assert {"scheduler.server.app", "scheduler.server.auth", "scheduler.server.tokens"} <= set(server)
+    assert "scheduler.api" in GRAPH["scheduler.server.app"]
+    reached = set().union(*(_reaches(m) for m in server))
+    running = {"scheduler.loop", "scheduler.ray_backend", "workers.owner", "workers.attempt", "workers.node_ops"}
+    assert not reached & running, sorted(reached & running)
+    assert "scheduler.daemon" in reached  # a submit starts it
+    assert not any("ray" in _external(m) for m in reached - {"scheduler.daemon"}), [
+        m for m in reached if "ray" in _external(m)]
+
+
+def test_the_remote_client_uses_the_standard_library_and_labqs_records():
+    """`labq --server` must start fast and need nothing the server has."""
+    assert _external("scheduler.remote") <= {"__future__", "json", "os", "ssl", "time", "typing", "urllib",
+                                             "pathlib"}
+    assert not any(t.startswith(("scheduler.store", "scheduler.server.app", "workers")) for t in
+                   GRAPH["scheduler.remote"])

@@ -1,0 +1,376 @@
+"""`labq server`'s HTTP API: every CLI verb over HTTP, for `labq --server URL`
+and the dashboard.
+
+Each route calls the same ``scheduler.api`` function the local CLI calls and
+returns its record whole (``to_wire``), so a remote verb prints exactly what a
+local one would.  Every route but ``/api/health`` needs a token (auth); the
+caller's token names the labq user that submits and cancels.  A user's mistake
+is a 4xx with ``{"error": one line}`` (and ``lines`` for a spec's problems),
+written nothing.  The server reads and writes LABQ_HOME only: it never runs a
+job; a submit starts the scheduler daemon (its own process) when none runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import logging
+import mimetypes
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from scheduler import __version__, api
+from scheduler.errors import LabqError, PermissionDenied, SpecError, UnknownIdError, UserError, one_line
+from scheduler.server import auth
+from scheduler.server.auth import Caller
+from scheduler.server.tokens import TokenBook
+
+log = logging.getLogger("labq.server")
+
+LOG_POLL_SECONDS = 0.3
+MAX_PAGE = 10_000  # rows one request may ask for
+
+
+class CancelRequest(BaseModel):
+    ids: list[str] = Field(default_factory=list, max_length=100_000)
+    experiment: str | None = Field(default=None, max_length=1000)
+
+
+class _Stores(threading.local):
+    """One Store per server thread: an SQLite connection is not shared between
+    threads that may each be inside a transaction."""
+
+    store = None
+
+
+def create_app(settings, cluster: str | None = None, start_scheduler: bool = True) -> FastAPI:
+    """The API (and the dashboard's pages) over ``settings.home_path``.
+    ``start_scheduler``: a submit starts the scheduler daemon when none runs, as
+    a local `labq submit` does."""
+    app = FastAPI(title="labq", version=__version__, openapi_url=None, docs_url=None, redoc_url=None,
+                  description="labq's queue over HTTP: every request but /api/health needs "
+                              "'Authorization: Bearer TOKEN'.")
+    home = settings.home_path
+    app.state.settings, app.state.home, app.state.cluster = settings, home, cluster
+    app.state.tokens = TokenBook(home)
+    app.state.admins = frozenset(settings.admins)
+    app.state.start_scheduler = start_scheduler
+    app.state.estimates = api.EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs())
+    stores = _Stores()
+
+    def store():
+        if stores.store is None:
+            from scheduler.store import Store
+
+            stores.store = Store(home)
+        return stores.store
+
+    _install_error_handlers(app)
+    _install_security_headers(app)
+    caller = Depends(auth.api_caller)
+
+    @app.get("/api/health", tags=["meta"])
+    def health() -> dict[str, Any]:
+        """The only route without a token: is the server up."""
+        return {"ok": True, "version": __version__}
+
+    @app.get("/api/v1/openapi.json", tags=["meta"])
+    def openapi(_: Caller = caller) -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/api/v1/whoami", tags=["meta"])
+    def whoami(who: Caller = caller) -> dict[str, Any]:
+        return {"user": who.user, "admin": who.admin}
+
+    # ------------------------------------------------------------ putting work in
+    @app.post("/api/v1/submit", tags=["work"], status_code=201)
+    async def submit(request: Request, spec: str = Query(..., max_length=1000, description="the spec's path inside "
+                                                          "the archive"),
+                     shown_as: str = Query(..., max_length=4096, description="the spec's path as its user knows it"),
+                     set_: list[str] = Query(default=[], alias="set", max_length=1000),
+                     who: Caller = caller) -> dict[str, Any]:
+        """The body is a zip of the spec's directory (what `labq --server URL
+        submit` packs: labq's exclusions, at most packaging.MAX_PACKAGE_BYTES)."""
+        from scheduler.packaging import MAX_PACKAGE_BYTES
+
+        body = await _read_limited(request, MAX_PACKAGE_BYTES)
+        return await asyncio.to_thread(_submit_upload, app, body, spec, shown_as, list(set_), who)
+
+    @app.post("/api/v1/cancel", tags=["work"])
+    def cancel(body: CancelRequest, who: Caller = caller) -> dict[str, Any]:
+        if not body.ids and not body.experiment:
+            raise UserError("labq cancel: give job ids or --experiment NAME")
+        return api.cancel(store(), body.ids, body.experiment, app.state.settings, user=who.user)
+
+    # ------------------------------------------------------------ reading
+    @app.get("/api/v1/queue", tags=["read"])
+    def queue(limit: int | None = Query(None, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
+              summary: bool = True, _: Caller = caller) -> dict[str, Any]:
+        return api.queue(store(), app.state.estimates, limit=limit, offset=offset, summary=summary).to_wire()
+
+    @app.get("/api/v1/experiments", tags=["read"])
+    def experiments(limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
+                    _: Caller = caller) -> dict[str, Any]:
+        return api.experiment_page(store(), limit, offset)
+
+    @app.get("/api/v1/experiments/{experiment_id}/jobs", tags=["read"])
+    def experiment_jobs(experiment_id: int, _: Caller = caller) -> dict[str, Any]:
+        """An experiment's jobs by id (what `labq run` waits on)."""
+        s = store()
+        s.experiment(experiment_id)  # 404 for an unknown one
+        return {"jobs": [j.to_json() for j in s.jobs_of_experiment(experiment_id)]}
+
+    @app.get("/api/v1/status/{ref}", tags=["read"])
+    def status(ref: str, _: Caller = caller) -> dict[str, Any]:
+        return api.status(store(), ref, app.state.estimates).to_wire()
+
+    @app.get("/api/v1/results/{experiment}", tags=["read"])
+    def results(experiment: str, sort: str | None = Query(None, max_length=200), ascending: bool | None = None,
+                limit: int | None = Query(None, ge=1, le=10_000_000), offset: int = Query(0, ge=0),
+                _: Caller = caller) -> dict[str, Any]:
+        return api.results(store(), experiment, sort=sort, ascending=ascending, limit=limit, offset=offset).to_wire()
+
+    @app.get("/api/v1/results/{experiment}/curves", tags=["read"])
+    def curves(experiment: str, jobs: str | None = Query(None, max_length=100_000), metric: str | None = None,
+               _: Caller = caller) -> dict[str, Any]:
+        """Per-step curves of ``jobs`` (comma-separated ids; default: the whole
+        experiment) of ``metric`` (default: the main one)."""
+        s = store()
+        exp = s.experiment(experiment)
+        if jobs:
+            ids = _ids(jobs)
+            wanted = [j for j in s.jobs_by_ids(ids) if j.experiment_id == exp.id]
+            finals = s.final_attempts([j.id for j in wanted])
+            rows = [{"job_id": j.id, "run_dir": finals[j.id][0].run_dir if j.id in finals else None} for j in wanted]
+            metric = metric or api.results(s, experiment, limit=1).metric
+        else:
+            res = api.results(s, experiment)
+            rows, metric = res.rows, metric or res.metric
+        return {"metric": metric, "curves": [c.to_json() for c in api.step_curves(rows, metric)]}
+
+    @app.get("/api/v1/jobs/{job_id}/logs", tags=["read"])
+    def logs(job_id: int, attempt: int | None = Query(None, ge=1), stream: str = "both",
+             stdout_at: int = Query(0, ge=0), stderr_at: int = Query(0, ge=0), _: Caller = caller) -> dict[str, Any]:
+        """One step of reading a job's output: pass the returned ``attempt`` and
+        offsets back to read on (LogRead)."""
+        s = store()
+        names = _streams(stream)
+        offsets = {"stdout": stdout_at, "stderr": stderr_at}
+        return api.read_logs(s, job_id, attempt, names, {n: offsets[n] for n in names}).to_json()
+
+    @app.get("/api/v1/jobs/{job_id}/logs/ready", tags=["read"])
+    def log_ready(job_id: int, _: Caller = caller) -> dict[str, Any]:
+        return {"ready": api.log_ready(store(), job_id)}
+
+    @app.get("/api/v1/jobs/{job_id}/logs/stream", tags=["read"])
+    def log_stream(job_id: int, attempt: int | None = Query(None, ge=1), stream: str = "both",
+                   _: Caller = caller) -> StreamingResponse:
+        """The output as it grows, one JSON line per chunk ({"stream", "data"}),
+        then {"done": true, "attempt": n} when the attempt has ended and all is read."""
+        names = _streams(stream)
+        store().job(job_id)  # 404 before the stream starts
+        return StreamingResponse(_follow(store, job_id, attempt, names), media_type="application/x-ndjson")
+
+    @app.get("/api/v1/jobs/{job_id}/files", tags=["read"])
+    def files(job_id: int, attempt: int | None = Query(None, ge=1), _: Caller = caller) -> dict[str, Any]:
+        return api.attempt_files(store(), job_id, attempt).to_wire()
+
+    @app.get("/api/v1/jobs/{job_id}/files/{path:path}", tags=["read"])
+    def file(job_id: int, path: str, attempt: int | None = Query(None, ge=1), _: Caller = caller) -> FileResponse:
+        """One kept output or artifact, as the attempt recorded it: nothing else
+        under its run dir, nothing outside LABQ_HOME."""
+        chosen = api.chosen_attempt(store(), job_id, attempt)
+        target = api.attempt_file(chosen, path)
+        if Path(home).resolve() not in target.parents:
+            raise UserError(f"{path}: not under labq's home")
+        kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        inline = kind.startswith("image/") or kind in ("text/plain", "text/csv", "application/json")
+        # An artifact is the job's output, not labq's page: never let it run
+        # script in the dashboard's origin (an SVG or HTML a job wrote).
+        headers = {"Content-Security-Policy": "sandbox; default-src 'none'; img-src 'self'; style-src 'unsafe-inline'",
+                   "X-Content-Type-Options": "nosniff"}
+        return FileResponse(target, media_type=kind, headers=headers,
+                            content_disposition_type="inline" if inline else "attachment", filename=target.name)
+
+    @app.get("/api/v1/nodes", tags=["read"])
+    def nodes(_: Caller = caller) -> dict[str, Any]:
+        return api.nodes(store()).to_json()
+
+    @app.get("/api/v1/usage", tags=["read"])
+    def usage(since: str = Query("7d", max_length=50), by: str = Query("both", max_length=10),
+              _: Caller = caller) -> dict[str, Any]:
+        return api.usage(store(), since, by, app.state.settings.scheduler.usage_half_life).to_wire()
+
+    try:
+        from scheduler.server import pages
+    except ImportError:  # the dashboard's module is optional until it is written
+        pages = None
+    if pages is not None:
+        app.include_router(pages.router)
+        pages.mount_static(app)
+    return app
+
+
+# ---------------------------------------------------------------- helpers
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"jobs={text[:50]!r}: expected job ids separated by commas") from None
+    if len(ids) > 1000:
+        raise UserError("jobs: at most 1000 ids at a time")
+    return ids
+
+
+def _streams(stream: str) -> tuple[str, ...]:
+    chosen = {"both": ("stdout", "stderr"), "stdout": ("stdout",), "stderr": ("stderr",)}.get(stream)
+    if chosen is None:
+        raise UserError(f"stream={stream!r}: expected both, stdout or stderr")
+    return chosen
+
+
+def _follow(store, job_id: int, attempt: int | None, names: tuple[str, ...]) -> Iterator[bytes]:
+    """What a `labq logs -f` prints, as JSON lines, until the attempt is done
+    (run by Starlette in a worker thread; a client that goes away ends it)."""
+    while not api.log_ready(store(), job_id):
+        time.sleep(0.5)
+    decoders = {n: codecs.getincrementaldecoder("utf-8")(errors="replace") for n in names}
+    offsets = None
+    while True:
+        got = api.read_logs(store(), job_id, attempt, names, offsets)
+        for name, chunk in got.chunks:
+            text = decoders[name].decode(chunk)
+            if text:
+                yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
+        if got.done:
+            yield (json.dumps({"done": True, "attempt": got.attempt}) + "\n").encode()
+            return
+        attempt, offsets = got.attempt, got.offsets
+        time.sleep(LOG_POLL_SECONDS)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (counted as it
+    arrives: a client may lie in Content-Length, or send none)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the upload is {int(declared):,} bytes; labq takes at most {limit:,} "
+                                 "(see packaging's exclusions: data belongs beside the code, not in it)")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the upload is over {limit:,} bytes, the most labq takes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _submit_upload(app: FastAPI, body: bytes, spec: str, shown_as: str, overrides: list[str],
+                   who: Caller) -> dict[str, Any]:
+    """Unpack the upload in a private directory under LABQ_HOME, submit from it
+    as ``who`` (the snapshot copies it), then remove it."""
+    from scheduler.server.uploads import unpack
+
+    home: Path = app.state.home
+    uploads = home / "server" / "uploads"
+    uploads.mkdir(mode=0o700, parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=uploads))
+    try:
+        code = work / "code"
+        code.mkdir(mode=0o700)
+        written = unpack(body, code)
+        spec_path = (code / spec).resolve()
+        if spec not in written or code.resolve() not in spec_path.parents:
+            raise UserError(f"{shown_as}: the uploaded archive has no file {spec!r}")
+        submitted = api.submit(spec_path, overrides, app.state.settings, user=who.user, shown_as=shown_as)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    started = False
+    if app.state.start_scheduler:
+        started = _ensure_scheduler(app)
+    return {**submitted.to_json(), "scheduler_started": started}
+
+
+def _ensure_scheduler(app: FastAPI) -> bool:
+    """Start the scheduler daemon (a process of its own) if none serves this home."""
+    from scheduler import daemon
+
+    settings = app.state.settings
+    if daemon.is_running(settings.home_path):
+        return False
+    try:
+        daemon.start(settings, cluster=app.state.cluster, address=None, cpus=None, gpus=None,
+                     idle_timeout=settings.scheduler.idle_timeout, wait=False)
+    except (LabqError, OSError) as exc:
+        log.error("the jobs are queued, but no scheduler could be started: %s", exc)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- errors and headers
+
+def _error(status: int, message: str, lines: list[str] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": one_line(message)}
+    if lines:
+        body["lines"] = lines
+    return JSONResponse(body, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        status = 404 if isinstance(exc, UnknownIdError) else 403 if isinstance(exc, PermissionDenied) else 400
+        lines = exc.lines() if isinstance(exc, SpecError) else None
+        return _error(status, lines[0] if lines else str(exc), lines)
+
+    @app.exception_handler(LabqError)
+    async def labq_error(_: Request, exc: LabqError) -> JSONResponse:
+        return _error(503, str(exc))
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def database_error(_: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        from scheduler.errors import state_database_error
+
+        return _error(503, state_database_error(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        response = _error(exc.status_code, str(exc.detail))
+        for key, value in (exc.headers or {}).items():
+            response.headers[key] = value
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body"))
+        return _error(400, f"{where or 'request'}: {first.get('msg', 'invalid')}")
+
+
+def _install_security_headers(app: FastAPI) -> None:
+    try:
+        from scheduler.server.pages import CONTENT_SECURITY_POLICY
+    except ImportError:
+        CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'"
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
