@@ -5,8 +5,9 @@ everything in it belong to one user, jobs run as that user, and labq refuses a
 state directory that another account owns or that other accounts can write:
 opening one up would let a second user's jobs run as the first (the daemon's
 account) and read whatever it can.  Users who share a cluster each run their
-own labq; sharing one queue between accounts needs real identity (a token per
-user over the network), which `labq server` will bring.
+own labq.  `labq server` shares one queue between people without sharing the
+account: each token is a labq user (scheduler.server.tokens), whose name goes
+on their jobs; the jobs still run as the server's account.
 """
 
 from __future__ import annotations
