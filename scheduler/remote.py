@@ -214,7 +214,8 @@ class Remote:
                 item = json.loads(line)
                 if item.get("done"):
                     return
-                yield item["stream"], item["data"]
+                if "data" in item:  # else a heartbeat of a quiet job
+                    yield item["stream"], item["data"]
 
     def attempt_files(self, job_id: int, attempt: int | None) -> Any:
         from scheduler.api.files import AttemptFiles

@@ -32,13 +32,14 @@ from pydantic import BaseModel, Field
 
 from scheduler import __version__, api
 from scheduler.errors import LabqError, PermissionDenied, SpecError, UnknownIdError, UserError, one_line
-from scheduler.server import auth
+from scheduler.server import auth, pages
 from scheduler.server.auth import Caller
 from scheduler.server.tokens import TokenBook
 
 log = logging.getLogger("labq.server")
 
 LOG_POLL_SECONDS = 0.3
+HEARTBEAT_SECONDS = 5.0  # the longest a log stream stays silent
 MAX_PAGE = 10_000  # rows one request may ask for
 
 
@@ -212,13 +213,8 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
               _: Caller = caller) -> dict[str, Any]:
         return api.usage(store(), since, by, app.state.settings.scheduler.usage_half_life).to_wire()
 
-    try:
-        from scheduler.server import pages
-    except ImportError:  # the dashboard's module is optional until it is written
-        pages = None
-    if pages is not None:
-        app.include_router(pages.router)
-        pages.mount_static(app)
+    app.include_router(pages.router)
+    pages.mount_static(app)
     return app
 
 
@@ -243,8 +239,19 @@ def _streams(stream: str) -> tuple[str, ...]:
 
 def _follow(store, job_id: int, attempt: int | None, names: tuple[str, ...]) -> Iterator[bytes]:
     """What a `labq logs -f` prints, as JSON lines, until the attempt is done
-    (run by Starlette in a worker thread; a client that goes away ends it)."""
+    (run by Starlette in a worker thread).  A quiet job still gets a line every
+    HEARTBEAT_SECONDS: writing is how a server learns that its reader has gone,
+    and this thread ends then instead of when the job next prints."""
+    quiet_since = time.monotonic()
+
+    def heartbeat() -> Iterator[bytes]:
+        nonlocal quiet_since
+        if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
+            quiet_since = time.monotonic()
+            yield b'{"alive": true}\n'
+
     while not api.log_ready(store(), job_id):
+        yield from heartbeat()
         time.sleep(0.5)
     decoders = {n: codecs.getincrementaldecoder("utf-8")(errors="replace") for n in names}
     offsets = None
@@ -253,10 +260,12 @@ def _follow(store, job_id: int, attempt: int | None, names: tuple[str, ...]) -> 
         for name, chunk in got.chunks:
             text = decoders[name].decode(chunk)
             if text:
+                quiet_since = time.monotonic()
                 yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
         if got.done:
             yield (json.dumps({"done": True, "attempt": got.attempt}) + "\n").encode()
             return
+        yield from heartbeat()
         attempt, offsets = got.attempt, got.offsets
         time.sleep(LOG_POLL_SECONDS)
 
@@ -360,15 +369,12 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _install_security_headers(app: FastAPI) -> None:
-    try:
-        from scheduler.server.pages import CONTENT_SECURITY_POLICY
-    except ImportError:
-        CONTENT_SECURITY_POLICY = "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'"
-
     @app.middleware("http")
     async def headers(request: Request, call_next):
         response = await call_next(request)
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        # setdefault: a response with a policy of its own keeps it (the
+        # experiment page's, an artifact's sandbox).
+        response.headers.setdefault("Content-Security-Policy", pages.CONTENT_SECURITY_POLICY)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
