@@ -114,7 +114,7 @@ def test_a_dead_local_raylet_counts_as_ray_down_and_the_scheduler_recovers(tmp_p
         assert all(mode & 0o077 == 0 for mode in private.values()), {str(k): oct(v) for k, v in private.items()}
         # ...and one long job running on it
         long_spec = tmp_path / "long.yaml"
-        long_spec.write_text("experiment: long\nstages:\n  - {name: s, command: 'sleep 25; echo done', "
+        long_spec.write_text("experiment: long\nstages:\n  - {name: s, command: 'sleep 8; echo done', "
                              "resources: {cpu: 0.5}}\n")
         (long_id,) = json.loads(labq("submit", str(long_spec), "--json").stdout)["job_ids"]
         first_run = home / "runs" / str(long_id) / "attempt-1"

@@ -189,6 +189,14 @@ def test_bad_input_gets_the_same_lines_as_locally_and_writes_nothing(served: Ser
             assert remote.stderr.split(";")[0].strip() == local.stderr.split(";")[0].strip()
         else:
             assert remote.stderr == local.stderr, args
+    # Mistakes about what the queue holds: the same line as on the head itself.
+    job = str(served.job_ids[0])
+    for args in (["logs", job, "--attempt", "9"], ["artifacts", job, "--get", "nope.txt"],
+                 ["artifacts", job, "--attempt", "9"], ["status", "no-such-experiment"],
+                 ["cancel", "--experiment", "no-such-experiment"], ["results", "curves", "--limit", "0"]):
+        remote, local = served.labq(*args, cwd=project), head(served, *args)
+        assert remote.returncode == local.returncode == 2, (args, remote.stderr, local.stderr)
+        assert remote.stderr == local.stderr, args
     assert job_count(served) == before
     assert not list((served.home / "server" / "uploads").iterdir()), "an upload left behind"
 
