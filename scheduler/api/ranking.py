@@ -61,9 +61,10 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
     """One row per job with params, final metrics, timing and placement, best
     first; the first ``limit`` rows only, when given.
 
-    A page ranked by a metric is read through the store's rank index (a 100k-job
-    experiment costs a few queries); all rows, or a page sorted by a param or a
-    field, decode every job."""
+    A page ranked by a metric is read through the store's rank index, and one
+    sorted by a param through SQLite's JSON functions (a 100k-job experiment
+    costs a few queries); all rows, or a page sorted by a row field, decode
+    every job."""
     exp = store.experiment(experiment)
     total, last_stage = store.job_count(exp.id)
     names = store.final_metric_names(exp.id)
@@ -73,9 +74,12 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
     known = {k for n in names.values() for k in n}
     # The index ranks metrics only; a key that is also a param or a row field
     # ranks some jobs by that instead (as the full read does).
-    if limit is not None and (key is None or (key in known and key not in ROW_FIELDS
-                                               and key not in store.param_names(exp.id))):
-        ids = store.ranked_job_ids(exp.id, key, desc, limit + offset)[offset:]
+    param_names = store.param_names(exp.id) if limit is not None and key is not None else set()
+    by_metric = key is None or (key in known and key not in ROW_FIELDS and key not in param_names)
+    by_param = key in param_names and key not in known and key not in ROW_FIELDS
+    if limit is not None and (by_metric or by_param):
+        ids = (store.ranked_job_ids(exp.id, key, desc, limit + offset) if by_metric
+               else store.ranked_by_param(exp.id, key, desc, limit + offset))[offset:]
         finals = store.final_attempts(ids)
         advice = store.final_advice(exp.id, ids)
         position = {job_id: i for i, job_id in enumerate(ids)}

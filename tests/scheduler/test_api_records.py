@@ -311,3 +311,28 @@ def test_the_experiment_page_counts_jobs_by_state(store, submitted, tmp_path):
     assert row["id"] == experiment_id and row["name"] == "records" and row["jobs"] == 3
     assert row["counts"] == {"running": 1, "pending": 2}
     assert api.experiment_page(store, limit=10, offset=1)["experiments"] == []
+
+
+MIXED = """
+experiment: mixed
+stages:
+  - name: train
+    command: "true"
+    sweep: {grid: {x: [3, 1.5, "a", true, null, 2, -1, 1.5e300], y: [0, 1]}}
+    resources: {cpu: 1}
+"""
+
+
+@pytest.mark.parametrize("ascending", [True, False])
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_a_page_sorted_by_a_param_is_the_same_rows_as_sorting_them_all(store, tmp_path, key, ascending):
+    """SQLite ranks a param (numbers in order, ties by id, then the rest by id)
+    exactly as sorting every decoded row does: booleans, text and null last."""
+    spec = tmp_path / "mixed.yaml"
+    spec.write_text(textwrap.dedent(MIXED))
+    _submit_yaml(store, spec)
+    everything = [r["job_id"] for r in api.results(store, "mixed", sort=key, ascending=ascending).rows]
+    assert len(everything) == 16
+    paged = [r["job_id"] for offset in range(0, 16, 5)
+             for r in api.results(store, "mixed", sort=key, ascending=ascending, limit=5, offset=offset).rows]
+    assert paged == everything
