@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
                       ("results, best 50", "/api/v1/results/big?limit=50"),
                       ("results, 50 at offset 50,000", "/api/v1/results/big?limit=50&offset=50000"),
                       ("results, best 1,000 (parallel coordinates)", "/api/v1/results/big?limit=1000"),
-                      ("results, 50 sorted by a param (reads every job)", "/api/v1/results/big?limit=50&sort=b"),
+                      ("results, 50 sorted by a param", "/api/v1/results/big?limit=50&sort=b"),
                       ("status of one job", f"/api/v1/status/{first_job}"),
                       ("nodes", "/api/v1/nodes"), ("usage, 7 days", "/api/v1/usage?since=7d&by=both")]
             data["api"] = {}

@@ -26,7 +26,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
-BENCHMARKS = ["throughput", "latency", "cli", "mlwork", "queue_scale", "footprint", "policy", "sim_vs_ray"]
+BENCHMARKS = ["throughput", "latency", "cli", "server", "mlwork", "queue_scale", "footprint", "policy", "sim_vs_ray"]
 LIMIT_S = {"quick": 420, "full": 1200}
 
 
@@ -104,6 +104,12 @@ def summary_rows(results: dict[str, dict]) -> list[list]:
                      f"{q['rss_loaded_mib']:.0f} MiB ({q['rss_peak_mib']:.0f} MiB)"])
         if q.get("policy_10k_ms"):
             rows.append(["queue scale", "policy.decide, 10k demands x 100 nodes", f"{q['policy_10k_ms']:.0f} ms"])
+    server = (results.get("server") or {}).get("data")
+    if server and server.get("api"):
+        for label in ("queue, first 50", "results, best 50", "results, 50 sorted by a param"):
+            if label in server["api"]:
+                rows.append(["server", f"GET {label}, {server['n']:,} jobs",
+                             f"{server['api'][label]['median_s'] * 1000:.0f} ms"])
     f = s("footprint")
     if f:
         rows.append(["footprint", "per running job: labq scheduler vs Ray Jobs' JobSupervisor",

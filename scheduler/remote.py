@@ -163,7 +163,7 @@ class Remote:
         if not path.is_file():
             raise SpecError(spec, [("", "no such file" if not path.exists() else "cannot read: not a regular file")])
         archive = pack_directory(path.resolve().parent, spec)
-        params = {"spec": path.name, "shown_as": spec, "set": list(overrides)}
+        params = {"spec": path.name, "shown_as": spec, "shown_dir": str(path.resolve().parent), "set": list(overrides)}
         with self._open("POST", "/api/v1/submit", params, archive, "application/zip", timeout=600) as response:
             data = json.loads(response.read())
         return Submitted.from_json(data), bool(data.get("scheduler_started"))

@@ -40,17 +40,17 @@ def open_store(settings: Settings | None = None) -> Store:
 
 
 def submit(spec_path: str | Path, overrides: list[str] = (), settings: Settings | None = None,
-           user: str | None = None, shown_as: str | None = None) -> Submitted:
+           user: str | None = None, shown_as: str | None = None, shown_dir: str | None = None) -> Submitted:
     """Validate, expand the sweeps, snapshot the code and store every job in one
     transaction.  Raises SpecError (nothing written) on bad input.
 
-    ``shown_as``: the spec's path as its user knows it, when ``spec_path`` is a
-    copy (`labq server` unpacks an upload): errors name it and the experiment
-    records it."""
+    ``shown_as`` and ``shown_dir``: the spec's path and its directory's as its
+    user knows them, when ``spec_path`` is a copy (`labq server` unpacks an
+    upload): errors name them and the experiment records the path."""
     if shown_as is None:
         return _submit(spec_path, overrides, settings, user, str(Path(spec_path).resolve()))
     copy_dir = str(Path(spec_path).resolve().parent)
-    shown_dir = str(Path(shown_as).parent)
+    shown_dir = shown_dir or str(Path(shown_as).parent)
 
     def shown(text: str) -> str:
         return text.replace(str(spec_path), shown_as).replace(copy_dir, shown_dir)

@@ -99,6 +99,8 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
     async def submit(request: Request, spec: str = Query(..., max_length=1000, description="the spec's path inside "
                                                           "the archive"),
                      shown_as: str = Query(..., max_length=4096, description="the spec's path as its user knows it"),
+                     shown_dir: str | None = Query(None, max_length=4096, description="its directory, as the user's "
+                                                   "machine resolves it (errors name it)"),
                      set_: list[str] = Query(default=[], alias="set", max_length=1000),
                      who: Caller = caller) -> dict[str, Any]:
         """The body is a zip of the spec's directory (what `labq --server URL
@@ -106,7 +108,7 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
         from scheduler.packaging import MAX_PACKAGE_BYTES
 
         body = await _read_limited(request, MAX_PACKAGE_BYTES)
-        return await asyncio.to_thread(_submit_upload, app, body, spec, shown_as, list(set_), who)
+        return await asyncio.to_thread(_submit_upload, app, body, spec, shown_as, shown_dir, list(set_), who)
 
     @app.post("/api/v1/cancel", tags=["work"])
     def cancel(body: CancelRequest, who: Caller = caller) -> dict[str, Any]:
@@ -286,8 +288,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _submit_upload(app: FastAPI, body: bytes, spec: str, shown_as: str, overrides: list[str],
-                   who: Caller) -> dict[str, Any]:
+def _submit_upload(app: FastAPI, body: bytes, spec: str, shown_as: str, shown_dir: str | None,
+                   overrides: list[str], who: Caller) -> dict[str, Any]:
     """Unpack the upload in a private directory under LABQ_HOME, submit from it
     as ``who`` (the snapshot copies it), then remove it."""
     from scheduler.server.uploads import unpack
@@ -303,7 +305,8 @@ def _submit_upload(app: FastAPI, body: bytes, spec: str, shown_as: str, override
         spec_path = (code / spec).resolve()
         if spec not in written or code.resolve() not in spec_path.parents:
             raise UserError(f"{shown_as}: the uploaded archive has no file {spec!r}")
-        submitted = api.submit(spec_path, overrides, app.state.settings, user=who.user, shown_as=shown_as)
+        submitted = api.submit(spec_path, overrides, app.state.settings, user=who.user, shown_as=shown_as,
+                               shown_dir=shown_dir)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     started = False

@@ -165,15 +165,31 @@ BAD_SPECS = {
 }
 
 
+def _hostile_specs() -> dict[str, str | bytes]:
+    """The CLI's own bad-input corpus (tests/faults) and two hostile specs."""
+    from tests.faults.test_fuzz_cli import BUG_SPECS, SPECS
+
+    corpus = {f"fuzz_{k}": v for k, v in {**SPECS, **BUG_SPECS}.items() if k not in ("ok.yaml", "jobs.yaml")}
+    anchors = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    corpus["alias_bomb.yaml"] = ("experiment: bomb\nanchors:\n" + "\n".join("  " + a for a in anchors)
+                                 + "\nstages:\n  - {name: s, command: 'echo {p}', params: {p: *a8}}\n")
+    corpus["many_keys.yaml"] = ("experiment: big\nstages:\n  - {name: s, command: 'true'}\n"
+                                + "".join(f"unknown_key_{i}: {i}\n" for i in range(50_000)))
+    return corpus
+
+
 def test_bad_input_gets_the_same_lines_as_locally_and_writes_nothing(served: Served, tmp_path):
     project = tmp_path / "bad"
     project.mkdir()
     (project / "talk.py").write_text("def talk(ctx):\n    return {}\n")
-    for name, text in BAD_SPECS.items():
-        (project / name).write_text(text)
+    hostile = _hostile_specs()
+    for name, text in {**BAD_SPECS, **hostile}.items():
+        (project / name).write_bytes(text if isinstance(text, bytes) else text.encode())
+    (project / "a_directory").mkdir()
     local_env = {**served.client_env, "LABQ_HOME": str(tmp_path / "local-home")}
     before = job_count(served)
-    cases = [["submit", name] for name in BAD_SPECS] + [
+    cases = [["submit", name] for name in [*BAD_SPECS, *hostile, "a_directory"]] + [
         ["submit", "missing.yaml"], ["submit", "key.yaml", "--set", "stages.a.resources.cpu=-1"],
         ["submit", "key.yaml", "--set", "nonsense"], ["status", "123456"], ["results", "no-such-experiment"],
         ["logs", "999999"], ["cancel", "abc"], ["usage", "--since", "soon"], ["usage", "--by", "planet"]]
