@@ -20,6 +20,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from helpers import wait_until  # noqa: E402
+
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,14 +39,6 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def attempts(home: Path) -> list[dict]:

@@ -65,6 +65,18 @@ def assert_resources_released(timeout: float = 15.0) -> None:
         time.sleep(0.2)
 
 
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.25):
+    """``predicate()``'s first truthy value within ``timeout`` seconds, else an
+    AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def free_port() -> int:
     import socket
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import free_port, kill_processes_naming
+from helpers import free_port, kill_processes_naming, wait_until
 
 pytestmark = pytest.mark.ray
 HERE = Path(__file__).parent
@@ -57,14 +57,6 @@ def labq(cluster, home, *args, timeout=120, check=True):
     return proc
 
 
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_jobs_spread_over_nodes_land_on_custom_resources_and_survive_node_loss(cluster, tmp_path):

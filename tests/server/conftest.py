@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.integration.helpers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,22 +109,6 @@ class Served:
                               capture_output=True, text=True, env=env, cwd=cwd or self.project, timeout=timeout)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _head_labq(home: Path, cluster: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "LABQ_HOME": str(home)}
     env.pop("RAY_ADDRESS", None)
@@ -151,7 +135,7 @@ def served(tmp_path_factory) -> Served:
         made = _head_labq(home, cluster, "token", "create", user)
         assert made.returncode == 0, made.stderr
         tokens[user] = made.stdout.strip()
-    port = _free_port()
+    port = free_port()
     log = root / "server.log"
     env = {**os.environ, "LABQ_HOME": str(home)}
     env.pop("RAY_ADDRESS", None)
@@ -166,15 +150,15 @@ def served(tmp_path_factory) -> Served:
     client_env["PYTHONPATH"] = str(REPO)
     served = Served(url, home, cluster, project, tokens, "curves", [], 0, 0, shots, log, client_env)
     try:
-        _wait(lambda: _healthy(url), 60, "the server to answer")
+        wait_until(lambda: _healthy(url), 60, "the server to answer")
         sub = served.labq("submit", "sweep.yaml", "--json")
         assert sub.returncode == 0, sub.stdout + sub.stderr + log.read_text()
         served.job_ids = json.loads(sub.stdout)["job_ids"]
-        _wait(lambda: _all_ended(served, "curves"), 240, "the sweep to finish")
+        wait_until(lambda: _all_ended(served, "curves"), 240, "the sweep to finish")
         hog = json.loads(served.labq("submit", "hold.yaml", "--json").stdout)["job_ids"][0]
-        _wait(lambda: served.get(f"/api/v1/status/{hog}")["job"]["state"] == "running", 120, "the hog to run")
+        wait_until(lambda: served.get(f"/api/v1/status/{hog}")["job"]["state"] == "running", 120, "the hog to run")
         waiter = json.loads(served.labq("submit", "wait.yaml", "--json").stdout)["job_ids"][0]
-        _wait(lambda: served.get(f"/api/v1/status/{waiter}")["job"]["reason"], 60, "the waiter's reason")
+        wait_until(lambda: served.get(f"/api/v1/status/{waiter}")["job"]["reason"], 60, "the waiter's reason")
         served.hog_job_id, served.pending_job_id = hog, waiter
         yield served
     finally:

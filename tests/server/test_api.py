@@ -22,7 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.server.conftest import REPO, Served, _wait
+from tests.integration.helpers import wait_until
+from tests.server.conftest import REPO, Served
 
 pytestmark = pytest.mark.ray
 
@@ -129,7 +130,7 @@ def test_submit_watch_follow_and_cancel_from_a_laptop(served: Served, tmp_path):
     followed = served.labq("logs", "-f", str(job), cwd=laptop, timeout=120)  # waits for it to start, streams, ends
     assert followed.returncode == 0, followed.stderr
     assert followed.stdout.splitlines() == [f"line {i}" for i in range(8)]
-    _wait(lambda: served.get(f"/api/v1/status/{job}")["job"]["state"] == "succeeded", 60, "talk to succeed")
+    wait_until(lambda: served.get(f"/api/v1/status/{job}")["job"]["state"] == "succeeded", 60, "talk to succeed")
 
     sleepy = json.loads(served.labq("submit", "sleep.yaml", "--json", cwd=laptop).stdout)["job_ids"][0]
     refused = served.labq("cancel", str(sleepy), user="bob")
@@ -138,7 +139,7 @@ def test_submit_watch_follow_and_cancel_from_a_laptop(served: Served, tmp_path):
     assert served.get(f"/api/v1/status/{sleepy}")["job"]["cancel_requested"] is False
     done = served.labq("cancel", str(sleepy), "--json", user="carol")  # an admin may
     assert done.returncode == 0, done.stderr
-    _wait(lambda: served.get(f"/api/v1/status/{sleepy}")["job"]["state"] == "cancelled", 60, "the cancel")
+    wait_until(lambda: served.get(f"/api/v1/status/{sleepy}")["job"]["state"] == "cancelled", 60, "the cancel")
     status = served.get(f"/api/v1/status/{sleepy}")
     assert status["job"]["user"] == "alice"  # the token's user submitted it, not the server's account
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 
 from scheduler import remote
-from tests.server.conftest import REPO, _free_port
+from tests.integration.helpers import free_port
+from tests.server.conftest import REPO
 
 
 def labq(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def test_what_runs_on_the_head_is_refused_over_server(verb):
 
 
 def test_no_token_a_bad_url_and_no_server_are_one_line_each():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     none = labq("--server", f"http://127.0.0.1:{port}", "queue")
     assert none.returncode == 2 and "no token for" in none.stderr and "labq login" in none.stderr
     bad = labq("--server", "ftp://head", "queue", LABQ_TOKEN="labq_x")

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.server.conftest import REPO, _free_port
+from tests.integration.helpers import free_port
+from tests.server.conftest import REPO
 
 
 
@@ -48,7 +49,7 @@ def test_https_with_a_given_certificate(tmp_path):
     labq = [sys.executable, "-m", "scheduler.cli"]
     token = subprocess.run([*labq, "token", "create", "alice"], capture_output=True, text=True, env=env,
                            cwd=REPO).stdout.strip()
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([*labq, "server", "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
                               env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     client = {**{k: v for k, v in env.items() if k != "LABQ_HOME"}, "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
