@@ -200,6 +200,8 @@ def run(ctx: click.Context, spec: str, overrides: tuple[str, ...], cpus: float |
 
     remote = _remote(ctx)
     if remote is not None:
+        if cpus is not None or gpus is not None:
+            raise UserError("--cpus and --gpus are for a local scheduler; a labq server starts its own")
         submitted, started = remote.submit(spec, list(overrides))
     else:
         submitted = _submit(ctx, spec, overrides, will_start=True)
@@ -379,9 +381,14 @@ def _remote_logs(remote, job_id: int, follow: bool, attempt: int | None, streams
         out.flush()
 
     if not follow:
-        for name, chunk in remote.read_logs(job_id, attempt, streams).chunks:
-            write(name, chunk)
-        return
+        offsets = None
+        while True:  # the server sends a long log in steps
+            got = remote.read_logs(job_id, attempt, streams, offsets)
+            for name, chunk in got.chunks:
+                write(name, chunk)
+            if not got.chunks:
+                return
+            attempt, offsets = got.attempt, got.offsets
     for name, text in remote.follow_logs(job_id, attempt, streams):
         write(name, text.encode())
 

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from scheduler.errors import LabqError, PermissionDenied, UnknownIdError, UserError
 
 TIMEOUT_SECONDS = 60.0
+STREAM_SILENCE_SECONDS = 60.0
 
 
 class RemoteUserError(UserError):
@@ -103,6 +104,12 @@ class Remote:
         if not token:
             raise UserError(f"no token for {self.url}: `labq login {self.url}` first (or set LABQ_TOKEN)")
         self.token = token
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        if self.url.startswith("http:") and host not in ("localhost", "127.0.0.1", "::1"):
+            import sys
+
+            print(f"warning: {self.url} is plain HTTP: the token crosses the network in clear; use https://",
+                  file=sys.stderr)
         cafile = cafile or os.environ.get("LABQ_CA_FILE")
         self._tls = ssl.create_default_context(cafile=cafile) if self.url.startswith("https") else None
 
@@ -162,8 +169,9 @@ class Remote:
         path = Path(spec)
         if not path.is_file():
             raise SpecError(spec, [("", "no such file" if not path.exists() else "cannot read: not a regular file")])
-        archive = pack_directory(path.resolve().parent, spec)
-        params = {"spec": path.name, "shown_as": spec, "shown_dir": str(path.resolve().parent), "set": list(overrides)}
+        path = path.resolve()  # a link to a spec ships the directory it is in, as a local submit does
+        archive = pack_directory(path.parent, spec)
+        params = {"spec": path.name, "shown_as": spec, "shown_dir": str(path.parent), "set": list(overrides)}
         with self._open("POST", "/api/v1/submit", params, archive, "application/zip", timeout=600) as response:
             data = json.loads(response.read())
         return Submitted.from_json(data), bool(data.get("scheduler_started"))
@@ -199,23 +207,32 @@ class Remote:
     def log_ready(self, job_id: int) -> bool:
         return bool(self._get(f"/api/v1/jobs/{job_id}/logs/ready")["ready"])
 
-    def read_logs(self, job_id: int, attempt: int | None, streams: tuple[str, ...]) -> Any:
+    def read_logs(self, job_id: int, attempt: int | None, streams: tuple[str, ...],
+                  offsets: dict[str, int] | None = None) -> Any:
+        """One step: what was written past ``offsets`` (the server sends at most
+        1 MiB of each stream a step; read on until a step brings nothing)."""
         from scheduler.api.files import LogRead
 
         stream = streams[0] if len(streams) == 1 else "both"
-        return LogRead.from_json(self._get(f"/api/v1/jobs/{job_id}/logs", attempt=attempt, stream=stream))
+        at = {f"{name}_at": value for name, value in (offsets or {}).items()}
+        return LogRead.from_json(self._get(f"/api/v1/jobs/{job_id}/logs", attempt=attempt, stream=stream, **at))
 
     def follow_logs(self, job_id: int, attempt: int | None, streams: tuple[str, ...]) -> Iterator[tuple[str, str]]:
         """(stream, text) as the job writes it, until its attempt is done."""
         stream = streams[0] if len(streams) == 1 else "both"
+        # The server writes at least every few seconds (a heartbeat): a minute of
+        # silence means it or the network is gone.
         with self._open("GET", f"/api/v1/jobs/{job_id}/logs/stream", {"attempt": attempt, "stream": stream},
-                        timeout=None) as response:
+                        timeout=STREAM_SILENCE_SECONDS) as response:
             for line in response:
                 item = json.loads(line)
                 if item.get("done"):
                     return
+                if "error" in item:
+                    raise RemoteUserError(item["error"])
                 if "data" in item:  # else a heartbeat of a quiet job
                     yield item["stream"], item["data"]
+        raise LabqError(f"the labq server at {self.url} closed the log stream before the job's output ended")
 
     def attempt_files(self, job_id: int, attempt: int | None) -> Any:
         from scheduler.api.files import AttemptFiles

@@ -95,14 +95,15 @@ class LogCursor:
         self.paths = {name: getattr(paths, name) for name in streams}
         self.offsets = {name: 0 for name in streams}
 
-    def read(self) -> list[tuple[str, bytes]]:
-        """[(stream, new bytes)] for each stream with something new."""
+    def read(self, max_bytes: int | None = None) -> list[tuple[str, bytes]]:
+        """[(stream, new bytes)] for each stream with something new, at most
+        ``max_bytes`` of each (a server must not hold a whole multi-GB log)."""
         out = []
         for name, path in self.paths.items():
             try:
                 with open(path, "rb") as f:
                     f.seek(self.offsets[name])
-                    chunk = f.read()
+                    chunk = f.read(-1 if max_bytes is None else max_bytes)
             except FileNotFoundError:
                 continue
             self.offsets[name] += len(chunk)
@@ -155,16 +156,17 @@ class LogRead:
 
 
 def read_logs(store: Store, job_id: int, attempt: int | None = None, streams: tuple[str, ...] = STREAMS,
-              offsets: dict[str, int] | None = None) -> LogRead:
+              offsets: dict[str, int] | None = None, max_bytes: int | None = None) -> LogRead:
     """The output of attempt ``attempt`` (default: the latest) written past
     ``offsets`` (default: from the start): one stateless step of a follower,
     which waits while :func:`log_ready` is false, then calls this with the
-    attempt and offsets the last call returned until ``done``."""
+    attempt and offsets the last call returned until ``done``.  ``max_bytes``:
+    at most this much of each stream (`labq server` reads in steps)."""
     cursor = logs(store, job_id, attempt, streams)
     for name, at in (offsets or {}).items():
         if name in cursor.offsets:
             cursor.offsets[name] = max(0, int(at))
-    chunks = tuple(cursor.read())
+    chunks = tuple(cursor.read(max_bytes))
     return LogRead(job_id, cursor.attempt.number, chunks, dict(cursor.offsets), cursor.finished())
 
 

@@ -17,18 +17,22 @@ import codecs
 import json
 import logging
 import mimetypes
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler import __version__, api
 from scheduler.errors import LabqError, PermissionDenied, SpecError, UnknownIdError, UserError, one_line
@@ -40,7 +44,15 @@ log = logging.getLogger("labq.server")
 
 LOG_POLL_SECONDS = 0.3
 HEARTBEAT_SECONDS = 5.0  # the longest a log stream stays silent
+LOG_READ_BYTES = 1 << 20  # the most of a log one read takes into memory
+LOG_STREAMS_PER_USER = 16  # followers one user may hold open at once
 MAX_PAGE = 10_000  # rows one request may ask for
+MAX_ID = 2**62  # ids and offsets past what SQLite's integers hold are a 400, not a 500
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+AttemptNumber = Annotated[int | None, Query(ge=1, le=10_000)]
+Offset = Annotated[int, Query(ge=0, le=MAX_ID)]
+SUBMIT_SECONDS = 120.0  # the most a submit's checks (which import the user's module) may take
+SUBMITS_AT_ONCE = 2  # uploads held (up to 100 MiB each) and checked at once; the rest wait their turn
 
 
 class CancelRequest(BaseModel):
@@ -67,6 +79,8 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
     app.state.tokens = TokenBook(home)
     app.state.admins = frozenset(settings.admins)
     app.state.start_scheduler = start_scheduler
+    app.state.log_streams = {}  # user -> log streams open (counted on the event loop: no lock)
+    app.state.submit_slots = asyncio.Semaphore(SUBMITS_AT_ONCE)
     app.state.estimates = api.EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs())
     stores = _Stores()
 
@@ -107,8 +121,9 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
         submit` packs: labq's exclusions, at most packaging.MAX_PACKAGE_BYTES)."""
         from scheduler.packaging import MAX_PACKAGE_BYTES
 
-        body = await _read_limited(request, MAX_PACKAGE_BYTES)
-        return await asyncio.to_thread(_submit_upload, app, body, spec, shown_as, shown_dir, list(set_), who)
+        async with app.state.submit_slots:  # a waiting upload is not read yet: memory stays bounded
+            body = await _read_limited(request, MAX_PACKAGE_BYTES)
+            return await asyncio.to_thread(_submit_upload, app, body, spec, shown_as, shown_dir, list(set_), who)
 
     @app.post("/api/v1/cancel", tags=["work"])
     def cancel(body: CancelRequest, who: Caller = caller) -> dict[str, Any]:
@@ -118,17 +133,17 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
 
     # ------------------------------------------------------------ reading
     @app.get("/api/v1/queue", tags=["read"])
-    def queue(limit: int | None = Query(None, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
+    def queue(limit: int | None = Query(None, ge=1, le=MAX_PAGE), offset: Offset = 0,
               summary: bool = True, _: Caller = caller) -> dict[str, Any]:
         return api.queue(store(), app.state.estimates, limit=limit, offset=offset, summary=summary).to_wire()
 
     @app.get("/api/v1/experiments", tags=["read"])
-    def experiments(limit: int = Query(50, ge=1, le=MAX_PAGE), offset: int = Query(0, ge=0),
+    def experiments(limit: int = Query(50, ge=1, le=MAX_PAGE), offset: Offset = 0,
                     _: Caller = caller) -> dict[str, Any]:
         return api.experiment_page(store(), limit, offset)
 
     @app.get("/api/v1/experiments/{experiment_id}/jobs", tags=["read"])
-    def experiment_jobs(experiment_id: int, _: Caller = caller) -> dict[str, Any]:
+    def experiment_jobs(experiment_id: JobId, _: Caller = caller) -> dict[str, Any]:
         """An experiment's jobs by id (what `labq run` waits on)."""
         s = store()
         s.experiment(experiment_id)  # 404 for an unknown one
@@ -140,7 +155,7 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
 
     @app.get("/api/v1/results/{experiment}", tags=["read"])
     def results(experiment: str, sort: str | None = Query(None, max_length=200), ascending: bool | None = None,
-                limit: int | None = Query(None, ge=1, le=10_000_000), offset: int = Query(0, ge=0),
+                limit: int | None = Query(None, ge=1, le=10_000_000), offset: Offset = 0,
                 _: Caller = caller) -> dict[str, Any]:
         return api.results(store(), experiment, sort=sort, ascending=ascending, limit=limit, offset=offset).to_wire()
 
@@ -163,34 +178,48 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
         return {"metric": metric, "curves": [c.to_json() for c in api.step_curves(rows, metric)]}
 
     @app.get("/api/v1/jobs/{job_id}/logs", tags=["read"])
-    def logs(job_id: int, attempt: int | None = Query(None, ge=1), stream: str = "both",
-             stdout_at: int = Query(0, ge=0), stderr_at: int = Query(0, ge=0), _: Caller = caller) -> dict[str, Any]:
+    def logs(job_id: JobId, attempt: AttemptNumber = None, stream: str = "both",
+             stdout_at: Offset = 0, stderr_at: Offset = 0, _: Caller = caller) -> dict[str, Any]:
         """One step of reading a job's output: pass the returned ``attempt`` and
         offsets back to read on (LogRead)."""
         s = store()
         names = _streams(stream)
         offsets = {"stdout": stdout_at, "stderr": stderr_at}
-        return api.read_logs(s, job_id, attempt, names, {n: offsets[n] for n in names}).to_json()
+        return api.read_logs(s, job_id, attempt, names, {n: offsets[n] for n in names},
+                             max_bytes=LOG_READ_BYTES).to_json()
 
     @app.get("/api/v1/jobs/{job_id}/logs/ready", tags=["read"])
-    def log_ready(job_id: int, _: Caller = caller) -> dict[str, Any]:
+    def log_ready(job_id: JobId, _: Caller = caller) -> dict[str, Any]:
         return {"ready": api.log_ready(store(), job_id)}
 
     @app.get("/api/v1/jobs/{job_id}/logs/stream", tags=["read"])
-    def log_stream(job_id: int, attempt: int | None = Query(None, ge=1), stream: str = "both",
-                   _: Caller = caller) -> StreamingResponse:
+    def log_stream(job_id: JobId, attempt: AttemptNumber = None, stream: str = "both",
+                   who: Caller = caller) -> StreamingResponse:
         """The output as it grows, one JSON line per chunk ({"stream", "data"}),
         then {"done": true, "attempt": n} when the attempt has ended and all is read."""
         names = _streams(stream)
         store().job(job_id)  # 404 before the stream starts
-        return StreamingResponse(_follow(store, job_id, attempt, names), media_type="application/x-ndjson")
+        open_streams = app.state.log_streams
+        if open_streams.get(who.user, 0) >= LOG_STREAMS_PER_USER:
+            raise HTTPException(429, f"{who.user} already follows {LOG_STREAMS_PER_USER} logs; close one first")
+
+        async def counted() -> AsyncIterator[bytes]:
+            open_streams[who.user] = open_streams.get(who.user, 0) + 1
+            try:
+                async for line in _follow(store, job_id, attempt, names):
+                    yield line
+            finally:
+                open_streams[who.user] -= 1
+
+        return StreamingResponse(counted(), media_type="application/x-ndjson")
 
     @app.get("/api/v1/jobs/{job_id}/files", tags=["read"])
-    def files(job_id: int, attempt: int | None = Query(None, ge=1), _: Caller = caller) -> dict[str, Any]:
+    def files(job_id: JobId, attempt: AttemptNumber = None, _: Caller = caller) -> dict[str, Any]:
         return api.attempt_files(store(), job_id, attempt).to_wire()
 
     @app.get("/api/v1/jobs/{job_id}/files/{path:path}", tags=["read"])
-    def file(job_id: int, path: str, attempt: int | None = Query(None, ge=1), _: Caller = caller) -> FileResponse:
+    def file(path: str, job_id: JobId,
+             attempt: AttemptNumber = None, _: Caller = caller) -> FileResponse:
         """One kept output or artifact, as the attempt recorded it: nothing else
         under its run dir, nothing outside LABQ_HOME."""
         chosen = api.chosen_attempt(store(), job_id, attempt)
@@ -239,37 +268,49 @@ def _streams(stream: str) -> tuple[str, ...]:
     return chosen
 
 
-def _follow(store, job_id: int, attempt: int | None, names: tuple[str, ...]) -> Iterator[bytes]:
-    """What a `labq logs -f` prints, as JSON lines, until the attempt is done
-    (run by Starlette in a worker thread).  A quiet job still gets a line every
-    HEARTBEAT_SECONDS: writing is how a server learns that its reader has gone,
-    and this thread ends then instead of when the job next prints."""
+async def _follow(store, job_id: int, attempt: int | None, names: tuple[str, ...]) -> AsyncIterator[bytes]:
+    """What a `labq logs -f` prints, as JSON lines, until the attempt is done.
+    It waits on the event loop, not in a worker thread (a thousand quiet
+    followers hold no thread), and reads at most LOG_READ_BYTES at a time.  A
+    quiet job still gets a line every HEARTBEAT_SECONDS: writing is how a server
+    learns that its reader has gone.  A mistake found once the stream has begun
+    (the job was cancelled before it started) is a line {"error": ...}."""
     quiet_since = time.monotonic()
 
-    def heartbeat() -> Iterator[bytes]:
+    def beat() -> bytes | None:
         nonlocal quiet_since
-        if time.monotonic() - quiet_since >= HEARTBEAT_SECONDS:
-            quiet_since = time.monotonic()
-            yield b'{"alive": true}\n'
+        if time.monotonic() - quiet_since < HEARTBEAT_SECONDS:
+            return None
+        quiet_since = time.monotonic()
+        return b'{"alive": true}\n'
 
-    while not api.log_ready(store(), job_id):
-        yield from heartbeat()
-        time.sleep(0.5)
-    decoders = {n: codecs.getincrementaldecoder("utf-8")(errors="replace") for n in names}
-    offsets = None
-    while True:
-        got = api.read_logs(store(), job_id, attempt, names, offsets)
-        for name, chunk in got.chunks:
-            text = decoders[name].decode(chunk)
-            if text:
-                quiet_since = time.monotonic()
-                yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
-        if got.done:
-            yield (json.dumps({"done": True, "attempt": got.attempt}) + "\n").encode()
-            return
-        yield from heartbeat()
-        attempt, offsets = got.attempt, got.offsets
-        time.sleep(LOG_POLL_SECONDS)
+    def read(offsets):
+        return api.read_logs(store(), job_id, attempt, names, offsets, max_bytes=LOG_READ_BYTES)
+
+    try:
+        while not await asyncio.to_thread(lambda: api.log_ready(store(), job_id)):
+            if line := beat():
+                yield line
+            await asyncio.sleep(0.5)
+        decoders = {n: codecs.getincrementaldecoder("utf-8")(errors="replace") for n in names}
+        offsets = None
+        while True:
+            got = await asyncio.to_thread(read, offsets)
+            for name, chunk in got.chunks:
+                text = decoders[name].decode(chunk)
+                if text:
+                    quiet_since = time.monotonic()
+                    yield (json.dumps({"stream": name, "data": text}) + "\n").encode()
+            if got.done:
+                yield (json.dumps({"done": True, "attempt": got.attempt}) + "\n").encode()
+                return
+            if line := beat():
+                yield line
+            attempt, offsets = got.attempt, got.offsets
+            if not got.chunks:  # all read: wait for more
+                await asyncio.sleep(LOG_POLL_SECONDS)
+    except UserError as exc:
+        yield (json.dumps({"error": one_line(str(exc))}) + "\n").encode()
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -305,14 +346,42 @@ def _submit_upload(app: FastAPI, body: bytes, spec: str, shown_as: str, shown_di
         spec_path = (code / spec).resolve()
         if spec not in written or code.resolve() not in spec_path.parents:
             raise UserError(f"{shown_as}: the uploaded archive has no file {spec!r}")
-        submitted = api.submit(spec_path, overrides, app.state.settings, user=who.user, shown_as=shown_as,
-                               shown_dir=shown_dir)
+        submitted = _submit_in_child(app, {"spec_path": str(spec_path), "overrides": overrides, "user": who.user,
+                                           "shown_as": shown_as, "shown_dir": shown_dir,
+                                           "cluster": app.state.cluster}, cwd=work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     started = False
     if app.state.start_scheduler:
         started = _ensure_scheduler(app)
     return {**submitted.to_json(), "scheduler_started": started}
+
+
+def _submit_in_child(app: FastAPI, request: dict[str, Any], cwd: Path):
+    """api.submit in a process of its own (scheduler.server.submitter): the
+    spec's checks import the user's module, which must not run in the server."""
+    from scheduler.api.submission import Submitted
+    from scheduler.server import submitter
+
+    env = {**os.environ, "LABQ_HOME": str(app.state.home)}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "scheduler.server.submitter"], input=json.dumps(request),
+                              capture_output=True, text=True, cwd=cwd, env=env, timeout=SUBMIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{request['shown_as']}: checking the spec took over {SUBMIT_SECONDS:.0f}s (does importing "
+                        "its module run work at import time?); nothing was submitted") from None
+    lines = proc.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if "submitted" in answer:
+        return Submitted.from_json(answer["submitted"])
+    if "error" in answer:
+        submitter.raise_from(answer)
+    tail = one_line(proc.stderr.strip().splitlines()[-1]) if proc.stderr.strip() else "no output"
+    raise UserError(f"{request['shown_as']}: checking the spec ended the checking process (exit code "
+                    f"{proc.returncode}: {tail}); nothing was submitted")
 
 
 def _ensure_scheduler(app: FastAPI) -> bool:
@@ -357,8 +426,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
         return _error(503, state_database_error(exc))
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's HTTPException and Starlette's own 404, 405
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         response = _error(exc.status_code, str(exc.detail))
         for key, value in (exc.headers or {}).items():
             response.headers[key] = value

@@ -9,8 +9,11 @@ takes effect at once, without a restart.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -18,12 +21,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from scheduler.errors import UserError
 
 TOKEN_PREFIX = "labq_"
 # What a labq user's name may be: like a POSIX account name.
+log = logging.getLogger("labq.server")
 USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,63}")
 
 
@@ -77,13 +81,17 @@ class TokenBook:
     def _refresh(self) -> None:
         try:
             st = os.stat(self.path)
-            seen = (st.st_mtime_ns, st.st_size)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             seen = None
         with self._lock:
             if seen == self._seen and (seen is not None or not self._by_digest):
                 return
-            self._by_digest = {e.digest: e for e in self.entries()} if seen is not None else {}
+            try:
+                self._by_digest = {e.digest: e for e in self.entries()} if seen is not None else {}
+            except UserError as exc:  # a damaged file lets nobody in, and says so in the server's log
+                log.error("%s; every request is refused until it is fixed", exc)
+                self._by_digest = {}
             self._seen = seen
 
     # ------------------------------------------------------------ writing
@@ -93,18 +101,31 @@ class TokenBook:
             raise UserError(f"labq token create {user!r}: expected a user name: lower-case letters, digits, '_', '.' "
                             "or '-', starting with a letter or '_', at most 64 characters")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        entries = self.entries() + [TokenEntry(user, _digest(token), time.time() if now is None else now)]
-        self._write(entries)
+        with self._exclusive():
+            entries = self.entries() + [TokenEntry(user, _digest(token), time.time() if now is None else now)]
+            self._write(entries)
         return token
 
     def revoke(self, user: str, token_id: str | None = None) -> int:
         """Remove ``user``'s tokens (only the one named ``token_id`` when given);
         returns how many were removed."""
-        entries = self.entries()
-        kept = [e for e in entries if not (e.user == user and (token_id is None or e.token_id == token_id))]
-        if len(kept) != len(entries):
-            self._write(kept)
+        with self._exclusive():
+            entries = self.entries()
+            kept = [e for e in entries if not (e.user == user and (token_id is None or e.token_id == token_id))]
+            if len(kept) != len(entries):
+                self._write(kept)
         return len(entries) - len(kept)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Two `labq token create` at once must not lose one of the tokens."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path.parent / ".tokens.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _write(self, entries: list[TokenEntry]) -> None:
         directory = self.path.parent
@@ -112,7 +133,7 @@ class TokenBook:
         os.chmod(directory, 0o700)
         data: dict[str, Any] = {"tokens": [{"user": e.user, "digest": e.digest, "created_at": e.created_at}
                                            for e in entries]}
-        tmp = directory / f".tokens.{os.getpid()}.tmp"
+        tmp = directory / f".tokens.{os.getpid()}.{threading.get_ident()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)

@@ -256,7 +256,7 @@ def test_the_http_server_serves_through_the_api_and_never_runs_jobs():
 
 def test_the_remote_client_uses_the_standard_library_and_labqs_records():
     """`labq --server` must start fast and need nothing the server has."""
-    assert _external("scheduler.remote") <= {"__future__", "json", "os", "ssl", "time", "typing", "urllib",
+    assert _external("scheduler.remote") <= {"__future__", "json", "os", "ssl", "sys", "time", "typing", "urllib",
                                              "pathlib"}
     assert not any(t.startswith(("scheduler.store", "scheduler.server.app", "workers")) for t in
                    GRAPH["scheduler.remote"])

@@ -365,3 +365,82 @@ def test_the_server_process_runs_no_job(served: Served):
     hog = served.get(f"/api/v1/status/{served.hog_job_id}")
     assert hog["job"]["state"] == "running"
     assert time.time() - hog["job"]["started_at"] > 0
+
+
+# ---------------------------------------------------------------- the server's own robustness
+
+def test_a_submit_runs_the_users_code_in_a_child_process_not_in_the_server(served: Served, tmp_path):
+    """Checking a spec imports its module when it has check_params: that is
+    the user's code, so it runs in a short-lived child; a second upload of a
+    module of the same name is checked afresh (nothing cached in the server)."""
+    server_pid = next(p.pid for p in psutil.process_iter(["cmdline"])
+                      if "server" in (p.info["cmdline"] or []) and str(served.cluster) in (p.info["cmdline"] or []))
+    for round_ in (1, 2):
+        laptop = tmp_path / f"round{round_}"
+        (laptop / "pkg").mkdir(parents=True)
+        (laptop / "pkg" / "__init__.py").write_text("")
+        (laptop / "pkg" / "train.py").write_text(
+            "import os, pathlib\n"
+            f"pathlib.Path({str(tmp_path)!r}, 'imported-{round_}').write_text(str(os.getpid()))\n"
+            f"def check_params(params):\n    return []\n\n\ndef main(ctx):\n    return {{'round': {round_}.0}}\n")
+        (laptop / "s.yaml").write_text("experiment: pkgjob\nstages:\n  - {name: a, run: 'pkg.train:main', "
+                                       "resources: {cpu: 0.25}}\n")
+        out = served.labq("submit", "s.yaml", "--json", cwd=laptop)
+        assert out.returncode == 0, out.stderr
+        importer = int((tmp_path / f"imported-{round_}").read_text())
+        assert importer != server_pid
+        job = json.loads(out.stdout)["job_ids"][0]
+        wait_until(lambda: served.get(f"/api/v1/status/{job}")["job"]["state"] == "succeeded", 60, "the job")
+    (tmp_path / "dies").mkdir()
+    (tmp_path / "dies" / "boom.py").write_text("import os\nos._exit(7)\n\n\ndef check_params(params):\n"
+                                               "    return []\n\n\ndef main(ctx):\n    return {}\n")
+    (tmp_path / "dies" / "s.yaml").write_text("experiment: boom\nstages:\n  - {name: a, run: 'boom:main'}\n")
+    died = served.labq("submit", "s.yaml", cwd=tmp_path / "dies")
+    assert died.returncode == 2 and "exit code 7" in died.stderr and "nothing was submitted" in died.stderr
+    assert served.get("/api/v1/whoami")["user"] == "alice"  # the server lives on
+
+
+def test_followers_hold_no_thread_and_each_user_has_a_cap(served: Served):
+    """Many `logs -f` on a quiet job: other requests still answer at once, and
+    past the cap a user gets 429."""
+    host, port = served.url.removeprefix("http://").split(":")
+    followers = []
+    try:
+        for _ in range(16):
+            conn = http.client.HTTPConnection(host, int(port), timeout=30)
+            conn.request("GET", f"/api/v1/jobs/{served.pending_job_id}/logs/stream",
+                         headers={"Authorization": f"Bearer {served.token}"})
+            response = conn.getresponse()
+            assert response.status == 200
+            followers.append((conn, response))
+        t0 = time.monotonic()
+        assert served.get("/api/v1/whoami")["user"] == "alice"
+        assert served.get("/api/v1/queue?limit=5")["total"] >= 1
+        assert time.monotonic() - t0 < 2.0
+        status, body = call(served, "GET", f"/api/v1/jobs/{served.pending_job_id}/logs/stream")
+        assert status == 429 and "already follows 16 logs" in json.loads(body)["error"]
+        assert call(served, "GET", "/api/v1/whoami", token="bob")[0] == 200  # another user is not capped by alice
+    finally:
+        for conn, _ in followers:
+            conn.close()
+
+
+def test_following_a_job_cancelled_before_it_started_fails_as_on_the_head(served: Served, tmp_path):
+    laptop = tmp_path / "never"
+    laptop.mkdir()
+    (laptop / "w.py").write_text("def main(ctx):\n    return {}\n")
+    (laptop / "w.yaml").write_text("experiment: never\nstages:\n  - {name: a, run: 'w:main', "
+                                   "resources: {cpu: 0.25, gpu: 1}}\n")  # waits behind the hog's GPU
+    job = json.loads(served.labq("submit", "w.yaml", "--json", cwd=laptop).stdout)["job_ids"][0]
+    assert served.labq("cancel", str(job)).returncode == 0
+    remote, local = served.labq("logs", "-f", str(job), timeout=60), head(served, "logs", "-f", str(job))
+    assert remote.returncode == local.returncode == 2, (remote.stderr, local.stderr)
+    assert remote.stderr == local.stderr and "has not started yet" in remote.stderr
+
+
+def test_numbers_out_of_range_and_unknown_routes_are_4xx_json(served: Served):
+    for route in ("/api/v1/queue?offset=99999999999999999999", f"/api/v1/jobs/{10**20}/files",
+                  "/api/v1/results/curves?offset=-1", "/api/v1/jobs/1/logs?attempt=0", "/api/v1/nope"):
+        status, body = call(served, "GET", route)
+        assert 400 <= status < 500, (route, status)
+        assert set(json.loads(body)) == {"error"}, route
