@@ -53,6 +53,9 @@ class VirtualCluster:
         self.may_change = True
         self.may_preempt = any(q.preempt for q in queues or ())
         self.example: dict[tuple, policy.Demand] = {}  # shape -> a demand of that shape
+        # The free capacity as the policy indexes it, kept between decisions (built
+        # at the first): a decision books its placements in it, an end gives back.
+        self.room: policy.ClusterRoom | None = None
 
     # ------------------------------------------------------------ feeding it
 
@@ -73,6 +76,7 @@ class VirtualCluster:
             priority=run.priority, seq=run.job_id, user=run.user, queue=run.queue, time_limit=run.time_limit,
             submitted_at=run.started_at)
         self._book(run, -1)
+        self.room = None  # rebuilt from the book at the next decision
         self.running.add(run)
         self.book.add(run)
         self.attempt[run.job_id] = 1
@@ -117,9 +121,12 @@ class VirtualCluster:
             if not self.pending:
                 return
             self.decisions += 1
+            if self.room is None:
+                self.room = policy.ClusterRoom(self.free.nodes())
             decision = policy.decide(self.pending, self.free.nodes(), self.known,
                                      running=self.running, queues=self.queues,
-                                     usage=self.book.snapshot(), now=t, policy=self.policy, explain=False)
+                                     usage=self.book.snapshot(), now=t, policy=self.policy, explain=False,
+                                     room=self.room, capacity=self.capacity)
             for job in decision.unschedulable:
                 self.pending.remove(job)
                 self.unschedulable.add(job)
@@ -172,6 +179,8 @@ class VirtualCluster:
     def _end(self, job: int, t: float) -> None:
         run = self.running.remove(job)
         self._book(run, +1)
+        if self.room is not None:
+            self.room.give_back(run)
         self._freed(run.node_id)
         self.book.remove(run)
         remaining = self.remaining[job]
@@ -182,6 +191,8 @@ class VirtualCluster:
     def _preempt(self, job: int, t: float) -> None:
         run = self.running.remove(job)
         self._book(run, +1)
+        if self.room is not None:
+            self.room.give_back(run)
         self.may_change = True
         self.book.remove(run)
         self.attempt[job] += 1  # its end event no longer counts

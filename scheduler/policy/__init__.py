@@ -58,13 +58,13 @@ from scheduler.policy.indexes import PendingIndex, RunningIndex
 from scheduler.policy.records import (AHEAD_COUNTED, DEFAULT_HALF_LIFE, DEFAULT_POLICY, GRAIN, POLICIES, RESOURCES,
                                       Decision, Demand, GiB, Node, Placement, QueueConfig, RunningJob, demand_of,
                                       node_of, order)
-from scheduler.policy.room import fits_now, never_fits
+from scheduler.policy.room import ClusterRoom, fits_now, never_fits
 from scheduler.policy.usage import Capacity, Usage, UsageBook
 from scheduler.policy.walk import decide
 
 __all__ = [
     "AHEAD_COUNTED", "DEFAULT_HALF_LIFE", "DEFAULT_POLICY", "GRAIN", "POLICIES", "RESOURCES", "Capacity",
-    "CapacityBook", "Decision", "Demand", "GiB", "Node", "PendingIndex", "Placement", "QueueConfig", "RunningIndex",
+    "CapacityBook", "ClusterRoom", "Decision", "Demand", "GiB", "Node", "PendingIndex", "Placement", "QueueConfig", "RunningIndex",
     "RunningJob", "Usage", "UsageBook", "decide", "demand_of", "empty_copy", "fits_now", "never_fits", "node_of",
     "order",
 ]

@@ -200,13 +200,25 @@ class ClusterRoom:
         return None if best is None else (best[1], best[2], best[3])
 
     def take(self, w: NodeRoom, need: Need, gpus: tuple[int, ...], share: int) -> None:
+        self._reindexed(w, bool(gpus), lambda: w.take(need, gpus, share))
+
+    def give_back(self, job: RunningJob) -> None:
+        """A running job ended: what it holds is free again (nothing, on a node
+        this room does not hold).  Lets a caller keep one room between
+        decisions instead of building it from every node for each."""
+        w = self.nodes.get(job.node_id)
+        if w is not None:
+            self._reindexed(w, bool(job.gpu_indices), lambda: w.release(job))
+
+    def _reindexed(self, w: NodeRoom, gpus_change: bool, change) -> None:
+        """Apply ``change`` to ``w``, keeping both indexes sorted."""
         del self.by_cpu[bisect.bisect_left(self.by_cpu, (w.cpu, w.id))]
-        if gpus:
+        if gpus_change:
             for e in self._gpu_entries(w):
                 del self.by_gpu[bisect.bisect_left(self.by_gpu, e)]
-        w.take(need, gpus, share)
+        change()
         bisect.insort(self.by_cpu, (w.cpu, w.id))
-        if gpus:
+        if gpus_change:
             for e in self._gpu_entries(w):
                 bisect.insort(self.by_gpu, e)
 

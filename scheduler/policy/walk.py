@@ -27,13 +27,15 @@ class Pass:
     least-loaded user until every class of jobs is placed or stuck."""
 
     def __init__(self, nodes: list[Node], known: list[Node], running: Iterable[RunningJob] | RunningIndex,
-                 queues: Iterable[QueueConfig] | None, usage: Mapping | None, now: float, policy: str, explain: bool):
+                 queues: Iterable[QueueConfig] | None, usage: Mapping | None, now: float, policy: str, explain: bool,
+                 room: ClusterRoom | None = None, capacity: Capacity | None = None):
         self.decision = Decision()
-        self.cluster = ClusterRoom(nodes)
+        self.cluster = room if room is not None else ClusterRoom(nodes)
         self.known = known
         self.running = running if isinstance(running, RunningIndex) else list(running)
         self.now, self.policy, self.explain = now, policy, explain
-        self.shares = Shares(known, Capacity.of(known or nodes), self.running, queues, usage, policy)
+        capacity = capacity if capacity is not None else Capacity.of(known or nodes)
+        self.shares = Shares(known, capacity, self.running, queues, usage, policy)
         self.backfill = Backfill(self.cluster, self.running, now)
         self.preemption = Preemption(self.shares, self.cluster, self.running, self.decision)
         self.may_preempt = self.shares.may_preempt
@@ -198,14 +200,18 @@ class Pass:
 def decide(demands: Iterable[Demand] | PendingIndex, nodes: list[Node], known: list[Node] | None = None, *,
            running: Iterable[RunningJob] | RunningIndex = (), queues: Iterable[QueueConfig] | None = None,
            usage: Mapping | None = None, now: float = 0.0, policy: str = DEFAULT_POLICY,
-           explain: bool = True) -> Decision:
+           explain: bool = True, room: ClusterRoom | None = None, capacity: Capacity | None = None) -> Decision:
     """Which pending jobs start now, on which node and GPUs, and which running jobs
     to preempt.  ``nodes`` may be placed on (their free capacity already net of
     ``running``); ``known`` (default: the same) are all nodes ever seen, against
     which "can this job ever fit" and the dominant-share capacity are judged.
-    ``explain=False`` skips the per-job waiting reasons (and the jobs they are for)."""
+    ``explain=False`` skips the per-job waiting reasons (and the jobs they are for).
+    ``room`` and ``capacity``: what a caller that decides again and again (the
+    simulator) keeps between decisions instead of this reading every node each
+    time: ``nodes``' free capacity as a :class:`ClusterRoom` (``give_back`` as
+    jobs end; the decision books its placements in it) and ``Capacity.of(known)``."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     pending = demands if isinstance(demands, PendingIndex) else PendingIndex(demands)
     known = nodes if known is None else known
-    return Pass(nodes, known, running, queues, usage, now, policy, explain).run(pending)
+    return Pass(nodes, known, running, queues, usage, now, policy, explain, room, capacity).run(pending)

@@ -98,3 +98,39 @@ def test_the_virtual_cluster_books_through_the_same_rule():
     assert cluster.first_start == {1: 0.0, 2: 50.0}
     assert cluster.alloc == [0.5, 2.0]
     assert cluster.busy == [100.0, 100.0]
+
+
+def test_a_kept_room_given_back_what_ended_is_the_room_built_afresh():
+    """A caller may keep one ClusterRoom between decisions: the decision books
+    its placements in it and give_back returns what an ended job held, so the
+    room and both its indexes equal one built from the capacity book."""
+    nodes = [_node("a", gpus=4, custom={"tpu": 2.0}), _node("b", gpus=2), _node("c", gpus=0)]
+    book = policy.CapacityBook(nodes)
+    room = policy.ClusterRoom(book.nodes())
+    shapes = [dict(cpu=1, gpu=0.25), dict(cpu=2, gpu=2), dict(cpu=4), dict(cpu=1, gpu=1, custom={"tpu": 1.0}),
+              dict(cpu=0.5, gpu=0.5, memory=2**30), dict(cpu=3)]
+    demands = [policy.Demand(job_id=i, seq=i, **shapes[i % len(shapes)]) for i in range(18)]
+    decision = policy.decide(demands, book.nodes(), room=room, explain=False)
+    assert len(decision.placements) >= 10
+    by_id = {d.job_id: d for d in demands}
+    running = []
+    for p in decision.placements:
+        d = by_id[p.job_id]
+        job = policy.RunningJob(d.job_id, cpu=d.cpu, gpu=p.gpu_share, memory=d.memory, node_id=p.node_id,
+                                gpu_indices=p.gpu_indices, custom=d.custom)
+        assert book.take(job)
+        running.append(job)
+
+    def same(kept: policy.ClusterRoom) -> None:
+        fresh = policy.ClusterRoom(book.nodes())
+        assert kept.by_cpu == fresh.by_cpu and kept.by_gpu == fresh.by_gpu
+        assert {i: (w.cpu, w.memory, w.gpu, w.custom, w.whole) for i, w in kept.nodes.items()} == {
+            i: (w.cpu, w.memory, w.gpu, w.custom, w.whole) for i, w in fresh.nodes.items()}
+
+    same(room)
+    for job in running[::2]:  # half of them end
+        book.give_back(job)
+        room.give_back(job)
+    same(room)
+    room.give_back(policy.RunningJob(99, cpu=1, node_id="gone"))  # a node the room lacks: nothing changes
+    same(room)

@@ -189,3 +189,36 @@ def test_labq_simulate_bad_input_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate", str(tmp_path / "t.csv"), "--gpus", "1",
                            "--policy", "lifo"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown policy" in proc.stderr
+
+
+# ---------------------------------------------------------------- the room kept between decisions
+
+def _without_wall(results) -> list[dict]:
+    return [{k: v for k, v in r.to_json().items() if k != "wall_s"} for r in results]
+
+
+@pytest.mark.parametrize("load", [0.6, 1.4])
+def test_the_room_kept_between_decisions_decides_as_one_built_for_each(monkeypatch, load):
+    """The simulator keeps the policy's index of free capacity from decision to
+    decision (placements booked by the decision, ends and preemptions given
+    back): every result equals rebuilding it from the capacity book each time,
+    on a loaded cluster of mixed nodes with fractional, whole and multi-GPU
+    jobs, two queues, a guarantee and preemption."""
+    from scheduler.virtual_cluster import VirtualCluster
+
+    trace = traces.generate(600, seed=3, gpus=24, load=load, queues=["research", "batch"])
+    nodes = [node(f"n{i}", cpus, gpus) for i, (cpus, gpus) in enumerate([(16, 8), (8, 4), (8, 2), (32, 0)] * 2)]
+    queues = [QueueConfig("research", guarantee={"gpu": 8}, preempt=True), QueueConfig("batch")]
+    kept = simulator.compare(trace, nodes, ["labq", "fair", "fifo"], queues, 3600.0)
+
+    class RebuiltEachTime(VirtualCluster):
+        def decide(self, t: float) -> None:
+            self.room = None
+            super().decide(t)
+
+    monkeypatch.setattr(simulator, "VirtualCluster", RebuiltEachTime)
+    rebuilt = simulator.compare(trace, nodes, ["labq", "fair", "fifo"], queues, 3600.0)
+    assert _without_wall(kept) == _without_wall(rebuilt)
+    assert kept[0].finished == len(trace) and (load < 1 or kept[0].avg_wait > 0)
+    if load > 1:
+        assert kept[0].preempted > 0  # the give-back of a preemption is exercised
