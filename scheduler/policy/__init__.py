@@ -38,6 +38,8 @@ reserved, and any job that fits starts (capacity never idles on a guess).
 Placement is per node and per GPU: a 0.5-GPU job needs 0.5 free on *one* GPU.
 Fractional jobs go best-fit onto the fullest GPU that still has room, preferring
 nodes with fewer whole GPUs free, so whole GPUs stay free for whole-GPU jobs.
+CPU-only jobs go best-fit onto the nodes without a free GPU share first, so they
+do not take a GPU node's last cores and strand its GPUs.
 
 Speed: demands are grouped into classes (same queue, user, priority, shape and
 time limit), and a class that failed this pass is not tried again (capacity only

@@ -159,7 +159,15 @@ class ClusterRoom:
     def __init__(self, nodes: list[Node]):
         self.nodes = {n.node_id: NodeRoom.of(n) for n in nodes}
         self.by_cpu = sorted((w.cpu, w.id) for w in self.nodes.values())
+        # The nodes without a free GPU share, by free cpu: where a CPU-only job
+        # goes first, so that it does not take the last cores of a node whose
+        # GPUs are free and strand them.
+        self.by_cpu_no_free_gpu = sorted((w.cpu, w.id) for w in self.nodes.values() if not self._has_free_gpu(w))
         self.by_gpu = sorted(e for w in self.nodes.values() for e in self._gpu_entries(w))
+
+    @staticmethod
+    def _has_free_gpu(w: NodeRoom) -> bool:
+        return any(f > 0 for f in w.gpu)
 
     @staticmethod
     def _gpu_entries(w: NodeRoom) -> list[tuple[int, int, str, int]]:
@@ -177,11 +185,11 @@ class ClusterRoom:
                 if w.holds(need) and (accept is None or accept(w, (by[k][3],), need.gpu)):
                     return w, (by[k][3],), need.gpu
             return None
-        by = self.by_cpu
-        for k in range(bisect.bisect_left(by, (need.cpu,)), len(by)):
-            w = self.nodes[by[k][1]]
-            if w.holds(need) and (accept is None or accept(w, (), 0)):
-                return w, (), 0
+        for by in (self.by_cpu_no_free_gpu, self.by_cpu):  # best fit, a node with free GPUs last
+            for k in range(bisect.bisect_left(by, (need.cpu,)), len(by)):
+                w = self.nodes[by[k][1]]
+                if w.holds(need) and (accept is None or accept(w, (), 0)):
+                    return w, (), 0
         return None
 
     def _scan(self, need: Need, accept) -> tuple[NodeRoom, tuple[int, ...], int] | None:
@@ -211,13 +219,17 @@ class ClusterRoom:
             self._reindexed(w, bool(job.gpu_indices), lambda: w.release(job))
 
     def _reindexed(self, w: NodeRoom, gpus_change: bool, change) -> None:
-        """Apply ``change`` to ``w``, keeping both indexes sorted."""
+        """Apply ``change`` to ``w``, keeping the indexes sorted."""
         del self.by_cpu[bisect.bisect_left(self.by_cpu, (w.cpu, w.id))]
+        if not self._has_free_gpu(w):
+            del self.by_cpu_no_free_gpu[bisect.bisect_left(self.by_cpu_no_free_gpu, (w.cpu, w.id))]
         if gpus_change:
             for e in self._gpu_entries(w):
                 del self.by_gpu[bisect.bisect_left(self.by_gpu, e)]
         change()
         bisect.insort(self.by_cpu, (w.cpu, w.id))
+        if not self._has_free_gpu(w):
+            bisect.insort(self.by_cpu_no_free_gpu, (w.cpu, w.id))
         if gpus_change:
             for e in self._gpu_entries(w):
                 bisect.insort(self.by_gpu, e)

@@ -123,6 +123,31 @@ def test_fractional_best_fit_across_nodes():
     assert by_job(decision)[1] == policy.Placement(1, "b", (0,), gpu_share=0.5)
 
 
+def test_a_cpu_only_job_avoids_a_node_with_free_gpus_when_another_fits():
+    """Best fit on cpu alone would take the GPU node's last cores and strand
+    its GPU; a node without a free GPU share is used first."""
+    gpu_node = node("gpu", cpu=8, cpu_free=2, gpus=[1.0])
+    cpu_node = node("cpu", cpu=64, cpu_free=60)
+    full_gpus = node("full", cpu=8, cpu_free=5, gpus=[0.0, 0.0])  # its GPUs are all taken: nothing to strand
+    assert by_job(decide([Demand(1, cpu=2)], [gpu_node, cpu_node]))[1].node_id == "cpu"
+    assert by_job(decide([Demand(1, cpu=2)], [gpu_node, cpu_node, full_gpus]))[1].node_id == "full"  # best fit
+    # ...and goes to a node with free GPUs when nothing else holds it
+    assert by_job(decide([Demand(1, cpu=2)], [gpu_node, node("small", cpu=1)]))[1].node_id == "gpu"
+    assert by_job(decide([Demand(1, cpu=2, memory=60 * GiB)],
+                         [gpu_node, node("cpu", cpu=64, memory=8 * GiB)]))[1].node_id == "gpu"
+
+
+def test_cpu_jobs_fill_cpu_nodes_first_and_leave_gpu_nodes_whole_for_gpu_jobs():
+    """One decision: the CPU-only jobs placed first do not strand the GPUs the
+    GPU jobs behind them need."""
+    nodes = [node("g1", cpu=4, gpus=[1.0, 1.0]), node("g2", cpu=4, gpus=[1.0, 1.0]), node("c", cpu=16)]
+    demands = [Demand(i, cpu=4, seq=i) for i in range(4)] + [Demand(10 + i, cpu=1, gpu=2, seq=10 + i)
+                                                            for i in range(2)]
+    placed = by_job(decide(demands, nodes))
+    assert {placed[i].node_id for i in range(4)} == {"c"}
+    assert {placed[10].node_id, placed[11].node_id} == {"g1", "g2"}
+
+
 def test_half_gpu_job_waits_when_no_single_gpu_has_half_free():
     decision = decide([Demand(1, gpu=0.5), Demand(2, gpu=0.25, seq=1)], [node(gpus=[0.25, 0.25])])
     assert 1 in decision.waiting
