@@ -26,7 +26,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import common  # noqa: E402
 
-BENCHMARKS = ["throughput", "latency", "cli", "server", "mlwork", "queue_scale", "footprint", "policy", "sim_vs_ray"]
+BENCHMARKS = ["throughput", "latency", "cli", "server", "mlwork", "queue_scale", "footprint", "policy", "sim_scale",
+              "sim_vs_ray"]
 LIMIT_S = {"quick": 420, "full": 1200}
 
 
@@ -110,6 +111,11 @@ def summary_rows(results: dict[str, dict]) -> list[list]:
             if label in server["api"]:
                 rows.append(["server", f"GET {label}, {server['n']:,} jobs",
                              f"{server['api'][label]['median_s'] * 1000:.0f} ms"])
+    scale = (results.get("sim_scale") or {}).get("data")
+    if scale and scale.get("scaling"):
+        biggest = max(scale["scaling"], key=int)
+        rows.append(["sim scale", f"replay of {int(biggest):,} jobs on {scale['nodes']:,} nodes (goal < 10 s)",
+                     f"{scale['scaling'][biggest]['wall_s']:.1f} s"])
     f = s("footprint")
     if f:
         rows.append(["footprint", "per running job: labq scheduler vs Ray Jobs' JobSupervisor",
