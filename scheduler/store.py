@@ -592,6 +592,48 @@ class Store:
             " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= :after)"
             " GROUP BY j.queue, j.user, j.cpu, g, m", {"k": k, "now": now, "after": after})]
 
+    def usage_summary(self, after: float, since: float, now: float, half_life: float,
+                      by: tuple[str, ...]) -> list[dict[str, Any]]:
+        """:func:`scheduler.accounting.summarize` of ``held_since(after)`` done by
+        SQLite: one row per group of ``by`` (``queue``, ``user``), not one Python
+        object per attempt (a 100k-job history cost 0.7 s that way).  A test
+        holds the two to the same numbers."""
+        if not by or not set(by) <= {"queue", "user"}:
+            raise ValueError(f"usage groups: {by!r}")
+        cols = ", ".join(by)
+        k = math.log(2) / half_life if half_life > 0 else 0.0
+        end = "MIN(e, :now)"
+        decayed = (f"(CASE WHEN {end} > d THEN (exp(-:k * (:now - {end})) - exp(-:k * (:now - d))) / :k ELSE 0 END)"
+                   if k else f"MAX(0, {end} - d)")
+        inside = f"MAX(0.0, {end} - MAX(d, :since))"
+        held = ("SELECT j.queue, j.user, j.id AS job_id, j.cpu AS cpu, COALESCE(a.gpu_share, j.gpu) AS gpu,"
+                " a.dispatched_at AS d, COALESCE(a.ended_at, :now) AS e, j.submitted_at AS sub, j.started_at AS first"
+                " FROM attempts a JOIN jobs j ON j.id = a.job_id"
+                " WHERE a.dispatched_at IS NOT NULL AND (a.ended_at IS NULL OR a.ended_at >= :after)")
+        args = {"k": k, "now": now, "after": after, "since": since}
+        rows = {tuple(r[c] for c in by): {**{c: r[c] for c in by}, "jobs": 0, "attempts": r["attempts"],
+                                          "cpu_hours": r["cpu_s"] / 3600, "gpu_hours": r["gpu_s"] / 3600,
+                                          "avg_wait_s": None, "decayed_cpu_hours": r["dcpu"] / 3600,
+                                          "decayed_gpu_hours": r["dgpu"] / 3600}
+                for r in self._conn.execute(
+                    f"WITH h AS ({held}) SELECT {cols},"
+                    f" SUM(CASE WHEN {inside} > 0 OR d BETWEEN :since AND :now THEN 1 ELSE 0 END) AS attempts,"
+                    f" SUM(CASE WHEN {inside} > 0 OR d BETWEEN :since AND :now THEN cpu * {inside} ELSE 0 END)"
+                    " AS cpu_s,"
+                    f" SUM(CASE WHEN {inside} > 0 OR d BETWEEN :since AND :now THEN gpu * {inside} ELSE 0 END)"
+                    " AS gpu_s,"
+                    f" SUM(cpu * {decayed}) AS dcpu, SUM(gpu * {decayed}) AS dgpu FROM h GROUP BY {cols}", args)}
+        # A job's wait counts once, however many attempts it had.
+        for r in self._conn.execute(
+                f"WITH h AS ({held}) SELECT {cols}, COUNT(*) AS jobs, AVG(w) AS wait FROM"
+                f" (SELECT DISTINCT {cols}, job_id, first - sub AS w FROM h WHERE first BETWEEN :since AND :now)"
+                f" GROUP BY {cols}", args):
+            row = rows[tuple(r[c] for c in by)]
+            row["jobs"], row["avg_wait_s"] = r["jobs"], r["wait"]
+        kept = [r for r in rows.values() if r["attempts"] or r["decayed_cpu_hours"] > 1e-9
+                or r["decayed_gpu_hours"] > 1e-9]
+        return sorted(kept, key=lambda r: (-(r["gpu_hours"] + r["cpu_hours"]), tuple(str(r[f]) for f in by)))
+
     def stage_durations(self, job_ids: list[int], recent: int = 50) -> dict[int, list[float]]:
         """For each of ``job_ids``: how long (seconds, dispatch to end) the latest
         ``recent`` succeeded attempts of the same experiment name and stage held

@@ -101,3 +101,41 @@ stages:
     assert want and set(got) == set(want)
     assert all(got[k] == pytest.approx(want[k], rel=1e-9) for k in want)
     store.close()
+
+
+@pytest.mark.parametrize("half_life", [7 * 24 * H, 60.0, 0.0])
+@pytest.mark.parametrize("by", [("queue", "user"), ("user",), ("queue",)])
+def test_the_stores_sql_usage_summary_equals_summarize(tmp_path, half_life, by):
+    """`labq usage` (and the dashboard) read the summary SQLite sums; it must
+    say what accounting.summarize says of the same attempts: attempts before
+    the period and across its start, running ones, clock skew, a share of its own."""
+    from scheduler.accounting import summarize
+
+    store = Store(tmp_path / "home")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text("""
+experiment: shapes
+stages:
+  - name: s
+    command: "true"
+    sweep: {grid: {i: [1, 2, 3, 4, 5, 6]}}
+    resources: {cpu: 2, gpu: 0.5, memory: 1GiB}
+""")
+    _, ids, _ = _submit_yaml(store, spec)
+    for job_id, start, end, share in [(ids[0], NOW - 5 * H, NOW - 4 * H, None), (ids[1], NOW - 100, NOW - 10, None),
+                                      (ids[2], NOW - 50, NOW - 60, None), (ids[3], NOW - 30, NOW - 20, 0.25),
+                                      (ids[4], NOW - 40, None, None), (ids[5], NOW - 3 * H, NOW - 2 * H, None)]:
+        (a,) = store.start_attempts([(job_id, "n", share)], run_dir_for, start)
+        if end is not None:
+            store.finish_attempt(attempt_end(a.id, AttemptState.SUCCEEDED, result={"metrics": {}, "ended_at": end}),
+                                 end)
+    since = NOW - 4.5 * H
+    after = min(since, NOW - 10 * half_life)
+    want = summarize(store.held_since(after), since=since, now=NOW, half_life=half_life, by=by)
+    got = store.usage_summary(after, since, NOW, half_life, by)
+    assert [tuple(r[c] for c in by) for r in got] == [tuple(r[c] for c in by) for r in want]
+    for g, w in zip(got, want):
+        assert set(g) == set(w)
+        for key, value in w.items():
+            assert g[key] == (pytest.approx(value, rel=1e-9, abs=1e-12) if isinstance(value, float) else value), key
+    store.close()
