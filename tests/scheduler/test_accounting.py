@@ -68,49 +68,10 @@ def test_store_reports_held_attempts_with_their_jobs(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("half_life", [7 * 24 * H, 60.0, 0.0])
-def test_the_stores_sql_sum_of_decayed_use_equals_the_python_one(tmp_path, half_life):
-    from scheduler.accounting import decayed_usage, usage_of_shapes
-    from scheduler.policy import Capacity, node_of
-
-    store = Store(tmp_path / "home")
-    spec = tmp_path / "sweep.yaml"
-    spec.write_text("""
-experiment: shapes
-stages:
-  - name: s
-    command: "true"
-    sweep: {grid: {i: [1, 2, 3, 4, 5, 6]}}
-    resources: {cpu: 2, gpu: 0.5, memory: 1GiB}
-""")
-    _, ids, _ = _submit_yaml(store, spec)
-    # ended long ago, ended recently, ended before it started (clock skew), a share of its own, still running
-    for n, (job_id, start, end, share) in enumerate([(ids[0], NOW - 5 * H, NOW - 4 * H, None),
-                                                     (ids[1], NOW - 100, NOW - 10, None),
-                                                     (ids[2], NOW - 50, NOW - 60, None),
-                                                     (ids[3], NOW - 30, NOW - 20, 0.25),
-                                                     (ids[4], NOW - 40, None, None)]):
-        (a,) = store.start_attempts([(job_id, "n", share)], run_dir_for, start)
-        if end is not None:
-            store.finish_attempt(attempt_end(a.id, AttemptState.SUCCEEDED, result={"metrics": {}, "ended_at": end}),
-                                 end)
-    capacity = Capacity.of([node_of("n", {"CPU": 8, "GPU": 2, "memory": 16 * 2**30})])
-    after = NOW - 10 * half_life if half_life else 0
-    want = decayed_usage(store.held_since(after), NOW, half_life, capacity.dominant)
-    got = usage_of_shapes(store.decayed_use(after, NOW, half_life), capacity.dominant)
-    assert want and set(got) == set(want)
-    assert all(got[k] == pytest.approx(want[k], rel=1e-9) for k in want)
-    store.close()
-
-
-@pytest.mark.parametrize("half_life", [7 * 24 * H, 60.0, 0.0])
-@pytest.mark.parametrize("by", [("queue", "user"), ("user",), ("queue",)])
-def test_the_stores_sql_usage_summary_equals_summarize(tmp_path, half_life, by):
-    """`labq usage` (and the dashboard) read the summary SQLite sums; it must
-    say what accounting.summarize says of the same attempts: attempts before
-    the period and across its start, running ones, clock skew, a share of its own."""
-    from scheduler.accounting import summarize
-
+def _store_with_history(tmp_path) -> Store:
+    """Six jobs' attempts: ended long ago, ended recently, ended before it
+    started (clock skew), a share of its own, still running, and one across
+    the start of a 4.5 h period."""
     store = Store(tmp_path / "home")
     spec = tmp_path / "sweep.yaml"
     spec.write_text("""
@@ -129,6 +90,33 @@ stages:
         if end is not None:
             store.finish_attempt(attempt_end(a.id, AttemptState.SUCCEEDED, result={"metrics": {}, "ended_at": end}),
                                  end)
+    return store
+
+
+@pytest.mark.parametrize("half_life", [7 * 24 * H, 60.0, 0.0])
+def test_the_stores_sql_sum_of_decayed_use_equals_the_python_one(tmp_path, half_life):
+    from scheduler.accounting import decayed_usage, usage_of_shapes
+    from scheduler.policy import Capacity, node_of
+
+    store = _store_with_history(tmp_path)
+    capacity = Capacity.of([node_of("n", {"CPU": 8, "GPU": 2, "memory": 16 * 2**30})])
+    after = NOW - 10 * half_life if half_life else 0
+    want = decayed_usage(store.held_since(after), NOW, half_life, capacity.dominant)
+    got = usage_of_shapes(store.decayed_use(after, NOW, half_life), capacity.dominant)
+    assert want and set(got) == set(want)
+    assert all(got[k] == pytest.approx(want[k], rel=1e-9) for k in want)
+    store.close()
+
+
+@pytest.mark.parametrize("half_life", [7 * 24 * H, 60.0, 0.0])
+@pytest.mark.parametrize("by", [("queue", "user"), ("user",), ("queue",)])
+def test_the_stores_sql_usage_summary_equals_summarize(tmp_path, half_life, by):
+    """`labq usage` (and the dashboard) read the summary SQLite sums; it must
+    say what accounting.summarize says of the same attempts: attempts before
+    the period and across its start, running ones, clock skew, a share of its own."""
+    from scheduler.accounting import summarize
+
+    store = _store_with_history(tmp_path)
     since = NOW - 4.5 * H
     after = min(since, NOW - 10 * half_life)
     want = summarize(store.held_since(after), since=since, now=NOW, half_life=half_life, by=by)
