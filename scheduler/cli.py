@@ -575,9 +575,12 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
               help="fifo, priority, fair or labq (repeatable; default: all four).")
 @click.option("--json", "as_json", is_flag=True, help="One object per policy.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of GPU and CPU allocation over time.")
+@click.option("--restart-cost", type=_FiniteFloat(min=0, max=1e9), default=0.0, show_default=True, metavar="SECONDS",
+              help="What a preempted job loses on top of its progress since its checkpoint (restart, reload).")
 @click.pass_context
 def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml: str | None, gpus: int | None,
-             cpus: float | None, policies: tuple[str, ...], as_json: bool, plot: str | None) -> None:
+             cpus: float | None, policies: tuple[str, ...], as_json: bool, plot: str | None,
+             restart_cost: float) -> None:
     """Replay TRACE.csv through the real policy in virtual time.
 
     Prints avg JCT, avg and p95 wait, makespan and utilisation per policy.
@@ -603,7 +606,8 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
         settings = load_settings(cluster_yaml)
     else:
         nodes = [simulator.node("node-0", cpus if cpus is not None else float(max(1, 4 * (gpus or 0))), gpus or 0)]
-    results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life)
+    results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life,
+                                restart_cost)
     if plot:
         try:
             simulator.plot_utilisation(results, plot)

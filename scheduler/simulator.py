@@ -266,11 +266,12 @@ class _Replay:
     share of GPUs and CPUs held after each step."""
 
     def __init__(self, trace: list[TraceJob], nodes: list[policy.Node], policy_name: str,
-                 queues: list[policy.QueueConfig] | None, half_life: float):
+                 queues: list[policy.QueueConfig] | None, half_life: float, restart_cost: float = 0.0):
         self.trace = trace
         self.policy = policy_name
         shapes = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0])) for n in nodes]
-        self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life)
+        self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life,
+                                      restart_cost=restart_cost)
         self.with_memory = any(n.memory_total for n in nodes)  # else memory is not simulated
         self.timeline: list[tuple[float, float, float]] = []
 
@@ -314,17 +315,20 @@ class _Replay:
 
 
 def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = policy.DEFAULT_POLICY,
-             queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE) -> SimResult:
-    """Replay ``trace`` on ``nodes`` (their totals; free capacity is ignored) under ``policy``."""
+             queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
+             restart_cost: float = 0.0) -> SimResult:
+    """Replay ``trace`` on ``nodes`` (their totals; free capacity is ignored) under ``policy``;
+    a preempted job resumes from its checkpoint ``restart_cost`` seconds behind."""
     started = time.perf_counter()
-    replay = _Replay(trace, nodes, policy, queues, half_life)
+    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost)
     alloc_final = replay.run()
     return _result(replay, alloc_final, time.perf_counter() - started)
 
 
 def compare(trace: list[TraceJob], nodes: list[policy.Node], policies: Iterable[str] = policy.POLICIES,
-            queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE) -> list[SimResult]:
-    return [simulate(trace, nodes, name, queues, half_life) for name in policies]
+            queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
+            restart_cost: float = 0.0) -> list[SimResult]:
+    return [simulate(trace, nodes, name, queues, half_life, restart_cost) for name in policies]
 
 
 def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimResult:

@@ -25,9 +25,12 @@ class VirtualCluster:
 
     def __init__(self, nodes: Iterable[policy.Node], known: Iterable[policy.Node], *, policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float,
-                 usage: Mapping | None = None, now: float | None = None):
+                 usage: Mapping | None = None, now: float | None = None, restart_cost: float = 0.0):
         self.policy = policy_name
         self.queues = queues
+        # Seconds a preempted job loses on top of its progress since its last
+        # checkpoint: restarting its process, reloading data and model.
+        self.restart_cost = restart_cost
         self.known = [policy.empty_copy(n) for n in known]
         self.free = policy.CapacityBook(policy.empty_copy(n) for n in nodes)
         self.capacity = policy.Capacity.of(self.known)
@@ -196,7 +199,7 @@ class VirtualCluster:
         self.may_change = True
         self.book.remove(run)
         self.attempt[job] += 1  # its end event no longer counts
-        if self.remaining[job] is not None:
-            self.remaining[job] = max(0.0, self.remaining[job] - (t - run.started_at))  # resumes from its checkpoint
+        if self.remaining[job] is not None:  # resumes from its checkpoint, after restarting
+            self.remaining[job] = max(0.0, self.remaining[job] - (t - run.started_at)) + self.restart_cost
         self.preempted += 1
         self.pending.add(self.demands[job])

@@ -134,6 +134,24 @@ def test_preempted_job_is_requeued_and_resumes_from_its_checkpoint():
     assert result.avg_wait == pytest.approx(0.0)  # wait is until the first start
 
 
+@pytest.mark.parametrize("restart_cost", [15.0, 0.0])
+def test_a_preemption_costs_the_restart_the_simulator_is_told(restart_cost, tmp_path):
+    """b ran 0..10, is preempted for r (10..30) and resumes with 90 s left plus
+    the restart it pays; the CLI takes the same cost."""
+    queues = [QueueConfig("research", guarantee={"gpu": 1}, preempt=True), QueueConfig("batch")]
+    trace = [job("b", 0, 100, gpu=1, queue="batch"), job("r", 10, 20, gpu=1, queue="research")]
+    result = simulate(trace, [node("n", 4, 1)], policy="labq", queues=queues, restart_cost=restart_cost)
+    assert result.preempted == 1 and result.makespan == pytest.approx(120.0 + restart_cost)
+    path = write(tmp_path / "t.csv", f"{HEADER},queue\nb,0,100,1,1,batch\nr,10,20,1,1,research\n")
+    cluster = write(tmp_path / "c.yaml", "metadata:\n  labq:\n    queues:\n      - {name: research, guarantee: "
+                                         "{gpu: 1}, preempt: true}\n      - {name: batch}\n")
+    out = subprocess.run([sys.executable, "-m", "scheduler.cli", "--cluster", str(cluster), "simulate", str(path),
+                          "--gpus", "1", "--cpus", "4", "--policy", "labq", "--json", "--restart-cost",
+                          str(restart_cost)], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["makespan"] == pytest.approx(120.0 + restart_cost)
+
+
 def test_never_ending_unschedulable_and_timed_out_jobs():
     trace = [job("forever", 0, None, gpu=0.5), job("huge", 0, 10, gpu=8), job("late", 1, 50, gpu=0.5, time_limit=20)]
     result = simulate(trace, [node("n", 4, 1)], policy="labq")
