@@ -85,6 +85,7 @@ class Served:
     pending_job_id: int
     shots: Path
     log: Path
+    server_pid: int
     client_env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -101,6 +102,10 @@ class Served:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
+    def head(self, *args: str) -> subprocess.CompletedProcess:
+        """The same verb run on the head itself, on the server's LABQ_HOME."""
+        return _head_labq(self.home, self.cluster, *args)
+
     def labq(self, *args: str, user: str = "alice", cwd: Path | None = None,
              timeout: float = 300) -> subprocess.CompletedProcess:
         """The CLI as a laptop runs it: --server, this user's token, no LABQ_HOME of the server's."""
@@ -109,12 +114,18 @@ class Served:
                               capture_output=True, text=True, env=env, cwd=cwd or self.project, timeout=timeout)
 
 
+def _head_env(home: Path) -> dict[str, str]:
+    """The head's own environment: its LABQ_HOME, nothing of a client's
+    (LABQ_SERVER, LABQ_TOKEN) or of another Ray (RAY_ADDRESS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABQ_", "RAY_"))}
+    env["LABQ_HOME"] = str(home)
+    return env
+
+
 def _head_labq(home: Path, cluster: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LABQ_HOME": str(home)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("LABQ_SERVER", None)
+    """A verb run on the head itself, on the server's LABQ_HOME."""
     return subprocess.run([sys.executable, "-m", "scheduler.cli", "--cluster", str(cluster), *args],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+                          capture_output=True, text=True, env=_head_env(home), cwd=REPO, timeout=120)
 
 
 @pytest.fixture(scope="session")
@@ -137,9 +148,7 @@ def served(tmp_path_factory) -> Served:
         tokens[user] = made.stdout.strip()
     port = free_port()
     log = root / "server.log"
-    env = {**os.environ, "LABQ_HOME": str(home)}
-    env.pop("RAY_ADDRESS", None)
-    env.pop("LABQ_SERVER", None)
+    env = _head_env(home)
     with open(log, "wb") as out:
         server = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "--cluster", str(cluster), "server",
                                    "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
@@ -148,7 +157,7 @@ def served(tmp_path_factory) -> Served:
     client_env["LABQ_HOME"] = str(root / "laptop-has-no-labq-home")  # must stay absent: nothing is local
     client_env["XDG_CONFIG_HOME"] = str(root / "laptop-config")
     client_env["PYTHONPATH"] = str(REPO)
-    served = Served(url, home, cluster, project, tokens, "curves", [], 0, 0, shots, log, client_env)
+    served = Served(url, home, cluster, project, tokens, "curves", [], 0, 0, shots, log, server.pid, client_env)
     try:
         wait_until(lambda: _healthy(url), 60, "the server to answer")
         sub = served.labq("submit", "sweep.yaml", "--json")

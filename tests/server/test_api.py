@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -23,17 +22,9 @@ import psutil
 import pytest
 
 from tests.integration.helpers import wait_until
-from tests.server.conftest import REPO, Served
+from tests.server.conftest import Served
 
 pytestmark = pytest.mark.ray
-
-
-def head(served: Served, *args: str) -> subprocess.CompletedProcess:
-    """The same verb run on the head itself, on the server's LABQ_HOME."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABQ_", "RAY_"))}
-    env["LABQ_HOME"] = str(served.home)
-    return subprocess.run([sys.executable, "-m", "scheduler.cli", "--cluster", str(served.cluster), *args],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 
 
 def call(served: Served, method: str, path: str, token: str | None = "alice", body: bytes | None = None,
@@ -76,7 +67,7 @@ def test_results_and_status_print_what_the_head_prints(served: Served):
                  ["results", "curves", "--sort", "lr", "--asc", "--limit", "2"],
                  ["status", str(served.job_ids[0])], ["status", str(served.job_ids[0]), "--json"],
                  ["artifacts", str(served.job_ids[0])]):
-        remote, local = served.labq(*args), head(served, *args)
+        remote, local = served.labq(*args), served.head(*args)
         assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
         assert remote.stdout == local.stdout, args
     table = served.labq("results", "curves").stdout
@@ -88,11 +79,11 @@ def test_queue_nodes_usage_and_experiment_status_match_the_head(served: Served):
     # What the scheduler rewrites every pass (a node's last readings) or the clock moves.
     moving = ("heartbeat_age", "now", "updated_at", "estimated_start", "allocated", "gpus")
     for args in (["queue", "--json"], ["nodes", "--json"], ["status", "curves", "--json"]):
-        remote, local = served.labq(*args), head(served, *args)
+        remote, local = served.labq(*args), served.head(*args)
         assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
         assert stripped(remote.stdout, *moving) == stripped(local.stdout, *moving), args
     # Usage grows while the hog runs: the same groups, the same columns.
-    remote, local = (json.loads(p.stdout)["rows"] for p in (served.labq("usage", "--json"), head(served, "usage", "--json")))
+    remote, local = (json.loads(p.stdout)["rows"] for p in (served.labq("usage", "--json"), served.head("usage", "--json")))
     assert [(r["queue"], r["user"], sorted(r)) for r in remote] == [(r["queue"], r["user"], sorted(r)) for r in local]
     assert {r["user"] for r in remote} >= {"alice"}
     queue = served.labq("queue")
@@ -105,7 +96,7 @@ def test_logs_of_a_finished_job_and_a_file_download(served: Served, tmp_path):
     job = served.job_ids[0]
     out = served.labq("logs", str(job))
     assert out.returncode == 0 and "step 5 loss" in out.stdout
-    assert out.stdout == head(served, "logs", str(job)).stdout
+    assert out.stdout == served.head("logs", str(job)).stdout
     followed = served.labq("logs", "-f", str(job), timeout=60)
     assert followed.returncode == 0 and followed.stdout == out.stdout
     target = tmp_path / "curve.png"
@@ -211,7 +202,7 @@ def test_bad_input_gets_the_same_lines_as_locally_and_writes_nothing(served: Ser
     for args in (["logs", job, "--attempt", "9"], ["artifacts", job, "--get", "nope.txt"],
                  ["artifacts", job, "--attempt", "9"], ["status", "no-such-experiment"],
                  ["cancel", "--experiment", "no-such-experiment"], ["results", "curves", "--limit", "0"]):
-        remote, local = served.labq(*args, cwd=project), head(served, *args)
+        remote, local = served.labq(*args, cwd=project), served.head(*args)
         assert remote.returncode == local.returncode == 2, (args, remote.stderr, local.stderr)
         assert remote.stderr == local.stderr, args
     assert job_count(served) == before
@@ -252,10 +243,10 @@ def test_a_cookie_reads_but_does_not_change(served: Served):
 
 
 def test_a_revoked_token_stops_working_at_once(served: Served):
-    made = head(served, "token", "create", "dave")
+    made = served.head("token", "create", "dave")
     dave = made.stdout.strip()
     assert call(served, "GET", "/api/v1/whoami", token=dave)[0] == 200
-    assert head(served, "token", "revoke", "dave").returncode == 0
+    assert served.head("token", "revoke", "dave").returncode == 0
     assert call(served, "GET", "/api/v1/whoami", token=dave)[0] == 401
     stored = (served.home / "server" / "tokens.json")
     assert oct(stored.stat().st_mode & 0o777) == "0o600" and dave not in stored.read_text()
@@ -357,10 +348,7 @@ def test_downloads_reach_only_the_attempts_kept_files(served: Served):
 
 def test_the_server_process_runs_no_job(served: Served):
     """Jobs run in Ray's workers under the scheduler; the server never loads Ray."""
-    servers = [p for p in psutil.process_iter(["cmdline"])
-               if "server" in (p.info["cmdline"] or []) and str(served.cluster) in (p.info["cmdline"] or [])]
-    assert len(servers) == 1
-    maps = [m.path for m in servers[0].memory_maps()]
+    maps = [m.path for m in psutil.Process(served.server_pid).memory_maps()]
     assert not any("_raylet" in path for path in maps), "the server process loaded Ray"
     hog = served.get(f"/api/v1/status/{served.hog_job_id}")
     assert hog["job"]["state"] == "running"
@@ -373,8 +361,6 @@ def test_a_submit_runs_the_users_code_in_a_child_process_not_in_the_server(serve
     """Checking a spec imports its module when it has check_params: that is
     the user's code, so it runs in a short-lived child; a second upload of a
     module of the same name is checked afresh (nothing cached in the server)."""
-    server_pid = next(p.pid for p in psutil.process_iter(["cmdline"])
-                      if "server" in (p.info["cmdline"] or []) and str(served.cluster) in (p.info["cmdline"] or []))
     for round_ in (1, 2):
         laptop = tmp_path / f"round{round_}"
         (laptop / "pkg").mkdir(parents=True)
@@ -388,7 +374,7 @@ def test_a_submit_runs_the_users_code_in_a_child_process_not_in_the_server(serve
         out = served.labq("submit", "s.yaml", "--json", cwd=laptop)
         assert out.returncode == 0, out.stderr
         importer = int((tmp_path / f"imported-{round_}").read_text())
-        assert importer != server_pid
+        assert importer != served.server_pid
         job = json.loads(out.stdout)["job_ids"][0]
         wait_until(lambda: served.get(f"/api/v1/status/{job}")["job"]["state"] == "succeeded", 60, "the job")
     (tmp_path / "dies").mkdir()
@@ -435,7 +421,7 @@ def test_following_a_job_cancelled_before_it_started_fails_as_on_the_head(served
                                    "resources: {cpu: 0.25, gpu: 1}}\n")  # waits behind the hog's GPU
     job = json.loads(served.labq("submit", "w.yaml", "--json", cwd=laptop).stdout)["job_ids"][0]
     assert served.labq("cancel", str(job)).returncode == 0
-    remote, local = served.labq("logs", "-f", str(job), timeout=60), head(served, "logs", "-f", str(job))
+    remote, local = served.labq("logs", "-f", str(job), timeout=60), served.head("logs", "-f", str(job))
     assert remote.returncode == local.returncode == 2, (remote.stderr, local.stderr)
     assert remote.stderr == local.stderr and "has not started yet" in remote.stderr
 
