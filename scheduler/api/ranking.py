@@ -94,8 +94,12 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
         varying = _varying_params(rows)  # in job order, as the store finds them
         if key:
             def sort_key(row: dict[str, Any]) -> tuple:
-                value = row["metrics"].get(key, row["params"].get(key, row.get(key)))
-                missing = not is_number(value)
+                # The first number among the metric, the param and the row
+                # field of that name: a metric a job recorded as null or text
+                # does not hide the param (as the store's param ranking reads it).
+                value = next((v for v in (row["metrics"].get(key), row["params"].get(key), row.get(key))
+                              if is_number(v)), None)
+                missing = value is None
                 return (missing, 0 if missing else (-value if desc else value))
 
             rows.sort(key=sort_key)
