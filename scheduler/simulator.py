@@ -28,6 +28,7 @@ from scheduler.virtual_cluster import VirtualCluster
 
 MiB = 2**20
 DEFAULT_HALF_LIFE = policy.DEFAULT_HALF_LIFE
+DEFAULT_STRETCH = policy.DEFAULT_STRETCH
 TRACE_COLUMNS = ("job_id", "submit_time", "duration", "cpu", "gpu")
 NODE_COLUMNS = ("node_id", "cpu", "gpu")
 _TIMELINE_POINTS = 2000
@@ -51,6 +52,7 @@ class TraceJob:
     queue: str = "default"
     priority: int = 0
     time_limit: float | None = None
+    group: str = ""  # what it is one of (an experiment's stage): runs alike are predicted from each other
 
 
 # ---------------------------------------------------------------- reading input
@@ -130,7 +132,8 @@ def load_trace(path: str | Path) -> list[TraceJob]:
                 raise TraceError(f"{name}: line {line}: column {column!r}: expected {expected}, "
                                  f"got {one_line(text)!r}") from None
         jobs.append(TraceJob(job_id=job_id, user=(row.get("user") or "").strip(),
-                             queue=(row.get("queue") or "").strip() or "default", **values))
+                             queue=(row.get("queue") or "").strip() or "default",
+                             group=(row.get("group") or "").strip(), **values))
     if not jobs:
         raise TraceError(f"{name}: no jobs in the trace")
     return jobs
@@ -266,12 +269,16 @@ class _Replay:
     share of GPUs and CPUs held after each step."""
 
     def __init__(self, trace: list[TraceJob], nodes: list[policy.Node], policy_name: str,
-                 queues: list[policy.QueueConfig] | None, half_life: float, restart_cost: float = 0.0):
+                 queues: list[policy.QueueConfig] | None, half_life: float, restart_cost: float = 0.0,
+                 stretch: float | None = policy.DEFAULT_STRETCH):
         self.trace = trace
         self.policy = policy_name
         shapes = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0])) for n in nodes]
+        # labq learns run times as the replay's jobs end, as the live loop does
+        # from the store: the policy never sees a duration before a job ends.
+        durations = policy.DurationBook(stretch) if stretch is not None and policy_name == "labq" else None
         self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life,
-                                      restart_cost=restart_cost)
+                                      restart_cost=restart_cost, durations=durations, learn=True)
         self.with_memory = any(n.memory_total for n in nodes)  # else memory is not simulated
         self.timeline: list[tuple[float, float, float]] = []
 
@@ -287,7 +294,7 @@ class _Replay:
         job = self.trace[index]
         return policy.Demand(job_id=index, cpu=job.cpu, gpu=job.gpu, memory=job.memory if self.with_memory else 0,
                              priority=job.priority, seq=index, user=job.user, queue=job.queue,
-                             time_limit=job.time_limit, submitted_at=job.submit_time)
+                             time_limit=job.time_limit, submitted_at=job.submit_time, group=job.group)
 
     def run(self) -> float | None:
         cluster = self.cluster
@@ -316,19 +323,21 @@ class _Replay:
 
 def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = policy.DEFAULT_POLICY,
              queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
-             restart_cost: float = 0.0) -> SimResult:
+             restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH) -> SimResult:
     """Replay ``trace`` on ``nodes`` (their totals; free capacity is ignored) under ``policy``;
-    a preempted job resumes from its checkpoint ``restart_cost`` seconds behind."""
+    a preempted job resumes from its checkpoint ``restart_cost`` seconds behind.
+    ``stretch``: how far ``labq`` lets shorter predicted jobs pass a longer one
+    (policy.durations); None orders by priority and submission only."""
     started = time.perf_counter()
-    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost)
+    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost, stretch)
     alloc_final = replay.run()
     return _result(replay, alloc_final, time.perf_counter() - started)
 
 
 def compare(trace: list[TraceJob], nodes: list[policy.Node], policies: Iterable[str] = policy.POLICIES,
             queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
-            restart_cost: float = 0.0) -> list[SimResult]:
-    return [simulate(trace, nodes, name, queues, half_life, restart_cost) for name in policies]
+            restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH) -> list[SimResult]:
+    return [simulate(trace, nodes, name, queues, half_life, restart_cost, stretch) for name in policies]
 
 
 def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimResult:

@@ -9,6 +9,8 @@ What makes a trace realistic enough to tell policies apart:
   sweeps, geometric sweep sizes), not one by one,
 * mixed GPU shapes: 0.25, 0.5, 1 and 2 GPUs, and CPU-only data prep,
 * users with unequal load (Zipf-like: the first user submits most of the work),
+* each sweep a group (as an experiment's stage is live): its jobs run alike,
+  so once a few have ended the rest are predictable,
 * time limits users give: one per sweep (a stage's timeout), its typical job
   padded by 1.35-3.4x and rounded up to 15 minutes, as people do; now and then
   too short for a job of the sweep (that job is stopped at it).
@@ -37,7 +39,8 @@ DURATION_SIGMA = 1.4
 MAX_DURATION = 2 * 86400.0
 MEAN_SWEEP = 8.0
 LIMIT_STEP = 15 * 60.0
-COLUMNS = ["job_id", "submit_time", "duration", "cpu", "gpu", "memory", "user", "queue", "priority", "time_limit"]
+COLUMNS = ["job_id", "submit_time", "duration", "cpu", "gpu", "memory", "user", "queue", "priority", "time_limit",
+           "group"]
 
 
 def generate(jobs: int, seed: int = 0, gpus: int = 64, load: float = 0.9, users: list[str] | None = None,
@@ -51,16 +54,19 @@ def generate(jobs: int, seed: int = 0, gpus: int = 64, load: float = 0.9, users:
     sweeps_per_second = load * gpus / (mean_gpu_seconds * MEAN_SWEEP)
     out: list[TraceJob] = []
     now = 0.0
+    sweeps = 0
     while len(out) < jobs:
         now += rng.expovariate(sweeps_per_second)
         user = rng.choices(users, user_weights)[0]
         queue = queues[users.index(user) % len(queues)]
         size = min(jobs - len(out), 1 + int(rng.expovariate(1 / (MEAN_SWEEP - 1))))
-        out.extend(_sweep(rng, len(out), size, now, user, queue))
+        out.extend(_sweep(rng, len(out), size, now, user, queue, f"sweep{sweeps}"))
+        sweeps += 1
     return out
 
 
-def _sweep(rng: random.Random, first_id: int, size: int, at: float, user: str, queue: str) -> list[TraceJob]:
+def _sweep(rng: random.Random, first_id: int, size: int, at: float, user: str, queue: str,
+           group: str) -> list[TraceJob]:
     """``size`` alike jobs: one shape and priority, durations spread around one scale."""
     gpu = 0.0 if rng.random() < CPU_ONLY_SHARE else rng.choices([g for g, _ in GPU_SHAPES],
                                                                 [p for _, p in GPU_SHAPES])[0]
@@ -75,7 +81,7 @@ def _sweep(rng: random.Random, first_id: int, size: int, at: float, user: str, q
         duration = min(MAX_DURATION, max(10.0, scale * math.exp(rng.gauss(0, 0.3))))
         jobs.append(TraceJob(job_id=str(first_id + k), submit_time=round(at + k * 0.5, 3), duration=round(duration, 1),
                              cpu=cpu, gpu=gpu, memory=int(memory_gib * 2**30), user=user, queue=queue,
-                             priority=priority, time_limit=limit))
+                             priority=priority, time_limit=limit, group=group))
     return jobs
 
 
@@ -93,7 +99,7 @@ def write_csv(jobs: list[TraceJob], path: str | Path) -> None:
         for j in jobs:
             writer.writerow([j.job_id, j.submit_time, "" if j.duration is None else j.duration, j.cpu, j.gpu,
                              f"{j.memory // 2**20}", j.user, j.queue, j.priority,
-                             "" if j.time_limit is None else j.time_limit])
+                             "" if j.time_limit is None else j.time_limit, j.group])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,13 @@ class VirtualCluster:
 
     def __init__(self, nodes: Iterable[policy.Node], known: Iterable[policy.Node], *, policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float,
-                 usage: Mapping | None = None, now: float | None = None, restart_cost: float = 0.0):
+                 usage: Mapping | None = None, now: float | None = None, restart_cost: float = 0.0,
+                 durations: policy.DurationBook | None = None, learn: bool = False):
         self.policy = policy_name
+        # Run times the policy predicts from; ``learn``: add each job's as it ends
+        # (a replay), else the caller's book stays as given (an estimate).
+        self.durations = durations
+        self.learn = learn
         self.queues = queues
         # Seconds a preempted job loses on top of its progress since its last
         # checkpoint: restarting its process, reloading data and model.
@@ -129,7 +134,7 @@ class VirtualCluster:
             decision = policy.decide(self.pending, self.free.nodes(), self.known,
                                      running=self.running, queues=self.queues,
                                      usage=self.book.snapshot(), now=t, policy=self.policy, explain=False,
-                                     room=self.room, capacity=self.capacity)
+                                     room=self.room, capacity=self.capacity, durations=self.durations)
             for job in decision.unschedulable:
                 self.pending.remove(job)
                 self.unschedulable.add(job)
@@ -145,7 +150,8 @@ class VirtualCluster:
     def _start(self, p: policy.Placement, t: float) -> None:
         d = self.pending.remove(p.job_id)
         run = policy.RunningJob(d.job_id, d.user, d.queue, d.cpu, p.gpu_share, d.memory, p.node_id, p.gpu_indices,
-                                t, d.time_limit, d.priority, d.custom)
+                                t, d.time_limit, d.priority, d.custom,
+                                self.durations.predict(d) if self.durations is not None else None)
         self._book(run, -1)
         self.running.add(run)
         self.book.add(run)
@@ -190,6 +196,9 @@ class VirtualCluster:
         if run.time_limit is not None and (remaining is None or remaining > run.time_limit + 1e-9):
             self.timed_out += 1
         self.finish[job] = t
+        if self.learn and self.durations is not None:
+            d = self.demands[job]
+            self.durations.add(d.user, d.shape(), d.group, t - run.started_at)
 
     def _preempt(self, job: int, t: float) -> None:
         run = self.running.remove(job)

@@ -5,6 +5,7 @@ users compete, how its user's load compares with their fair share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from scheduler.policy.records import AHEAD_COUNTED
 from scheduler.policy.shares import Shares
@@ -25,9 +26,11 @@ class JobClass:
         self.why, self.stop, self.unschedulable = why, cursor, unschedulable
 
 
-def waiting_reasons(classes: list[JobClass], shares: Shares, fifo: bool, blocked_by: int | None) -> dict[int, str]:
+def waiting_reasons(classes: list[JobClass], shares: Shares, order_key: Callable[[tuple], tuple],
+                    blocked_by: int | None) -> dict[int, str]:
     """{job id: why it waits} for every job not placed nor unschedulable, in the
-    order the next decision would consider them."""
+    order the next decision would consider them (``order_key`` of a class's
+    entry: the order within a user)."""
     line: list[tuple] = []
     for index, cls in enumerate(classes):
         if cls.unschedulable:
@@ -40,9 +43,7 @@ def waiting_reasons(classes: list[JobClass], shares: Shares, fifo: bool, blocked
         first = cls.jobs[start][2]
         group = (first.queue, first.user) if shares.fair else ("", "")
         rank = (shares.queue_key(group[0]), shares.user_load(*group), group[1])
-        first_key = 0 if fifo else -first.priority  # one priority per class
-        line.extend((rank, first_key, e[0], e[1], index, cursor)
-                    for cursor, e in enumerate(cls.jobs[start:], start))
+        line.extend((rank, order_key(e), index, cursor) for cursor, e in enumerate(cls.jobs[start:], start))
     line.sort()
     waiting: dict[int, str] = {}
     suffixes: dict[tuple, str] = {}  # (queue, user) -> "; user at 2.1x fair share"

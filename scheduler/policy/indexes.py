@@ -14,7 +14,9 @@ class PendingIndex:
     """Pending demands grouped into classes of interchangeable jobs (same queue,
     user, priority, shape and time limit), each class in submission order.  The
     live loop passes a list and decide builds one; the simulator keeps one and
-    updates it, so a pass never touches the jobs behind a class that cannot run."""
+    updates it, so a pass never touches the jobs behind a class that cannot run.
+    The group (experiment and stage) is part of a class too: the duration
+    predicted for a job, and so its place in line, depends on it."""
 
     def __init__(self, demands: Iterable[Demand] = ()):
         self._classes: dict[tuple, list[tuple[int, int, Demand]]] = {}
@@ -28,7 +30,7 @@ class PendingIndex:
 
     @staticmethod
     def class_key(d: Demand) -> tuple:
-        return (d.queue, d.user, d.priority, d.shape(), d.time_limit)
+        return (d.queue, d.user, d.priority, d.shape(), d.time_limit, d.group)
 
     def add(self, d: Demand) -> None:
         key = self.class_key(d)
@@ -58,7 +60,7 @@ class PendingIndex:
         return None if key is None else self._classes[key]
 
     def classes(self) -> Iterable[tuple[tuple, list[tuple[int, int, Demand]]]]:
-        """(queue, user, priority, shape, time_limit), and its jobs in submission order."""
+        """(queue, user, priority, shape, time_limit, group), and its jobs in submission order."""
         return self._classes.items()
 
     def __len__(self) -> int:

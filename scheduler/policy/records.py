@@ -47,6 +47,9 @@ class Demand:
     time_limit: float | None = None  # seconds; the job is stopped after it
     submitted_at: float = 0.0
     gpu_memory: int = 0  # bytes of one GPU
+    # What the job is one of, for predicting its duration from runs like it:
+    # "experiment/stage" live; empty where unknown (a trace's jobs).
+    group: str = ""
 
     def shape(self) -> tuple:
         """What makes two demands interchangeable for placement."""
@@ -99,10 +102,19 @@ class RunningJob:
     time_limit: float | None = None
     priority: int = 0
     custom: Mapping[str, float] = field(default_factory=dict)
+    predicted: float | None = None  # seconds it is expected to run from its start (policy.durations)
 
     @property
     def expected_end(self) -> float:
+        """When its time limit stops it at the latest."""
         return self.started_at + self.time_limit if self.time_limit else INF
+
+    @property
+    def likely_end(self) -> float:
+        """When it is predicted to end (its limit's end when nothing is predicted)."""
+        if self.predicted is None:
+            return self.expected_end
+        return min(self.started_at + self.predicted, self.expected_end)
 
     @property
     def share_per_gpu(self) -> float:
@@ -165,7 +177,7 @@ def demand_of(w: Any) -> Demand:
     """A pending job (:class:`scheduler.records.Waiting`) as the policy sees it."""
     return Demand(job_id=w.id, cpu=w.cpu, gpu=w.gpu, memory=w.memory, custom=w.custom, priority=w.priority,
                   seq=w.id, user=w.user, queue=w.queue, time_limit=w.timeout, submitted_at=w.submitted_at,
-                  gpu_memory=w.gpu_memory)
+                  gpu_memory=w.gpu_memory, group=getattr(w, "group", ""))
 
 
 def order(demands: Iterable[Demand]) -> list[Demand]:

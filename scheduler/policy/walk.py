@@ -9,6 +9,7 @@ import heapq
 from typing import Iterable, Mapping
 
 from scheduler.policy.backfill import Backfill
+from scheduler.policy.durations import DurationBook
 from scheduler.policy.explain import JobClass, waiting_reasons
 from scheduler.policy.indexes import PendingIndex, RunningIndex
 from scheduler.policy.preemption import Preemption
@@ -28,15 +29,19 @@ class Pass:
 
     def __init__(self, nodes: list[Node], known: list[Node], running: Iterable[RunningJob] | RunningIndex,
                  queues: Iterable[QueueConfig] | None, usage: Mapping | None, now: float, policy: str, explain: bool,
-                 room: ClusterRoom | None = None, capacity: Capacity | None = None):
+                 room: ClusterRoom | None = None, capacity: Capacity | None = None,
+                 durations: DurationBook | None = None):
         self.decision = Decision()
         self.cluster = room if room is not None else ClusterRoom(nodes)
         self.known = known
         self.running = running if isinstance(running, RunningIndex) else list(running)
         self.now, self.policy, self.explain = now, policy, explain
+        # Predicted durations order a user's jobs (labq only: the others are the baselines).
+        self.durations = durations if policy == "labq" else None
+        self._due: dict[int, float] = {}  # job id -> due time (memo)
         capacity = capacity if capacity is not None else Capacity.of(known or nodes)
         self.shares = Shares(known, capacity, self.running, queues, usage, policy)
-        self.backfill = Backfill(self.cluster, self.running, now)
+        self.backfill = Backfill(self.cluster, self.running, now, self.durations)
         self.preemption = Preemption(self.shares, self.cluster, self.running, self.decision)
         self.may_preempt = self.shares.may_preempt
         self.unfit: dict[tuple, str] = {}  # shape -> why it fits nowhere now
@@ -73,7 +78,7 @@ class Pass:
                 heapq.heappush(queue_heap, shares.queue_key(queue))
         if self.explain:
             self.decision.waiting.update(
-                waiting_reasons(classes, shares, self.policy == "fifo", self.blocked_by))
+                waiting_reasons(classes, shares, self._order_key, self.blocked_by))
         if self.blocked_by is not None:
             self.decision.blocked_by = self.blocked_by
             self.decision.stuck_shapes = frozenset(self.unfit)
@@ -109,18 +114,27 @@ class Pass:
         fifo and priority see one stream for everyone."""
         classes: list[JobClass] = []
         streams: dict[tuple, list] = {}
-        fifo, fair, shapes = self.policy == "fifo", self.shares.fair, self.shapes
-        for (queue, user, priority, shape, _), jobs in pending.classes():
-            seq, job_id, _ = jobs[0]
-            key = (seq, job_id) if fifo else (-priority, seq, job_id)
+        fair, shapes = self.shares.fair, self.shapes
+        for (queue, user, priority, shape, *_), jobs in pending.classes():
+            key = self._order_key(jobs[0])
             streams.setdefault((queue, user) if fair else ("", ""), []).append((key, len(classes), 0))
             classes.append(JobClass(jobs, shape))
             shapes.add(shape)
         return classes, streams
 
     def _order_key(self, entry: tuple) -> tuple:
+        """A pending job's place in its user's line: submission order (fifo);
+        priority, then submission order; or, with predicted durations, priority
+        then due time (policy.durations)."""
         seq, job_id, d = entry
-        return (seq, job_id) if self.policy == "fifo" else (-d.priority, seq, job_id)
+        if self.policy == "fifo":
+            return (seq, job_id)
+        if self.durations is None:
+            return (-d.priority, seq, job_id)
+        due = self._due.get(job_id)
+        if due is None:
+            due = self._due[job_id] = self.durations.due_at(d)
+        return (-d.priority, due, seq, job_id)
 
     def _consider(self, cls: JobClass, cursor: int) -> int:
         d = cls.jobs[cursor][2]
@@ -200,7 +214,8 @@ class Pass:
 def decide(demands: Iterable[Demand] | PendingIndex, nodes: list[Node], known: list[Node] | None = None, *,
            running: Iterable[RunningJob] | RunningIndex = (), queues: Iterable[QueueConfig] | None = None,
            usage: Mapping | None = None, now: float = 0.0, policy: str = DEFAULT_POLICY,
-           explain: bool = True, room: ClusterRoom | None = None, capacity: Capacity | None = None) -> Decision:
+           explain: bool = True, room: ClusterRoom | None = None, capacity: Capacity | None = None,
+           durations: DurationBook | None = None) -> Decision:
     """Which pending jobs start now, on which node and GPUs, and which running jobs
     to preempt.  ``nodes`` may be placed on (their free capacity already net of
     ``running``); ``known`` (default: the same) are all nodes ever seen, against
@@ -209,9 +224,12 @@ def decide(demands: Iterable[Demand] | PendingIndex, nodes: list[Node], known: l
     ``room`` and ``capacity``: what a caller that decides again and again (the
     simulator) keeps between decisions instead of this reading every node each
     time: ``nodes``' free capacity as a :class:`ClusterRoom` (``give_back`` as
-    jobs end; the decision books its placements in it) and ``Capacity.of(known)``."""
+    jobs end; the decision books its placements in it) and ``Capacity.of(known)``.
+    ``durations``: past run times (:class:`DurationBook`); under ``labq`` they
+    order each user's jobs shortest-predicted-first with aging, and give a job
+    that is due a reservation from the running jobs' predicted ends."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     pending = demands if isinstance(demands, PendingIndex) else PendingIndex(demands)
     known = nodes if known is None else known
-    return Pass(nodes, known, running, queues, usage, now, policy, explain, room, capacity).run(pending)
+    return Pass(nodes, known, running, queues, usage, now, policy, explain, room, capacity, durations).run(pending)
