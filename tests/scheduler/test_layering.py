@@ -160,7 +160,7 @@ def test_policy_is_pure():
     assert len(policy) >= 8
     for name in policy:
         assert all(t.startswith("scheduler.policy") for t in GRAPH[name]), name
-        assert _external(name) <= {"__future__", "bisect", "dataclasses", "heapq", "math", "typing"}, name
+        assert _external(name) <= {"__future__", "bisect", "collections", "dataclasses", "heapq", "math", "typing"}, name
 
 
 def test_estimates_and_simulator_share_the_virtual_cluster_by_composition():

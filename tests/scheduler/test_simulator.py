@@ -165,7 +165,7 @@ def test_synthetic_trace_is_seeded_and_policies_all_finish_it(tmp_path):
     traces.write_csv(jobs, tmp_path / "t.csv")
     assert load_trace(tmp_path / "t.csv")[:50] == [
         TraceJob(j.job_id, j.submit_time, j.duration, j.cpu, j.gpu, j.memory // 2**20 * 2**20, j.user, j.queue,
-                 j.priority, j.time_limit) for j in jobs[:50]]
+                 j.priority, j.time_limit, j.group) for j in jobs[:50]]
     assert {j.gpu for j in jobs} == {0.0, 0.25, 0.5, 1.0, 2.0}
     nodes = [node("a", 32, 4, 512 * 2**30), node("b", 32, 4, 512 * 2**30)]
     results = simulator.compare(jobs, nodes)
