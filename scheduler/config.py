@@ -61,6 +61,11 @@ class SchedulerSettings(_Strict):
     # Fair share remembers past usage, halving its weight every this long
     # (a duration: 90s, 12h, 7d, or seconds).
     usage_half_life: Duration = DEFAULT_USAGE_HALF_LIFE
+    # Shorter jobs go first, by durations predicted from past runs like them
+    # (same experiment stage, or user and shape), but may pass a longer job only
+    # until it has waited this many times its own predicted duration; 0 keeps
+    # submission order (scheduler/policy/durations.py).
+    stretch: float = Field(4.0, ge=0, le=1000, allow_inf_nan=False)
     # Jobs measured this short are packed several to one Ray task (about this
     # many seconds of work per pack; see scheduler/packing.py); 0 never packs.
     pack_seconds: float = Field(0.5, ge=0, le=10)

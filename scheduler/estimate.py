@@ -92,7 +92,8 @@ def estimate_starts(pending: Iterable[policy.Demand], running: Iterable[policy.R
                     nodes: list[policy.Node], *, durations: Mapping[int, float | None], now: float,
                     known: list[policy.Node] | None = None, queues: list[policy.QueueConfig] | None = None,
                     usage: Mapping | None = None, half_life: float = policy.DEFAULT_HALF_LIFE,
-                    limit: int = DEFAULT_LIMIT, work_budget: int = WORK_BUDGET) -> dict[int, float | None]:
+                    limit: int = DEFAULT_LIMIT, work_budget: int = WORK_BUDGET,
+                    book: policy.DurationBook | None = None) -> dict[int, float | None]:
     """{pending job id: estimated start (epoch seconds), or None}.
 
     ``nodes`` may be placed on and ``known`` (default: the same) are all nodes, as
@@ -100,13 +101,16 @@ def estimate_starts(pending: Iterable[policy.Demand], running: Iterable[policy.R
     worked out from ``running`` (each with its node and GPU indices).
     ``durations`` maps job ids, running and pending, to expected run time in
     seconds (:func:`expected_duration`); a missing or None one never ends.
-    ``usage`` is the decayed usage at ``now`` (:class:`policy.Usage`)."""
+    ``usage`` is the decayed usage at ``now`` (:class:`policy.Usage`); ``book``
+    the run times the live policy orders by (policy.durations), so the replay
+    takes jobs in the order the scheduler will."""
     pending = list(pending)
     out: dict[int, float | None] = {d.job_id: None for d in pending}
     if not pending or limit <= 0:
         return out
     cluster = VirtualCluster(nodes, nodes if known is None else known, policy_name=policy.DEFAULT_POLICY,
-                             queues=queues, half_life=getattr(usage, "half_life", half_life), usage=usage, now=now)
+                             queues=queues, half_life=getattr(usage, "half_life", half_life), usage=usage, now=now,
+                             durations=book)
     for d in first_of_each_class(pending, limit):
         cluster.arrive(d, durations.get(d.job_id))
     _adopt_running(cluster, running, durations, now)
@@ -194,13 +198,13 @@ def durations_from(store: Any, timeouts: Mapping[int, float | None]) -> dict[int
 
 
 def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[policy.QueueConfig],
-               limit: int = DEFAULT_LIMIT) -> dict[int, float | None]:
+               limit: int = DEFAULT_LIMIT, stretch: float = policy.DEFAULT_STRETCH) -> dict[int, float | None]:
     """Estimates for the pending jobs from what the store holds (the oldest
     ``limit`` of each queue, user and shape; the rest get none): pending and
     running jobs, the scheduler's last node snapshots, the ``queues`` (the
     settings' queue_configs()), and usage from the attempts' history decayed with
     ``half_life`` (as the live loop seeds it)."""
-    from scheduler import accounting
+    from scheduler import accounting, run_history
 
     waiting = store.waiting(per_shape=limit)  # the rest get no estimate
     if not waiting:
@@ -223,5 +227,6 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
     shapes = [] if alone else store.decayed_use(now - 10 * half_life, now, half_life)
     usage = policy.Usage(accounting.usage_of_shapes(shapes, capacity.dominant), half_life)
     starts = estimate_starts(pending, running, alive, known=known, durations=durations, now=now,
-                             queues=list(queues), usage=usage, half_life=half_life, limit=limit)
+                             queues=list(queues), usage=usage, half_life=half_life, limit=limit,
+                             book=run_history.duration_book(store, stretch))
     return {w.id: starts.get(w.id) for w in waiting}

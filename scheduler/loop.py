@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from contract.attempt import run_dir_for
-from scheduler import accounting, estimate, node_report, packing, policy, wakeup
+from scheduler import accounting, estimate, node_report, packing, policy, run_history, wakeup
 from scheduler.attempt_table import AttemptTable, Pack, Running, saved_end
 from scheduler.backend import Backend
 from scheduler.config import Settings
@@ -53,6 +53,8 @@ NODE_FRESHNESS_SECONDS = 0.5
 # `labq queue` (SLURM's backfill pass writes expected starts the same way).  The
 # CLI reads them instead of replaying 100k pending jobs itself.
 ESTIMATE_SECONDS = 10.0
+# How often the run times durations are predicted from are re-read from the store.
+DURATIONS_REFRESH_SECONDS = 30.0
 # Ends that are worth naming the node in the attempt's error.
 _NODE_ENDS = (AttemptState.LOST, AttemptState.OUT_OF_MEMORY)
 
@@ -70,6 +72,10 @@ class Scheduler:
                                  has_nvml=self.gpus.has_nvml)
         self._queues = settings.queue_configs()
         self._usage: policy.UsageBook | None = None  # decayed usage for fair share, from the first pass on
+        # Run times of finished attempts, to predict pending and running jobs'
+        # durations from (policy.durations); re-read every DURATIONS_REFRESH_SECONDS.
+        self._durations: policy.DurationBook | None = None
+        self._durations_at = -float("inf")
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
         self._dirty = True
         self._seen_version: int | None = None
@@ -272,11 +278,20 @@ class Scheduler:
                 self._ask_stop(run, AttemptState.PREEMPTED, now, detail=f"preempted: {why}")
 
     def _decide(self, now: float) -> policy.Decision:
-        running = self._running_jobs()  # once: both capacity views and the policy read it
+        durations = self._duration_book(now)
+        running = self._running_jobs(durations)  # once: both capacity views and the policy read it
         known = self.free_capacity(list(self.nodes.known.values()), running)
         return policy.decide(self.pending.index, self.free_capacity(running=running), known=known, running=running,
                              queues=self._queues, usage=self._usage.snapshot() if self._usage else None, now=now,
-                             policy="labq")
+                             policy="labq", durations=durations)
+
+    def _duration_book(self, now: float) -> policy.DurationBook:
+        """The run times the policy predicts from, re-read from the store now and then
+        (a read of the latest few thousand attempts; a minute-old book orders as well)."""
+        if self._durations is None or now - self._durations_at >= DURATIONS_REFRESH_SECONDS:
+            self._durations = run_history.duration_book(self.store, self.settings.scheduler.stretch)
+            self._durations_at = now
+        return self._durations
 
     def _start(self, placements: list[policy.Placement], waiting: dict[int, str], now: float) -> None:
         """Start the policy's placements, each with the followers packed behind
@@ -310,11 +325,13 @@ class Scheduler:
         self.backend.flush()  # at once: what is recorded running should be running
         self.pending.forget(started)
 
-    def _running_jobs(self) -> list[policy.RunningJob]:
+    def _running_jobs(self, durations: policy.DurationBook | None = None) -> list[policy.RunningJob]:
+        """What labq's attempts hold; with ``durations``, each with its predicted run time."""
         return [policy.RunningJob(job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
                                   memory=r.job.memory or 0, node_id=r.attempt.node_id or "",
                                   gpu_indices=r.gpu_indices, started_at=r.attempt.dispatched_at or 0.0,
-                                  time_limit=r.job.timeout, priority=r.job.priority, custom=r.job.custom)
+                                  time_limit=r.job.timeout, priority=r.job.priority, custom=r.job.custom,
+                                  predicted=None if durations is None else durations.predict(run_history.demand_of_job(r.job)))
                 for r in self.attempts.holding()]
 
     def free_capacity(self, nodes_in: list | None = None,
@@ -368,7 +385,8 @@ class Scheduler:
             starts = estimate.estimate_starts(
                 fed, running, [nodes[n.node_id] for n in self.nodes.placeable], known=list(nodes.values()),
                 durations=durations, now=now, queues=self._queues,
-                usage=self._usage.snapshot() if self._usage else None, half_life=self.settings.scheduler.usage_half_life)
+                usage=self._usage.snapshot() if self._usage else None, half_life=self.settings.scheduler.usage_half_life,
+                book=self._duration_book(now))
             self.store.save_estimates(starts, now)
             self._estimated_any = True
         except Exception:

@@ -98,6 +98,7 @@ class Waiting:
     submitted_at: float
     gpu_memory: int
     reason: str | None
+    group: str = ""  # "experiment/stage": what its duration is predicted from
 
 
 @dataclass

@@ -56,7 +56,8 @@ APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Pending jobs as Store.waiting loads them (no params, no targets).
 _WAITING_COLUMNS = ("id, cpu, gpu, COALESCE(memory, 0) AS memory, custom, priority, user, queue, timeout,"
-                    " submitted_at, COALESCE(gpu_memory, 0) AS gpu_memory, reason")
+                    " submitted_at, COALESCE(gpu_memory, 0) AS gpu_memory, reason,"
+                    " (SELECT name FROM experiments e WHERE e.id = experiment_id) || '/' || stage AS \"group\"")
 _WAITING_FIELDS = tuple(f.name for f in dataclasses.fields(Waiting))
 _PENDING = "state = 'pending' AND cancel_requested = 0"
 _SQL_WAITING = f"SELECT {_WAITING_COLUMNS} FROM jobs WHERE {_PENDING}"
@@ -653,6 +654,20 @@ class Store:
                 " AND a.dispatched_at IS NOT NULL AND a.ended_at IS NOT NULL ORDER BY a.ended_at DESC LIMIT ?",
                 (name, stage, recent))]
         return {job_id: durations.get(pair, []) for job_id, pair in pair_of.items()}
+
+    def recent_runs(self, limit: int = 5000) -> list[tuple[str, float, float, int, int, dict, str, float]]:
+        """The latest ``limit`` attempts that ran to an end (succeeded, failed or
+        timed out), oldest first: (user, cpu, gpu, memory, gpu_memory, custom,
+        "experiment/stage", seconds held), what durations are predicted from
+        (policy.durations).  Newest by attempt id, so no sort of every attempt."""
+        rows = self._conn.execute(
+            "SELECT j.user, j.cpu, j.gpu, COALESCE(j.memory, 0) AS memory, COALESCE(j.gpu_memory, 0) AS gpu_memory,"
+            " j.custom, e.name || '/' || j.stage AS grp, a.ended_at - a.dispatched_at AS held"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id JOIN experiments e ON e.id = j.experiment_id"
+            " WHERE a.state IN ('succeeded', 'failed', 'timed_out') AND a.dispatched_at IS NOT NULL"
+            " AND a.ended_at IS NOT NULL ORDER BY a.id DESC LIMIT ?", (limit,)).fetchall()
+        return [(r["user"], r["cpu"], r["gpu"], r["memory"], r["gpu_memory"], json.loads(r["custom"]), r["grp"],
+                 max(0.0, r["held"])) for r in reversed(rows)]
 
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
         rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()

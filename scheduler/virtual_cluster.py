@@ -11,6 +11,7 @@ and the running jobs of now.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from typing import Iterable, Mapping
@@ -59,7 +60,7 @@ class VirtualCluster:
         self.work = 0  # classes and running jobs visited by decisions so far
         self.last: policy.Decision | None = None  # the last decision, while it says what is stuck
         self.may_change = True
-        self.may_preempt = any(q.preempt for q in queues or ())
+        self.may_preempt = policy_name == "labq" and any(q.preempt or q.tiers for q in queues or ())
         self.example: dict[tuple, policy.Demand] = {}  # shape -> a demand of that shape
         # The free capacity as the policy indexes it, kept between decisions (built
         # at the first): a decision books its placements in it, an end gives back.
@@ -151,7 +152,8 @@ class VirtualCluster:
         d = self.pending.remove(p.job_id)
         run = policy.RunningJob(d.job_id, d.user, d.queue, d.cpu, p.gpu_share, d.memory, p.node_id, p.gpu_indices,
                                 t, d.time_limit, d.priority, d.custom,
-                                self.durations.predict(d) if self.durations is not None else None)
+                                self.durations.predict(d) if self.durations is not None else None,
+                                d.attained, d.preemptions)
         self._book(run, -1)
         self.running.add(run)
         self.book.add(run)
@@ -211,4 +213,7 @@ class VirtualCluster:
         if self.remaining[job] is not None:  # resumes from its checkpoint, after restarting
             self.remaining[job] = max(0.0, self.remaining[job] - (t - run.started_at)) + self.restart_cost
         self.preempted += 1
-        self.pending.add(self.demands[job])
+        # It comes back with the service it attained (least-attained-service tiers go by it).
+        d = self.demands[job] = dataclasses.replace(self.demands[job], attained=policy.running_service(run, t),
+                                                     preemptions=run.preemptions + 1)
+        self.pending.add(d)

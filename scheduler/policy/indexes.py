@@ -15,8 +15,9 @@ class PendingIndex:
     user, priority, shape and time limit), each class in submission order.  The
     live loop passes a list and decide builds one; the simulator keeps one and
     updates it, so a pass never touches the jobs behind a class that cannot run.
-    The group (experiment and stage) is part of a class too: the duration
-    predicted for a job, and so its place in line, depends on it."""
+    The group (experiment and stage) and the service attained before are part
+    of a class too: a job's place in line depends on them (policy.durations,
+    policy.tiers)."""
 
     def __init__(self, demands: Iterable[Demand] = ()):
         self._classes: dict[tuple, list[tuple[int, int, Demand]]] = {}
@@ -30,7 +31,7 @@ class PendingIndex:
 
     @staticmethod
     def class_key(d: Demand) -> tuple:
-        return (d.queue, d.user, d.priority, d.shape(), d.time_limit, d.group)
+        return (d.queue, d.user, d.priority, d.shape(), d.time_limit, d.group, d.attained, d.preemptions)
 
     def add(self, d: Demand) -> None:
         key = self.class_key(d)
@@ -60,7 +61,8 @@ class PendingIndex:
         return None if key is None else self._classes[key]
 
     def classes(self) -> Iterable[tuple[tuple, list[tuple[int, int, Demand]]]]:
-        """(queue, user, priority, shape, time_limit, group), and its jobs in submission order."""
+        """(queue, user, priority, shape, time_limit, group, attained, preemptions), and its jobs in
+        submission order."""
         return self._classes.items()
 
     def __len__(self) -> int:

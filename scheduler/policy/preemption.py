@@ -1,6 +1,11 @@
-"""Preemption during one decision: a queue that may preempt and is under its
-guarantee takes capacity back from queues borrowing beyond theirs, by naming the
-fewest running jobs on one node whose stopping lets its job fit."""
+"""Preemption during one decision, naming the fewest running jobs on one node
+whose stopping lets a pending job fit:
+
+* a queue that may preempt and is under its guarantee takes capacity back from
+  queues borrowing beyond theirs;
+* in a queue with least-attained-service tiers (policy.tiers), a job takes
+  capacity from the same queue's jobs in a higher tier, each of which may be
+  preempted so at most ``max_preemptions`` times."""
 
 from __future__ import annotations
 
@@ -9,16 +14,19 @@ from typing import Iterable
 from scheduler.policy.records import Decision, Demand, RunningJob
 from scheduler.policy.room import ClusterRoom, Need, NodeRoom
 from scheduler.policy.shares import Shares
-from scheduler.policy.text import vector_text
+from scheduler.policy.text import secs, vector_text
+from scheduler.policy.tiers import running_service, tier_of
 from scheduler.policy.usage import held_vector
 
 
 class Preemption:
-    def __init__(self, shares: Shares, cluster: ClusterRoom, running: Iterable[RunningJob], decision: Decision):
+    def __init__(self, shares: Shares, cluster: ClusterRoom, running: Iterable[RunningJob], decision: Decision,
+                 now: float = 0.0):
         self.shares = shares
         self.cluster = cluster
         self.running = running
         self.decision = decision
+        self.now = now
         self.tried: set[tuple] = set()  # (queue, shape): one try per pass
         self.preempting: set[int] = set()
 
@@ -45,6 +53,61 @@ class Preemption:
             self.preempting.add(v.job_id)
         return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} of borrowing queues on "
                 f"{victims[0].node_id}; starts when they stop")
+
+    def demote_for(self, d: Demand, shape: tuple, need: Need, tier: int) -> str | None:
+        """In a queue with tiers, name running jobs of that queue in a tier above
+        ``d``'s ``tier`` to stop so that ``d`` can start; the reason ``d`` waits
+        then, or None if there are none to stop."""
+        config = self.shares.config(d.queue)
+        if not config.tiers or (d.queue, shape, "tier") in self.tried:
+            return None
+        self.tried.add((d.queue, shape, "tier"))
+        above: dict[int, tuple[int, float]] = {}  # job id -> (its tier, its service)
+        for job in self.running:
+            if job.queue == d.queue and job.preemptions < config.max_preemptions:
+                service = running_service(job, self.now)
+                if tier_of(service, config) > tier:
+                    above[job.job_id] = (tier_of(service, config), service)
+        if not above:
+            return None
+        victims = self._victims_on_one_node(
+            need, lambda job: job.job_id in above,
+            # the most served first: the highest tier, then the most service
+            lambda j: (-above[j.job_id][0], -above[j.job_id][1], j.job_id))
+        if not victims:
+            return None
+        for v in victims:
+            v_tier, service = above[v.job_id]
+            self.decision.preempt[v.job_id] = (
+                f"tier {v_tier} (attained {secs(service)} of GPU time) yields to job {d.job_id} in tier {tier}: "
+                f"queue {d.queue!r} serves the least-served first (preempted "
+                f"{v.preemptions + 1} of at most {config.max_preemptions} times)")
+            self.preempting.add(v.job_id)
+        return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} of higher tiers on "
+                f"{victims[0].node_id}; starts when they stop")
+
+    def _victims_on_one_node(self, need: Need, eligible, order) -> list[RunningJob]:
+        """The fewest ``eligible`` running jobs on one node, taken in ``order``,
+        whose stopping lets ``need`` fit there."""
+        by_node: dict[str, list[RunningJob]] = {}
+        for job in self.running:
+            if job.job_id not in self.preempting and job.node_id in self.cluster.nodes and eligible(job):
+                by_node.setdefault(job.node_id, []).append(job)
+        best: list[RunningJob] | None = None
+        for node_id, jobs in sorted(by_node.items()):
+            later = self.cluster.nodes[node_id].clone()
+            chosen: list[RunningJob] = []
+            for job in sorted(jobs, key=order):
+                if best is not None and len(chosen) + 1 >= len(best):
+                    break
+                if not _helps(later, need, job):
+                    continue
+                later.release(job)
+                chosen.append(job)
+                if later.fits(need):
+                    best = chosen
+                    break
+        return best or []
 
     def _cheapest_victims(self, d: Demand, need: Need) -> list[RunningJob]:
         """Fewest running jobs on one node whose stopping lets ``d`` fit: lowest

@@ -50,6 +50,10 @@ class Demand:
     # What the job is one of, for predicting its duration from runs like it:
     # "experiment/stage" live; empty where unknown (a trace's jobs).
     group: str = ""
+    # Service its earlier, preempted attempts attained (policy.tiers) and how
+    # many times it was preempted: what least-attained-service tiers go by.
+    attained: float = 0.0
+    preemptions: int = 0
 
     def shape(self) -> tuple:
         """What makes two demands interchangeable for placement."""
@@ -103,6 +107,8 @@ class RunningJob:
     priority: int = 0
     custom: Mapping[str, float] = field(default_factory=dict)
     predicted: float | None = None  # seconds it is expected to run from its start (policy.durations)
+    attained: float = 0.0  # service attained by its earlier attempts (policy.tiers)
+    preemptions: int = 0  # times it was preempted before
 
     @property
     def expected_end(self) -> float:
@@ -140,6 +146,10 @@ class QueueConfig:
     limit: dict[str, float] | None = None
     borrow: bool = True
     preempt: bool = False
+    # Least-attained-service tiers (policy.tiers): thresholds of attained
+    # service, GPU-seconds, in ascending order; () orders by predicted duration only.
+    tiers: tuple[float, ...] = ()
+    max_preemptions: int = 2  # a job is preempted for a lower tier at most this many times
 
 
 @dataclass

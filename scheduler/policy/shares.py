@@ -40,7 +40,8 @@ class Shares:
 
     @property
     def may_preempt(self) -> bool:
-        return any(q.preempt for q in self.queues.values())
+        """Whether some queue may preempt: to reclaim its guarantee, or for a lower tier."""
+        return self.quotas and any(q.preempt or q.tiers for q in self.queues.values())
 
     def add(self, job: RunningJob) -> None:
         """A job was placed: it holds its share from now."""

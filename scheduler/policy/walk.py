@@ -18,6 +18,7 @@ from scheduler.policy.records import (DEFAULT_POLICY, GRAIN, POLICIES, Decision,
 from scheduler.policy.room import ClusterRoom, Need, NodeRoom, never_fits
 from scheduler.policy.shares import Shares
 from scheduler.policy.text import delay_text
+from scheduler.policy.tiers import pending_tier
 from scheduler.policy.usage import Capacity
 
 PLACED, WAITING, UNSCHEDULABLE, STOP = range(4)
@@ -42,7 +43,7 @@ class Pass:
         capacity = capacity if capacity is not None else Capacity.of(known or nodes)
         self.shares = Shares(known, capacity, self.running, queues, usage, policy)
         self.backfill = Backfill(self.cluster, self.running, now, self.durations)
-        self.preemption = Preemption(self.shares, self.cluster, self.running, self.decision)
+        self.preemption = Preemption(self.shares, self.cluster, self.running, self.decision, now)
         self.may_preempt = self.shares.may_preempt
         self.unfit: dict[tuple, str] = {}  # shape -> why it fits nowhere now
         self.shapes: set[tuple] = set()
@@ -124,17 +125,26 @@ class Pass:
 
     def _order_key(self, entry: tuple) -> tuple:
         """A pending job's place in its user's line: submission order (fifo);
-        priority, then submission order; or, with predicted durations, priority
-        then due time (policy.durations)."""
+        priority, then submission order; under labq, priority, then its tier in
+        a queue with tiers (policy.tiers), then its due time when durations are
+        predicted (policy.durations), then submission order.  (One stream holds
+        one queue's jobs, so its keys all have the same form.)"""
         seq, job_id, d = entry
         if self.policy == "fifo":
             return (seq, job_id)
-        if self.durations is None:
-            return (-d.priority, seq, job_id)
-        due = self._due.get(job_id)
-        if due is None:
-            due = self._due[job_id] = self.durations.due_at(d)
-        return (-d.priority, due, seq, job_id)
+        key: tuple = (-d.priority,)
+        due = None
+        if self.durations is not None:
+            due = self._due.get(job_id)
+            if due is None:
+                due = self._due[job_id] = self.durations.due_at(d)
+        if self.shares.quotas:
+            config = self.shares.config(d.queue)
+            if config.tiers:
+                key += (pending_tier(d, config, due is not None and due <= self.now),)
+        if due is not None:
+            key += (due,)
+        return key + (seq, job_id)
 
     def _consider(self, cls: JobClass, cursor: int) -> int:
         d = cls.jobs[cursor][2]
@@ -184,7 +194,8 @@ class Pass:
             return STOP
         if self.shares.quotas:
             self.backfill.blocked(d, need)
-            why = self.preemption.reclaim_for(d, cls.shape, need) or why
+            why = (self.preemption.reclaim_for(d, cls.shape, need)
+                   or self.preemption.demote_for(d, cls.shape, need, self._tier(d)) or why)
         cls.stuck(cursor, why)
         return self._stop_if_all_stuck()
 
@@ -204,6 +215,11 @@ class Pass:
         self.cluster.take(w, need, gpus, share)
         self.decision.placements.append(Placement(d.job_id, w.id, gpus, gpu_share))
         self.shares.add(job)
+
+    def _tier(self, d: Demand) -> int:
+        config = self.shares.config(d.queue)
+        due = self.durations is not None and self.durations.due_at(d) <= self.now
+        return pending_tier(d, config, due)
 
     def _never_fits(self, d: Demand, shape: tuple) -> str | None:
         if shape not in self.never:

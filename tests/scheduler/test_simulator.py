@@ -152,6 +152,25 @@ def test_a_preemption_costs_the_restart_the_simulator_is_told(restart_cost, tmp_
     assert json.loads(out.stdout)[0]["makespan"] == pytest.approx(120.0 + restart_cost)
 
 
+@pytest.mark.parametrize("max_preemptions", [1, 0])
+def test_least_attained_service_tiers_let_short_jobs_past_a_long_one(max_preemptions):
+    """A 10,000 s job holds the only GPU; short jobs arrive at 4000 and 6000.  With
+    tiers at 1 GPU-hour it is past the first: it yields to the first batch and
+    resumes 30 s behind; bounded to one preemption, the second batch waits for it."""
+    queues = [QueueConfig("default", tiers=(3600.0,), max_preemptions=max_preemptions)]
+    trace = [job("long", 0, 10_000, gpu=1), *(job(f"s{k}", 4000, 100, gpu=1) for k in range(3)),
+             *(job(f"t{k}", 6000, 100, gpu=1) for k in range(2))]
+    tiered = simulate(trace, [node("n", 4, 1)], policy="labq", queues=queues, restart_cost=30.0, stretch=None)
+    plain = simulate(trace, [node("n", 4, 1)], policy="labq", stretch=None)
+    assert plain.preempted == 0 and plain.makespan == pytest.approx(10_500.0)
+    if max_preemptions:
+        # s0-s2 run 4000..4300; long resumes at 4300 with 6000 + 30 left, ends 10330; t0, t1 after it
+        assert tiered.preempted == 1 and tiered.makespan == pytest.approx(10_530.0)
+        assert tiered.avg_jct < plain.avg_jct / 1.5
+    else:
+        assert tiered.preempted == 0 and tiered.avg_jct == pytest.approx(plain.avg_jct)
+
+
 def test_never_ending_unschedulable_and_timed_out_jobs():
     trace = [job("forever", 0, None, gpu=0.5), job("huge", 0, 10, gpu=8), job("late", 1, 50, gpu=0.5, time_limit=20)]
     result = simulate(trace, [node("n", 4, 1)], policy="labq")

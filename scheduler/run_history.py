@@ -1,0 +1,28 @@
+"""What labq's finished jobs teach the policy about how long jobs like them run:
+a :class:`policy.DurationBook` from the store's latest attempts that ran to an
+end.  The live loop orders and reserves with it; `labq queue` shows what it
+predicts for each pending job, from the same book."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scheduler import policy
+
+RUNS_READ = 5000  # the latest attempts read; each key keeps only its last policy.durations.RECENT anyway
+
+
+def duration_book(store: Any, stretch: float = policy.DEFAULT_STRETCH) -> policy.DurationBook:
+    book = policy.DurationBook(stretch)
+    for user, cpu, gpu, memory, gpu_memory, custom, group, seconds in store.recent_runs(RUNS_READ):
+        shape = policy.Demand(0, cpu=cpu, gpu=gpu, memory=memory, gpu_memory=gpu_memory, custom=custom).shape()
+        book.add(user, shape, group, seconds)
+    return book
+
+
+def demand_of_job(job: Any) -> policy.Demand:
+    """A job record (:class:`scheduler.records.Job`) as the book looks it up:
+    its owner, shape, "experiment/stage" and time limit."""
+    return policy.Demand(job.id, cpu=job.cpu, gpu=job.gpu, memory=job.memory or 0, gpu_memory=job.gpu_memory or 0,
+                         custom=job.custom, user=job.user, queue=job.queue, time_limit=job.timeout,
+                         submitted_at=job.submitted_at or 0.0, group=f"{job.experiment}/{job.stage}")
