@@ -97,6 +97,21 @@ class Queue(_Strict):
     limit: QueueResources | None = None
     borrow: bool = True
     preempt: bool = False
+    # Least-attained-service tiers: thresholds of GPU time a job has held (a
+    # duration: 1h is one GPU-hour; a CPU-only job counts as one GPU), ascending.
+    # Jobs below the first go first, and may preempt this queue's jobs past a
+    # threshold they have not reached; opting in says this queue's jobs resume
+    # from their checkpoints (scheduler/policy/tiers.py).
+    tiers: list[Duration] = Field(default_factory=list, max_length=16)
+    # A job is preempted for a lower tier at most this many times.
+    max_preemptions: int = Field(2, ge=0, le=100)
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_ascending(cls, tiers: list[float]) -> list[float]:
+        if any(t <= 0 for t in tiers) or any(b <= a for a, b in zip(tiers, tiers[1:])):
+            raise ValueError("tiers must be positive durations in ascending order")
+        return tiers
 
     @model_validator(mode="after")
     def _limit_not_below_guarantee(self) -> "Queue":
@@ -112,7 +127,7 @@ class Queue(_Strict):
 
         return QueueConfig(name=self.name, weight=self.weight, guarantee=self.guarantee.amounts(),
                            limit=None if self.limit is None else self.limit.amounts(), borrow=self.borrow,
-                           preempt=self.preempt)
+                           preempt=self.preempt, tiers=tuple(self.tiers), max_preemptions=self.max_preemptions)
 
 
 class Settings(_Strict):

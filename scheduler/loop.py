@@ -76,6 +76,8 @@ class Scheduler:
         # durations from (policy.durations); re-read every DURATIONS_REFRESH_SECONDS.
         self._durations: policy.DurationBook | None = None
         self._durations_at = -float("inf")
+        # Service a running job's earlier (preempted) attempts attained, read once per job.
+        self._served: dict[int, tuple[float, int]] = {}
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
         self._dirty = True
         self._seen_version: int | None = None
@@ -326,13 +328,24 @@ class Scheduler:
         self.pending.forget(started)
 
     def _running_jobs(self, durations: policy.DurationBook | None = None) -> list[policy.RunningJob]:
-        """What labq's attempts hold; with ``durations``, each with its predicted run time."""
+        """What labq's attempts hold; with ``durations``, each with its predicted
+        run time and the service its earlier attempts attained (for tiers)."""
+        holding = list(self.attempts.holding())
+        if durations is not None:
+            unread = [r.job.id for r in holding if r.job.id not in self._served and r.attempt.number > 1]
+            if unread:
+                self._served.update(self.store.attained(unread))
+            for gone in self._served.keys() - {r.job.id for r in holding}:
+                del self._served[gone]
+        served = self._served if durations is not None else {}
         return [policy.RunningJob(job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
                                   memory=r.job.memory or 0, node_id=r.attempt.node_id or "",
                                   gpu_indices=r.gpu_indices, started_at=r.attempt.dispatched_at or 0.0,
                                   time_limit=r.job.timeout, priority=r.job.priority, custom=r.job.custom,
-                                  predicted=None if durations is None else durations.predict(run_history.demand_of_job(r.job)))
-                for r in self.attempts.holding()]
+                                  predicted=None if durations is None else durations.predict(
+                                      run_history.demand_of_job(r.job)),
+                                  attained=served.get(r.job.id, (0.0, 0))[0], preemptions=served.get(r.job.id, (0.0, 0))[1])
+                for r in holding]
 
     def free_capacity(self, nodes_in: list | None = None,
                       running: list[policy.RunningJob] | None = None) -> list[policy.Node]:

@@ -99,6 +99,8 @@ class Waiting:
     gpu_memory: int
     reason: str | None
     group: str = ""  # "experiment/stage": what its duration is predicted from
+    attained: float = 0.0  # GPU-seconds its preempted attempts held (policy.tiers)
+    preemptions: int = 0
 
 
 @dataclass

@@ -55,9 +55,20 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Pending jobs as Store.waiting loads them (no params, no targets).
+# GPU-seconds a job's preempted attempts held (a CPU-only job counts as one
+# GPU), and how many there were: what least-attained-service tiers go by
+# (scheduler/policy/tiers.py weighs a running attempt the same way).  ``jobs`` is
+# the job's row; only a job with attempts has any.
+_SQL_ATTAINED = ("CASE WHEN jobs.attempts > 0 THEN (SELECT COALESCE(SUM((a.ended_at - a.dispatched_at) * CASE"
+                 " WHEN COALESCE(a.gpu_share, jobs.gpu) <= 0 THEN 1.0 WHEN jobs.gpu > 1 THEN jobs.gpu"
+                 " ELSE COALESCE(a.gpu_share, jobs.gpu) END), 0) FROM attempts a WHERE a.job_id = jobs.id"
+                 " AND a.state = 'preempted' AND a.ended_at IS NOT NULL AND a.dispatched_at IS NOT NULL)"
+                 " ELSE 0.0 END AS attained, CASE WHEN jobs.attempts > 0 THEN (SELECT COUNT(*) FROM attempts a"
+                 " WHERE a.job_id = jobs.id AND a.state = 'preempted') ELSE 0 END AS preemptions")
 _WAITING_COLUMNS = ("id, cpu, gpu, COALESCE(memory, 0) AS memory, custom, priority, user, queue, timeout,"
                     " submitted_at, COALESCE(gpu_memory, 0) AS gpu_memory, reason,"
-                    " (SELECT name FROM experiments e WHERE e.id = experiment_id) || '/' || stage AS \"group\"")
+                    " (SELECT name FROM experiments e WHERE e.id = experiment_id) || '/' || stage AS \"group\", "
+                    + _SQL_ATTAINED)
 _WAITING_FIELDS = tuple(f.name for f in dataclasses.fields(Waiting))
 _PENDING = "state = 'pending' AND cancel_requested = 0"
 _SQL_WAITING = f"SELECT {_WAITING_COLUMNS} FROM jobs WHERE {_PENDING}"
@@ -69,7 +80,7 @@ _SQL_CLASSES = f"SELECT {_CLASS}, COUNT(*) AS n FROM jobs WHERE {_PENDING} GROUP
 _SQL_FIRST_OF_CLASS = (_SQL_WAITING + "".join(f" AND {column} IS ?" for column in _CLASS.split(", "))
                        + " ORDER BY id LIMIT ?")
 _SQL_FIRST_OF_EACH_CLASS = (f"SELECT {_WAITING_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {_CLASS}"
-                            f" ORDER BY id) AS nth FROM jobs WHERE {_PENDING}) WHERE nth <= ? ORDER BY id")
+                            f" ORDER BY id) AS nth FROM jobs WHERE {_PENDING}) AS jobs WHERE nth <= ? ORDER BY id")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -668,6 +679,11 @@ class Store:
             " AND a.ended_at IS NOT NULL ORDER BY a.id DESC LIMIT ?", (limit,)).fetchall()
         return [(r["user"], r["cpu"], r["gpu"], r["memory"], r["gpu_memory"], json.loads(r["custom"]), r["grp"],
                  max(0.0, r["held"])) for r in reversed(rows)]
+
+    def attained(self, job_ids: list[int]) -> dict[int, tuple[float, int]]:
+        """{job id: (GPU-seconds its preempted attempts held, how many)} for ``job_ids``."""
+        return {r["id"]: (r["attained"], r["preemptions"]) for r in self._rows_in(
+            f"SELECT jobs.id, {_SQL_ATTAINED} FROM jobs WHERE jobs.id IN ", job_ids)}
 
     def running_attempts(self) -> list[tuple[Attempt, Job]]:
         rows = self._conn.execute("SELECT a.* FROM attempts a WHERE a.state = 'running' ORDER BY a.id").fetchall()

@@ -187,7 +187,7 @@ def demand_of(w: Any) -> Demand:
     """A pending job (:class:`scheduler.records.Waiting`) as the policy sees it."""
     return Demand(job_id=w.id, cpu=w.cpu, gpu=w.gpu, memory=w.memory, custom=w.custom, priority=w.priority,
                   seq=w.id, user=w.user, queue=w.queue, time_limit=w.timeout, submitted_at=w.submitted_at,
-                  gpu_memory=w.gpu_memory, group=getattr(w, "group", ""))
+                  gpu_memory=w.gpu_memory, group=w.group, attained=w.attained, preemptions=w.preemptions)
 
 
 def order(demands: Iterable[Demand]) -> list[Demand]:

@@ -75,6 +75,39 @@ def test_a_queue_below_its_guarantee_preempts_a_borrower_which_resumes_from_its_
     store.close()
 
 
+def test_a_tiered_queue_lets_a_new_job_preempt_one_that_has_had_its_gpu_hour(tmp_path, ray_backend):
+    # Tiers at 2 GPU-seconds: a job holding both GPUs passes it within a second
+    sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [
+        {"name": "research", "tiers": ["2s"], "max_preemptions": 1}])
+    long_spec = write_spec(tmp_path, """
+        experiment: long
+        queue: research
+        stages:
+          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 0.5, gpu: 2}}
+    """)
+    long_run = submit_spec(long_spec, settings)
+    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 3)
+    # When a new job of the same queue needs a GPU
+    short_spec = write_spec(tmp_path, """
+        experiment: short
+        queue: research
+        stages:
+          - {name: eval, run: "testjobs:sleepy", params: {seconds: 0.5}, resources: {cpu: 0.5, gpu: 1}}
+    """, name="short.yaml")
+    short = submit_spec(short_spec, settings)
+    (done,) = drive(sched, store, short.experiment_id, timeout=60)
+    assert done.state is JobState.SUCCEEDED
+    (long_job,) = drive(sched, store, long_run.experiment_id, timeout=90)
+    # Then the long job, in tier 1, yielded to it and resumed from its checkpoint
+    first, second = store.attempts(long_job.id)
+    assert first.state is AttemptState.PREEMPTED and "yields to job" in (first.error or "")
+    assert "tier 1" in first.error and "preempted 1 of at most 1 times" in first.error
+    assert second.state is AttemptState.SUCCEEDED and second.metrics["resumed_from"] > 0
+    assert store.attained([long_job.id])[long_job.id][1] == 1
+    assert_resources_released()
+    store.close()
+
+
 def test_fair_share_starts_a_light_users_jobs_ahead_of_a_heavy_users_backlog(tmp_path, ray_backend):
     sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [{"name": "default"}])
     # Given a heavy user whose 12-job sweep fills the 4 CPUs with a backlog behind it

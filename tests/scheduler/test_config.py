@@ -114,3 +114,21 @@ def test_the_clis_pydantic_free_defaults_are_the_settings_defaults():
     settings = Settings()
     assert settings.queue_configs() == [QueueConfig(name=DEFAULT_QUEUE)]
     assert settings.scheduler.usage_half_life == DEFAULT_USAGE_HALF_LIFE
+
+
+def test_queue_tiers_are_durations_in_gpu_time_ascending(tmp_path):
+    from scheduler.policy import QueueConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("metadata:\n  labq:\n    scheduler: {stretch: 2}\n    queues:\n"
+                    "      - {name: research, tiers: [1h, 8h], max_preemptions: 1}\n")
+    settings = load_settings(path)
+    assert settings.scheduler.stretch == 2
+    assert settings.queue_configs() == [QueueConfig("research", tiers=(3600.0, 28800.0), max_preemptions=1)]
+    for bad in ("[8h, 1h]", "[0s]", "[1h, 1h]"):
+        path.write_text(f"metadata:\n  labq:\n    queues:\n      - {{name: research, tiers: {bad}}}\n")
+        with pytest.raises(ConfigError, match=r"queues\.0\.tiers.*(ascending|positive duration)"):
+            load_settings(path)
+    path.write_text("metadata:\n  labq:\n    scheduler: {stretch: -1}\n")
+    with pytest.raises(ConfigError, match=r"scheduler\.stretch"):
+        load_settings(path)
