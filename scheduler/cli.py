@@ -49,7 +49,8 @@ def _estimate_settings(ctx: click.Context):
 
     if _has_cluster_file(ctx):
         settings = _settings(ctx)
-        return EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs())
+        return EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs(),
+                                settings.scheduler.stretch)
     return EstimateSettings(DEFAULT_USAGE_HALF_LIFE)  # the default queue alone
 
 
@@ -286,7 +287,8 @@ def queue(ctx: click.Context, as_json: bool, limit: int | None) -> None:
         return
     from scheduler import render
 
-    render.console.print(render.queue_table(view.jobs, view.now, view.total, view.unplaced, view.starts.at))
+    render.console.print(render.queue_table(view.jobs, view.now, view.total, view.unplaced, view.starts.at,
+                                            outlook=view.starts.outlook))
     if view.total > len(view.jobs):
         render.console.print(f"... {view.total - len(view.jobs)} more (--limit)", highlight=False)
     if view.total and not view.scheduler.running:
@@ -309,7 +311,8 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
         return
     if isinstance(found, api.JobStatus):
         render.console.print(render.status_view(found.job, found.attempts, found.events, found.advice,
-                                                found.estimated_start, found.now))
+                                                found.estimated_start, found.now,
+                                                found.starts.outlook.get(found.job.id)))
         return
     exp, jobs = found.experiment, found.jobs
     render.console.print(f"experiment {exp.name} (id {exp.id}) by {exp.user}, queue {exp.queue}, "
@@ -317,6 +320,7 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
                          highlight=False)
     render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(found.counts.items())), highlight=False)
     render.console.print(render.queue_table(jobs, found.now, len(jobs), starts=found.starts.at,
+                                            outlook=found.starts.outlook,
                                             title=f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}, "
                                                   f"{sum(not j.state.is_terminal() for j in jobs)} active"))
 

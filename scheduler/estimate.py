@@ -198,24 +198,29 @@ def durations_from(store: Any, timeouts: Mapping[int, float | None]) -> dict[int
 
 
 def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[policy.QueueConfig],
-               limit: int = DEFAULT_LIMIT, stretch: float = policy.DEFAULT_STRETCH) -> dict[int, float | None]:
+               limit: int = DEFAULT_LIMIT, stretch: float = policy.DEFAULT_STRETCH
+               ) -> tuple[dict[int, float | None], dict[int, Any]]:
     """Estimates for the pending jobs from what the store holds (the oldest
     ``limit`` of each queue, user and shape; the rest get none): pending and
     running jobs, the scheduler's last node snapshots, the ``queues`` (the
     settings' queue_configs()), and usage from the attempts' history decayed with
-    ``half_life`` (as the live loop seeds it)."""
+    ``half_life`` (as the live loop seeds it); and the outlook
+    (:class:`records.Outlook`) of those jobs and the running ones, as the loop
+    writes them."""
     from scheduler import accounting, run_history
 
     waiting = store.waiting(per_shape=limit)  # the rest get no estimate
     if not waiting:
-        return {}
+        return {}, {}
     alive, known, allocated = nodes_from_snapshots(store.nodes())
     rows = store.running_attempts()
+    served = store.attained([job.id for attempt, job in rows if attempt.number > 1])
     running = place_running(
         (policy.RunningJob(job_id=job.id, user=job.user, queue=job.queue, cpu=job.cpu,
                            gpu=attempt.gpu_share or job.gpu, memory=job.memory or 0, node_id=attempt.node_id or "",
                            started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority,
-                           custom=job.custom)
+                           custom=job.custom, attained=served.get(job.id, (0.0, 0))[0],
+                           preemptions=served.get(job.id, (0.0, 0))[1])
          for attempt, job in rows), alive, allocated)
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
@@ -226,7 +231,10 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
     alone = len({(d.queue, d.user) for d in pending} | {(r.queue, r.user) for r in running}) <= 1
     shapes = [] if alone else store.decayed_use(now - 10 * half_life, now, half_life)
     usage = policy.Usage(accounting.usage_of_shapes(shapes, capacity.dominant), half_life)
+    book = run_history.duration_book(store, stretch)
     starts = estimate_starts(pending, running, alive, known=known, durations=durations, now=now,
-                             queues=list(queues), usage=usage, half_life=half_life, limit=limit,
-                             book=run_history.duration_book(store, stretch))
-    return {w.id: starts.get(w.id) for w in waiting}
+                             queues=list(queues), usage=usage, half_life=half_life, limit=limit, book=book)
+    jobs = {job.id: job for _, job in rows}
+    outlooks = run_history.outlooks(book, pending, [(r, run_history.demand_of_job(jobs[r.job_id])) for r in running],
+                                    queues, now)
+    return {w.id: starts.get(w.id) for w in waiting}, outlooks

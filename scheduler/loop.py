@@ -379,15 +379,19 @@ class Scheduler:
     def _estimate(self, now: float) -> None:
         """Write the estimated start of the pending jobs (scheduler.estimate) from
         what this loop holds: its pending view, what runs where, its nodes and
-        its decayed usage.  Only durations come from the store.  An estimate is a
-        nicety: a failure is logged, never fatal to the loop."""
+        its decayed usage, and each active job's outlook (predicted duration and
+        tier).  Only durations come from the store.  An estimate is a nicety: a
+        failure is logged, never fatal to the loop."""
         try:
+            book = self._duration_book(now)
+            running = self._running_jobs(book)
+            holding = {r.job.id: r.job for r in self.attempts.holding()}
+            placed = [(r, run_history.demand_of_job(holding[r.job_id])) for r in running]
             if not len(self.pending):
-                if self._estimated_any:
-                    self.store.save_estimates({}, now)
-                    self._estimated_any = False
+                if self._estimated_any or placed:
+                    self.store.save_estimates({}, now, run_history.outlooks(book, (), placed, self._queues, now))
+                    self._estimated_any = bool(placed)
                 return
-            running = self._running_jobs()
             started = {r.job.id for r in self.attempts}  # placed this pass: the pending view drops them on the next
             fed = estimate.first_of_each_class((d for d in self.pending.demands.values() if d.job_id not in started),
                                                estimate.DEFAULT_LIMIT)
@@ -399,8 +403,8 @@ class Scheduler:
                 fed, running, [nodes[n.node_id] for n in self.nodes.placeable], known=list(nodes.values()),
                 durations=durations, now=now, queues=self._queues,
                 usage=self._usage.snapshot() if self._usage else None, half_life=self.settings.scheduler.usage_half_life,
-                book=self._duration_book(now))
-            self.store.save_estimates(starts, now)
+                book=book)
+            self.store.save_estimates(starts, now, run_history.outlooks(book, fed, placed, self._queues, now))
             self._estimated_any = True
         except Exception:
             log.exception("estimating start times failed; `labq queue` shows none until the next try")

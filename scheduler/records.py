@@ -103,6 +103,18 @@ class Waiting:
     preemptions: int = 0
 
 
+@dataclass(frozen=True)
+class Outlook:
+    """What the scheduler predicts for an active job: how long it runs in all
+    (seconds; None: nothing to go by) and from what runs, and, in a queue with
+    least-attained-service tiers, its tier (0 first) of ``tiers``."""
+
+    predicted: float | None
+    basis: str
+    tier: int | None = None
+    tiers: int = 0
+
+
 @dataclass
 class Attempt:
     id: int

@@ -63,14 +63,16 @@ def start_text(at: float | None, now: float) -> str:
 
 
 def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason: str = "",
-                starts: dict[int, float | None] | None = None, title: str | None = None) -> Table:
+                starts: dict[int, float | None] | None = None, title: str | None = None,
+                outlook: dict[int, Any] | None = None) -> Table:
     """``unplaced_reason`` explains pending jobs no scheduler has looked at yet
     (none running, or Ray still starting); ``starts`` are pending jobs' estimated
-    starts (scheduler.estimate), shown as a delay from ``now``."""
+    starts (scheduler.estimate), shown as a delay from ``now``; ``outlook`` each
+    active job's predicted duration and tier (records.Outlook)."""
     title = (f"{total_active} active job{'s' if total_active != 1 else ''}" if title is None else title)
     table = Table(title=title, title_justify="left")
     for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "starts",
-                "why"):
+                "expect", "why"):
         table.add_column(col, overflow="fold" if col == "why" else "ellipsis", no_wrap=col != "why")
     for job in jobs:
         cpu, gpu = _res(job)
@@ -88,9 +90,24 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
         if job.cancel_requested:
             why = "cancelling"
         start = start_text((starts or {}).get(job.id), now) if job.state.value == "pending" else ""
+        expect = outlook_text((outlook or {}).get(job.id)) if not job.state.is_terminal() else ""
         table.add_row(str(job.id), job.experiment, job.stage, _state(job.state.value), job.queue, str(job.priority),
-                      cpu, gpu, node, timing, start, why)
+                      cpu, gpu, node, timing, start, expect, why)
     return table
+
+
+def outlook_text(outlook: Any, long: bool = False) -> str:
+    """A job's predicted duration and tier: "~12m t1/3" in a table; with
+    ``long``, where the prediction comes from too."""
+    if outlook is None:
+        return ""
+    text = "?" if outlook.predicted is None else f"~{format_seconds(outlook.predicted)}"
+    if long:
+        text = (f"runs {text} ({outlook.basis})" if outlook.predicted is not None
+                else f"run time unknown ({outlook.basis})")
+    if outlook.tier is not None:
+        text += f" tier {outlook.tier} of {outlook.tiers - 1}" if long else f" t{outlook.tier}/{outlook.tiers - 1}"
+    return text
 
 
 def results_table(res: Any, limit: int | None = None, total: int | None = None) -> Table:
@@ -148,8 +165,9 @@ def _attempts_line(job: Job, attempts: list[Any]) -> str:
 
 
 def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[str] = (),
-                start: float | None = None, now: float | None = None) -> Group:
-    """``start``: a pending job's estimated start (scheduler.estimate), if any."""
+                start: float | None = None, now: float | None = None, outlook: Any = None) -> Group:
+    """``start``: a pending job's estimated start (scheduler.estimate), if any;
+    ``outlook``: an active job's predicted duration and tier (records.Outlook)."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
@@ -159,6 +177,7 @@ def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[s
         ("state", _state(job.state.value)),
         ("why", job.reason or "-"),
         *([("starts", _start_detail(start, time.time() if now is None else now))] if job.state.value == "pending" else []),
+        *([("expect", outlook_text(outlook, long=True))] if outlook is not None and not job.state.is_terminal() else []),
         ("run", f"{job.target_kind}: {job.target}"),
         ("params", ", ".join(f"{k}={_param(v)}" for k, v in job.params.items()) or "-"),
         ("resources", f"cpu {cpu}, gpu {gpu}, memory {format_bytes(job.memory) if job.memory else '-'}"

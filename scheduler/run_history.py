@@ -5,9 +5,10 @@ predicts for each pending job, from the same book."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from scheduler import policy
+from scheduler.records import Outlook
 
 RUNS_READ = 5000  # the latest attempts read; each key keeps only its last policy.durations.RECENT anyway
 
@@ -26,3 +27,29 @@ def demand_of_job(job: Any) -> policy.Demand:
     return policy.Demand(job.id, cpu=job.cpu, gpu=job.gpu, memory=job.memory or 0, gpu_memory=job.gpu_memory or 0,
                          custom=job.custom, user=job.user, queue=job.queue, time_limit=job.timeout,
                          submitted_at=job.submitted_at or 0.0, group=f"{job.experiment}/{job.stage}")
+
+
+def outlooks(book: policy.DurationBook, pending: Iterable[policy.Demand],
+             running: Iterable[tuple[policy.RunningJob, policy.Demand]], queues: Iterable[policy.QueueConfig],
+             now: float) -> dict[int, Outlook]:
+    """{job id: its :class:`Outlook`} for pending jobs and running ones (each
+    with the demand it was placed for), as the policy sees them at ``now``."""
+    configs = {q.name: q for q in queues}
+    out: dict[int, Outlook] = {}
+    for d in pending:
+        config = configs.get(d.queue)
+        tier = (policy.pending_tier(d, config, book.due_at(d) <= now) if config is not None and config.tiers
+                else None)
+        out[d.job_id] = _outlook(book, d, tier, config)
+    for job, d in running:
+        config = configs.get(job.queue)
+        tier = (policy.tier_of(policy.running_service(job, now), config) if config is not None and config.tiers
+                else None)
+        out[job.job_id] = _outlook(book, d, tier, config)
+    return out
+
+
+def _outlook(book: policy.DurationBook, d: policy.Demand, tier: int | None,
+             config: policy.QueueConfig | None) -> Outlook:
+    return Outlook(book.predict(d), book.basis(d), tier, len(config.tiers) + 1 if config is not None and
+                   config.tiers else 0)

@@ -26,10 +26,10 @@ from scheduler import endings
 from scheduler.advice import advise
 from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
 from scheduler.identity import check_private
-from scheduler.records import Attempt, AttemptEnd, Event, Experiment, Job, NodeSnapshot, Waiting, is_id
+from scheduler.records import Attempt, AttemptEnd, Event, Experiment, Job, NodeSnapshot, Outlook, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Columns added since schema 1, added in place to a database written by it.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "ALTER TABLE jobs ADD COLUMN oom_gpu_scale REAL",
@@ -51,7 +51,9 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "CREATE TABLE estimates (job_id INTEGER PRIMARY KEY, start REAL)"],
               4: ["CREATE TABLE stage_runtime (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL,"
                   " runtime TEXT NOT NULL, PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID",
-                  "ALTER TABLE results ADD COLUMN outputs TEXT NOT NULL DEFAULT '[]'"]}
+                  "ALTER TABLE results ADD COLUMN outputs TEXT NOT NULL DEFAULT '[]'"],
+              5: ["CREATE TABLE outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,"
+                  " tier INTEGER, tiers INTEGER NOT NULL)"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Pending jobs as Store.waiting loads them (no params, no targets).
@@ -142,6 +144,9 @@ CREATE TABLE IF NOT EXISTS metric_names (
 -- The running scheduler's estimated start of each pending job it replayed (NULL:
 -- not known), all rewritten at once, and meta 'estimated_at' says when.
 CREATE TABLE IF NOT EXISTS estimates (job_id INTEGER PRIMARY KEY, start REAL);
+-- What the scheduler predicts for each active job (records.Outlook), written with the estimates.
+CREATE TABLE IF NOT EXISTS outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,
+    tier INTEGER, tiers INTEGER NOT NULL);
 -- What a stage's workers need beyond the job row (metrics_from, env), resolved at submit.
 CREATE TABLE IF NOT EXISTS stage_runtime (
     experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, runtime TEXT NOT NULL,
@@ -939,12 +944,22 @@ class Store:
 
     # ------------------------------------------------------------ start estimates
 
-    def save_estimates(self, starts: dict[int, float | None], now: float) -> None:
-        """Replace every estimate with ``starts`` (the scheduler's latest replay)."""
+    def save_estimates(self, starts: dict[int, float | None], now: float,
+                       outlooks: dict[int, Outlook] | None = None) -> None:
+        """Replace every estimate with ``starts`` (the scheduler's latest replay)
+        and every outlook with ``outlooks``."""
         with self._tx() as cur:
             cur.execute("DELETE FROM estimates")
             cur.executemany("INSERT INTO estimates (job_id, start) VALUES (?, ?)", list(starts.items()))
+            cur.execute("DELETE FROM outlooks")
+            cur.executemany("INSERT INTO outlooks VALUES (?, ?, ?, ?, ?)",
+                            [(j, o.predicted, o.basis, o.tier, o.tiers) for j, o in (outlooks or {}).items()])
             cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('estimated_at', ?)", (repr(now),))
+
+    def outlooks(self, job_ids: list[int]) -> dict[int, Outlook]:
+        """The scheduler's last outlooks for those of ``job_ids`` it wrote one for."""
+        return {r["job_id"]: Outlook(r["predicted"], r["basis"], r["tier"], r["tiers"]) for r in self._rows_in(
+            "SELECT * FROM outlooks WHERE job_id IN ", job_ids)}
 
     def estimates(self, job_ids: list[int]) -> tuple[float | None, dict[int, float | None]]:
         """(when the scheduler last estimated, or None; {job id: estimated start}

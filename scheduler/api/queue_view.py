@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from scheduler.errors import one_line
-from scheduler.records import Job, is_id
+from scheduler.records import Job, Outlook, is_id
 from scheduler.states import JobState
 from scheduler.store import Store
 
@@ -25,6 +25,7 @@ class EstimateSettings:
 
     half_life: float
     queues: Sequence[Any] | None = None  # policy.QueueConfig
+    stretch: float = 4.0  # settings.scheduler.stretch (policy.durations)
 
     def queue_configs(self) -> list[Any]:
         if self.queues is not None:
@@ -38,38 +39,60 @@ class EstimateSettings:
 @dataclass(frozen=True)
 class Starts:
     """{pending job id: estimated start (epoch seconds), or None}, and why there
-    are none when working them out failed."""
+    are none when working them out failed; with each active job's outlook
+    (predicted duration and tier) where the scheduler has one."""
 
     at: dict[int, float | None] = field(default_factory=dict)
     warning: str | None = None
+    outlook: dict[int, Outlook] = field(default_factory=dict)
 
 
-def start_estimates(store: Store, now: float, job_ids: list[int], settings: EstimateSettings) -> Starts:
-    """The scheduler's own estimates for ``job_ids`` while fresh, else worked out
-    here from the store (scheduler.estimate); a failure costs the estimates,
-    never the listing."""
-    if not job_ids:
+def start_estimates(store: Store, now: float, job_ids: list[int], settings: EstimateSettings,
+                    active: list[int] = ()) -> Starts:
+    """The scheduler's own estimates for the pending ``job_ids`` and outlooks for
+    them and the ``active`` ones while fresh, else worked out here from the store
+    (scheduler.estimate); a failure costs the estimates, never the listing."""
+    wanted = list(dict.fromkeys([*job_ids, *active]))
+    if not wanted:
         return Starts()
     at, starts = store.estimates(job_ids)
     if at is not None and now - at < ESTIMATES_FRESH_SECONDS:
-        return Starts({job_id: None if start is None else round(start, 1) for job_id, start in starts.items()})
+        return Starts({job_id: None if start is None else round(start, 1) for job_id, start in starts.items()},
+                      outlook=store.outlooks(wanted))
+    if not job_ids:
+        return Starts()
     from scheduler import estimate
 
     try:
-        starts = estimate.from_store(store, now, half_life=settings.half_life, queues=settings.queue_configs())
+        starts, outlooks = estimate.from_store(store, now, half_life=settings.half_life,
+                                               queues=settings.queue_configs(), stretch=settings.stretch)
     except Exception as exc:  # an estimate is a nicety: say why it is missing, list the queue anyway
         return Starts(warning=f"no start estimates: {one_line(str(exc)) or type(exc).__name__}")
-    return Starts({job_id: None if at is None else round(at, 1) for job_id, at in starts.items()})
+    return Starts({job_id: None if at is None else round(at, 1) for job_id, at in starts.items()},
+                  outlook={j: o for j, o in outlooks.items() if j in set(wanted)})
+
+
+_OUTLOOK_FIELDS = {"predicted_duration": "predicted", "predicted_from": "basis", "tier": "tier", "tiers": "tiers"}
 
 
 def _with_starts(jobs: list[Job], starts: Starts) -> list[dict[str, Any]]:
-    return [{**j.to_json(), "estimated_start": starts.at.get(j.id)} for j in jobs]
+    rows = []
+    for j in jobs:
+        row = {**j.to_json(), "estimated_start": starts.at.get(j.id)}
+        outlook = starts.outlook.get(j.id)
+        if outlook is not None:
+            row.update({key: getattr(outlook, f) for key, f in _OUTLOOK_FIELDS.items()})
+        rows.append(row)
+    return rows
 
 
 def _jobs_and_starts(rows: list[dict[str, Any]], warning: str | None) -> tuple[list[Job], Starts]:
     """The inverse of :func:`_with_starts`."""
     jobs = [Job.from_json(r) for r in rows]
-    return jobs, Starts({r["id"]: r.get("estimated_start") for r in rows if r["state"] == "pending"}, warning)
+    outlook = {r["id"]: Outlook(**{f: r[key] for key, f in _OUTLOOK_FIELDS.items()})
+               for r in rows if "predicted_from" in r}
+    return jobs, Starts({r["id"]: r.get("estimated_start") for r in rows if r["state"] == "pending"}, warning,
+                        outlook)
 
 
 @dataclass(frozen=True)
@@ -120,7 +143,7 @@ def queue(store: Store, estimates: EstimateSettings, *, limit: int | None = None
     now = time.time() if now is None else now
     jobs = store.active_jobs(limit=limit, offset=offset)
     pending = [j.id for j in jobs if j.state.value == "pending"]
-    starts = start_estimates(store, now, pending, estimates)
+    starts = start_estimates(store, now, pending, estimates, active=[j.id for j in jobs])
     if not summary:
         return QueueView(jobs, starts, now)
     from scheduler import daemon
@@ -206,13 +229,15 @@ def status(store: Store, ref: str, estimates: EstimateSettings,
     if is_id(ref):
         job = store.job(int(ref))
         attempts, events = store.attempts(job.id), store.events(job.id)
-        starts = start_estimates(store, now, [job.id], estimates) if job.state.value == "pending" else Starts()
+        starts = start_estimates(store, now, [job.id] if job.state.value == "pending" else [], estimates,
+                                 active=[job.id] if not job.state.is_terminal() else [])
         return JobStatus(job, attempts, events, starts, now)
     exp = store.experiment(ref)
     jobs = store.jobs_of_experiment(exp.id)
     counts = active_state_counts(jobs)
     pending = [j.id for j in jobs if j.state.value == "pending"] if counts.get("pending") else []
-    return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates), now)
+    active = [j.id for j in jobs if not j.state.is_terminal()]
+    return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates, active), now)
 
 
 def experiment_page(store: Store, limit: int = 50, offset: int = 0) -> dict[str, Any]:

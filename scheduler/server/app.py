@@ -81,7 +81,8 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
     app.state.start_scheduler = start_scheduler
     app.state.log_streams = {}  # user -> log streams open (counted on the event loop: no lock)
     app.state.submit_slots = asyncio.Semaphore(SUBMITS_AT_ONCE)
-    app.state.estimates = api.EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs())
+    app.state.estimates = api.EstimateSettings(settings.scheduler.usage_half_life, settings.queue_configs(),
+                                               settings.scheduler.stretch)
     stores = _Stores()
 
     def store():

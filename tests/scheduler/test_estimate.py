@@ -257,13 +257,13 @@ def test_from_store_uses_history_timeouts_and_the_node_snapshot(tmp_path):
         _run(store, ids[1], NOW + 100, NOW + 300)  # median of 100 and 200: 150 s
         _run(store, ids[2], NOW + 300, None)  # running since NOW + 300
         _gpu_node(store, NOW + 300)
-        starts = estimate.from_store(store, NOW + 350, half_life=Settings().scheduler.usage_half_life,
+        starts, _ = estimate.from_store(store, NOW + 350, half_life=Settings().scheduler.usage_half_life,
                                      queues=Settings().queue_configs())
         assert starts == {ids[3]: pytest.approx(NOW + 450), ids[4]: pytest.approx(NOW + 600),
                           ids[5]: pytest.approx(NOW + 750)}
         # Without any history the one-hour timeout is the guess
         fresh = _submit(store, tmp_path, SWEEP.replace("experiment: sweep", "experiment: fresh"), NOW)
-        later = estimate.from_store(store, NOW + 350, half_life=Settings().scheduler.usage_half_life,
+        later, _ = estimate.from_store(store, NOW + 350, half_life=Settings().scheduler.usage_half_life,
                                      queues=Settings().queue_configs())
         assert later[fresh[0]] == pytest.approx(NOW + 900)  # after the three of "sweep" (submitted first)
         assert later[fresh[1]] == pytest.approx(NOW + 900 + 3600)
@@ -291,7 +291,7 @@ def test_from_store_puts_a_user_with_less_past_usage_first(tmp_path):
         alice = submit("alice-today", "alice", NOW)
         bob = submit("bob-today", "bob", NOW + 1)
         _gpu_node(store, NOW + 10)
-        starts = estimate.from_store(store, NOW + 10, half_life=Settings().scheduler.usage_half_life,
+        starts, _ = estimate.from_store(store, NOW + 10, half_life=Settings().scheduler.usage_half_life,
                                      queues=Settings().queue_configs())
         assert starts[bob] == pytest.approx(NOW + 10)
         assert starts[alice] == pytest.approx(NOW + 10 + 3600)  # after bob's job, guessed at its 1 h timeout

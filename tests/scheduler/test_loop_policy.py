@@ -143,3 +143,44 @@ def test_the_loop_writes_start_estimates_the_cli_reads_instead_of_replaying(tmp_
     sched.tick(NOW + 11)
     assert store.estimates(ids) == (NOW + 11, {})
     store.close()
+
+
+def test_the_loop_predicts_durations_from_finished_runs_and_the_queue_shows_them(tmp_path):
+    """Three jobs of a stage end after a minute each: the loop's outlook for the
+    rest and the running one says ~60 s from those runs, with their tier in a
+    tiered queue; a new stage's job is predicted from its user's runs of that
+    shape; `labq queue` shows them."""
+    from scheduler import api, render
+
+    node = make_nodes(1, cpu=2, gpu=0)[0]
+    home = tmp_path / "home"
+    store, backend = Store(home), FakeBackend([node])
+    settings = Settings(home=str(home), queues=[Queue(name="default", tiers=[3600, 7200])])
+    sched = Scheduler(store, backend, settings)
+    _, slow, _ = _submit_yaml(store, _spec(tmp_path, "slow", "{cpu: 2}", n=6))
+    now = NOW
+    for _ in range(3):
+        sched.tick(now)
+        (run,) = sched.running.values()
+        now += 60
+        backend.end(run.handle, AttemptState.SUCCEEDED, _done(run))
+    sched.tick(now)  # the fourth starts
+    assert len(sched.running) == 1
+    _, (quick,), _ = _submit_yaml(store, _spec(tmp_path, "quick", "{cpu: 2}"), now=now)
+    sched._durations_at = -float("inf")  # re-read the history now, not in 30 s
+    sched._estimated_at = None
+    sched._dirty = True  # (a submit from another process changes the data version the loop watches)
+    sched.tick(now + 1)
+    outlooks = store.outlooks(slow[3:] + [quick])
+    assert outlooks[slow[5]].predicted == pytest.approx(60)
+    assert outlooks[slow[5]].basis == "median of 3 recent run(s) of the same experiment stage, user and shape"
+    assert (outlooks[slow[5]].tier, outlooks[slow[5]].tiers) == (0, 3)
+    assert outlooks[quick].basis.endswith("user and shape")  # no runs of its own stage yet
+    assert outlooks[slow[3]].predicted == pytest.approx(60)  # the running one too
+    view = api.queue(store, api.EstimateSettings(3600.0, settings.queue_configs()), now=now + 2)
+    rows = {r["id"]: r for r in view.to_json()}
+    assert rows[slow[5]]["predicted_duration"] == pytest.approx(60) and rows[slow[5]]["tier"] == 0
+    with render.console.capture() as captured:
+        render.console.print(render.queue_table(view.jobs, view.now, view.total or 0, outlook=view.starts.outlook))
+    assert captured.get().count("~1m00s t0/2") == 4
+    store.close()

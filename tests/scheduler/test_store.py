@@ -807,6 +807,7 @@ def _drop_schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE estimates")
     conn.execute("DROP TABLE stage_runtime")  # and what schema 4 added
     conn.execute("ALTER TABLE results DROP COLUMN outputs")
+    conn.execute("DROP TABLE outlooks")  # and what schema 5 added
 
 
 def test_a_schema_2_database_gets_its_results_ranked_and_advised_on_migration(tmp_path):
