@@ -66,6 +66,10 @@ class SchedulerSettings(_Strict):
     # until it has waited this many times its own predicted duration; 0 keeps
     # submission order (scheduler/policy/durations.py).
     stretch: float = Field(4.0, ge=0, le=1000, allow_inf_nan=False)
+    # A job past its due time that has waited this long (a duration) gets a
+    # reservation from the running jobs' predicted ends when it cannot fit; unset:
+    # never (reservations come from time limits only; see docs/scheduling.md).
+    reserve_after: Duration | None = None
     # Jobs measured this short are packed several to one Ray task (about this
     # many seconds of work per pack; see scheduler/packing.py); 0 never packs.
     pack_seconds: float = Field(0.5, ge=0, le=10)

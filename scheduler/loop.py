@@ -76,6 +76,9 @@ class Scheduler:
         # durations from (policy.durations); re-read every DURATIONS_REFRESH_SECONDS.
         self._durations: policy.DurationBook | None = None
         self._durations_at = -float("inf")
+        # The job shapes placement keeps unfragmented (policy.fragmentation), re-read as often.
+        self._mix: policy.ShapeMix | None = None
+        self._mix_at = -float("inf")
         # Service a running job's earlier (preempted) attempts attained, read once per job.
         self._served: dict[int, tuple[float, int]] = {}
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
@@ -281,17 +284,20 @@ class Scheduler:
 
     def _decide(self, now: float) -> policy.Decision:
         durations = self._duration_book(now)
+        if self._mix is None or now - self._mix_at >= DURATIONS_REFRESH_SECONDS:
+            self._mix, self._mix_at = run_history.shape_mix(self.store, now, self.pending.index), now
         running = self._running_jobs(durations)  # once: both capacity views and the policy read it
         known = self.free_capacity(list(self.nodes.known.values()), running)
         return policy.decide(self.pending.index, self.free_capacity(running=running), known=known, running=running,
                              queues=self._queues, usage=self._usage.snapshot() if self._usage else None, now=now,
-                             policy="labq", durations=durations)
+                             policy="labq", durations=durations, mix=self._mix)
 
     def _duration_book(self, now: float) -> policy.DurationBook:
         """The run times the policy predicts from, re-read from the store now and then
         (a read of the latest few thousand attempts; a minute-old book orders as well)."""
         if self._durations is None or now - self._durations_at >= DURATIONS_REFRESH_SECONDS:
-            self._durations = run_history.duration_book(self.store, self.settings.scheduler.stretch)
+            self._durations = run_history.duration_book(self.store, self.settings.scheduler.stretch,
+                                                        self.settings.scheduler.reserve_after)
             self._durations_at = now
         return self._durations
 
@@ -302,7 +308,7 @@ class Scheduler:
         packs = packing.plan_packs(placements, self.pending, self._short, self.store,
                                    slots=len(placements) + len(self.attempts.holding()),
                                    head=self._collect_node())
-        rows = [(p.job_id, p.node_id, p.gpu_share) for p in placements]
+        rows = [(p.job_id, p.node_id, p.gpu_share, p.why) for p in placements]
         by_leader = {p.job_id: p for p in placements}
         rows += [(f, by_leader[lead].node_id, None) for lead, followers in packs.items() for f in followers]
         reasons = self.pending.changed_reasons(waiting, {f for followers in packs.values() for f in followers})

@@ -10,15 +10,31 @@ from typing import Any, Iterable
 from scheduler import policy
 from scheduler.records import Outlook
 
-RUNS_READ = 5000  # the latest attempts read; each key keeps only its last policy.durations.RECENT anyway
+RUNS_READ = 5000
+MIX_HALF_LIFE = 86400.0  # how fast the shapes of past submissions fade from the mix (as in the simulator)  # the latest attempts read; each key keeps only its last policy.durations.RECENT anyway
 
 
-def duration_book(store: Any, stretch: float = policy.DEFAULT_STRETCH) -> policy.DurationBook:
-    book = policy.DurationBook(stretch)
+def duration_book(store: Any, stretch: float = policy.DEFAULT_STRETCH,
+                  reserve_after: float | None = None) -> policy.DurationBook:
+    book = policy.DurationBook(stretch, reserve_after)
     for user, cpu, gpu, memory, gpu_memory, custom, group, seconds in store.recent_runs(RUNS_READ):
         shape = policy.Demand(0, cpu=cpu, gpu=gpu, memory=memory, gpu_memory=gpu_memory, custom=custom).shape()
         book.add(user, shape, group, seconds)
     return book
+
+
+def shape_mix(store: Any, now: float, pending: policy.PendingIndex) -> policy.ShapeMix:
+    """The job shapes placement keeps the cluster unfragmented for: the shapes
+    submitted over the last week, halving in weight every MIX_HALF_LIFE, and the
+    pending queue's (policy.fragmentation)."""
+    counts: dict[tuple, float] = {}
+    for cpu, gpu, memory, gpu_memory, custom, hour, n in store.submitted_shapes(now - 7 * MIX_HALF_LIFE):
+        shape = policy.Demand(0, cpu=cpu, gpu=gpu, memory=memory, gpu_memory=gpu_memory, custom=custom).shape()
+        counts[shape] = counts.get(shape, 0.0) + n * 0.5 ** (max(0.0, now - hour) / MIX_HALF_LIFE)
+    queued: dict[tuple, int] = {}
+    for (_queue, _user, _priority, shape, *_), jobs in pending.classes():
+        queued[shape] = queued.get(shape, 0) + len(jobs)
+    return policy.mix_of(counts, queued.items())
 
 
 def demand_of_job(job: Any) -> policy.Demand:

@@ -29,6 +29,7 @@ from scheduler.virtual_cluster import VirtualCluster
 MiB = 2**20
 DEFAULT_HALF_LIFE = policy.DEFAULT_HALF_LIFE
 DEFAULT_STRETCH = policy.DEFAULT_STRETCH
+MIX_HALF_LIFE = 86400.0  # how fast the shapes seen arrive fade from the mix placement is judged against
 TRACE_COLUMNS = ("job_id", "submit_time", "duration", "cpu", "gpu")
 NODE_COLUMNS = ("node_id", "cpu", "gpu")
 _TIMELINE_POINTS = 2000
@@ -270,15 +271,17 @@ class _Replay:
 
     def __init__(self, trace: list[TraceJob], nodes: list[policy.Node], policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float, restart_cost: float = 0.0,
-                 stretch: float | None = policy.DEFAULT_STRETCH):
+                 stretch: float | None = policy.DEFAULT_STRETCH, fragmentation: bool = True):
         self.trace = trace
         self.policy = policy_name
         shapes = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0])) for n in nodes]
         # labq learns run times as the replay's jobs end, as the live loop does
         # from the store: the policy never sees a duration before a job ends.
         durations = policy.DurationBook(stretch) if stretch is not None and policy_name == "labq" else None
+        # labq places to keep the cluster unfragmented for the shapes it has seen arrive.
+        mixes = policy.MixBook(MIX_HALF_LIFE) if policy_name == "labq" and fragmentation else None
         self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life,
-                                      restart_cost=restart_cost, durations=durations, learn=True)
+                                      restart_cost=restart_cost, durations=durations, learn=True, mix_book=mixes)
         self.with_memory = any(n.memory_total for n in nodes)  # else memory is not simulated
         self.timeline: list[tuple[float, float, float]] = []
 
@@ -323,21 +326,26 @@ class _Replay:
 
 def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = policy.DEFAULT_POLICY,
              queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
-             restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH) -> SimResult:
+             restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH,
+             fragmentation: bool = True) -> SimResult:
     """Replay ``trace`` on ``nodes`` (their totals; free capacity is ignored) under ``policy``;
     a preempted job resumes from its checkpoint ``restart_cost`` seconds behind.
     ``stretch``: how far ``labq`` lets shorter predicted jobs pass a longer one
-    (policy.durations); None orders by priority and submission only."""
+    (policy.durations); None orders by priority and submission only.
+    ``fragmentation``: ``labq`` places by the fragmentation it adds for the
+    shapes seen so far (policy.fragmentation); False: best fit."""
     started = time.perf_counter()
-    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost, stretch)
+    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost, stretch, fragmentation)
     alloc_final = replay.run()
     return _result(replay, alloc_final, time.perf_counter() - started)
 
 
 def compare(trace: list[TraceJob], nodes: list[policy.Node], policies: Iterable[str] = policy.POLICIES,
             queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
-            restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH) -> list[SimResult]:
-    return [simulate(trace, nodes, name, queues, half_life, restart_cost, stretch) for name in policies]
+            restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH,
+            fragmentation: bool = True) -> list[SimResult]:
+    return [simulate(trace, nodes, name, queues, half_life, restart_cost, stretch, fragmentation)
+            for name in policies]
 
 
 def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimResult:

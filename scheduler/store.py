@@ -380,7 +380,7 @@ class Store:
 
     def start_attempts(self, placements: Iterable[tuple], run_dir_for, now: float,
                        reasons: dict[int, str] | None = None) -> list[Attempt]:
-        """Create one attempt per placement ``(job_id, node_id[, gpu_share])`` and
+        """Create one attempt per placement ``(job_id, node_id[, gpu_share[, why]])`` and
         mark the jobs running, in one transaction, which also writes ``reasons``
         (:meth:`set_reasons`) for the jobs left waiting.  A job cancelled since
         the policy looked is skipped."""
@@ -388,8 +388,9 @@ class Store:
         with self._tx() as cur:
             if reasons:
                 self._write_reasons(cur, reasons)
-            for job_id, node_id, *share in placements:
-                gpu_share = share[0] if share else None
+            for job_id, node_id, *extra in placements:
+                gpu_share = extra[0] if extra else None
+                why = extra[1] if len(extra) > 1 else ""
                 row = cur.execute("SELECT state, attempts, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
                 if row is None or row["state"] != JobState.PENDING.value or row["cancel_requested"]:
                     continue
@@ -403,7 +404,8 @@ class Store:
                 if number > 1:  # the job's results are its latest attempt's: none yet
                     cur.execute("DELETE FROM final_metrics WHERE job_id = ?", (job_id,))
                     cur.execute("DELETE FROM final_advice WHERE job_id = ?", (job_id,))
-                self._move(cur, job_id, JobState.RUNNING, now, f"attempt {number}", attempt_id)
+                self._move(cur, job_id, JobState.RUNNING, now, f"attempt {number}" + (f" on {node_id}: {why}" if why else ""),
+                           attempt_id)
                 started.append(Attempt(id=attempt_id, job_id=job_id, number=number, state=AttemptState.RUNNING,
                                        run_dir=run_dir, node_id=node_id, dispatched_at=now, gpu_share=gpu_share))
         return started
@@ -684,6 +686,16 @@ class Store:
             " AND a.ended_at IS NOT NULL ORDER BY a.id DESC LIMIT ?", (limit,)).fetchall()
         return [(r["user"], r["cpu"], r["gpu"], r["memory"], r["gpu_memory"], json.loads(r["custom"]), r["grp"],
                  max(0.0, r["held"])) for r in reversed(rows)]
+
+    def submitted_shapes(self, since: float) -> list[tuple[float, float, int, int, dict, float, int]]:
+        """How many jobs of each shape were submitted since ``since``, by hour:
+        (cpu, gpu, memory, gpu_memory, custom, hour start, count), what the mix
+        of shapes placement keeps unfragmented is decayed from."""
+        return [(r["cpu"], r["gpu"], r["memory"], r["gpu_memory"], json.loads(r["custom"]), r["hour"] * 3600.0, r["n"])
+                for r in self._conn.execute(
+                    "SELECT cpu, gpu, COALESCE(memory, 0) AS memory, COALESCE(gpu_memory, 0) AS gpu_memory, custom,"
+                    " CAST(submitted_at / 3600 AS INTEGER) AS hour, COUNT(*) AS n FROM jobs WHERE submitted_at >= ?"
+                    " GROUP BY cpu, gpu, memory, gpu_memory, custom, hour", (since,))]
 
     def attained(self, job_ids: list[int]) -> dict[int, tuple[float, int]]:
         """{job id: (GPU-seconds its preempted attempts held, how many)} for ``job_ids``."""

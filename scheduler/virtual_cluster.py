@@ -27,8 +27,14 @@ class VirtualCluster:
     def __init__(self, nodes: Iterable[policy.Node], known: Iterable[policy.Node], *, policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float,
                  usage: Mapping | None = None, now: float | None = None, restart_cost: float = 0.0,
-                 durations: policy.DurationBook | None = None, learn: bool = False):
+                 durations: policy.DurationBook | None = None, learn: bool = False,
+                 mix_book: policy.MixBook | None = None):
         self.policy = policy_name
+        # The shapes seen arrive, decayed: with the pending queue, the mix that
+        # placement keeps unfragmented (policy.fragmentation); None: best fit.
+        self.mix_book = mix_book
+        self.mix: policy.ShapeMix | None = None
+        self._arrived = self._arrived_at_mix = 0
         # Run times the policy predicts from; ``learn``: add each job's as it ends
         # (a replay), else the caller's book stays as given (an estimate).
         self.durations = durations
@@ -73,6 +79,9 @@ class VirtualCluster:
         self.demands[d.job_id] = d
         self.remaining[d.job_id] = remaining
         self.example.setdefault(d.shape(), d)
+        if self.mix_book is not None:
+            self.mix_book.add(d.shape(), d.submitted_at)
+            self._arrived += 1
         self.pending.add(d)
         stuck = self.last
         if stuck is None or (stuck.blocked_by is None and d.shape() not in stuck.stuck_shapes):
@@ -135,7 +144,8 @@ class VirtualCluster:
             decision = policy.decide(self.pending, self.free.nodes(), self.known,
                                      running=self.running, queues=self.queues,
                                      usage=self.book.snapshot(), now=t, policy=self.policy, explain=False,
-                                     room=self.room, capacity=self.capacity, durations=self.durations)
+                                     room=self.room, capacity=self.capacity, durations=self.durations,
+                                     mix=self._current_mix())
             for job in decision.unschedulable:
                 self.pending.remove(job)
                 self.unschedulable.add(job)
@@ -147,6 +157,19 @@ class VirtualCluster:
                 return
             for job in decision.preempt:
                 self._preempt(job, t)
+
+    def _current_mix(self) -> policy.ShapeMix | None:
+        """The mix, rebuilt once arrivals have grown by 2% (or 32) since it was:
+        it moves slowly, and each rebuild re-scores every node state."""
+        if self.mix_book is None:
+            return None
+        if self.mix is None or self._arrived - self._arrived_at_mix >= max(32, self._arrived // 50):
+            counts: dict[tuple, int] = {}
+            for (*_, shape, _limit, _group, _attained, _n), jobs in self.pending.classes():
+                counts[shape] = counts.get(shape, 0) + len(jobs)
+            self.mix = self.mix_book.mix(counts.items())
+            self._arrived_at_mix = self._arrived
+        return self.mix
 
     def _start(self, p: policy.Placement, t: float) -> None:
         d = self.pending.remove(p.job_id)

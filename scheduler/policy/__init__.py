@@ -57,6 +57,7 @@ quotas), ``backfill``, ``preemption``, ``explain`` (why a job waits) and
 
 from scheduler.policy.capacity import CapacityBook, empty_copy
 from scheduler.policy.durations import DEFAULT_STRETCH, DurationBook
+from scheduler.policy.fragmentation import MixBook, ShapeMix, mix_of
 from scheduler.policy.indexes import PendingIndex, RunningIndex
 from scheduler.policy.records import (AHEAD_COUNTED, DEFAULT_HALF_LIFE, DEFAULT_POLICY, GRAIN, POLICIES, RESOURCES,
                                       Decision, Demand, GiB, Node, Placement, QueueConfig, RunningJob, demand_of,
@@ -67,7 +68,7 @@ from scheduler.policy.usage import Capacity, Usage, UsageBook
 from scheduler.policy.walk import decide
 
 __all__ = [
-    "AHEAD_COUNTED", "DEFAULT_HALF_LIFE", "DEFAULT_POLICY", "DEFAULT_STRETCH", "DurationBook", "GRAIN", "POLICIES", "RESOURCES", "Capacity",
+    "AHEAD_COUNTED", "DEFAULT_HALF_LIFE", "DEFAULT_POLICY", "DEFAULT_STRETCH", "DurationBook", "GRAIN", "MixBook", "ShapeMix", "mix_of", "POLICIES", "RESOURCES", "Capacity",
     "CapacityBook", "ClusterRoom", "Decision", "Demand", "GiB", "Node", "PendingIndex", "Placement", "QueueConfig", "RunningIndex",
     "RunningJob", "Usage", "UsageBook", "decide", "demand_of", "empty_copy", "fits_now", "never_fits", "node_of",
     "order", "pending_tier", "running_service", "tier_of",

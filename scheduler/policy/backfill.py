@@ -3,8 +3,8 @@ head) gets a reservation, the node and time at which it can start by the time
 limits of the jobs in its way; a later job may start only where and while it
 cannot delay that.
 
-With predicted durations (policy.durations), a blocked job that is *due* (it
-has waited its stretch of its predicted duration) is preferred as the head, and
+With predicted durations and ``reserve_after`` set (policy.durations), a blocked
+job owed a reservation (due, and waited that long) is preferred as the head, and
 its reservation is worked out from the running jobs' predicted ends where they
 have no limit: without limits nothing could be reserved, and a multi-GPU job
 would wait for as long as smaller jobs kept taking each GPU that freed up."""
@@ -52,8 +52,8 @@ class Backfill:
             self.head = (d, need)
 
     def is_due(self, d: Demand) -> bool:
-        """Whether ``d`` has waited long enough to be owed a reservation."""
-        return self.durations is not None and self.durations.due_at(d) <= self.now
+        """Whether ``d`` has waited long enough to be owed a reservation from predictions."""
+        return self.durations is not None and self.durations.owed_reservation(d, self.now)
 
     def reservation_for_backfill(self) -> Reservation | None:
         """The head's reservation, worked out the first time a job behind the head

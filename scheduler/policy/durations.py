@@ -22,9 +22,16 @@ predicted first), but only for a while: once a job has waited ``stretch`` times
 its predicted duration, no job submitted later can pass it (aging with a bound,
 so nothing starves).  ``stretch`` 0 is submission order; a large one is
 shortest-predicted-first.  A due time is fixed at submission, so the order does
-not churn from one decision to the next.  A job past its due time that cannot
-fit is *due* and gets a reservation from the predicted ends of running jobs
-(:mod:`scheduler.policy.backfill`).
+not churn from one decision to the next.
+
+Reservations from predictions (``reserve_after``, off by default): a job past
+its due time that has waited ``reserve_after`` seconds and cannot fit gets a
+reservation from the predicted ends of the running jobs
+(:mod:`scheduler.policy.backfill`), so that a multi-GPU job is not passed by
+small ones forever.  Off by default because measured it cost more than it gave:
+on the openb trace (bench/bench_jct.py) predictions from a single user's
+heavy-tailed runs reserved nodes long before they freed, and average JCT rose
+1.6x at 24 GPUs and 5x at 16.
 """
 
 from __future__ import annotations
@@ -71,17 +78,21 @@ class DurationBook:
     """Past run times by key, and predictions from them.  Pure: the caller says
     what ran (:meth:`add`); nothing here reads a clock or a database."""
 
-    def __init__(self, stretch: float = DEFAULT_STRETCH):
+    def __init__(self, stretch: float = DEFAULT_STRETCH, reserve_after: float | None = None):
         if not stretch >= 0:
             raise ValueError("stretch must be 0 or more")
+        if reserve_after is not None and not reserve_after >= 0:
+            raise ValueError("reserve_after must be 0 or more")
         self.stretch = float(stretch)
+        self.reserve_after = reserve_after
         self._runs: dict[tuple, _Runs] = {}
         self._memo: dict[tuple, tuple[float, str] | None] = {}
 
     @classmethod
-    def of(cls, runs: Iterable[tuple[str, tuple, str, float]], stretch: float = DEFAULT_STRETCH) -> "DurationBook":
+    def of(cls, runs: Iterable[tuple[str, tuple, str, float]], stretch: float = DEFAULT_STRETCH,
+           reserve_after: float | None = None) -> "DurationBook":
         """A book from (user, shape, group, seconds) runs, oldest first."""
-        book = cls(stretch)
+        book = cls(stretch, reserve_after)
         for user, shape, group, seconds in runs:
             book.add(user, shape, group, seconds)
         return book
@@ -131,3 +142,8 @@ class DurationBook:
         """When ``d`` stops yielding to shorter jobs submitted after it."""
         predicted = self.predict(d)
         return d.submitted_at + self.stretch * (predicted or 0.0)
+
+    def owed_reservation(self, d: Demand, now: float) -> bool:
+        """Whether ``d``, blocked, is owed a reservation from predicted ends."""
+        return (self.reserve_after is not None and now - d.submitted_at >= self.reserve_after
+                and self.due_at(d) <= now)

@@ -87,6 +87,7 @@ class Placement:
     node_id: str
     gpu_indices: tuple[int, ...] = ()
     gpu_share: float = 0.0  # booked on each chosen GPU: demand.gpu, or from gpu_memory
+    why: str = ""  # why this node, when the policy can say more than "it fits" (fragmentation)
 
 
 @dataclass(frozen=True)

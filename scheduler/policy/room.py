@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 
+from scheduler.policy.fragmentation import ShapeMix
 from scheduler.policy.records import GRAIN, GiB, Demand, Node, RunningJob, q
 
 
@@ -154,10 +155,17 @@ class NodeRoom:
 
 class ClusterRoom:
     """The free capacity of the placeable nodes during one pass, indexed by free
-    cpu and by free share per GPU so that a best-fit search is a bisection."""
+    cpu and by free share per GPU so that a best-fit search is a bisection, and
+    by state (nodes with the same free capacity) for fragmentation-aware
+    placement, which scores each state once instead of each node."""
 
     def __init__(self, nodes: list[Node]):
         self.nodes = {n.node_id: NodeRoom.of(n) for n in nodes}
+        self.mix: ShapeMix | None = None  # the shapes expected (policy.fragmentation); None: best fit
+        self.last_why = ""  # why the last fragmentation-aware find chose its node
+        self.by_state: dict[tuple, set[str]] = {}
+        for w in self.nodes.values():
+            self.by_state.setdefault(self._state(w), set()).add(w.id)
         self.by_cpu = sorted((w.cpu, w.id) for w in self.nodes.values())
         # The nodes without a free GPU share, by free cpu: where a CPU-only job
         # goes first, so that it does not take the last cores of a node whose
@@ -174,8 +182,16 @@ class ClusterRoom:
         # Fullest GPU first, then the node with fewest whole GPUs left, keeping whole ones whole.
         return [(f, w.whole, w.id, i) for i, f in enumerate(w.gpu) if f > 0]
 
+    @staticmethod
+    def _state(w: NodeRoom) -> tuple:
+        """What makes two nodes interchangeable for placement: their free capacity."""
+        return (w.cpu, w.memory, tuple(sorted(w.gpu)), tuple(sorted(w.custom.items())) if w.custom else ())
+
     def find(self, need: Need, accept=None) -> tuple[NodeRoom, tuple[int, ...], int] | None:
-        """Best fit for ``need``; ``accept(work, gpus, share)`` may veto a spot."""
+        """Where ``need`` goes: with a mix, where it adds the least fragmentation;
+        else best fit.  ``accept(work, gpus, share)`` may veto a spot."""
+        if self.mix and not need.gpu_memory:
+            return self._least_fragmenting(need, accept)
         if need.whole or need.gpu_memory:
             return self._scan(need, accept)
         if need.gpu:
@@ -207,6 +223,46 @@ class ClusterRoom:
                 best = (key, w, gpus, share)
         return None if best is None else (best[1], best[2], best[3])
 
+    def _least_fragmenting(self, need: Need, accept) -> tuple[NodeRoom, tuple[int, ...], int] | None:
+        """The spot where ``need`` adds the least fragmentation for the mix (FGD),
+        ties broken as best fit would; one score per node state and GPU choice."""
+        mix = self.mix
+        best = None
+        candidates, counted = 0, None
+        for state, ids in self.by_state.items():
+            w = self.nodes[min(ids)]
+            if not w.holds(need):
+                continue
+            cpu, memory, gpus, _ = state
+            before = mix.fragment(cpu, memory, gpus)
+            for share_left, taken in _gpu_choices(need, gpus):
+                after = mix.fragment(cpu - need.cpu, memory - need.memory, taken)
+                spot = None
+                for node_id in sorted(ids):
+                    node = self.nodes[node_id]
+                    picked = _pick(node, need, share_left)
+                    if accept is None or accept(node, *picked):
+                        spot = (node, *picked)
+                        break
+                if spot is None:
+                    continue
+                if counted is not state:
+                    candidates, counted = candidates + len(ids), state
+                node = spot[0]
+                # Ties: what best fit prefers (the fullest GPU, fewest whole GPUs
+                # left, a CPU job off GPU nodes, the least cpu left), then the id.
+                key = (round(after - before, 6), share_left, node.whole if need.gpu or need.whole else 0,
+                       self._has_free_gpu(node) if not (need.gpu or need.whole) else False, node.cpu - need.cpu,
+                       node.id)
+                if best is None or key < best[0]:
+                    best = (key, spot, before, after)
+        if best is None:
+            return None
+        (delta, *_), spot, before, after = best
+        self.last_why = (f"adds {max(delta, 0.0) / GRAIN:.2f} GPU of fragmentation for the expected job mix "
+                         f"(node then {after / GRAIN:.2f} GPU unusable to it; {candidates} node(s) fit)")
+        return spot
+
     def take(self, w: NodeRoom, need: Need, gpus: tuple[int, ...], share: int) -> None:
         self._reindexed(w, bool(gpus), lambda: w.take(need, gpus, share))
 
@@ -220,6 +276,11 @@ class ClusterRoom:
 
     def _reindexed(self, w: NodeRoom, gpus_change: bool, change) -> None:
         """Apply ``change`` to ``w``, keeping the indexes sorted."""
+        state = self._state(w)
+        same = self.by_state[state]
+        same.discard(w.id)
+        if not same:
+            del self.by_state[state]
         del self.by_cpu[bisect.bisect_left(self.by_cpu, (w.cpu, w.id))]
         if not self._has_free_gpu(w):
             del self.by_cpu_no_free_gpu[bisect.bisect_left(self.by_cpu_no_free_gpu, (w.cpu, w.id))]
@@ -227,6 +288,7 @@ class ClusterRoom:
             for e in self._gpu_entries(w):
                 del self.by_gpu[bisect.bisect_left(self.by_gpu, e)]
         change()
+        self.by_state.setdefault(self._state(w), set()).add(w.id)
         bisect.insort(self.by_cpu, (w.cpu, w.id))
         if not self._has_free_gpu(w):
             bisect.insort(self.by_cpu_no_free_gpu, (w.cpu, w.id))
@@ -262,3 +324,34 @@ class ClusterRoom:
             if most < amount:
                 return f"needs {amount / GRAIN:g} {name}, most free {max(most, 0) / GRAIN:g}"
         return "no single node has all of its resources free at once"
+
+
+def _gpu_choices(need: Need, gpus: tuple[int, ...]) -> list[tuple[int, tuple[int, ...]]]:
+    """Each distinct way ``need`` can take GPUs on a node whose free share per GPU
+    is ``gpus`` (sorted): (the share left on the GPU it takes, or -1 for whole
+    GPUs or none; the free shares after, sorted)."""
+    if need.whole:
+        full = [i for i, f in enumerate(gpus) if f >= GRAIN]
+        if len(full) < need.whole:
+            return []
+        after = list(gpus)
+        for i in full[:need.whole]:
+            after[i] -= GRAIN
+        return [(-1, tuple(sorted(after)))]
+    if need.gpu:
+        choices = []
+        for f in sorted({f for f in gpus if f >= need.gpu}):
+            after = list(gpus)
+            after[after.index(f)] -= need.gpu
+            choices.append((f - need.gpu, tuple(sorted(after))))
+        return choices
+    return [(-1, gpus)]
+
+
+def _pick(w: NodeRoom, need: Need, share_left: int) -> tuple[tuple[int, ...], int]:
+    """On node ``w``, the GPUs of a choice from :func:`_gpu_choices`."""
+    if need.whole:
+        return tuple([i for i, f in enumerate(w.gpu) if f >= GRAIN][:need.whole]), GRAIN
+    if need.gpu:
+        return (next(i for i, f in enumerate(w.gpu) if f - need.gpu == share_left),), need.gpu
+    return (), 0

@@ -10,6 +10,7 @@ from typing import Iterable, Mapping
 
 from scheduler.policy.backfill import Backfill
 from scheduler.policy.durations import DurationBook
+from scheduler.policy.fragmentation import ShapeMix
 from scheduler.policy.explain import JobClass, waiting_reasons
 from scheduler.policy.indexes import PendingIndex, RunningIndex
 from scheduler.policy.preemption import Preemption
@@ -31,9 +32,11 @@ class Pass:
     def __init__(self, nodes: list[Node], known: list[Node], running: Iterable[RunningJob] | RunningIndex,
                  queues: Iterable[QueueConfig] | None, usage: Mapping | None, now: float, policy: str, explain: bool,
                  room: ClusterRoom | None = None, capacity: Capacity | None = None,
-                 durations: DurationBook | None = None):
+                 durations: DurationBook | None = None, mix: ShapeMix | None = None):
         self.decision = Decision()
         self.cluster = room if room is not None else ClusterRoom(nodes)
+        # The shapes expected, for fragmentation-aware placement (labq only).
+        self.cluster.mix = mix if policy == "labq" else None
         self.known = known
         self.running = running if isinstance(running, RunningIndex) else list(running)
         self.now, self.policy, self.explain = now, policy, explain
@@ -213,7 +216,8 @@ class Pass:
                          d.time_limit, d.priority, d.custom)
         self.backfill.placed(job, w, need, gpus, share, on_reserved_after)
         self.cluster.take(w, need, gpus, share)
-        self.decision.placements.append(Placement(d.job_id, w.id, gpus, gpu_share))
+        why = self.cluster.last_why if self.explain and self.cluster.mix else ""
+        self.decision.placements.append(Placement(d.job_id, w.id, gpus, gpu_share, why))
         self.shares.add(job)
 
     def _tier(self, d: Demand) -> int:
@@ -231,7 +235,7 @@ def decide(demands: Iterable[Demand] | PendingIndex, nodes: list[Node], known: l
            running: Iterable[RunningJob] | RunningIndex = (), queues: Iterable[QueueConfig] | None = None,
            usage: Mapping | None = None, now: float = 0.0, policy: str = DEFAULT_POLICY,
            explain: bool = True, room: ClusterRoom | None = None, capacity: Capacity | None = None,
-           durations: DurationBook | None = None) -> Decision:
+           durations: DurationBook | None = None, mix: ShapeMix | None = None) -> Decision:
     """Which pending jobs start now, on which node and GPUs, and which running jobs
     to preempt.  ``nodes`` may be placed on (their free capacity already net of
     ``running``); ``known`` (default: the same) are all nodes ever seen, against
@@ -243,9 +247,12 @@ def decide(demands: Iterable[Demand] | PendingIndex, nodes: list[Node], known: l
     jobs end; the decision books its placements in it) and ``Capacity.of(known)``.
     ``durations``: past run times (:class:`DurationBook`); under ``labq`` they
     order each user's jobs shortest-predicted-first with aging, and give a job
-    that is due a reservation from the running jobs' predicted ends."""
+    that is due a reservation from the running jobs' predicted ends.  ``mix``:
+    the job shapes expected (:class:`ShapeMix`); under ``labq`` a job goes where
+    it fragments the cluster least for them (policy.fragmentation), else best fit."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     pending = demands if isinstance(demands, PendingIndex) else PendingIndex(demands)
     known = nodes if known is None else known
-    return Pass(nodes, known, running, queues, usage, now, policy, explain, room, capacity, durations).run(pending)
+    return Pass(nodes, known, running, queues, usage, now, policy, explain, room, capacity, durations,
+                mix).run(pending)

@@ -128,7 +128,7 @@ def _two_gpu_cluster_with_runners(predicted: float | None) -> tuple[list[Node], 
 
 
 def test_a_due_multi_gpu_job_gets_a_reservation_from_predicted_ends():
-    book = DurationBook(stretch=1)
+    book = DurationBook(stretch=1, reserve_after=0)
     big = Demand(1, cpu=2, gpu=2, user="u", group="e/big", seq=1, submitted_at=0)
     small = Demand(2, cpu=1, gpu=1, user="u", group="e/small", seq=2, submitted_at=0)
     runs(book, "u", big, 600, 600, 600)
@@ -147,8 +147,21 @@ def test_a_due_multi_gpu_job_gets_a_reservation_from_predicted_ends():
     assert "would delay job 1, which has node a reserved" in due.waiting[3]
 
 
+def test_reservations_from_predictions_are_off_unless_asked_and_wait_reserve_after():
+    big = Demand(1, cpu=2, gpu=2, user="u", group="e/big", seq=1, submitted_at=0)
+    small = Demand(2, cpu=1, gpu=1, user="u", group="e/small", seq=2, submitted_at=0)
+    other = Demand(3, cpu=1, gpu=1, user="u", group="e/small", seq=3, submitted_at=0)
+    for book in (DurationBook(stretch=1), DurationBook(stretch=1, reserve_after=3600)):
+        runs(book, "u", big, 600, 600, 600)
+        runs(book, "u", small, 1000, 1000, 1000)
+        nodes, running = _two_gpu_cluster_with_runners(predicted=100)
+        placed = decide([big, small, other], nodes, running=running, now=700, durations=book).placements
+        assert sorted(p.job_id for p in placed) == [2, 3]  # nothing held back for job 1
+    assert book.owed_reservation(big, 3600) and not book.owed_reservation(big, 3599)
+
+
 def test_without_predicted_ends_a_due_job_reserves_nothing():
-    book = DurationBook(stretch=1)
+    book = DurationBook(stretch=1, reserve_after=0)
     big = Demand(1, cpu=2, gpu=2, user="u", group="e/big", seq=1, submitted_at=0)
     small = [Demand(k, cpu=1, gpu=1, user="u", group="e/small", seq=k, submitted_at=0) for k in (2, 3)]
     runs(book, "u", big, 600, 600, 600)
@@ -158,7 +171,7 @@ def test_without_predicted_ends_a_due_job_reserves_nothing():
 
 
 def test_a_short_job_predicted_to_end_before_the_reservation_still_backfills_there():
-    book = DurationBook(stretch=1)
+    book = DurationBook(stretch=1, reserve_after=0)
     big = Demand(1, cpu=2, gpu=2, user="u", group="e/big", seq=1, submitted_at=0)
     quick = [Demand(k, cpu=1, gpu=1, user="u", group="e/quick", seq=k, submitted_at=0) for k in (2, 3)]
     runs(book, "u", big, 600, 600, 600)

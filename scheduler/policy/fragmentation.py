@@ -1,0 +1,111 @@
+"""Fragmentation-aware placement, after FGD ("Beware of Fragmentation:
+Scheduling GPU-Sharing Workloads with Fragmentation Gradient Descent", Weng et
+al., USENIX ATC'23).
+
+A node's free GPU capacity is *fragmented* for a job shape when that shape
+cannot use it: all of it when the node lacks the shape's CPU or memory or has no
+GPU with room enough, else the free parts of the GPUs too small for the shape
+(a partly used GPU for a whole-GPU shape).  Against the *mix* of shapes the
+cluster expects (:class:`ShapeMix`: recent jobs, decayed, plus the pending
+queue, passed in as usage is, so the policy stays pure), a node's fragmentation
+is the weighted sum over the mix.  A job goes where placing it adds the least
+fragmentation: a fractional job onto a GPU whose leftover no common shape could
+use anyway, a CPU-only job where its cores do not strand a node's GPUs.  Ties
+(the common case for a CPU-only job away from GPU nodes) fall back to the
+best-fit rule used without a mix, so placement stays deterministic.
+
+Shapes that use no GPU count nothing as fragmented (GPUs are of no use to them
+either way); GPU-memory and custom-resource requests are left out of the mix.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from scheduler.policy.records import GRAIN
+
+# The most shapes a mix keeps (its heaviest): fragmentation costs O(shapes x GPUs) per node state.
+MAX_SHAPES = 24
+
+
+class ShapeMix:
+    """Job shapes with weights summing to 1, as (cpu, memory, gpu share, whole
+    GPUs, weight) in the policy's grain (a share in 1/10000 of a GPU)."""
+
+    def __init__(self, weights: Mapping[tuple, float]):
+        """``weights``: Demand.shape() -> how much of the expected work is of it."""
+        usable = {s: w for s, w in weights.items() if w > 0 and not s[3] and not s[4]}
+        top = sorted(usable.items(), key=lambda item: (-item[1], item[0]))[:MAX_SHAPES]
+        total = sum(w for _, w in top)
+        self.types = tuple((cpu, memory, gpu if gpu <= GRAIN else 0, gpu // GRAIN if gpu > GRAIN else 0, w / total)
+                           for (cpu, gpu, memory, _, _), w in top if gpu > 0)
+        self._memo: dict[tuple, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.types)
+
+    def fragment(self, cpu: int, memory: int, gpus: tuple[int, ...]) -> float:
+        """The free GPU capacity (in grain) the mix could not use on a node with
+        this much free cpu, memory and share per GPU (``gpus`` sorted)."""
+        key = (cpu, memory, gpus)
+        found = self._memo.get(key)
+        if found is not None:
+            return found
+        free = [f for f in gpus if f > 0]
+        total = sum(free)
+        out = 0.0
+        if total:
+            full = sum(1 for f in free if f >= GRAIN)
+            largest = free[-1] if free else 0
+            for t_cpu, t_memory, share, whole, weight in self.types:
+                if cpu < t_cpu or memory < t_memory:
+                    out += weight * total
+                elif whole:
+                    out += weight * (total if full < whole else sum(f for f in free if f < GRAIN))
+                else:
+                    out += weight * (total if largest < share else sum(f for f in free if f < share))
+        self._memo[key] = out
+        return out
+
+
+class MixBook:
+    """A decayed count of the shapes of jobs that arrived: the history half of a
+    :class:`ShapeMix` (the pending queue is the other).  Pure: the caller says
+    what arrived and when."""
+
+    def __init__(self, half_life: float):
+        if not half_life > 0:
+            raise ValueError("half_life must be positive")
+        self.half_life = float(half_life)
+        self._weights: dict[tuple, float] = {}
+        self._at = 0.0  # the time the weights are scaled to
+
+    def add(self, shape: tuple, t: float, count: float = 1.0) -> None:
+        # Weights are kept relative to self._at; a later arrival weighs 2^((t - at)/half_life).
+        if t - self._at > 50 * self.half_life:  # rescale before the factor overflows
+            factor = 0.5 ** ((t - self._at) / self.half_life)
+            self._weights = {s: w * factor for s, w in self._weights.items() if w * factor > 1e-12}
+            self._at = t
+        self._weights[shape] = self._weights.get(shape, 0.0) + count * 2.0 ** ((t - self._at) / self.half_life)
+
+    def mix(self, pending: Iterable[tuple[tuple, int]] = ()) -> ShapeMix:
+        """The mix: the history's shares plus the pending queue's, each half."""
+        history = _normalised(self._weights)
+        queue = _normalised(dict(pending))
+        weights = dict(history)
+        for shape, w in queue.items():
+            weights[shape] = weights.get(shape, 0.0) + w
+        return ShapeMix(weights)
+
+
+def _normalised(weights: Mapping[tuple, float]) -> dict[tuple, float]:
+    total = sum(weights.values())
+    return {s: w / total for s, w in weights.items()} if total > 0 else {}
+
+
+def mix_of(counts: Mapping[tuple, float], pending: Iterable[tuple[tuple, int]] = ()) -> ShapeMix:
+    """A mix from shapes' counts (the live loop's history, read from the store) and the pending queue."""
+    weights = _normalised(counts)
+    for shape, w in _normalised(dict(pending)).items():
+        weights[shape] = weights.get(shape, 0.0) + w
+    return ShapeMix(weights)
