@@ -75,24 +75,25 @@ def test_a_queue_below_its_guarantee_preempts_a_borrower_which_resumes_from_its_
     store.close()
 
 
-def test_a_tiered_queue_lets_a_new_job_preempt_one_that_has_had_its_gpu_hour(tmp_path, ray_backend):
-    # Tiers at 2 GPU-seconds: a job holding both GPUs passes it within a second
+def test_a_tiered_queue_lets_a_new_job_preempt_one_that_has_had_its_share(tmp_path, ray_backend):
+    # Tiers at 2 s of service (a CPU-only job counts as one GPU): the long job,
+    # holding every CPU, passes it 2 s in
     sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [
         {"name": "research", "tiers": ["2s"], "max_preemptions": 1}])
     long_spec = write_spec(tmp_path, """
         experiment: long
         queue: research
         stages:
-          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 0.5, gpu: 2}}
+          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}}
     """)
     long_run = submit_spec(long_spec, settings)
-    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 3)
-    # When a new job of the same queue needs a GPU
+    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 25)
+    # When a new job of the same queue needs a CPU
     short_spec = write_spec(tmp_path, """
         experiment: short
         queue: research
         stages:
-          - {name: eval, run: "testjobs:sleepy", params: {seconds: 0.5}, resources: {cpu: 0.5, gpu: 1}}
+          - {name: eval, run: "testjobs:sleepy", params: {seconds: 0.5}, resources: {cpu: 1}}
     """, name="short.yaml")
     short = submit_spec(short_spec, settings)
     (done,) = drive(sched, store, short.experiment_id, timeout=60)
