@@ -611,7 +611,7 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
     else:
         nodes = [simulator.node("node-0", cpus if cpus is not None else float(max(1, 4 * (gpus or 0))), gpus or 0)]
     results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life,
-                                restart_cost)
+                                restart_cost, settings.scheduler.stretch)
     if plot:
         try:
             simulator.plot_utilisation(results, plot)
