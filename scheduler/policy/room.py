@@ -163,9 +163,9 @@ class ClusterRoom:
         self.nodes = {n.node_id: NodeRoom.of(n) for n in nodes}
         self.mix: ShapeMix | None = None  # the shapes expected (policy.fragmentation); None: best fit
         self.last_why = ""  # why the last fragmentation-aware find chose its node
-        self.by_state: dict[tuple, set[str]] = {}
-        for w in self.nodes.values():
-            self.by_state.setdefault(self._state(w), set()).add(w.id)
+        self.by_state: dict[tuple, list[str]] = {}  # state -> its nodes' ids, sorted
+        for w in sorted(self.nodes.values(), key=lambda w: w.id):
+            self.by_state.setdefault(self._state(w), []).append(w.id)
         self.by_cpu = sorted((w.cpu, w.id) for w in self.nodes.values())
         # The nodes without a free GPU share, by free cpu: where a CPU-only job
         # goes first, so that it does not take the last cores of a node whose
@@ -230,7 +230,7 @@ class ClusterRoom:
         best = None
         candidates, counted = 0, None
         for state, ids in self.by_state.items():
-            w = self.nodes[min(ids)]
+            w = self.nodes[ids[0]]
             if not w.holds(need):
                 continue
             cpu, memory, gpus, _ = state
@@ -238,7 +238,9 @@ class ClusterRoom:
             for share_left, taken in _gpu_choices(need, gpus):
                 after = mix.fragment(cpu - need.cpu, memory - need.memory, taken)
                 spot = None
-                for node_id in sorted(ids):
+                # The lowest id of the state (its GPUs differ only in order); the
+                # next ones only when a reservation vetoes it.
+                for node_id in (w.id,) if accept is None else ids:
                     node = self.nodes[node_id]
                     picked = _pick(node, need, share_left)
                     if accept is None or accept(node, *picked):
@@ -278,7 +280,7 @@ class ClusterRoom:
         """Apply ``change`` to ``w``, keeping the indexes sorted."""
         state = self._state(w)
         same = self.by_state[state]
-        same.discard(w.id)
+        del same[bisect.bisect_left(same, w.id)]
         if not same:
             del self.by_state[state]
         del self.by_cpu[bisect.bisect_left(self.by_cpu, (w.cpu, w.id))]
@@ -288,7 +290,7 @@ class ClusterRoom:
             for e in self._gpu_entries(w):
                 del self.by_gpu[bisect.bisect_left(self.by_gpu, e)]
         change()
-        self.by_state.setdefault(self._state(w), set()).add(w.id)
+        bisect.insort(self.by_state.setdefault(self._state(w), []), w.id)
         bisect.insort(self.by_cpu, (w.cpu, w.id))
         if not self._has_free_gpu(w):
             bisect.insort(self.by_cpu_no_free_gpu, (w.cpu, w.id))

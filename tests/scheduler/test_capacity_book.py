@@ -124,7 +124,7 @@ def test_a_kept_room_given_back_what_ended_is_the_room_built_afresh():
     def same(kept: policy.ClusterRoom) -> None:
         fresh = policy.ClusterRoom(book.nodes())
         assert kept.by_cpu == fresh.by_cpu and kept.by_gpu == fresh.by_gpu
-        assert kept.by_cpu_no_free_gpu == fresh.by_cpu_no_free_gpu
+        assert kept.by_cpu_no_free_gpu == fresh.by_cpu_no_free_gpu and kept.by_state == fresh.by_state
         assert {i: (w.cpu, w.memory, w.gpu, w.custom, w.whole) for i, w in kept.nodes.items()} == {
             i: (w.cpu, w.memory, w.gpu, w.custom, w.whole) for i, w in fresh.nodes.items()}
 
