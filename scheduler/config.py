@@ -63,9 +63,9 @@ class SchedulerSettings(_Strict):
     usage_half_life: Duration = DEFAULT_USAGE_HALF_LIFE
     # Shorter jobs go first, by durations predicted from past runs like them
     # (same experiment stage, or user and shape), but may pass a longer job only
-    # until it has waited this many times its own predicted duration; 0 keeps
-    # submission order (scheduler/policy/durations.py).
-    stretch: float = Field(4.0, ge=0, le=1000, allow_inf_nan=False)
+    # until it has waited this many times its own predicted duration (or a week);
+    # 0 keeps submission order (scheduler/policy/durations.py).
+    stretch: float = Field(100.0, ge=0, le=10000, allow_inf_nan=False)
     # A job past its due time that has waited this long (a duration) gets a
     # reservation from the running jobs' predicted ends when it cannot fit; unset:
     # never (reservations come from time limits only; see docs/scheduling.md).

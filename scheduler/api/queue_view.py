@@ -25,7 +25,7 @@ class EstimateSettings:
 
     half_life: float
     queues: Sequence[Any] | None = None  # policy.QueueConfig
-    stretch: float = 4.0  # settings.scheduler.stretch (policy.durations)
+    stretch: float = 100.0  # settings.scheduler.stretch (policy.durations)
 
     def queue_configs(self) -> list[Any]:
         if self.queues is not None:

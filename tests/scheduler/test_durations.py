@@ -88,6 +88,19 @@ def test_an_old_job_ages_past_shorter_ones_once_it_has_waited_its_stretch():
         assert [p.job_id for p in decision.placements] == [first], submitted
 
 
+def test_no_job_yields_for_more_than_a_week():
+    from scheduler.policy.durations import MAX_YIELD
+
+    book = DurationBook(stretch=100)
+    month_long = Demand(1, cpu=4, user="u", group="e/long", seq=1, submitted_at=0)
+    runs(book, "u", month_long, *[30 * 86400.0] * 3)
+    assert book.due_at(month_long) == MAX_YIELD == 7 * 86400
+    short = Demand(2, cpu=4, user="u", group="e/short", seq=2, submitted_at=MAX_YIELD + 1)
+    runs(book, "u", short, 1, 1, 1)
+    assert [p.job_id for p in decide([month_long, short], [node(cpu=4)], now=MAX_YIELD + 2,
+                                     durations=book).placements] == [1]
+
+
 def test_priority_still_comes_before_predictions_and_other_policies_ignore_them():
     book = DurationBook()
     urgent_long = Demand(1, cpu=4, user="u", group="e/long", seq=1, priority=5)
