@@ -346,6 +346,36 @@ def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_
                f"{len(done['already_ended'])} had already ended")
 
 
+@cli.group()
+@click.pass_context
+def sweep(ctx: click.Context) -> None:
+    """Model-based searches (a stage with sweep.search)."""
+    _local_only(ctx, f"labq sweep {ctx.invoked_subcommand or ''}".strip())
+
+
+@sweep.command("extend")
+@click.argument("experiment")
+@click.option("--samples", type=click.IntRange(min=1, max=100_000), required=True,
+              help="How many more trials each of its searches may ask for.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def sweep_extend(ctx: click.Context, experiment: str, samples: int, as_json: bool) -> None:
+    """Continue EXPERIMENT's search for SAMPLES more trials, from what it has learnt."""
+    from scheduler import api
+
+    done = api.extend_search(_store(ctx), experiment, samples, _settings(ctx))
+    try:
+        started = _ensure_scheduler(ctx, None, None)
+    except (LabqError, OSError) as exc:
+        raise SchedulerStartError(f"{done['experiment']}'s search is extended, but no scheduler could be started: "
+                                  f"{exc}. Fix that, then `labq scheduler start`") from None
+    if as_json:
+        _print_json({**done, "scheduler_started": started})
+        return
+    click.echo(f"{done['experiment']}: {', '.join(done['stages'])} may ask for {samples} more trial(s)"
+               + ("; started a local scheduler" if started else ""))
+
+
 @cli.command()
 @click.argument("job_id", type=click.IntRange(min=1, max=2**62))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the job ends.")

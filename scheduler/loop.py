@@ -117,6 +117,7 @@ class Scheduler:
         if self._dirty or version != self._seen_version or now - self.nodes.refreshed_at > NODE_REFRESH_SECONDS:
             self._seen_version = version
             self._dirty = False
+            self._continue_searches(now)
             self._schedule(now)
         if self._estimated_at is None or now - self._estimated_at >= ESTIMATE_SECONDS:
             self._estimated_at = now
@@ -269,6 +270,25 @@ class Scheduler:
                 unschedulable = {j: why for j, why in unschedulable.items() if not self.pending.demands[j].gpu_memory}
         if unschedulable:
             self.store.mark_unschedulable(unschedulable, now)
+
+    def _continue_searches(self, now: float) -> None:
+        """Ask each search with room (fewer than ``parallel`` trials queued or
+        running, fewer than ``samples`` asked) for its next trials, from its
+        trials so far (scheduler.search), and queue them.  A failure is logged
+        and retried on the next pass: the search's state is the database."""
+        for experiment_id, stage, config, asked, active in self.store.open_searches():
+            want = min(config["parallel"] - active, config["samples"] - asked)
+            if want <= 0:
+                continue
+            try:
+                from scheduler import search
+
+                history = [search.Trial(params, search.trial_state(state), value)
+                           for params, state, value in self.store.trials(experiment_id, stage)]
+                points = search.suggest(config, history, want)
+                self.store.add_trials(experiment_id, stage, points, asked, now)
+            except Exception:
+                log.exception("asking the search of experiment %s, stage %s, for trials failed", experiment_id, stage)
 
     def _preempt(self, victims: dict[int, str], now: float) -> None:
         """One preemption at a time: while a victim is stopping or its GPU share

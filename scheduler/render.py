@@ -256,6 +256,7 @@ class Progress:
             self._live.__exit__(*exc)
 
     def update(self, jobs: list[Job]) -> None:
+        self.total = max(self.total, len(jobs))  # a search adds its trials as it goes
         if self._live:
             self._live.update(self._render(jobs))
             return

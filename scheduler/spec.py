@@ -121,14 +121,32 @@ class Distribution(_Strict):
         return self
 
 
+class Search(_Strict):
+    """A model-based search (scheduler.search): trials are jobs, each asked of
+    the ``algo`` with the results of the trials before it."""
+
+    algo: Literal["tpe", "gp", "cmaes", "random"] = "tpe"
+    samples: int = Field(ge=1, le=MAX_JOBS_PER_EXPERIMENT)  # trials in all
+    parallel: int = Field(4, ge=1, le=1000)  # trials queued or running at once
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
 class Sweep(_Strict):
     grid: dict[str, list[Any]] | None = None
     random: dict[str, Distribution] | None = None
     samples: int | None = Field(None, ge=1, le=MAX_JOBS_PER_EXPERIMENT)
     seed: int = 0
+    search: Search | None = None
+    space: dict[str, Distribution] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Sweep":
+        if self.search is not None or self.space is not None:
+            if self.search is None or self.space is None:
+                raise ValueError("search and space go together: how to search, and over what")
+            if self.grid is not None or self.random is not None or self.samples is not None:
+                raise ValueError("search: not with grid, random or samples (search.samples counts its trials)")
+            return self
         if self.grid is None and self.random is None:
             raise ValueError("expected grid and/or random")
         if self.random is not None and self.samples is None:
@@ -454,7 +472,27 @@ def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _semantic_problems(spec: ExperimentSpec, base_dir: Path) -> list[tuple[str, str]]:
     return (_check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
-            + _check_requirements(spec, base_dir))
+            + _check_requirements(spec, base_dir) + _check_searches(spec))
+
+
+def _check_searches(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    """A search learns from its own trials' results: it needs the experiment's
+    metric and mode, no stage after it (new trials would have none), and one
+    upstream job (each trial follows the same ones)."""
+    problems = []
+    for stage in spec.stages:
+        if stage.sweep is None or stage.sweep.search is None:
+            continue
+        key = f"stages[{stage.name}].sweep.search"
+        if spec.metric is None or spec.mode is None:
+            problems.append((key, "a search needs the experiment's metric and mode (what to optimise)"))
+        after = [s.name for s in spec.stages if stage.name in s.after]
+        if after:
+            problems.append((key, f"a search stage must be the last: {', '.join(after)} come(s) after it"))
+        swept_upstream = [up for up in stage.after if spec.stage(up).sweep is not None]
+        if swept_upstream:
+            problems.append((key, f"its upstream stages must not sweep ({', '.join(swept_upstream)} does)"))
+    return problems
 
 
 def _envs(spec: ExperimentSpec) -> list[tuple[str, Env]]:
@@ -704,7 +742,7 @@ def _check_placeholders(spec: ExperimentSpec) -> list[tuple[str, str]]:
         if stage.command is None:
             continue
         available = set(stage.params) | set((stage.sweep.grid or {}) if stage.sweep else {}) | set(
-            (stage.sweep.random or {}) if stage.sweep else {})
+            (stage.sweep.random or {}) if stage.sweep else {}) | set((stage.sweep.space or {}) if stage.sweep else {})
         try:
             parsed = [(f, spec) for _, f, spec, _ in string.Formatter().parse(stage.command) if f is not None]
         except ValueError as exc:

@@ -29,7 +29,7 @@ from scheduler.identity import check_private
 from scheduler.records import Attempt, AttemptEnd, Event, Experiment, Job, NodeSnapshot, Outlook, Waiting, is_id
 from scheduler.states import AttemptState, JobState, can_transition
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Columns added since schema 1, added in place to a database written by it.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "ALTER TABLE jobs ADD COLUMN oom_gpu_scale REAL",
@@ -53,7 +53,9 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   " runtime TEXT NOT NULL, PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID",
                   "ALTER TABLE results ADD COLUMN outputs TEXT NOT NULL DEFAULT '[]'"],
               5: ["CREATE TABLE outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,"
-                  " tier INTEGER, tiers INTEGER NOT NULL)"]}
+                  " tier INTEGER, tiers INTEGER NOT NULL)"],
+              6: ["CREATE TABLE searches (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, config TEXT NOT NULL,"
+                  " PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Pending jobs as Store.waiting loads them (no params, no targets).
@@ -144,6 +146,9 @@ CREATE TABLE IF NOT EXISTS metric_names (
 -- The running scheduler's estimated start of each pending job it replayed (NULL:
 -- not known), all rewritten at once, and meta 'estimated_at' says when.
 CREATE TABLE IF NOT EXISTS estimates (job_id INTEGER PRIMARY KEY, start REAL);
+-- A stage's model-based search (scheduler.search): its config, samples included (its trials are its jobs).
+CREATE TABLE IF NOT EXISTS searches (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, config TEXT NOT NULL,
+    PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID;
 -- What the scheduler predicts for each active job (records.Outlook), written with the estimates.
 CREATE TABLE IF NOT EXISTS outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,
     tier INTEGER, tiers INTEGER NOT NULL);
@@ -321,7 +326,8 @@ class Store:
     def submit(self, *, name: str, user: str, queue: str, priority: int, spec_path: str,
                spec: dict[str, Any], package: str | None, metric: str | None, mode: str | None,
                drafts: list[Any], stages: dict[str, Any], now: float,
-               runtimes: dict[str, dict[str, Any]] | None = None) -> tuple[int, list[int]]:
+               runtimes: dict[str, dict[str, Any]] | None = None,
+               searches: dict[str, dict[str, Any]] | None = None) -> tuple[int, list[int]]:
         """Store an experiment and all its jobs in one transaction; returns ids.
         Jobs with upstream jobs start blocked, the rest pending."""
         with self._tx() as cur:
@@ -332,6 +338,8 @@ class Store:
             experiment_id = cur.lastrowid
             cur.executemany("INSERT INTO stage_runtime (experiment_id, stage, runtime) VALUES (?, ?, ?)",
                             [(experiment_id, stage, _dumps(runtime)) for stage, runtime in (runtimes or {}).items()])
+            cur.executemany("INSERT INTO searches (experiment_id, stage, config) VALUES (?, ?, ?)",
+                            [(experiment_id, stage, _dumps(config)) for stage, config in (searches or {}).items()])
             ids: list[int] = []
             for draft in drafts:
                 stage = stages[draft.stage]
@@ -355,6 +363,87 @@ class Store:
                             [(now, job_id, f"submitted as {JobState.BLOCKED.value if d.depends_on else JobState.PENDING.value}")
                              for job_id, d in zip(ids, drafts)])
         return experiment_id, ids
+
+    # ------------------------------------------------------------ searches (scheduler.search)
+
+    def open_searches(self, experiment_id: int | None = None) -> list[tuple[int, str, dict[str, Any], int, int]]:
+        """The searches (of one experiment, or all) that may ask for more trials:
+        (experiment id, stage, config, trials asked so far, trials queued or running now)."""
+        rows = self._conn.execute(
+            "SELECT s.experiment_id, s.stage, s.config, COUNT(j.id) AS asked,"
+            " SUM(j.state IN ('pending', 'running', 'blocked')) AS active FROM searches s"
+            " JOIN jobs j ON j.experiment_id = s.experiment_id AND j.stage = s.stage"
+            " WHERE ? IS NULL OR s.experiment_id = ? GROUP BY s.experiment_id, s.stage",
+            (experiment_id, experiment_id)).fetchall()
+        out = []
+        for r in rows:
+            config = json.loads(r["config"])
+            if r["asked"] < config["samples"]:
+                out.append((r["experiment_id"], r["stage"], config, r["asked"], r["active"] or 0))
+        return out
+
+    def trials(self, experiment_id: int, stage: str) -> list[tuple[dict[str, Any], str, Any]]:
+        """A search stage's trials in the order asked: (swept params, job state,
+        the experiment's metric of its latest attempt or None)."""
+        metric = self._conn.execute("SELECT metric FROM experiments WHERE id = ?", (experiment_id,)).fetchone()[0]
+        finals = {r["job_id"]: r["value"] for r in self._conn.execute(
+            "SELECT job_id, value FROM final_metrics WHERE experiment_id = ? AND stage = ? AND name = ?",
+            (experiment_id, stage, metric or ""))}
+        return [(json.loads(r["swept"]), r["state"], finals.get(r["id"])) for r in self._conn.execute(
+            "SELECT id, swept, state FROM jobs WHERE experiment_id = ? AND stage = ? ORDER BY id",
+            (experiment_id, stage))]
+
+    def add_trials(self, experiment_id: int, stage: str, points: list[dict[str, Any]], asked: int,
+                   now: float) -> list[int]:
+        """New jobs of a search stage, one per point, like its first job (its
+        resources, target, fixed params and upstream jobs); in one transaction
+        that first checks the stage still has ``asked`` jobs, so a suggestion
+        is stored once however many times it is asked for.  Returns the new ids."""
+        with self._tx() as cur:
+            have = cur.execute("SELECT COUNT(*) FROM jobs WHERE experiment_id = ? AND stage = ?",
+                               (experiment_id, stage)).fetchone()[0]
+            if have != asked or not points:
+                return []
+            first = cur.execute("SELECT * FROM jobs WHERE experiment_id = ? AND stage = ? ORDER BY id LIMIT 1",
+                                (experiment_id, stage)).fetchone()
+            ups = [r[0] for r in cur.execute("SELECT dep_job_id FROM job_deps WHERE job_id = ? ORDER BY dep_job_id",
+                                             (first["id"],))]
+            waiting = [u for u in ups if cur.execute("SELECT state FROM jobs WHERE id = ?", (u,)).fetchone()[0]
+                       != JobState.SUCCEEDED.value]
+            state = JobState.BLOCKED if waiting else JobState.PENDING
+            reason = "waiting for " + ", ".join(f"job {u}" for u in waiting) if waiting else None
+            fixed = {k: v for k, v in json.loads(first["params"]).items() if k not in json.loads(first["swept"])}
+            ids = []
+            for point in points:
+                cur.execute(
+                    "INSERT INTO jobs (experiment_id, stage, params, swept, target_kind, target, cpu, gpu, memory,"
+                    " custom, retries, timeout, queue, priority, user, state, reason, submitted_at, gpu_memory,"
+                    " oom_gpu_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (experiment_id, stage, _dumps({**fixed, **point}), _dumps(point), first["target_kind"],
+                     first["target"], first["cpu"], first["gpu"], first["memory"], first["custom"], first["retries"],
+                     first["timeout"], first["queue"], first["priority"], first["user"], state.value, reason, now,
+                     first["gpu_memory"], first["oom_gpu_scale"]))
+                ids.append(cur.lastrowid)
+            cur.executemany("INSERT INTO job_deps (job_id, dep_job_id) VALUES (?, ?)",
+                            [(job_id, up) for job_id in ids for up in ups])
+            cur.executemany("INSERT INTO events (ts, job_id, kind, message) VALUES (?, ?, 'submitted', ?)",
+                            [(now, job_id, f"asked by the search as trial {asked + k + 1}, {state.value}")
+                             for k, job_id in enumerate(ids)])
+        return ids
+
+    def extend_search(self, experiment_id: int, more: int) -> list[str]:
+        """Raise the samples of the experiment's searches by ``more`` (a negative
+        ``more``: close them, no trial asked beyond those there); the stages changed."""
+        with self._tx() as cur:
+            rows = cur.execute("SELECT stage, config FROM searches WHERE experiment_id = ?", (experiment_id,)).fetchall()
+            for r in rows:
+                config = json.loads(r["config"])
+                asked = cur.execute("SELECT COUNT(*) FROM jobs WHERE experiment_id = ? AND stage = ?",
+                                    (experiment_id, r["stage"])).fetchone()[0]
+                config["samples"] = max(config["samples"], asked) + more if more > 0 else asked
+                cur.execute("UPDATE searches SET config = ? WHERE experiment_id = ? AND stage = ?",
+                            (_dumps(config), experiment_id, r["stage"]))
+        return [r["stage"] for r in rows]
 
     # ------------------------------------------------------------ transitions
 

@@ -31,6 +31,14 @@ class JobDraft:
     depends_on: list[int] = field(default_factory=list)
 
 
+def searches_of(spec: ExperimentSpec) -> dict[str, dict[str, Any]]:
+    """{stage: what the scheduler keeps to continue its search} for the stages that search."""
+    from scheduler.search import config_of
+
+    return {s.name: config_of(s.sweep, spec.metric, spec.mode) for s in spec.stages
+            if s.sweep is not None and s.sweep.search is not None}
+
+
 def plan_jobs(spec: ExperimentSpec, source: str = "spec") -> list[JobDraft]:
     """Every job of the experiment, upstream jobs before the jobs that need them."""
     drafts: list[JobDraft] = []

@@ -21,6 +21,8 @@ def sweep_size(sweep: Sweep | None) -> int:
     """How many points ``expand_sweep`` would return, without building them."""
     if sweep is None:
         return 1
+    if sweep.search is not None:  # the first trials; the scheduler asks for the rest
+        return min(sweep.search.parallel, sweep.search.samples)
     size = math.prod(len(v) for v in (sweep.grid or {}).values())
     return size * (sweep.samples or 1) if sweep.random else size
 
@@ -30,6 +32,10 @@ def expand_sweep(sweep: Sweep | None) -> list[dict[str, Any]]:
     point ``samples`` random draws (deterministic for a seed)."""
     if sweep is None:
         return [{}]
+    if sweep.search is not None:
+        from scheduler.search import first_trials
+
+        return first_trials(sweep)
     grid_points = [{}]
     if sweep.grid:
         names = list(sweep.grid)

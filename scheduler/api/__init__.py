@@ -7,7 +7,7 @@ importable from a notebook too.
 
 Nothing here imports Ray; pandas is imported only by ``results_frame``.
 
-- ``submission``: submit, wait, cancel
+- ``submission``: submit, wait, cancel, extend a search
 - ``queue_view``: the queue with estimated starts, one job's or experiment's status
 - ``ranking``: results, best first, and right-sizing advice
 - ``files``: an attempt's kept files, one of them, its logs as they grow
@@ -59,6 +59,7 @@ _HOME = {
     "active_state_counts": "queue_view",
     "cancel": "submission",
     "check_before_start": "submission",
+    "extend_search": "submission",
     "open_store": "submission",
     "resolve_jobs": "submission",
     "submit": "submission",
@@ -71,7 +72,7 @@ __all__ = [
     "ADVICE_SHOWN", "ROW_FIELDS", "AttemptFiles", "EstimateSettings", "ExperimentStatus", "JobStatus", "LogCursor",
     "LogRead", "NodesView", "QueueView", "Results", "StepCurve", "Starts", "Submitted", "UsageReport",
     "active_state_counts", "advice_for", "attempt_file", "attempt_files", "cancel", "check_before_start",
-    "chosen_attempt", "experiment_page", "flatten", "log_ready", "logs", "main_metric", "nodes", "open_store", "queue", "read_logs",
+    "chosen_attempt", "experiment_page", "extend_search", "flatten", "log_ready", "logs", "main_metric", "nodes", "open_store", "queue", "read_logs",
     "resolve_jobs", "results", "results_frame", "scheduler_status", "start_estimates", "status", "status_from_wire", "step_curves",
     "submit", "succeeded_all", "usage", "wait",
 ]

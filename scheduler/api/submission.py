@@ -67,7 +67,7 @@ def _submit(spec_path: str | Path, overrides: list[str], settings: Settings | No
             recorded_path: str) -> Submitted:
     from scheduler.packaging import snapshot
     from scheduler.spec import load_spec, stage_runtimes
-    from scheduler.sweep import plan_jobs
+    from scheduler.sweep import plan_jobs, searches_of
 
     from scheduler.config import load_settings
 
@@ -85,7 +85,7 @@ def _submit(spec_path: str | Path, overrides: list[str], settings: Settings | No
             name=spec.experiment, user=user or current_user(), queue=spec.queue, priority=spec.priority,
             spec_path=recorded_path, spec=raw, package=str(package), metric=spec.metric,
             mode=spec.mode, drafts=drafts, stages={s.name: s for s in spec.stages}, now=time.time(),
-            runtimes=stage_runtimes(spec, Path(spec_path).resolve().parent))
+            runtimes=stage_runtimes(spec, Path(spec_path).resolve().parent), searches=searches_of(spec))
     finally:
         store.close()
     wakeup.notify(home)
@@ -115,13 +115,14 @@ def check_before_start(home: str | Path) -> bool:
 
 def wait(store: Store, experiment_id: int, on_update: Callable[[list[Job]], None] | None = None,
          poll: float = 0.5, timeout: float | None = None) -> list[Job]:
-    """Block until every job of the experiment is terminal; returns the jobs."""
+    """Block until every job of the experiment is terminal, and its searches
+    have asked for all their trials; returns the jobs."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         jobs = store.jobs_of_experiment(experiment_id)
         if on_update:
             on_update(jobs)
-        if all(j.state.is_terminal() for j in jobs):
+        if all(j.state.is_terminal() for j in jobs) and not store.open_searches(experiment_id):
             return jobs
         if deadline is not None and time.monotonic() > deadline:
             return jobs
@@ -142,9 +143,27 @@ def cancel(store: Store, ids: list[str], experiment: str | None, settings: Setti
             raise PermissionDenied(
                 f"{len(foreign)} of these jobs belong to {owners} (e.g. job {foreign[0].id}); you ({user}) may cancel "
                 "only your own jobs unless listed in cluster.yaml metadata.labq.admins")
+    if experiment:  # a cancelled experiment's searches ask for no more trials
+        for experiment_id in store.experiment_names(experiment):
+            store.extend_search(experiment_id, -1)
     done = store.cancel(job_ids, time.time())
     wakeup.notify(settings.home_path)
     return done
+
+
+def extend_search(store: Store, experiment: str, samples: int, settings: Settings,
+                  user: str | None = None) -> dict[str, Any]:
+    """Let the searches of ``experiment`` (its latest run by that name) ask for
+    ``samples`` more trials each; the owner or an admin only."""
+    user = user or current_user()
+    exp = store.experiment(experiment)
+    if exp.user != user and user not in settings.admins:
+        raise PermissionDenied(f"experiment {exp.name} belongs to {exp.user}; you ({user}) may extend only your own")
+    stages = store.extend_search(exp.id, samples)
+    if not stages:
+        raise UserError(f"experiment {exp.name} has no search to extend (a stage with sweep.search)")
+    wakeup.notify(settings.home_path)
+    return {"experiment": exp.name, "experiment_id": exp.id, "stages": stages, "more": samples}
 
 
 def resolve_jobs(store: Store, ids: list[str], experiment: str | None) -> list[int]:

@@ -808,6 +808,7 @@ def _drop_schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE stage_runtime")  # and what schema 4 added
     conn.execute("ALTER TABLE results DROP COLUMN outputs")
     conn.execute("DROP TABLE outlooks")  # and what schema 5 added
+    conn.execute("DROP TABLE searches")  # and 6
 
 
 def test_a_schema_2_database_gets_its_results_ranked_and_advised_on_migration(tmp_path):
