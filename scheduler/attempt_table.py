@@ -19,7 +19,7 @@ from scheduler.states import AttemptState
 
 # The attempt states a stop asks for, each with its cause.
 STOP_CAUSES = {AttemptState.CANCELLED: EndCause.CANCELLED, AttemptState.TIMED_OUT: EndCause.TIMED_OUT,
-               AttemptState.PREEMPTED: EndCause.PREEMPTED}
+               AttemptState.PREEMPTED: EndCause.PREEMPTED, AttemptState.PRUNED: EndCause.PRUNED}
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class Stop:
 
     @property
     def by_user_or_policy(self) -> bool:
-        """A cancel or a preemption: asked for one job, unlike a timeout."""
-        return self.state in (AttemptState.CANCELLED, AttemptState.PREEMPTED)
+        """A cancel, a preemption or an early stop: asked for one job, unlike a timeout."""
+        return self.state in (AttemptState.CANCELLED, AttemptState.PREEMPTED, AttemptState.PRUNED)
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class AttemptTable:
             state, cause = run.stop.state, run.stop.cause
             if state is AttemptState.TIMED_OUT:
                 error = f"ran longer than its timeout of {run.job.timeout:g}s"
-            elif state is AttemptState.PREEMPTED:
+            elif state in (AttemptState.PREEMPTED, AttemptState.PRUNED):
                 error = run.stop.detail
         elif result is None and state is not AttemptState.CANCELLED:
             trace = self.backend.trace(run.attempt.node_id, run.attempt.run_dir)
@@ -195,7 +195,7 @@ class AttemptTable:
             self.backend.keep_bundle(result.bundle, run.attempt.run_dir)
             result.bundle = None
         if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY, AttemptState.CANCELLED,
-                     AttemptState.TIMED_OUT, AttemptState.PREEMPTED):
+                     AttemptState.TIMED_OUT, AttemptState.PREEMPTED, AttemptState.PRUNED):
             self.backend.end_process_group(run.attempt.node_id, run.attempt.run_dir)
         return AttemptEnd(run.attempt.id, state, cause, result, error)
 

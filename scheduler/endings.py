@@ -156,6 +156,8 @@ def charged_outcome(facts: EndFacts, state: AttemptState) -> JobState:
     if state is AttemptState.TIMED_OUT:
         # Not retried: it would almost surely time out again and burn the time twice.
         return JobState.TIMED_OUT
+    if state is AttemptState.PRUNED:
+        return JobState.PRUNED
     # Failed, lost, out of memory: retry while the budget lasts.  Attempts
     # requeued free do not count against it.
     charged = facts.attempt - facts.free_retries

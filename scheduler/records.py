@@ -240,6 +240,8 @@ class EndCause(str, Enum):
     TIMED_OUT = "timed_out"
     # Stopped to give a queue below its guarantee what it is owed.
     PREEMPTED = "preempted"
+    # Stopped by its stage's early_stop rule: its curve was losing.
+    PRUNED = "pruned"
     # Packed behind other jobs, and its pack ended before it began.
     NOT_STARTED = "not_started"
     # Packed, and its pack was stopped for another job's sake (or ran out of time

@@ -21,7 +21,8 @@ if not console.is_terminal:  # piped or in CI: do not squeeze tables into 80 col
     console = Console(width=max(console.width, 200))
 
 _STATE_STYLE = {"running": "cyan", "pending": "yellow", "blocked": "dim", "succeeded": "green", "failed": "red",
-                "timed_out": "red", "cancelled": "magenta", "unschedulable": "red", "upstream_failed": "red"}
+                "timed_out": "red", "cancelled": "magenta", "unschedulable": "red", "upstream_failed": "red",
+                "pruned": "yellow"}
 
 
 def _state(state: str) -> Text:

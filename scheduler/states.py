@@ -31,6 +31,9 @@ class JobState(str, Enum):
     UNSCHEDULABLE = "unschedulable"
     # A job it depends on ended without success, so it can never run.
     UPSTREAM_FAILED = "upstream_failed"
+    # Stopped early by its stage's early_stop rule (scheduler.early_stop): its
+    # curve was losing.  Its metrics so far, logs and checkpoint are kept.
+    PRUNED = "pruned"
 
     def is_terminal(self) -> bool:
         return self in TERMINAL_JOB_STATES
@@ -38,7 +41,7 @@ class JobState(str, Enum):
 
 TERMINAL_JOB_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED,
-     JobState.UNSCHEDULABLE, JobState.UPSTREAM_FAILED}
+     JobState.UNSCHEDULABLE, JobState.UPSTREAM_FAILED, JobState.PRUNED}
 )
 # Jobs still owed work by the scheduler.
 ACTIVE_JOB_STATES = frozenset({JobState.BLOCKED, JobState.PENDING, JobState.RUNNING})
@@ -48,7 +51,7 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.UNSCHEDULABLE}),
     # running -> pending: the attempt was lost or failed and a retry is owed.
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT,
-                                 JobState.CANCELLED, JobState.PENDING}),
+                                 JobState.CANCELLED, JobState.PENDING, JobState.PRUNED}),
     # Terminal states admit nothing; a rerun is a new submission.
     **{s: frozenset() for s in TERMINAL_JOB_STATES},
 }
@@ -75,6 +78,8 @@ class AttemptState(str, Enum):
     # Stopped to give a queue below its guarantee the resources it is owed; the
     # job is requeued (not charged to its retries) and resumes from its checkpoint.
     PREEMPTED = "preempted"
+    # Stopped by its stage's early_stop rule; the job ends pruned.
+    PRUNED = "pruned"
 
     def is_terminal(self) -> bool:
         return self is not AttemptState.RUNNING

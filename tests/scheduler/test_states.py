@@ -15,7 +15,7 @@ from scheduler.states import (
 
 TERMINAL = {
     JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED,
-    JobState.UNSCHEDULABLE, JobState.UPSTREAM_FAILED,
+    JobState.UNSCHEDULABLE, JobState.UPSTREAM_FAILED, JobState.PRUNED,
 }
 ACTIVE = {JobState.BLOCKED, JobState.PENDING, JobState.RUNNING}
 
