@@ -9,6 +9,6 @@
         return {"accuracy": acc}   # final metrics
 """
 
-from jobs.api import JobContext, Upstream, current, params, report, run_dir
+from jobs.api import JobContext, StopTrial, Upstream, current, params, report, run_dir
 
-__all__ = ["JobContext", "Upstream", "current", "params", "report", "run_dir"]
+__all__ = ["JobContext", "StopTrial", "Upstream", "current", "params", "report", "run_dir"]

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+# Written into a running job's run dir when labq stops it early (pruned): its
+# next report() raises StopTrial.
+STOP_FILE = "stop-requested"
 FINAL_METRICS_FILE = "metrics.json"
 ARTIFACTS_DIR = "artifacts"
 CHECKPOINTS_DIR = "checkpoints"
@@ -125,16 +128,25 @@ class JobContext:
     def report(self, step: int | None = None, **metrics: Any) -> None:
         """Record metrics for one step (an epoch, an iteration). Appends one JSON
         line to the run dir so it survives a crash and `labq logs`/plots can read
-        it while the job runs."""
+        it while the job runs.  Raises :class:`StopTrial` when labq has stopped
+        the job early (its stage's early_stop found it losing): let it propagate
+        (a ``finally`` still runs) and the job ends pruned, its curve and
+        checkpoints kept."""
         record: dict[str, Any] = {"time": time.time()}
         if step is not None:
             record["step"] = step
         record.update(metrics)
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
+        if (self.run_dir / STOP_FILE).exists():
+            raise StopTrial("labq stopped this job early (early_stop): its curve was losing")
 
 
 _current: JobContext | None = None
+
+
+class StopTrial(Exception):
+    """Raised by report() in a job labq has stopped early."""
 
 
 def _jsonable(value: Any) -> Any:

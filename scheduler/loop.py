@@ -21,11 +21,14 @@ import collections
 import logging
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator
 
 from contract.attempt import run_dir_for
-from scheduler import accounting, estimate, node_report, packing, policy, run_history, wakeup
+from jobs.api import STOP_FILE
+from scheduler import accounting, early_stop, estimate, node_report, packing, policy, run_history, wakeup
+from scheduler.curves import CurveReader
 from scheduler.attempt_table import AttemptTable, Pack, Running, saved_end
 from scheduler.backend import Backend
 from scheduler.config import Settings
@@ -53,6 +56,8 @@ NODE_FRESHNESS_SECONDS = 0.5
 # `labq queue` (SLURM's backfill pass writes expected starts the same way).  The
 # CLI reads them instead of replaying 100k pending jobs itself.
 ESTIMATE_SECONDS = 10.0
+# How often running jobs' curves are read for early stopping.
+EARLY_STOP_SECONDS = 0.5
 # How often the run times durations are predicted from are re-read from the store.
 DURATIONS_REFRESH_SECONDS = 30.0
 # Ends that are worth naming the node in the attempt's error.
@@ -79,6 +84,9 @@ class Scheduler:
         # The job shapes placement keeps unfragmented (policy.fragmentation), re-read as often.
         self._mix: policy.ShapeMix | None = None
         self._mix_at = -float("inf")
+        # Per-step metrics of the jobs of stages that stop early (scheduler.early_stop).
+        self._curves = CurveReader()
+        self._early_stop_at = -float("inf")
         # Service a running job's earlier (preempted) attempts attained, read once per job.
         self._served: dict[int, tuple[float, int]] = {}
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
@@ -122,6 +130,9 @@ class Scheduler:
         if self._estimated_at is None or now - self._estimated_at >= ESTIMATE_SECONDS:
             self._estimated_at = now
             self._estimate(now)
+        if now - self._early_stop_at >= EARLY_STOP_SECONDS:
+            self._early_stop_at = now
+            self._stop_losers(now)
 
     def wait_for_events(self, timeout: float, now_fn=time.time) -> None:
         """Sleep until a task finishes or ``timeout`` passes (the loop's only
@@ -270,6 +281,41 @@ class Scheduler:
                 unschedulable = {j: why for j, why in unschedulable.items() if not self.pending.demands[j].gpu_memory}
         if unschedulable:
             self.store.mark_unschedulable(unschedulable, now)
+
+    def _stop_losers(self, now: float) -> None:
+        """Stop the running jobs their stage's early_stop rule says are losing
+        (scheduler.early_stop), from every job of the stage's curve; they end
+        pruned, their share back in the pool as their stop completes."""
+        stages = self.store.early_stopping()
+        if not stages:
+            self._curves.forget(set())
+            return
+        mine = {r.job.id: r for r in self.attempts if r.stop is None}
+        read: set[str] = set()
+        for (experiment_id, stage), config in stages.items():
+            rule = early_stop.Rule(config["method"], config["metric"], config["mode"], config["grace"],
+                                   config["eta"], config["max_t"])
+            curves, running = {}, []
+            for job_id, state, run_dir in self.store.stage_run_dirs(experiment_id, stage):
+                read.add(run_dir)
+                curves[job_id] = early_stop.points(self._curves.records(run_dir), rule.metric)
+                if state == "running" and job_id in mine:
+                    running.append(job_id)
+            for job_id, why in early_stop.to_stop(rule, curves, running).items():
+                run = mine[job_id]
+                self._request_stop_file(run)
+                self._ask_stop(run, AttemptState.PRUNED, now, detail=f"pruned: {why}")
+        self._curves.forget(read)
+
+    @staticmethod
+    def _request_stop_file(run: Running) -> None:
+        """Tell a callable's report() to raise (jobs.api.StopTrial) at its next
+        step: a clean end where the run dir is on this machine (elsewhere the
+        stop itself ends it)."""
+        try:
+            (Path(run.attempt.run_dir) / STOP_FILE).touch(mode=0o600)
+        except OSError:
+            pass
 
     def _continue_searches(self, now: float) -> None:
         """Ask each search with room (fewer than ``parallel`` trials queued or

@@ -41,9 +41,10 @@ class Trial:
 
 def trial_state(job_state: str) -> str:
     """A trial's state from its job's: "complete" (it succeeded; its value may
-    still be missing), "running" (queued, blocked or running) or "failed"."""
-    if job_state == "succeeded":
-        return "complete"
+    still be missing), "running" (queued, blocked or running), "pruned"
+    (stopped early: a loser, which the sampler learns from) or "failed"."""
+    if job_state in ("succeeded", "pruned"):
+        return "complete" if job_state == "succeeded" else "pruned"
     return "running" if job_state in ("pending", "running", "blocked") else "failed"
 
 
@@ -126,6 +127,9 @@ def _frozen(optuna: Any, trial: Trial, distributions: dict[str, Any]):
     params = {name: _in_space(trial.params.get(name), dist) for name, dist in distributions.items()}
     if trial.state == "complete" and trial.value is not None and math.isfinite(trial.value):
         return create_trial(params=params, distributions=distributions, value=trial.value, state=TrialState.COMPLETE)
+    if trial.state == "pruned":
+        return create_trial(params=params, distributions=distributions, state=TrialState.PRUNED,
+                            intermediate_values={} if trial.value is None else {0: trial.value})
     state = TrialState.RUNNING if trial.state == "running" else TrialState.FAIL
     return create_trial(params=params, distributions=distributions, state=state)
 

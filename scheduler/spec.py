@@ -234,6 +234,24 @@ class Env(_Strict):
         return self
 
 
+class EarlyStop(_Strict):
+    """Stop a stage's losing jobs early from the per-step metrics they report
+    (scheduler.early_stop); they end pruned."""
+
+    method: Literal["asha", "hyperband", "median"] = "asha"
+    metric: str | None = Field(None, pattern=METRIC_NAME_PATTERN)  # default: the experiment's
+    mode: Literal["max", "min"] | None = None  # default: the experiment's
+    grace: int = Field(1, ge=1, le=10**9)  # steps before any stop
+    eta: int = Field(3, ge=2, le=100)  # 1/eta of the jobs pass each rung
+    max_t: int = Field(100, ge=1, le=10**9)  # the steps a job runs at most
+
+    @model_validator(mode="after")
+    def _grace_below_max(self) -> "EarlyStop":
+        if self.grace >= self.max_t and self.method != "median":
+            raise ValueError(f"grace ({self.grace}) must be below max_t ({self.max_t}): no rung would be left")
+        return self
+
+
 class Stage(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     run: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -247,6 +265,7 @@ class Stage(_Strict):
     retry_on_oom: RetryOnOom | None = None
     metrics_from: MetricsFrom | None = None
     env: Env | None = None
+    early_stop: EarlyStop | None = None
 
     @model_validator(mode="after")
     def _run_or_command(self) -> "Stage":
@@ -472,7 +491,13 @@ def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _semantic_problems(spec: ExperimentSpec, base_dir: Path) -> list[tuple[str, str]]:
     return (_check_graph(spec) + _check_targets(spec, base_dir) + _check_placeholders(spec)
-            + _check_requirements(spec, base_dir) + _check_searches(spec))
+            + _check_requirements(spec, base_dir) + _check_searches(spec) + _check_early_stops(spec))
+
+
+def _check_early_stops(spec: ExperimentSpec) -> list[tuple[str, str]]:
+    return [(f"stages[{s.name}].early_stop", "needs a metric and a mode: its own, or the experiment's")
+            for s in spec.stages if s.early_stop is not None
+            and ((s.early_stop.metric or spec.metric) is None or (s.early_stop.mode or spec.mode) is None)]
 
 
 def _check_searches(spec: ExperimentSpec) -> list[tuple[str, str]]:
@@ -549,6 +574,11 @@ def stage_runtimes(spec: ExperimentSpec, base_dir: Path) -> dict[str, dict[str, 
             runtime["metrics_from"] = stage.metrics_from.to_json()
         if variables or pip:
             runtime["env"] = {"vars": variables, "pip": pip or None}
+        if stage.early_stop is not None:
+            rule = stage.early_stop
+            runtime["early_stop"] = {"method": rule.method, "metric": rule.metric or spec.metric,
+                                     "mode": rule.mode or spec.mode, "grace": rule.grace, "eta": rule.eta,
+                                     "max_t": rule.max_t}
         if runtime:
             runtimes[stage.name] = runtime
     return runtimes

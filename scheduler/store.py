@@ -809,6 +809,21 @@ class Store:
         return {r["id"]: (r["experiment_id"], r["stage"])
                 for r in self._rows_in("SELECT id, experiment_id, stage FROM jobs WHERE id IN ", ids)}
 
+    def early_stopping(self) -> dict[tuple[int, str], dict[str, Any]]:
+        """{(experiment id, stage): its early_stop rule} for the stages with one
+        and a running job (scheduler.early_stop)."""
+        return {(r["experiment_id"], r["stage"]): json.loads(r["runtime"])["early_stop"]
+                for r in self._conn.execute(
+                    "SELECT s.experiment_id, s.stage, s.runtime FROM stage_runtime s WHERE s.runtime LIKE"
+                    " '%\"early_stop\"%' AND EXISTS (SELECT 1 FROM jobs j WHERE j.experiment_id = s.experiment_id"
+                    " AND j.stage = s.stage AND j.state = 'running')")}
+
+    def stage_run_dirs(self, experiment_id: int, stage: str) -> list[tuple[int, str, str]]:
+        """(job id, job state, its latest attempt's run dir) of a stage's jobs that ran."""
+        return [(r["id"], r["state"], r["run_dir"]) for r in self._conn.execute(
+            "SELECT j.id, j.state, a.run_dir FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts"
+            " WHERE j.experiment_id = ? AND j.stage = ? ORDER BY j.id", (experiment_id, stage))]
+
     def launch_context(self, job_id: int) -> dict[str, Any]:
         """What a worker needs beyond the job row: the code snapshot, upstream
         outputs, and the previous attempt's run dir (to resume from)."""

@@ -116,3 +116,17 @@ def quick(ctx):
         os.kill(os.getpid(), signal.SIGKILL)
     ctx.artifact_path("seed.txt").write_text(str(ctx.params["seed"]))
     return {"seed": ctx.params["seed"], "pid": os.getpid()}
+
+
+def curve(ctx):
+    """A training curve: ``steps`` steps 0.05 s apart, accuracy rising towards
+    ``q`` (labq may stop it early: report() then raises StopTrial)."""
+    import math
+
+    from jobs import report
+
+    q = ctx.params["q"]
+    for step in range(1, ctx.params.get("steps", 16) + 1):
+        time.sleep(0.05)
+        report(step=step, acc=q * (1 - math.exp(-step / 4)))
+    return {"acc": q * (1 - math.exp(-ctx.params.get("steps", 16) / 4))}

@@ -63,8 +63,11 @@ def test_trials_in_flight_and_failed_ones_are_in_the_study():
                search.Trial({"k": "c", "n": 2}, "complete", None)]  # succeeded without the metric
     (point,) = search.suggest(config, history, 1)
     assert point["k"] in ("a", "b", "c") and point["n"] in (1, 2, 3)
-    assert [search.trial_state(s) for s in ("succeeded", "pending", "blocked", "running", "failed", "cancelled")] == \
-        ["complete", "running", "running", "running", "failed", "failed"]
+    assert [search.trial_state(s) for s in ("succeeded", "pending", "blocked", "running", "failed", "cancelled",
+                                            "pruned")] == \
+        ["complete", "running", "running", "running", "failed", "failed", "pruned"]
+    history.append(search.Trial({"k": "c", "n": 3}, "pruned", 0.2))
+    assert search.suggest(config, history, 1)
 
 
 def test_the_spec_takes_a_search_and_says_what_is_wrong_with_one(tmp_path):

@@ -1,0 +1,50 @@
+"""Early stopping through the real loop on real Ray (the session's local Ray):
+a sweep of callables reporting a curve per step; ASHA stops the losing ones,
+which end pruned within a second of the stop, keep their curve, and give their
+CPUs back; the best runs to the end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_resources_released, drive, make_scheduler, submit_spec, write_spec
+from scheduler.states import AttemptState, JobState
+
+pytestmark = pytest.mark.ray
+
+
+def test_asha_prunes_losing_curves_and_their_cpus_come_back(tmp_path, ray_backend):
+    sched, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    spec = write_spec(tmp_path, """
+        experiment: curves
+        metric: acc
+        mode: max
+        stages:
+          - name: train
+            run: "testjobs:curve"
+            params: {steps: 16}
+            sweep: {grid: {q: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}}
+            resources: {cpu: 0.5}
+            early_stop: {method: asha, grace: 2, eta: 2, max_t: 16}
+    """)
+    sub = submit_spec(spec, settings)
+    jobs = drive(sched, store, sub.experiment_id, timeout=120)
+    by_q = {j.params["q"]: j for j in jobs}
+    pruned = [j for j in jobs if j.state is JobState.PRUNED]
+    assert by_q[0.9].state is JobState.SUCCEEDED
+    assert pruned, [j.state.value for j in jobs]
+    assert all(j.state in (JobState.SUCCEEDED, JobState.PRUNED) for j in jobs)
+    for job in pruned:
+        (attempt,) = store.attempts(job.id)
+        assert attempt.state is AttemptState.PRUNED and "asha: acc" in attempt.error
+        run_dir = Path(attempt.run_dir)
+        curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert 2 <= curve[-1]["step"] < 16  # stopped past the grace, before the end; its curve kept
+        # Its share came back within a second of the stop (its next report raised)
+        asked = (run_dir / "stop-requested").stat().st_mtime
+        assert attempt.ended_at - asked < 1.0, attempt.ended_at - asked
+    assert_resources_released()
+    store.close()
