@@ -319,6 +319,8 @@ def status(ctx: click.Context, ref: str, as_json: bool) -> None:
                          f"priority {exp.priority}, submitted {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(exp.submitted_at))}",
                          highlight=False)
     render.console.print("  ".join(f"{k}: {v}" for k, v in sorted(found.counts.items())), highlight=False)
+    for line in render.search_lines(found.searches):
+        render.console.print(line, highlight=False)
     render.console.print(render.queue_table(jobs, found.now, len(jobs), starts=found.starts.at,
                                             outlook=found.starts.outlook,
                                             title=f"{len(jobs)} job{'s' if len(jobs) != 1 else ''}, "

@@ -329,6 +329,13 @@ class Scheduler:
             try:
                 from scheduler import search
 
+                budget = search.budget_left(config, self.store.search_spent(experiment_id, stage, now))
+                if budget is not None and budget[1] >= budget[2]:
+                    log.info("the search of experiment %s, stage %s, spent its budget: %s", experiment_id, stage,
+                             search.budget_text(*budget))
+                    self.store.extend_search(experiment_id, -1, stage)  # closed: it asks for no more
+                    continue
+
                 history = [search.Trial(params, search.trial_state(state), value)
                            for params, state, value in self.store.trials(experiment_id, stage)]
                 points = search.suggest(config, history, want)

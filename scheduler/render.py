@@ -97,6 +97,21 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
     return table
 
 
+def search_lines(searches: list[dict[str, Any]]) -> list[str]:
+    """`labq status EXP`'s line per search: trials asked, and the budget spent and left."""
+    lines = []
+    for s in searches:
+        line = (f"search {s['stage']} ({s['algo']}): {s['asked']} of {s['samples']} trials asked, "
+                f"{s['parallel']} at a time")
+        if s.get("budget"):
+            from scheduler.search import budget_text
+
+            b = s["budget"]
+            line += f"; budget {budget_text(b['kind'], b['spent'], b['limit'])}"
+        lines.append(line)
+    return lines
+
+
 def outlook_text(outlook: Any, long: bool = False) -> str:
     """A job's predicted duration and tier: "~12m t1/3" in a table; with
     ``long``, where the prediction comes from too."""

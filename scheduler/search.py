@@ -51,9 +51,28 @@ def trial_state(job_state: str) -> str:
 def config_of(sweep: Any, metric: str | None, mode: str | None) -> dict[str, Any]:
     """What the scheduler keeps of a stage's search (the store's searches row):
     plain JSON, everything needed to continue it."""
+    budget = sweep.search.budget
     return {"algo": sweep.search.algo, "samples": sweep.search.samples, "parallel": sweep.search.parallel,
             "seed": sweep.search.seed, "metric": metric, "mode": mode,
+            "budget": budget.model_dump(exclude_none=True) if budget is not None else None,
             "space": {name: dist.model_dump(exclude_none=True) for name, dist in sweep.space.items()}}
+
+
+def budget_left(config: Mapping[str, Any], spent: Mapping[str, float]) -> tuple[str, float, float] | None:
+    """(what the budget counts, spent, the budget) of a search with one, else None;
+    ``spent``: {"cpu_hours", "gpu_hours", "wall"} so far (Store.search_spent)."""
+    budget = config.get("budget")
+    if not budget:
+        return None
+    (kind, limit), = budget.items()
+    return kind, spent.get(kind, 0.0), float(limit)
+
+
+def budget_text(kind: str, spent: float, limit: float) -> str:
+    """"cpu_hours 0.51 of 2 spent (1.49 left)"; wall in seconds."""
+    unit = "s" if kind == "wall" else ""
+    return (f"{kind} {spent:.3g}{unit} of {limit:g}{unit} spent"
+            + (f" ({limit - spent:.3g}{unit} left)" if spent < limit else " (spent: no more trials)"))
 
 
 def first_trials(sweep: Any) -> list[dict[str, Any]]:

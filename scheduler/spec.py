@@ -121,6 +121,21 @@ class Distribution(_Strict):
         return self
 
 
+class Budget(_Strict):
+    """What a search may spend before it asks for no more trials: CPU or GPU
+    hours its trials held, or wall time since the experiment was submitted."""
+
+    cpu_hours: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
+    gpu_hours: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
+    wall: Duration = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Budget":
+        if sum(v is not None for v in (self.cpu_hours, self.gpu_hours, self.wall)) != 1:
+            raise ValueError("expected exactly one of cpu_hours, gpu_hours, wall")
+        return self
+
+
 class Search(_Strict):
     """A model-based search (scheduler.search): trials are jobs, each asked of
     the ``algo`` with the results of the trials before it."""
@@ -129,6 +144,7 @@ class Search(_Strict):
     samples: int = Field(ge=1, le=MAX_JOBS_PER_EXPERIMENT)  # trials in all
     parallel: int = Field(4, ge=1, le=1000)  # trials queued or running at once
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    budget: Budget | None = None
 
 
 class Sweep(_Strict):

@@ -382,6 +382,28 @@ class Store:
                 out.append((r["experiment_id"], r["stage"], config, r["asked"], r["active"] or 0))
         return out
 
+    def search_spent(self, experiment_id: int, stage: str, now: float) -> dict[str, float]:
+        """What a search's trials have held so far: CPU and GPU hours over their
+        attempts (a running one up to ``now``), and the wall time since the
+        experiment was submitted."""
+        row = self._conn.execute(
+            "SELECT COALESCE(SUM(j.cpu * (COALESCE(a.ended_at, ?) - a.dispatched_at)), 0) AS cpu_s,"
+            " COALESCE(SUM(CASE WHEN j.gpu > 1 THEN j.gpu ELSE COALESCE(a.gpu_share, j.gpu) END"
+            " * (COALESCE(a.ended_at, ?) - a.dispatched_at)), 0) AS gpu_s"
+            " FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE j.experiment_id = ? AND j.stage = ?"
+            " AND a.dispatched_at IS NOT NULL", (now, now, experiment_id, stage)).fetchone()
+        submitted = self._conn.execute("SELECT submitted_at FROM experiments WHERE id = ?",
+                                       (experiment_id,)).fetchone()[0]
+        return {"cpu_hours": max(0.0, row["cpu_s"]) / 3600, "gpu_hours": max(0.0, row["gpu_s"]) / 3600,
+                "wall": max(0.0, now - submitted)}
+
+    def searches(self, experiment_id: int) -> list[tuple[str, dict[str, Any], int]]:
+        """An experiment's searches: (stage, config, trials asked)."""
+        return [(r["stage"], json.loads(r["config"]), r["asked"]) for r in self._conn.execute(
+            "SELECT s.stage, s.config, (SELECT COUNT(*) FROM jobs j WHERE j.experiment_id = s.experiment_id"
+            " AND j.stage = s.stage) AS asked FROM searches s WHERE s.experiment_id = ? ORDER BY s.stage",
+            (experiment_id,))]
+
     def trials(self, experiment_id: int, stage: str) -> list[tuple[dict[str, Any], str, Any]]:
         """A search stage's trials in the order asked: (swept params, job state,
         the experiment's metric of its latest attempt or None)."""
@@ -431,11 +453,13 @@ class Store:
                              for k, job_id in enumerate(ids)])
         return ids
 
-    def extend_search(self, experiment_id: int, more: int) -> list[str]:
-        """Raise the samples of the experiment's searches by ``more`` (a negative
-        ``more``: close them, no trial asked beyond those there); the stages changed."""
+    def extend_search(self, experiment_id: int, more: int, stage: str | None = None) -> list[str]:
+        """Raise the samples of the experiment's searches (or one stage's) by
+        ``more`` (a negative ``more``: close them, no trial asked beyond those
+        there); the stages changed."""
         with self._tx() as cur:
-            rows = cur.execute("SELECT stage, config FROM searches WHERE experiment_id = ?", (experiment_id,)).fetchall()
+            rows = cur.execute("SELECT stage, config FROM searches WHERE experiment_id = ? AND (? IS NULL OR stage = ?)",
+                               (experiment_id, stage, stage)).fetchall()
             for r in rows:
                 config = json.loads(r["config"])
                 asked = cur.execute("SELECT COUNT(*) FROM jobs WHERE experiment_id = ? AND stage = ?",

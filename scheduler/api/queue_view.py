@@ -202,20 +202,26 @@ class ExperimentStatus:
     counts: dict[str, int]
     starts: Starts
     now: float
+    # Its model-based searches: {stage, algo, asked, samples, parallel, budget:
+    # {kind, spent, limit} or None} (scheduler.search).
+    searches: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.experiment.to_json(), "counts": self.counts, "jobs": _with_starts(self.jobs, self.starts)}
+        return {**self.experiment.to_json(), "counts": self.counts, "jobs": _with_starts(self.jobs, self.starts),
+                **({"searches": self.searches} if self.searches else {})}
 
     def to_wire(self) -> dict[str, Any]:
         return {"kind": "experiment", "experiment": self.experiment.to_json(), "counts": self.counts,
-                "jobs": _with_starts(self.jobs, self.starts), "warning": self.starts.warning, "now": self.now}
+                "jobs": _with_starts(self.jobs, self.starts), "warning": self.starts.warning, "now": self.now,
+                "searches": self.searches}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> ExperimentStatus:
         from scheduler.records import Experiment
 
         jobs, starts = _jobs_and_starts(data["jobs"], data.get("warning"))
-        return cls(Experiment.from_json(data["experiment"]), jobs, data["counts"], starts, data["now"])
+        return cls(Experiment.from_json(data["experiment"]), jobs, data["counts"], starts, data["now"],
+                   data.get("searches") or [])
 
 
 def status_from_wire(data: dict[str, Any]) -> JobStatus | ExperimentStatus:
@@ -237,7 +243,23 @@ def status(store: Store, ref: str, estimates: EstimateSettings,
     counts = active_state_counts(jobs)
     pending = [j.id for j in jobs if j.state.value == "pending"] if counts.get("pending") else []
     active = [j.id for j in jobs if not j.state.is_terminal()]
-    return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates, active), now)
+    return ExperimentStatus(exp, jobs, counts, start_estimates(store, now, pending, estimates, active), now,
+                            _searches(store, exp.id, now))
+
+
+def _searches(store: Store, experiment_id: int, now: float) -> list[dict[str, Any]]:
+    """Where each of an experiment's searches stands, its budget spent and left."""
+    out = []
+    for stage, config, asked in store.searches(experiment_id):
+        budget = None
+        if config.get("budget"):
+            from scheduler.search import budget_left
+
+            kind, spent, limit = budget_left(config, store.search_spent(experiment_id, stage, now))
+            budget = {"kind": kind, "spent": round(spent, 6), "limit": limit}
+        out.append({"stage": stage, "algo": config["algo"], "asked": asked, "samples": config["samples"],
+                    "parallel": config["parallel"], "budget": budget})
+    return out
 
 
 def experiment_page(store: Store, limit: int = 50, offset: int = 0) -> dict[str, Any]:

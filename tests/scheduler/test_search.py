@@ -163,3 +163,37 @@ def test_the_loop_asks_for_trials_as_they_end_until_samples_and_a_restart_repeat
         sched._dirty = True
     assert len([j for j in store.jobs_of_experiment(experiment_id) if j.stage == "fit"]) == 9
     store.close()
+
+
+def test_a_budget_stops_the_search_asking_and_status_says_what_is_spent(tmp_path):
+    from scheduler import api, render
+    from scheduler.sweep import plan_jobs, searches_of
+
+    home = tmp_path / "home"
+    spec = tmp_path / "tune.yaml"
+    # Each trial holds 1 cpu for 60 s: a budget of 0.1 cpu-hours (360 s) buys six
+    spec.write_text(SEARCH.replace("search: {algo: tpe, samples: 7, parallel: 2, seed: 3}",
+                                   "search: {algo: random, samples: 50, parallel: 2, budget: {cpu_hours: 0.1}}")
+                    .replace("prep\n    command", "prep\n    command"))
+    store, backend = Store(home), FakeBackend(make_nodes(1, cpu=8, gpu=0))
+    settings = Settings(home=str(home), scheduler={"pack_seconds": 0})
+    sched = Scheduler(store, backend, settings)
+    spec_obj, raw = load_spec(spec)
+    experiment_id, _ = store.submit(name="tune", user="u", queue="default", priority=0, spec_path=str(spec),
+                                    spec=raw, package=None, metric="score", mode="max",
+                                    drafts=plan_jobs(spec_obj, str(spec)), stages={s.name: s for s in spec_obj.stages},
+                                    now=NOW, searches=searches_of(spec_obj))
+    now = NOW
+    for _ in range(12):
+        sched.tick(now)
+        now += 60
+        _finish(backend, sched)
+        sched._dirty = True
+    fits = [j for j in store.jobs_of_experiment(experiment_id) if j.stage == "fit"]
+    assert 6 <= len(fits) <= 7 and all(j.state.is_terminal() for j in fits)  # the pair in flight at 360 s ends
+    assert not store.open_searches()  # closed: `labq run` stops waiting
+    found = api.status(store, "tune", api.EstimateSettings(3600.0), now=now)
+    (line,) = render.search_lines(found.searches)
+    assert line.startswith(f"search fit (random): {len(fits)} of ") and "budget cpu_hours" in line
+    assert "no more trials" in line, line
+    store.close()
