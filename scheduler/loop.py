@@ -87,6 +87,7 @@ class Scheduler:
         # Per-step metrics of the jobs of stages that stop early (scheduler.early_stop).
         self._curves = CurveReader()
         self._early_stop_at = -float("inf")
+        self._notes: dict[int, str] = {}  # job id -> its rung as last written
         # Service a running job's earlier (preempted) attempts attained, read once per job.
         self._served: dict[int, tuple[float, int]] = {}
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
@@ -292,6 +293,7 @@ class Scheduler:
             return
         mine = {r.job.id: r for r in self.attempts if r.stop is None}
         read: set[str] = set()
+        notes: dict[int, str] = {}
         for (experiment_id, stage), config in stages.items():
             rule = early_stop.Rule(config["method"], config["metric"], config["mode"], config["grace"],
                                    config["eta"], config["max_t"])
@@ -301,11 +303,21 @@ class Scheduler:
                 curves[job_id] = early_stop.points(self._curves.records(run_dir), rule.metric)
                 if state == "running" and job_id in mine:
                     running.append(job_id)
-            for job_id, why in early_stop.to_stop(rule, curves, running).items():
+            stopping = early_stop.to_stop(rule, curves, running)
+            for job_id, why in stopping.items():
                 run = mine[job_id]
                 self._request_stop_file(run)
                 self._ask_stop(run, AttemptState.PRUNED, now, detail=f"pruned: {why}")
+            position = {job_id: k for k, job_id in enumerate(sorted(curves))}
+            for job_id in running:
+                note = early_stop.rung_of(rule, curves[job_id], position[job_id]) if job_id not in stopping else None
+                if note is not None and self._notes.get(job_id) != note:
+                    notes[job_id] = self._notes[job_id] = note
+        if notes:
+            self.store.set_running_notes(notes)
         self._curves.forget(read)
+        for gone in self._notes.keys() - mine.keys():
+            del self._notes[gone]
 
     @staticmethod
     def _request_stop_file(run: Running) -> None:

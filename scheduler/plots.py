@@ -36,9 +36,13 @@ def plot_results(res: Any, curves: list[Any], out: str) -> None:
         ax.grid(alpha=0.3)
     if curves:
         ax = axes[len(res.varying_params)]
-        for curve in curves[:20]:
-            ax.plot(curve.steps, curve.values, label=f"job {curve.job_id}")
-        ax.set_xlabel("step")
+        shown = sorted(curves, key=lambda c: c.pruned)[:20] if len(curves) > 20 else curves
+        for curve in shown:
+            line, = ax.plot(curve.steps, curve.values, label=f"job {curve.job_id}" + (" (pruned)" if curve.pruned else ""),
+                            alpha=0.45 if curve.pruned else 1.0, linewidth=1.0 if curve.pruned else 1.6)
+            if curve.pruned and curve.steps:  # where early stopping ended it
+                ax.scatter([curve.steps[-1]], [curve.values[-1]], marker="x", color=line.get_color(), zorder=3)
+        ax.set_xlabel("step" + ("   (x: pruned)" if any(c.pruned for c in shown) else ""))
         ax.set_ylabel(curves[0].metric)
         ax.grid(alpha=0.3)
         if len(curves) <= 10:

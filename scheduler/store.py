@@ -621,6 +621,13 @@ class Store:
         cur.executemany("UPDATE jobs SET reason = ? WHERE id = ? AND state = 'pending'",
                         [(r, j) for j, r in reasons.items()])
 
+    def set_running_notes(self, notes: dict[int, str]) -> None:
+        """What `labq queue` says of running jobs (a trial's rung under early
+        stopping) in their reason; a job no longer running keeps none."""
+        with self._tx() as cur:
+            cur.executemany("UPDATE jobs SET reason = ? WHERE id = ? AND state = 'running'",
+                            [(note, job_id) for job_id, note in notes.items()])
+
     def cancel(self, job_ids: Iterable[int], now: float) -> dict[str, list[int]]:
         """Pending and blocked jobs end cancelled at once; running ones are flagged
         for the scheduler, which stops their Ray task and records the end."""

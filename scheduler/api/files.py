@@ -180,13 +180,16 @@ class StepCurve:
     metric: str
     steps: list
     values: list
+    pruned: bool = False  # stopped early (scheduler.early_stop): its curve ends where it was stopped
 
     def to_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "metric": self.metric, "steps": self.steps, "values": self.values}
+        return {"job_id": self.job_id, "metric": self.metric, "steps": self.steps, "values": self.values,
+                "pruned": self.pruned}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StepCurve:
-        return cls(int(data["job_id"]), data["metric"], list(data["steps"]), list(data["values"]))
+        return cls(int(data["job_id"]), data["metric"], list(data["steps"]), list(data["values"]),
+                   bool(data.get("pruned")))
 
 
 def step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[StepCurve]:
@@ -206,5 +209,6 @@ def step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[StepCurv
         name = metric if metric in names else (names[0] if names else None)
         if name:
             pts = [(s["step"], s[name]) for s in steps if isinstance(s.get(name), (int, float))]
-            curves.append(StepCurve(r["job_id"], name, [p[0] for p in pts], [p[1] for p in pts]))
+            curves.append(StepCurve(r["job_id"], name, [p[0] for p in pts], [p[1] for p in pts],
+                                    r.get("state") == "pruned"))
     return curves

@@ -25,13 +25,20 @@ def test_asha_prunes_losing_curves_and_their_cpus_come_back(tmp_path, ray_backen
         stages:
           - name: train
             run: "testjobs:curve"
-            params: {steps: 16}
-            sweep: {grid: {q: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]}}
+            params: {steps: 16, pause: 0.2}
+            sweep: {grid: {q: [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]}}  # the best first: the rest meet it at each rung
             resources: {cpu: 0.5}
             early_stop: {method: asha, grace: 2, eta: 2, max_t: 16}
     """)
     sub = submit_spec(spec, settings)
-    jobs = drive(sched, store, sub.experiment_id, timeout=120)
+    notes: set[str] = set()
+
+    def seen(jobs) -> bool:  # what `labq queue` says of the running trials, as they go
+        notes.update(j.reason for j in jobs if j.state is JobState.RUNNING and j.reason)
+        return all(j.state.is_terminal() for j in jobs)
+
+    jobs = drive(sched, store, sub.experiment_id, timeout=120, until=seen)
+    assert any(n.startswith("rung ") and n.endswith("/3") for n in notes), notes
     by_q = {j.params["q"]: j for j in jobs}
     pruned = [j for j in jobs if j.state is JobState.PRUNED]
     assert by_q[0.9].state is JobState.SUCCEEDED
@@ -46,5 +53,14 @@ def test_asha_prunes_losing_curves_and_their_cpus_come_back(tmp_path, ray_backen
         # Its share came back within a second of the stop (its next report raised)
         asked = (run_dir / "stop-requested").stat().st_mtime
         assert attempt.ended_at - asked < 1.0, attempt.ended_at - asked
+    # `labq results --plot` draws the pruned curves ending where they were stopped
+    from scheduler import api
+    from scheduler.plots import plot_results
+
+    res = api.results(store, "curves")
+    curves = api.step_curves(res.rows, res.metric)
+    assert {c.job_id for c in curves if c.pruned} == {j.id for j in pruned}
+    plot_results(res, curves, str(tmp_path / "curves.png"))
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert_resources_released()
     store.close()

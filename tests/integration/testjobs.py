@@ -119,14 +119,14 @@ def quick(ctx):
 
 
 def curve(ctx):
-    """A training curve: ``steps`` steps 0.05 s apart, accuracy rising towards
-    ``q`` (labq may stop it early: report() then raises StopTrial)."""
+    """A training curve: ``steps`` steps ``pause`` s apart, accuracy rising
+    towards ``q`` (labq may stop it early: report() then raises StopTrial)."""
     import math
 
     from jobs import report
 
     q = ctx.params["q"]
     for step in range(1, ctx.params.get("steps", 16) + 1):
-        time.sleep(0.05)
+        time.sleep(ctx.params.get("pause", 0.05))
         report(step=step, acc=q * (1 - math.exp(-step / 4)))
     return {"acc": q * (1 - math.exp(-ctx.params.get("steps", 16) / 4))}
