@@ -173,8 +173,7 @@ def test_a_budget_stops_the_search_asking_and_status_says_what_is_spent(tmp_path
     spec = tmp_path / "tune.yaml"
     # Each trial holds 1 cpu for 60 s: a budget of 0.1 cpu-hours (360 s) buys six
     spec.write_text(SEARCH.replace("search: {algo: tpe, samples: 7, parallel: 2, seed: 3}",
-                                   "search: {algo: random, samples: 50, parallel: 2, budget: {cpu_hours: 0.1}}")
-)
+                                   "search: {algo: random, samples: 50, parallel: 2, budget: {cpu_hours: 0.1}}"))
     store, backend = Store(home), FakeBackend(make_nodes(1, cpu=8, gpu=0))
     settings = Settings(home=str(home), scheduler={"pack_seconds": 0})
     sched = Scheduler(store, backend, settings)
