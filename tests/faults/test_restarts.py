@@ -267,3 +267,39 @@ def test_kill_9_of_a_nodes_owner_loses_its_attempts_which_rerun_never_beside_the
         assert "owner" in out["attempts_detail"][0]["error"]  # the cause, as `labq status` shows it
     finally:
         stop_and_check_nothing_left(home)
+
+
+def test_kill_9_in_the_middle_of_a_search_loses_and_repeats_no_trial(tmp_path):
+    home = tmp_path / "home"
+    path = spec(tmp_path, f"""
+        experiment: tune
+        metric: score
+        mode: max
+        stages:
+          - name: fit
+            command: "sleep 1; {sys.executable} -c 'print(\\"score\\", -({{x}} - 0.3) ** 2)'"
+            metrics_from: {{stdout: {{score: 'score (\\S+)'}}}}
+            sweep: {{search: {{algo: tpe, samples: 8, parallel: 2, seed: 5}}, space: {{x: {{uniform: [0, 1]}}}}}}
+            resources: {{cpu: 0.5}}
+    """)
+    ok(labq(home, "scheduler", "start", "--cpus", "2"))
+    try:
+        ok(labq(home, "submit", str(path), "--no-start"))
+        # When the scheduler is killed with -9 once the search has asked for a third and fourth trial
+        wait_until(lambda: len(job_states(home)) >= 4, 90, "four trials asked")
+        kill_daemon(home)
+        # Then a new scheduler carries the search on from the database to its eight trials
+        ok(labq(home, "scheduler", "start", "--cpus", "2"))
+        wait_until(lambda: len(job_states(home)) == 8 and set(job_states(home).values()) == {"succeeded"}, 120,
+                   "eight trials to succeed")
+        time.sleep(1.5)  # (a pass or two more: none is asked beyond the eight)
+        db = sqlite3.connect(home / "labq.db")
+        try:
+            xs = [json.loads(p)["x"] for (p,) in db.execute("SELECT params FROM jobs ORDER BY id")]
+        finally:
+            db.close()
+        assert len(xs) == 8 and len(set(xs)) == 8, xs
+        out = ok(labq(home, "status", "tune")).stdout
+        assert "search fit (tpe): 8 of 8 trials asked, 2 at a time" in out, out
+    finally:
+        stop_and_check_nothing_left(home)
