@@ -60,12 +60,18 @@ def cluster():
     return [simulator.node(f"node-{i}", 64, GPUS_PER_NODE, 512 * 2**30) for i in range(NODES)]
 
 
-def compare_policies(jobs_count: int) -> tuple[list, dict, str]:
+def compare_policies(jobs_count: int, seed: int = 0) -> tuple[list, dict, str]:
+    """The four policies, then labq as it was before issue 18 (submission order
+    within a user, best-fit placement), labelled "labq (before)"."""
+    import dataclasses
+
     from scheduler import simulator, traces
 
-    trace = traces.generate(jobs_count, seed=0, gpus=NODES * GPUS_PER_NODE, load=1.2)
+    trace = traces.generate(jobs_count, seed=seed, gpus=NODES * GPUS_PER_NODE, load=1.2)
     nodes = cluster()
     results = simulator.compare(trace, nodes)
+    before = simulator.simulate(trace, nodes, "labq", stretch=None, fragmentation=False)
+    results.append(dataclasses.replace(before, policy="labq (before)"))
     bound = simulator.lower_bound(trace, nodes)
     light = min(results[0].per_user, key=lambda u: results[0].per_user[u]["gpu_seconds"])
     return results, bound, light
@@ -102,6 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
     sim_rows = [[r.policy, r.avg_jct, r.avg_wait, r.p95_wait, r.makespan, bound["makespan"],
                  common.ratio(r.makespan, bound["makespan"]), r.per_user[light]["avg_wait"], r.gpu_util, r.wall_s]
                 for r in results]
+    # The same, labq now against labq before, on two more traces (one trace's light user is one user's luck)
+    seeds_rows = []
+    for seed in (1, 2):
+        more, _, more_light = compare_policies(2000 if args.quick else 5000, seed)
+        by = {r.policy: r for r in more}
+        seeds_rows += [[seed, name, by[name].avg_wait, by[name].per_user[more_light]["avg_wait"]]
+                       for name in ("labq (before)", "labq")]
     big = time_big_replay(20_000 if args.quick else 100_000, ["fifo", "labq"] if args.quick else
                           ["fifo", "priority", "fair", "labq"])
 
@@ -114,10 +127,13 @@ def main(argv: list[str] | None = None) -> dict:
           f"light user = {light!r}, the least GPU work:\n\n"
           + common.table(["policy", "avg JCT", "avg wait", "p95 wait", "makespan", "lower bound", "makespan / bound",
                           "light user avg wait", "GPU util", "replay s"], sim_rows)
+          + "\n\nlabq before issue 18 (submission order within a user, best fit) and now, traces of seeds 1 and 2:\n\n"
+          + common.table(["seed", "policy", "avg wait", "light user avg wait"], seeds_rows)
           + "\n\nReplay time of a bigger trace (offered load 0.9):\n\n"
           + common.table(["policy", "jobs", "decisions", "replay s"],
                          [[r["policy"], r["jobs"], r["decisions"], r["wall_s"]] for r in big]))
     data = {"decide": decide_rows, "simulate": [r.to_json() for r in results], "bound": bound, "light_user": light,
+            "seeds": seeds_rows,
             "replay": big,
             "summary": {"decide_10k_ms": next(r["median_ms"] for r in decide_rows
                                               if r["demands"] == 10_000 and r["variant"] == "mixed shapes")}}

@@ -12,7 +12,6 @@ import ast
 import importlib
 import importlib.util
 import inspect
-import json
 import re
 import string
 import sys

@@ -18,7 +18,7 @@ from scheduler.spec import Sweep, load_spec
 from scheduler.states import AttemptState, JobState
 from scheduler.store import Store
 
-from test_store import NOW, _submit_yaml
+from test_store import NOW
 
 SPACE = {"x": {"uniform": [-5.0, 10.0]}, "y": {"uniform": [0.0, 15.0]}}
 
