@@ -348,8 +348,9 @@ class Scheduler:
                     self.store.extend_search(experiment_id, -1, stage)  # closed: it asks for no more
                     continue
 
+                names = [n for n, _ in search.objectives(config)] if config.get("objectives") else None
                 history = [search.Trial(params, search.trial_state(state), value)
-                           for params, state, value in self.store.trials(experiment_id, stage)]
+                           for params, state, value in self.store.trials(experiment_id, stage, names)]
                 points = search.suggest(config, history, want)
                 self.store.add_trials(experiment_id, stage, points, asked, now)
             except Exception:

@@ -148,7 +148,9 @@ def results_table(res: Any, limit: int | None = None, total: int | None = None) 
         table.add_column(m, justify="right", no_wrap=True, style="bold" if m == res.metric else "")
     table.add_column("time", justify="right", no_wrap=True)
     for row in res.rows[:limit]:
-        cells = ["★" if row.get("best") else "", str(row["job_id"]), row["stage"], _state(row["state"])]
+        # ★ the best by the main metric; ◆ on a multi-objective search's Pareto front
+        cells = [("★" if row.get("best") else "") + ("◆" if row.get("pareto") else ""), str(row["job_id"]),
+                 row["stage"], _state(row["state"])]
         cells += [_param(row["params"][p]) if p in row["params"] else "" for p in res.varying_params]
         cells += [_fmt(row["metrics"].get(m)) for m in shown_metrics]
         cells.append(format_seconds(row["duration"]))

@@ -32,11 +32,17 @@ ALGOS = ("tpe", "gp", "cmaes", "random")
 @dataclass(frozen=True)
 class Trial:
     """One trial as the database has it: its swept params, where it stands
-    ("complete", "running" or "failed") and, complete, its metric."""
+    ("complete", "running", "pruned" or "failed") and, complete, its metric
+    (a tuple of them, one per objective, for a multi-objective search)."""
 
     params: dict[str, Any]
     state: str
-    value: float | None = None
+    value: float | tuple[float | None, ...] | None = None
+
+
+def objectives(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """[(metric, "max" or "min")]: the search's objectives, or the experiment's metric."""
+    return [tuple(o) for o in config.get("objectives") or [(config.get("metric"), config.get("mode") or "max")]]
 
 
 def trial_state(job_state: str) -> str:
@@ -54,6 +60,8 @@ def config_of(sweep: Any, metric: str | None, mode: str | None) -> dict[str, Any
     budget = sweep.search.budget
     return {"algo": sweep.search.algo, "samples": sweep.search.samples, "parallel": sweep.search.parallel,
             "seed": sweep.search.seed, "metric": metric, "mode": mode,
+            "objectives": [[name, way] for name, way in sweep.search.objectives.items()]
+            if sweep.search.objectives else None,
             "budget": budget.model_dump(exclude_none=True) if budget is not None else None,
             "space": {name: dist.model_dump(exclude_none=True) for name, dist in sweep.space.items()}}
 
@@ -78,6 +86,7 @@ def budget_text(kind: str, spent: float, limit: float) -> str:
 def first_trials(sweep: Any) -> list[dict[str, Any]]:
     """The trials planned at submit: asked with no results yet."""
     config = {"algo": sweep.search.algo, "seed": sweep.search.seed, "mode": "max",
+              "objectives": [[n, w] for n, w in sweep.search.objectives.items()] if sweep.search.objectives else None,
               "space": {name: dist.model_dump(exclude_none=True) for name, dist in sweep.space.items()}}
     return suggest(config, [], min(sweep.search.parallel, sweep.search.samples))
 
@@ -87,10 +96,12 @@ def suggest(config: Mapping[str, Any], history: Iterable[Trial], count: int) -> 
     optuna = _optuna()
     history = list(history)
     distributions = _distributions(config["space"])
-    study = optuna.create_study(direction="maximize" if config.get("mode") == "max" else "minimize",
-                                sampler=_sampler(optuna, config["algo"], config["seed"], len(history)))
+    directions = ["maximize" if way == "max" else "minimize" for _, way in objectives(config)]
+    study = optuna.create_study(directions=directions,
+                                sampler=_sampler(optuna, config["algo"], config["seed"], len(history),
+                                                 len(directions)))
     for trial in history:
-        study.add_trial(_frozen(optuna, trial, distributions))
+        study.add_trial(_frozen(optuna, trial, distributions, len(directions)))
     points = []
     for _ in range(count):
         asked = study.ask(distributions)
@@ -105,12 +116,14 @@ def _optuna():
     return optuna
 
 
-def _sampler(optuna: Any, algo: str, seed: int, asked: int):
+def _sampler(optuna: Any, algo: str, seed: int, asked: int, objectives: int = 1):
     # One seed per ask: the same history asks for the same point (a crash before
     # the point was stored), a longer one for a new point.
     seed = (seed * 1_000_003 + asked) % 2**32
-    if algo == "tpe":
+    if algo == "tpe":  # multi-objective too (MOTPE)
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if objectives > 1 and algo in ("gp", "cmaes"):  # single-objective samplers: NSGA-II for a front
+        return optuna.samplers.NSGAIISampler(seed=seed)
     if algo == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if algo == "cmaes":
@@ -140,15 +153,18 @@ def _choices(values: list[Any]) -> tuple:
     return tuple(v if v is None or isinstance(v, (bool, int, float, str)) else repr(v) for v in values)
 
 
-def _frozen(optuna: Any, trial: Trial, distributions: dict[str, Any]):
+def _frozen(optuna: Any, trial: Trial, distributions: dict[str, Any], count: int = 1):
     from optuna.trial import TrialState, create_trial
 
     params = {name: _in_space(trial.params.get(name), dist) for name, dist in distributions.items()}
-    if trial.state == "complete" and trial.value is not None and math.isfinite(trial.value):
-        return create_trial(params=params, distributions=distributions, value=trial.value, state=TrialState.COMPLETE)
-    if trial.state == "pruned":
+    values = trial.value if isinstance(trial.value, tuple) else (trial.value,)
+    known = len(values) == count and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    if trial.state == "complete" and known:
+        return create_trial(params=params, distributions=distributions, values=list(values),
+                            state=TrialState.COMPLETE)
+    if trial.state == "pruned" and count == 1:
         return create_trial(params=params, distributions=distributions, state=TrialState.PRUNED,
-                            intermediate_values={} if trial.value is None else {0: trial.value})
+                            intermediate_values={0: values[0]} if known else {})
     state = TrialState.RUNNING if trial.state == "running" else TrialState.FAIL
     return create_trial(params=params, distributions=distributions, state=state)
 

@@ -144,6 +144,10 @@ class Search(_Strict):
     parallel: int = Field(4, ge=1, le=1000)  # trials queued or running at once
     seed: int = Field(0, ge=0, le=2**31 - 1)
     budget: Budget | None = None
+    # Several metrics at once: {metric: max | min}; the search looks for their
+    # Pareto front, which `labq results` marks (else: the experiment's metric).
+    objectives: dict[Annotated[str, Field(pattern=METRIC_NAME_PATTERN)], Literal["max", "min"]] | None = Field(
+        None, min_length=2, max_length=8)
 
 
 class Sweep(_Strict):
@@ -524,8 +528,9 @@ def _check_searches(spec: ExperimentSpec) -> list[tuple[str, str]]:
         if stage.sweep is None or stage.sweep.search is None:
             continue
         key = f"stages[{stage.name}].sweep.search"
-        if spec.metric is None or spec.mode is None:
-            problems.append((key, "a search needs the experiment's metric and mode (what to optimise)"))
+        if (spec.metric is None or spec.mode is None) and not stage.sweep.search.objectives:
+            problems.append((key, "a search needs the experiment's metric and mode (what to optimise), "
+                                  "or objectives"))
         after = [s.name for s in spec.stages if stage.name in s.after]
         if after:
             problems.append((key, f"a search stage must be the last: {', '.join(after)} come(s) after it"))

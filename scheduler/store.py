@@ -404,16 +404,31 @@ class Store:
             " AND j.stage = s.stage) AS asked FROM searches s WHERE s.experiment_id = ? ORDER BY s.stage",
             (experiment_id,))]
 
-    def trials(self, experiment_id: int, stage: str) -> list[tuple[dict[str, Any], str, Any]]:
+    def trials(self, experiment_id: int, stage: str,
+               metrics: list[str] | None = None) -> list[tuple[dict[str, Any], str, Any]]:
         """A search stage's trials in the order asked: (swept params, job state,
-        the experiment's metric of its latest attempt or None)."""
-        metric = self._conn.execute("SELECT metric FROM experiments WHERE id = ?", (experiment_id,)).fetchone()[0]
-        finals = {r["job_id"]: r["value"] for r in self._conn.execute(
-            "SELECT job_id, value FROM final_metrics WHERE experiment_id = ? AND stage = ? AND name = ?",
-            (experiment_id, stage, metric or ""))}
-        return [(json.loads(r["swept"]), r["state"], finals.get(r["id"])) for r in self._conn.execute(
+        the latest attempt's value of the experiment's metric, or a tuple of
+        ``metrics``' values; None where it has none)."""
+        names = metrics or [self._conn.execute("SELECT metric FROM experiments WHERE id = ?",
+                                               (experiment_id,)).fetchone()[0] or ""]
+        finals = self.final_values(experiment_id, stage, names)
+
+        def value(job_id: int) -> Any:
+            got = finals.get(job_id, {})
+            return tuple(got.get(n) for n in names) if metrics else got.get(names[0])
+
+        return [(json.loads(r["swept"]), r["state"], value(r["id"])) for r in self._conn.execute(
             "SELECT id, swept, state FROM jobs WHERE experiment_id = ? AND stage = ? ORDER BY id",
             (experiment_id, stage))]
+
+    def final_values(self, experiment_id: int, stage: str, names: list[str]) -> dict[int, dict[str, float]]:
+        """{job id: {metric: value}} of ``names`` among a stage's final (numeric) metrics."""
+        out: dict[int, dict[str, float]] = {}
+        for r in self._conn.execute(
+                f"SELECT job_id, name, value FROM final_metrics WHERE experiment_id = ? AND stage = ?"
+                f" AND name IN ({','.join('?' * len(names))})", (experiment_id, stage, *names)):
+            out.setdefault(r["job_id"], {})[r["name"]] = r["value"]
+        return out
 
     def add_trials(self, experiment_id: int, stage: str, points: list[dict[str, Any]], asked: int,
                    now: float) -> list[int]:

@@ -113,12 +113,35 @@ def results(store: Store, experiment: str, sort: str | None = None, ascending: b
         best = next((r for r in rows if r["stage"] == last_stage and is_number(r["metrics"].get(metric))), None)
         for r in rows:
             r["best"] = r is best
+    front = pareto_front(store, exp.id)
+    for r in rows:
+        if r["job_id"] in front:
+            r["pareto"] = True
     summary = [f"{line} ({n} job{'s' if n != 1 else ''})" for line, n in store.advice_counts(exp.id, ADVICE_SHOWN)]
     return Results(experiment=exp.name, experiment_id=exp.id, metric=metric, mode=mode, rows=rows,
                    varying_params=varying, metric_names=metric_names, total=total, advice=summary)
 
 
 ADVICE_SHOWN = 3  # the most common advice lines `labq results` prints
+
+
+def pareto_front(store: Store, experiment_id: int) -> set[int]:
+    """The jobs no other job of their search beats on every objective (a
+    multi-objective search's Pareto front; scheduler.search), by final metrics."""
+    front: set[int] = set()
+    for stage, config, _ in store.searches(experiment_id):
+        if not config.get("objectives"):
+            continue
+        names = [name for name, _ in config["objectives"]]
+        signs = [1.0 if way == "max" else -1.0 for _, way in config["objectives"]]
+        points = {}
+        for job_id, values in store.final_values(experiment_id, stage, names).items():
+            if all(isinstance(values.get(n), (int, float)) for n in names):
+                points[job_id] = tuple(s * values[n] for s, n in zip(signs, names))
+        for job_id, p in points.items():
+            if not any(q != p and all(a >= b for a, b in zip(q, p)) for q in points.values()):
+                front.add(job_id)
+    return front
 
 
 def _sort_order(sort: str | None, ascending: bool | None, metric: str | None, mode: str) -> tuple[str | None, bool]:
@@ -130,7 +153,7 @@ def _sort_order(sort: str | None, ascending: bool | None, metric: str | None, mo
 
 ROW_FIELDS = frozenset({"job_id", "experiment", "stage", "state", "params", "swept", "metrics", "attempts",
                         "started_at", "ended_at", "duration", "node_id", "gpu_ids", "peak_rss", "run_dir", "error",
-                        "gpu_usage", "advice", "best", "outputs"})
+                        "gpu_usage", "advice", "best", "outputs", "pareto"})
 
 
 def _row(experiment: str, job: Job, attempt: Any, metrics: dict[str, Any], advice: list[str]) -> dict[str, Any]:

@@ -277,7 +277,7 @@ def test_kill_9_in_the_middle_of_a_search_loses_and_repeats_no_trial(tmp_path):
         mode: max
         stages:
           - name: fit
-            command: "sleep 1; {sys.executable} -c 'print(\\"score\\", -({{x}} - 0.3) ** 2)'"
+            command: "sleep 0.3; {sys.executable} -c 'print(\\"score\\", -({{x}} - 0.3) ** 2)'"
             metrics_from: {{stdout: {{score: 'score (\\S+)'}}}}
             sweep: {{search: {{algo: tpe, samples: 8, parallel: 2, seed: 5}}, space: {{x: {{uniform: [0, 1]}}}}}}
             resources: {{cpu: 0.5}}

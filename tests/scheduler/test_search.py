@@ -196,3 +196,47 @@ def test_a_budget_stops_the_search_asking_and_status_says_what_is_spent(tmp_path
     assert line.startswith(f"search fit (random): {len(fits)} of ") and "budget cpu_hours" in line
     assert "no more trials" in line, line
     store.close()
+
+
+def test_a_multi_objective_search_asks_for_a_front_and_results_mark_it(tmp_path):
+    from scheduler import api, render
+    from scheduler.sweep import plan_jobs, searches_of
+
+    home = tmp_path / "home"
+    spec = tmp_path / "mo.yaml"
+    spec.write_text(SEARCH.replace("metric: score\nmode: max\n", "").replace(
+        "search: {algo: tpe, samples: 7, parallel: 2, seed: 3}",
+        "search: {algo: tpe, samples: 8, parallel: 2, seed: 3, objectives: {score: max, cost: min}}"))
+    spec_obj, raw = load_spec(spec)
+    store, backend = Store(home), FakeBackend(make_nodes(1, cpu=8, gpu=0))
+    sched = Scheduler(store, backend, Settings(home=str(home), scheduler={"pack_seconds": 0}))
+    experiment_id, _ = store.submit(name="mo", user="u", queue="default", priority=0, spec_path=str(spec), spec=raw,
+                                    package=None, metric=None, mode=None, drafts=plan_jobs(spec_obj, str(spec)),
+                                    stages={s.name: s for s in spec_obj.stages}, now=NOW,
+                                    searches=searches_of(spec_obj))
+    now = NOW
+
+    def end_all() -> None:  # score rises with x; cost is least at x = 0.5: a front above 0.5
+        for run in list(sched.running.values()):
+            x = run.job.params.get("x", 0.0)
+            metrics = {"score": x, "cost": (x - 0.5) ** 2} if run.job.stage == "fit" else {}
+            backend.end(run.handle, AttemptState.SUCCEEDED, {"outcome": "succeeded", "metrics": metrics,
+                                                              "artifacts": [], "exit_code": 0})
+
+    for _ in range(8):
+        sched.tick(now)
+        end_all()
+        now += 10
+        sched._dirty = True
+    fits = [j for j in store.jobs_of_experiment(experiment_id) if j.stage == "fit"]
+    assert len(fits) == 8 and all(j.state is JobState.SUCCEEDED for j in fits)
+    res = api.results(store, "mo")
+    xs = {j.id: j.params["x"] for j in fits}
+    beaten = {j for j, x in xs.items()
+              if any(y >= x and (y - 0.5) ** 2 <= (x - 0.5) ** 2 and y != x for y in xs.values())}
+    assert {r["job_id"] for r in res.rows if r.get("pareto")} == set(xs) - beaten
+    assert beaten and set(xs) - beaten  # some on the front, some off it
+    with render.console.capture() as captured:
+        render.console.print(render.results_table(res))
+    assert captured.get().count("◆") == len(xs) - len(beaten)
+    store.close()
