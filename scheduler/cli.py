@@ -349,10 +349,8 @@ def cancel(ctx: click.Context, ids: tuple[str, ...], experiment: str | None, as_
 
 
 @cli.group()
-@click.pass_context
-def sweep(ctx: click.Context) -> None:
+def sweep() -> None:
     """Model-based searches (a stage with sweep.search)."""
-    _local_only(ctx, f"labq sweep {ctx.invoked_subcommand or ''}".strip())
 
 
 @sweep.command("extend")
@@ -365,12 +363,16 @@ def sweep_extend(ctx: click.Context, experiment: str, samples: int, as_json: boo
     """Continue EXPERIMENT's search for SAMPLES more trials, from what it has learnt."""
     from scheduler import api
 
-    done = api.extend_search(_store(ctx), experiment, samples, _settings(ctx))
-    try:
-        started = _ensure_scheduler(ctx, None, None)
-    except (LabqError, OSError) as exc:
-        raise SchedulerStartError(f"{done['experiment']}'s search is extended, but no scheduler could be started: "
-                                  f"{exc}. Fix that, then `labq scheduler start`") from None
+    remote = _remote(ctx)
+    if remote is not None:
+        done, started = remote.extend_search(experiment, samples), False
+    else:
+        done = api.extend_search(_store(ctx), experiment, samples, _settings(ctx))
+        try:
+            started = _ensure_scheduler(ctx, None, None)
+        except (LabqError, OSError) as exc:
+            raise SchedulerStartError(f"{done['experiment']}'s search is extended, but no scheduler could be "
+                                      f"started: {exc}. Fix that, then `labq scheduler start`") from None
     if as_json:
         _print_json({**done, "scheduler_started": started})
         return

@@ -204,6 +204,9 @@ class Remote:
     def cancel(self, ids: list[str], experiment: str | None) -> dict[str, list[int]]:
         return self._json("POST", "/api/v1/cancel", body={"ids": list(ids), "experiment": experiment})
 
+    def extend_search(self, experiment: str, samples: int) -> dict[str, Any]:
+        return self._json("POST", "/api/v1/sweep/extend", body={"experiment": experiment, "samples": samples})
+
     def log_ready(self, job_id: int) -> bool:
         return bool(self._get(f"/api/v1/jobs/{job_id}/logs/ready")["ready"])
 

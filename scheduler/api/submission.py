@@ -157,11 +157,11 @@ def extend_search(store: Store, experiment: str, samples: int, settings: Setting
     ``samples`` more trials each; the owner or an admin only."""
     user = user or current_user()
     exp = store.experiment(experiment)
+    if not store.searches(exp.id):
+        raise UserError(f"experiment {exp.name} has no search to extend (a stage with sweep.search)")
     if exp.user != user and user not in settings.admins:
         raise PermissionDenied(f"experiment {exp.name} belongs to {exp.user}; you ({user}) may extend only your own")
     stages = store.extend_search(exp.id, samples)
-    if not stages:
-        raise UserError(f"experiment {exp.name} has no search to extend (a stage with sweep.search)")
     wakeup.notify(settings.home_path)
     return {"experiment": exp.name, "experiment_id": exp.id, "stages": stages, "more": samples}
 

@@ -60,6 +60,11 @@ class CancelRequest(BaseModel):
     experiment: str | None = Field(default=None, max_length=1000)
 
 
+class ExtendRequest(BaseModel):
+    experiment: str = Field(max_length=1000)
+    samples: int = Field(ge=1, le=100_000)
+
+
 class _Stores(threading.local):
     """One Store per server thread: an SQLite connection is not shared between
     threads that may each be inside a transaction."""
@@ -131,6 +136,11 @@ def create_app(settings, cluster: str | None = None, start_scheduler: bool = Tru
         if not body.ids and not body.experiment:
             raise UserError("labq cancel: give job ids or --experiment NAME")
         return api.cancel(store(), body.ids, body.experiment, app.state.settings, user=who.user)
+
+    @app.post("/api/v1/sweep/extend", tags=["work"])
+    def sweep_extend(body: ExtendRequest, who: Caller = caller) -> dict[str, Any]:
+        """`labq sweep extend`: the experiment's searches may ask for ``samples`` more trials."""
+        return api.extend_search(store(), body.experiment, body.samples, app.state.settings, user=who.user)
 
     # ------------------------------------------------------------ reading
     @app.get("/api/v1/queue", tags=["read"])

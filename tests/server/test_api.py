@@ -201,7 +201,9 @@ def test_bad_input_gets_the_same_lines_as_locally_and_writes_nothing(served: Ser
     job = str(served.job_ids[0])
     for args in (["logs", job, "--attempt", "9"], ["artifacts", job, "--get", "nope.txt"],
                  ["artifacts", job, "--attempt", "9"], ["status", "no-such-experiment"],
-                 ["cancel", "--experiment", "no-such-experiment"], ["results", "curves", "--limit", "0"]):
+                 ["cancel", "--experiment", "no-such-experiment"], ["results", "curves", "--limit", "0"],
+                 ["sweep", "extend", "curves", "--samples", "3"], ["sweep", "extend", "no-such-experiment",
+                                                                  "--samples", "3"]):
         remote, local = served.labq(*args, cwd=project), served.head(*args)
         assert remote.returncode == local.returncode == 2, (args, remote.stderr, local.stderr)
         assert remote.stderr == local.stderr, args
