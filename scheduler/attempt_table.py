@@ -31,6 +31,10 @@ class Stop:
     asked_at: float
     detail: str | None = None  # why, for the attempt's error
     forced: bool = False
+    # When the task was asked to stop (a Ray cancel); None: not yet.  An early
+    # stop waits EARLY_STOP_WAIT first, for the job's own report() to end it
+    # cleanly (jobs.StopTrial), with its result and metrics so far.
+    cancelled_at: float | None = None
 
     @property
     def cause(self) -> EndCause:
@@ -145,9 +149,16 @@ class AttemptTable:
         asked = any(m.stop is not None for m in members)
         for other in members:
             if other is run or (state is AttemptState.PREEMPTED and other.stop is None):
-                other.stop = Stop(state, now, detail)
-        if not asked:  # a pack's task once, however many of its jobs are stopped
-            self.backend.cancel(run.handle, force=False)
+                other.stop = Stop(state, now, detail, cancelled_at=now if asked else None)
+        if not asked and state is not AttemptState.PRUNED:  # a pack's task once, however many are stopped
+            self.cancel_task(run, now)
+
+    def cancel_task(self, run: Running, now: float) -> None:
+        """Ask the task to stop (KeyboardInterrupt in a callable, the command's end)."""
+        for member in self.members(run):
+            if member.stop is not None and member.stop.cancelled_at is None:
+                member.stop = replace(member.stop, cancelled_at=now)
+        self.backend.cancel(run.handle, force=False)
 
     def force_stop(self, run: Running) -> None:
         """Past the grace period: kill the task's worker, and the command process
@@ -180,6 +191,8 @@ class AttemptTable:
         state, cause, result, error = end.state, end.cause, end.result, end.error
         if apply_stop and run.stop is not None and state is not AttemptState.SUCCEEDED:
             state, cause = run.stop.state, run.stop.cause
+            if result is None:  # what the worker saved before the stop landed: its start, its metrics so far
+                result = self.backend.trace(run.attempt.node_id, run.attempt.run_dir).saved
             if state is AttemptState.TIMED_OUT:
                 error = f"ran longer than its timeout of {run.job.timeout:g}s"
             elif state in (AttemptState.PREEMPTED, AttemptState.PRUNED):

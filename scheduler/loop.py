@@ -58,6 +58,9 @@ NODE_FRESHNESS_SECONDS = 0.5
 ESTIMATE_SECONDS = 10.0
 # How often running jobs' curves are read for early stopping.
 EARLY_STOP_SECONDS = 0.5
+# How long a job stopped early has to end at its next report() (jobs.StopTrial,
+# with its result) before its task is cancelled.
+EARLY_STOP_WAIT = 1.0
 # How often the run times durations are predicted from are re-read from the store.
 DURATIONS_REFRESH_SECONDS = 30.0
 # Ends that are worth naming the node in the attempt's error.
@@ -224,7 +227,10 @@ class Scheduler:
                     self._ask_stop(run, AttemptState.CANCELLED, now)
                 elif run.job.timeout and now - (run.attempt.dispatched_at or now) > run.job.timeout:
                     self._ask_stop(run, AttemptState.TIMED_OUT, now)
-            elif not run.stop.forced and now - run.stop.asked_at >= grace:
+            elif run.stop.cancelled_at is None:
+                if now - run.stop.asked_at >= EARLY_STOP_WAIT:  # it did not stop at a report(): ask Ray
+                    self.attempts.cancel_task(run, now)
+            elif not run.stop.forced and now - run.stop.cancelled_at >= grace:
                 self.attempts.force_stop(run)
 
     def _ask_stop(self, run: Running, state: AttemptState, now: float, detail: str | None = None) -> None:

@@ -48,7 +48,7 @@ def objectives(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 def trial_state(job_state: str) -> str:
     """A trial's state from its job's: "complete" (it succeeded; its value may
     still be missing), "running" (queued, blocked or running), "pruned"
-    (stopped early: a loser, which the sampler learns from) or "failed"."""
+    (stopped early: told with its last values, a loser) or "failed"."""
     if job_state in ("succeeded", "pruned"):
         return "complete" if job_state == "succeeded" else "pruned"
     return "running" if job_state in ("pending", "running", "blocked") else "failed"
@@ -159,12 +159,14 @@ def _frozen(optuna: Any, trial: Trial, distributions: dict[str, Any], count: int
     params = {name: _in_space(trial.params.get(name), dist) for name, dist in distributions.items()}
     values = trial.value if isinstance(trial.value, tuple) else (trial.value,)
     known = len(values) == count and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-    if trial.state == "complete" and known:
+    # A pruned trial with its last values counts as complete with them, as Ray
+    # Tune's OptunaSearch tells a stopped trial: stopped early, its values are
+    # those of fewer steps, and lose to the trials that ran on.
+    if trial.state in ("complete", "pruned") and known:
         return create_trial(params=params, distributions=distributions, values=list(values),
                             state=TrialState.COMPLETE)
-    if trial.state == "pruned" and count == 1:
-        return create_trial(params=params, distributions=distributions, state=TrialState.PRUNED,
-                            intermediate_values={0: values[0]} if known else {})
+    if trial.state == "pruned":
+        return create_trial(params=params, distributions=distributions, state=TrialState.PRUNED)
     state = TrialState.RUNNING if trial.state == "running" else TrialState.FAIL
     return create_trial(params=params, distributions=distributions, state=state)
 

@@ -47,6 +47,8 @@ def test_asha_prunes_losing_curves_and_their_cpus_come_back(tmp_path, ray_backen
     for job in pruned:
         (attempt,) = store.attempts(job.id)
         assert attempt.state is AttemptState.PRUNED and "asha: acc" in attempt.error
+        # It stopped at its own report() (jobs.StopTrial), so its result is there: its start, its last metrics
+        assert attempt.started_at is not None and attempt.metrics.get("acc") is not None, attempt
         run_dir = Path(attempt.run_dir)
         curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert 2 <= curve[-1]["step"] < 16  # stopped past the grace, before the end; its curve kept
