@@ -436,14 +436,16 @@ class Scheduler:
             for gone in self._served.keys() - {r.job.id for r in holding}:
                 del self._served[gone]
         served = self._served if durations is not None else {}
-        return [policy.RunningJob(job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
-                                  memory=r.job.memory or 0, node_id=r.attempt.node_id or "",
-                                  gpu_indices=r.gpu_indices, started_at=r.attempt.dispatched_at or 0.0,
-                                  time_limit=r.job.timeout, priority=r.job.priority, custom=r.job.custom,
-                                  predicted=None if durations is None else durations.predict(
-                                      run_history.demand_of_job(r.job)),
-                                  attained=served.get(r.job.id, (0.0, 0))[0], preemptions=served.get(r.job.id, (0.0, 0))[1])
-                for r in holding]
+        out = []
+        for r in holding:
+            attained, preemptions = served.get(r.job.id, (0.0, 0))
+            predicted = None if durations is None else durations.predict(run_history.demand_of_job(r.job))
+            out.append(policy.RunningJob(
+                job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
+                memory=r.job.memory or 0, node_id=r.attempt.node_id or "", gpu_indices=r.gpu_indices,
+                started_at=r.attempt.dispatched_at or 0.0, time_limit=r.job.timeout, priority=r.job.priority,
+                custom=r.job.custom, predicted=predicted, attained=attained, preemptions=preemptions))
+        return out
 
     def free_capacity(self, nodes_in: list | None = None,
                       running: list[policy.RunningJob] | None = None) -> list[policy.Node]:
