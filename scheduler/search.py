@@ -84,11 +84,9 @@ def budget_text(kind: str, spent: float, limit: float) -> str:
 
 
 def first_trials(sweep: Any) -> list[dict[str, Any]]:
-    """The trials planned at submit: asked with no results yet."""
-    config = {"algo": sweep.search.algo, "seed": sweep.search.seed, "mode": "max",
-              "objectives": [[n, w] for n, w in sweep.search.objectives.items()] if sweep.search.objectives else None,
-              "space": {name: dist.model_dump(exclude_none=True) for name, dist in sweep.space.items()}}
-    return suggest(config, [], min(sweep.search.parallel, sweep.search.samples))
+    """The trials planned at submit: asked with no results yet (the direction
+    does not matter before there are any)."""
+    return suggest(config_of(sweep, None, None), [], min(sweep.search.parallel, sweep.search.samples))
 
 
 def suggest(config: Mapping[str, Any], history: Iterable[Trial], count: int) -> list[dict[str, Any]]:
