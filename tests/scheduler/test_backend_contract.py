@@ -57,7 +57,13 @@ class RayHarness:
 
     def settle(self, handle, how: str, task) -> None:
         if how == "cancelled":
-            time.sleep(1.0)  # let the command start, so the cancel interrupts it
+            # Let the command start, so the cancel interrupts it: its process
+            # group is written once it runs (a fixed second was too short for a
+            # worker on a loaded machine)
+            started = Path(task.run_dir) / "pgid"
+            deadline = time.monotonic() + 30
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.backend.cancel(handle, force=False)
         deadline = time.monotonic() + 60
         while not self.backend.ready([handle], timeout=1.0):
