@@ -26,11 +26,12 @@ class JobClass:
         self.why, self.stop, self.unschedulable = why, cursor, unschedulable
 
 
-def waiting_reasons(classes: list[JobClass], shares: Shares, order_key: Callable[[tuple], tuple],
-                    blocked_by: int | None) -> dict[int, str]:
+def waiting_reasons(classes: list[JobClass], shares: Shares, fifo: bool, blocked_by: int | None,
+                    order_key: Callable[[tuple], tuple] | None = None) -> dict[int, str]:
     """{job id: why it waits} for every job not placed nor unschedulable, in the
-    order the next decision would consider them (``order_key`` of a class's
-    entry: the order within a user)."""
+    order the next decision would consider them: within a user, priority then
+    submission (fifo: submission alone), or ``order_key`` of a class's entry
+    where predictions or tiers order them."""
     line: list[tuple] = []
     for index, cls in enumerate(classes):
         if cls.unschedulable:
@@ -43,7 +44,11 @@ def waiting_reasons(classes: list[JobClass], shares: Shares, order_key: Callable
         first = cls.jobs[start][2]
         group = (first.queue, first.user) if shares.fair else ("", "")
         rank = (shares.queue_key(group[0]), shares.user_load(*group), group[1])
-        line.extend((rank, order_key(e), index, cursor) for cursor, e in enumerate(cls.jobs[start:], start))
+        if order_key is None:  # the plain order, without a call per job (100,000 of them, say)
+            first_key = 0 if fifo else -first.priority  # one priority per class
+            line.extend((rank, first_key, e[0], e[1], index, cursor) for cursor, e in enumerate(cls.jobs[start:], start))
+        else:
+            line.extend((rank, *order_key(e), index, cursor) for cursor, e in enumerate(cls.jobs[start:], start))
     line.sort()
     waiting: dict[int, str] = {}
     suffixes: dict[tuple, str] = {}  # (queue, user) -> "; user at 2.1x fair share"

@@ -43,6 +43,8 @@ class Pass:
         # Predicted durations order a user's jobs (labq only: the others are the baselines).
         self.durations = durations if policy == "labq" else None
         self._due: dict[int, float] = {}  # job id -> due time (memo)
+        queues = list(queues or ())  # read twice: here and by Shares
+        self._tiered = policy == "labq" and any(q.tiers for q in queues)
         capacity = capacity if capacity is not None else Capacity.of(known or nodes)
         self.shares = Shares(known, capacity, self.running, queues, usage, policy)
         self.backfill = Backfill(self.cluster, self.running, now, self.durations)
@@ -82,7 +84,8 @@ class Pass:
                 heapq.heappush(queue_heap, shares.queue_key(queue))
         if self.explain:
             self.decision.waiting.update(
-                waiting_reasons(classes, shares, self._order_key, self.blocked_by))
+                waiting_reasons(classes, shares, self.policy == "fifo", self.blocked_by,
+                                self._order_key if self.durations is not None or self._tiered else None))
         if self.blocked_by is not None:
             self.decision.blocked_by = self.blocked_by
             self.decision.stuck_shapes = frozenset(self.unfit)
@@ -135,6 +138,8 @@ class Pass:
         seq, job_id, d = entry
         if self.policy == "fifo":
             return (seq, job_id)
+        if self.durations is None and not self._tiered:
+            return (-d.priority, seq, job_id)
         key: tuple = (-d.priority,)
         due = None
         if self.durations is not None:
