@@ -90,6 +90,8 @@ class _Owned:
     node_id: str
     ref: Any = None  # the task's ObjectRef, borrowed from the owner once it took the launch
     refused: TaskEnd | None = None  # the owner would not take it (or could not be reached)
+    # A cancel asked before the owner took the launch (force or not): sent once it has.
+    cancel_pending: bool | None = None
 
 
 def home_key(home: str | Path | None) -> str:
@@ -275,6 +277,8 @@ class RayBackend:
                     task.refused = TaskEnd(AttemptState.LOST, EndCause.NOT_STARTED, error=f"not started: {reply}")
                 else:
                     task.ref = reply[0]
+                    if task.cancel_pending is not None:  # cancelled while the owner was still taking it
+                        self._send_cancel(launch.key, task, task.cancel_pending)
 
     # ------------------------------------------------------------ owners
 
@@ -503,8 +507,15 @@ class RayBackend:
         """Asked of the task's owner: only the owner of a Ray task can cancel it."""
         self.flush()
         owned = self._tasks.get(key)
-        if owned is None or owned.ref is None:
+        if owned is None:
             return
+        if owned.ref is None:  # the owner has not taken the launch yet (a slow owner): cancel once it has
+            owned.cancel_pending = bool(owned.cancel_pending) or force
+            return
+        self._send_cancel(key, owned, force)
+
+    @staticmethod
+    def _send_cancel(key: str, owned: _Owned, force: bool) -> None:
         try:
             owned.owner.cancel.remote(key, force)
         except Exception as exc:  # Ray gone: nothing left to stop
