@@ -48,9 +48,8 @@ import re
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -191,26 +190,6 @@ def run_labq(label: str, cfg: dict[str, Any], algo: str, samples: int, asha: boo
 
 # ---------------------------------------------------------------- Ray Tune
 
-@contextmanager
-def stock_ray(num_cpus: float) -> Iterator[Path]:
-    """A local Ray with Ray's own settings, under a temp dir of ours (cleaned
-    up by its marker, never with `ray stop`)."""
-    import ray
-
-    temp = common.short_tempdir()
-    TEMP_DIRS.append(temp)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp),
-             log_to_driver=False, configure_logging=False)
-    try:
-        yield temp
-    finally:
-        try:
-            ray.shutdown()
-        finally:
-            common.kill_processes_under(temp)
-            shutil.rmtree(temp, ignore_errors=True)
-
-
 def run_tune(cfg: dict[str, Any], reuse_actors: bool = False) -> dict[str, Any]:
     import ray.cloudpickle
     from ray import tune
@@ -251,7 +230,8 @@ def run_tune(cfg: dict[str, Any], reuse_actors: bool = False) -> dict[str, Any]:
         space[name] = {"loguniform": lambda a: tune.loguniform(*a), "uniform": lambda a: tune.uniform(*a),
                        "randint": lambda a: tune.randint(*a), "choice": tune.choice}[kind](args)
     timing = Timing()
-    with stock_ray(CORES) as temp:
+    with common.local_ray(CORES, stock=True) as temp:
+        TEMP_DIRS.append(temp)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
             param_space=space,

@@ -301,17 +301,19 @@ def kill_processes_under(marker: str | Path, timeout: float = 10.0) -> int:
 
 
 @contextmanager
-def local_ray(num_cpus: float, num_gpus: int | None = None) -> Iterator[Path]:
+def local_ray(num_cpus: float, num_gpus: int | None = None, stock: bool = False) -> Iterator[Path]:
     """An in-process Ray of our own (as labq's scheduler starts it: address="local",
-    no dashboard, labq's Ray settings), under a temp dir we can clean up
-    precisely.  Raw Ray tasks measured here run in the same Ray, settings included."""
+    no dashboard, labq's Ray settings; ``stock``: Ray's own settings, for another
+    system run on it), under a temp dir we can clean up precisely.  Raw Ray tasks
+    measured here run in the same Ray, settings included."""
     import ray
 
     from scheduler.ray_backend import LOCAL_RAY_SYSTEM_CONFIG
 
     temp = short_tempdir()
+    labq_only = {} if stock else {"namespace": "labq", "_system_config": LOCAL_RAY_SYSTEM_CONFIG}
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=str(temp),
-             log_to_driver=False, namespace="labq", configure_logging=False, _system_config=LOCAL_RAY_SYSTEM_CONFIG)
+             log_to_driver=False, configure_logging=False, **labq_only)
     try:
         yield temp
     finally:
