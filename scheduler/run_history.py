@@ -31,10 +31,7 @@ def shape_mix(store: Any, now: float, pending: policy.PendingIndex) -> policy.Sh
     for cpu, gpu, memory, gpu_memory, custom, hour, n in store.submitted_shapes(now - 7 * MIX_HALF_LIFE):
         shape = policy.Demand(0, cpu=cpu, gpu=gpu, memory=memory, gpu_memory=gpu_memory, custom=custom).shape()
         counts[shape] = counts.get(shape, 0.0) + n * 0.5 ** (max(0.0, now - hour) / MIX_HALF_LIFE)
-    queued: dict[tuple, int] = {}
-    for (_queue, _user, _priority, shape, *_), jobs in pending.classes():
-        queued[shape] = queued.get(shape, 0) + len(jobs)
-    return policy.mix_of(counts, queued.items())
+    return policy.mix_of(counts, pending.shape_counts().items())
 
 
 def demand_of_job(job: Any) -> policy.Demand:

@@ -164,10 +164,7 @@ class VirtualCluster:
         if self.mix_book is None:
             return None
         if self.mix is None or self._arrived - self._arrived_at_mix >= max(32, self._arrived // 50):
-            counts: dict[tuple, int] = {}
-            for (*_, shape, _limit, _group, _attained, _n), jobs in self.pending.classes():
-                counts[shape] = counts.get(shape, 0) + len(jobs)
-            self.mix = self.mix_book.mix(counts.items())
+            self.mix = self.mix_book.mix(self.pending.shape_counts().items())
             self._arrived_at_mix = self._arrived
         return self.mix
 

@@ -65,6 +65,13 @@ class PendingIndex:
         submission order."""
         return self._classes.items()
 
+    def shape_counts(self) -> dict[tuple, int]:
+        """How many pending jobs of each shape (the queue's half of a ShapeMix)."""
+        counts: dict[tuple, int] = {}
+        for (_queue, _user, _priority, shape, *_), jobs in self._classes.items():
+            counts[shape] = counts.get(shape, 0) + len(jobs)
+        return counts
+
     def __len__(self) -> int:
         return len(self._class_of)
 
