@@ -133,6 +133,9 @@ class AttemptTask:
     metrics_from: dict[str, Any] | None = None
     env_vars: dict[str, str] = field(default_factory=dict)
     outputs_limit: int | None = None
+    # Early stopping's rung steps: a callable's report() waits at each for the
+    # scheduler's verdict (jobs.api.RUNG_WAIT_SECONDS at most).
+    rungs: tuple[float, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "attempt": self.attempt, "experiment": self.experiment, "stage": self.stage,
@@ -142,7 +145,7 @@ class AttemptTask:
                 "code_dir": self.code_dir, "package": self.package, "code_root": self.code_root,
                 "cache_dir": self.cache_dir, "collect_to_node": self.collect_to_node,
                 "metrics_from": self.metrics_from, "env_vars": dict(self.env_vars),
-                "outputs_limit": self.outputs_limit}
+                "outputs_limit": self.outputs_limit, "rungs": list(self.rungs)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AttemptTask":
@@ -154,7 +157,8 @@ class AttemptTask:
                    previous_run_dir=data.get("previous_run_dir"), code_dir=data.get("code_dir"),
                    package=data.get("package"), code_root=data.get("code_root"), cache_dir=data.get("cache_dir"),
                    collect_to_node=data.get("collect_to_node"), metrics_from=data.get("metrics_from"),
-                   env_vars=dict(data.get("env_vars") or {}), outputs_limit=data.get("outputs_limit"))
+                   env_vars=dict(data.get("env_vars") or {}), outputs_limit=data.get("outputs_limit"),
+                   rungs=tuple(float(r) for r in data.get("rungs") or ()))
 
 
 # Measured use a worker reports beside metrics, kept with the attempt's result.

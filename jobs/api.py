@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
-# Written into a running job's run dir when labq stops it early (pruned): its
-# next report() raises StopTrial.
+# Written into a running job's run dir when labq stops it early (pruned, or
+# paused at a rung): its next report() raises StopTrial.
 STOP_FILE = "stop-requested"
+# Written by the scheduler into a running early-stopping job's run dir: the
+# last step it has judged the job at and let it go on from.  report() waits at a
+# rung step until it is there (or STOP_FILE is), RUNG_WAIT_SECONDS at most: a
+# scheduler that is down must not hold the job.
+CLEARED_FILE = "rung-cleared"
+RUNG_WAIT_SECONDS = 10.0
+RUNG_POLL_SECONDS = 0.02
 FINAL_METRICS_FILE = "metrics.json"
 ARTIFACTS_DIR = "artifacts"
 CHECKPOINTS_DIR = "checkpoints"
@@ -72,6 +79,10 @@ class JobContext:
     # the submitted project; what the job creates or changes there is kept as its
     # outputs (<run dir>/outputs) when it ends.
     workdir: Path | None = None
+    # Early stopping's rung steps (scheduler.early_stop): report() waits at each
+    # for the scheduler's verdict, as a Ray Tune trial waits for its scheduler.
+    rungs: tuple[float, ...] = ()
+    _last_step: float | None = field(default=None, repr=False)
 
     @property
     def artifacts_dir(self) -> Path:
@@ -129,17 +140,49 @@ class JobContext:
         """Record metrics for one step (an epoch, an iteration). Appends one JSON
         line to the run dir so it survives a crash and `labq logs`/plots can read
         it while the job runs.  Raises :class:`StopTrial` when labq has stopped
-        the job early (its stage's early_stop found it losing): let it propagate
-        (a ``finally`` still runs) and the job ends pruned, its curve and
-        checkpoints kept."""
+        the job early (its stage's early_stop found it losing, or paused it at
+        a rung): let it propagate (a ``finally`` still runs) and the job ends
+        pruned or paused, its curve and checkpoints kept.  Save a checkpoint
+        before reporting a step: a paused job resumes from it when promoted.
+        At an early-stopping rung it first waits (up to RUNG_WAIT_SECONDS) for
+        labq to judge it."""
         record: dict[str, Any] = {"time": time.time()}
         if step is not None:
             record["step"] = step
         record.update(metrics)
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
-        if (self.run_dir / STOP_FILE).exists():
-            raise StopTrial("labq stopped this job early (early_stop): its curve was losing")
+        rung = self._rung_crossed(step)
+        if rung is not None:
+            self._wait_for_verdict(rung)
+        self._raise_if_stopped()
+
+    def _rung_crossed(self, step: Any) -> float | None:
+        """The highest rung this report reaches that the last one had not."""
+        if not self.rungs or isinstance(step, bool) or not isinstance(step, (int, float)):
+            return None
+        last, self._last_step = self._last_step, float(step)
+        crossed = [r for r in self.rungs if (last is None or last < r) and r <= step]
+        return crossed[-1] if crossed else None
+
+    def _wait_for_verdict(self, rung: float) -> None:
+        deadline = time.monotonic() + RUNG_WAIT_SECONDS
+        while time.monotonic() < deadline and not (self.run_dir / STOP_FILE).exists():
+            try:
+                if float((self.run_dir / CLEARED_FILE).read_text()) >= rung:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(RUNG_POLL_SECONDS)
+
+    def _raise_if_stopped(self) -> None:
+        try:
+            why = (self.run_dir / STOP_FILE).read_text().strip()
+        except FileNotFoundError:
+            return
+        except OSError:
+            why = ""
+        raise StopTrial(f"labq {why or 'stopped this job early (early_stop): its curve was losing'}")
 
 
 _current: JobContext | None = None

@@ -19,7 +19,11 @@ from scheduler.states import AttemptState
 
 # The attempt states a stop asks for, each with its cause.
 STOP_CAUSES = {AttemptState.CANCELLED: EndCause.CANCELLED, AttemptState.TIMED_OUT: EndCause.TIMED_OUT,
-               AttemptState.PREEMPTED: EndCause.PREEMPTED, AttemptState.PRUNED: EndCause.PRUNED}
+               AttemptState.PREEMPTED: EndCause.PREEMPTED, AttemptState.PRUNED: EndCause.PRUNED,
+               AttemptState.PAUSED: EndCause.PAUSED}
+# Stops early stopping asks for: the job gets EARLY_STOP_WAIT to end at its own
+# report() (jobs.StopTrial) before its task is cancelled.
+EARLY_STOPS = (AttemptState.PRUNED, AttemptState.PAUSED)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Stop:
     @property
     def by_user_or_policy(self) -> bool:
         """A cancel, a preemption or an early stop: asked for one job, unlike a timeout."""
-        return self.state in (AttemptState.CANCELLED, AttemptState.PREEMPTED, AttemptState.PRUNED)
+        return self.state in (AttemptState.CANCELLED, AttemptState.PREEMPTED, *EARLY_STOPS)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class AttemptTable:
         for other in members:
             if other is run or (state is AttemptState.PREEMPTED and other.stop is None):
                 other.stop = Stop(state, now, detail, cancelled_at=now if asked else None)
-        if not asked and state is not AttemptState.PRUNED:  # a pack's task once, however many are stopped
+        if not asked and state not in EARLY_STOPS:  # a pack's task once, however many are stopped
             self.cancel_task(run, now)
 
     def cancel_task(self, run: Running, now: float) -> None:
@@ -195,7 +199,7 @@ class AttemptTable:
                 result = self.backend.trace(run.attempt.node_id, run.attempt.run_dir).saved
             if state is AttemptState.TIMED_OUT:
                 error = f"ran longer than its timeout of {run.job.timeout:g}s"
-            elif state in (AttemptState.PREEMPTED, AttemptState.PRUNED):
+            elif state in (AttemptState.PREEMPTED, *EARLY_STOPS):
                 error = run.stop.detail
         elif result is None and state is not AttemptState.CANCELLED:
             trace = self.backend.trace(run.attempt.node_id, run.attempt.run_dir)
@@ -208,7 +212,7 @@ class AttemptTable:
             self.backend.keep_bundle(result.bundle, run.attempt.run_dir)
             result.bundle = None
         if state in (AttemptState.LOST, AttemptState.OUT_OF_MEMORY, AttemptState.CANCELLED,
-                     AttemptState.TIMED_OUT, AttemptState.PREEMPTED, AttemptState.PRUNED):
+                     AttemptState.TIMED_OUT, AttemptState.PREEMPTED, *EARLY_STOPS):
             self.backend.end_process_group(run.attempt.node_id, run.attempt.run_dir)
         return AttemptEnd(run.attempt.id, state, cause, result, error)
 

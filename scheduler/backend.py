@@ -135,6 +135,14 @@ class Backend(Protocol):
     def end_process_group(self, node_id: str | None, run_dir: str) -> None:
         """End the attempt's command process group, on its node."""
 
+    def curves_since(self, node_id: str | None, reads: list[tuple[str, int]]) -> list[bytes]:
+        """For each (run dir, offset) of attempts on ``node_id``: the complete
+        lines their metrics.jsonl has past ``offset``, read on that node."""
+
+    def signal_attempts(self, node_id: str | None, signals: list[tuple[str, str, str]]) -> None:
+        """Write early stopping's verdicts, (run dir, file, text), into running
+        attempts' run dirs on ``node_id`` (workers.node_ops.signal_attempts)."""
+
     def keep_bundle(self, data: bytes, run_dir: str) -> None:
         """Unpack a run dir carried back in a result, on the scheduler's node."""
 

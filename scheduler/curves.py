@@ -1,38 +1,56 @@
-"""The per-step metrics of running and finished jobs, read from their run
-dirs' metrics.jsonl as they grow (only what was appended since the last read):
-what early stopping (scheduler.early_stop) decides from."""
+"""The per-step metrics of an early-stopping stage's attempts, read from their
+metrics.jsonl as it grows (only what was appended since the last read): what
+early stopping (scheduler.early_stop) decides from.
+
+A running attempt's file is read on its node, through the backend (the
+node's owner, for a node that cannot share the head's disk); an ended one's on
+the head, where its run dir was carried back, and only once."""
 
 from __future__ import annotations
 
+import collections
 import json
-import os
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from jobs.api import METRICS_FILE
+from scheduler.records import StageRunDir
 
 MAX_LINE = 1 << 20  # a longer line is not a metrics record; skipped
 
+# (node id, [(run dir, offset)]) -> the complete lines past each offset
+ReadCurves = Callable[[str | None, list[tuple[str, int]]], list[bytes]]
+
 
 class CurveReader:
-    """Records of each run dir's metrics.jsonl, kept between reads."""
+    """Records of each attempt's metrics.jsonl, kept between reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: ReadCurves) -> None:
+        self._read_on = read
         self._read: dict[str, tuple[int, list[dict[str, Any]]]] = {}  # run dir -> (bytes read, records)
+        self._final: set[str] = set()  # ended attempts read since they ended: nothing more will come
+
+    def update(self, attempts: list[StageRunDir]) -> None:
+        """Read what each attempt appended since the last read: a running one's
+        on its node (one request per node), an ended one's here, once."""
+        by_node: dict[str | None, list[str]] = collections.defaultdict(list)
+        for a in attempts:
+            if a.run_dir in self._final:
+                continue
+            running = a.latest and a.job_state == "running"
+            by_node[a.node_id if running else None].append(a.run_dir)
+            if not running:
+                self._final.add(a.run_dir)
+        for node_id, run_dirs in by_node.items():
+            reads = [(d, self._read.get(d, (0, []))[0]) for d in run_dirs]
+            for (run_dir, offset), data in zip(reads, self._read_on(node_id, reads)):
+                self._take(run_dir, offset, data)
 
     def records(self, run_dir: str) -> list[dict[str, Any]]:
-        """Every complete record so far (a line still being written is left for next time)."""
-        offset, records = self._read.get(run_dir, (0, []))
-        path = Path(run_dir) / METRICS_FILE
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return records
-        with os.fdopen(fd, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        for line in data[:end].splitlines():
+        """Every complete record read so far."""
+        return self._read.get(run_dir, (0, []))[1]
+
+    def _take(self, run_dir: str, offset: int, data: bytes) -> None:
+        records = self._read.get(run_dir, (0, []))[1]
+        for line in data.splitlines():
             if not line.strip() or len(line) > MAX_LINE:
                 continue
             try:
@@ -41,10 +59,10 @@ class CurveReader:
                 continue
             if isinstance(record, dict):
                 records.append(record)
-        self._read[run_dir] = (offset + end, records)
-        return records
+        self._read[run_dir] = (offset + len(data), records)
 
     def forget(self, keep: set[str]) -> None:
         """Drop what was read of run dirs not in ``keep``."""
         for run_dir in self._read.keys() - keep:
             del self._read[run_dir]
+        self._final &= keep

@@ -18,6 +18,22 @@ Rules (``early_stop.method``):
   a job stops when its best value so far is worse than the median of the other
   jobs' mean values up to the same step (three other jobs at least).
 
+With ``pause: true`` (``asha``, ``hyperband``), ASHA works as in its paper
+(Li et al. 2020, Algorithm 2), by promotion: a job that reaches a rung goes on
+only if it is already in the top ``1/eta`` of the jobs that reached that rung
+(``floor(n/eta)`` of ``n``); otherwise it is *paused*, its share freed.  A
+paused job is promoted (pending again, resuming from its checkpoint) as soon as
+enough jobs reach its rung behind it to put it in the top ``floor(n/eta)``.
+When nothing of the stage can reach a rung any more (no job queued or running,
+no trial left to ask), the best paused job of the highest rung is promoted if it
+is in the top ``ceil(n/eta)`` there, one at a time, and the paused jobs left
+when none is end pruned: ASHA's losers, never promoted.
+
+A callable's ``report()`` waits at each rung step for the verdict (the
+scheduler writes how far it has judged the job, or asks it to stop), as Ray
+Tune's trials wait for their scheduler: a loser stops at its rung instead of a
+step or more later.
+
 Everything is recomputed from the curves each time, which makes the rule as
 durable as the metrics files: a restarted scheduler decides what the last one
 would have.  Which jobs reached a rung first comes from the time of each record.
@@ -43,6 +59,19 @@ class Rule:
     grace: int = 1
     eta: int = 3
     max_t: int = 100
+    pause: bool = False  # promotion mode: pause at rungs, promote the best (asha, hyperband)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "Rule":
+        """From a stage's runtime ``early_stop`` (scheduler.spec)."""
+        return cls(config["method"], config["metric"], config["mode"], config["grace"], config["eta"],
+                   config["max_t"], bool(config.get("pause")))
+
+    def all_rungs(self) -> list[int]:
+        """Every bracket's rungs: the steps a callable's report() waits at for its verdict."""
+        if self.method == "median":
+            return []
+        return sorted({r for bracket in range(self.brackets) for r in self.rungs(bracket)})
 
     def rungs(self, bracket: int = 0) -> list[int]:
         """The steps at which bracket ``bracket`` decides (ASHA: bracket 0)."""
@@ -116,6 +145,111 @@ def to_stop(rule: Rule, curves: Mapping[int, Sequence[Point]], running: Iterable
                         f"1/{rule.eta} of the {len(before)} job(s) there before it (cutoff "
                         f"{sign * cutoff:.6g})")
     return out
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """What one pass decides for a stage's running jobs."""
+
+    stop: dict[int, str]  # job id -> why it ends pruned
+    pause: dict[int, str]  # job id -> why it is paused at its rung (pause mode)
+    cleared: dict[int, float]  # job id -> the step it has been judged up to: its report() may pass rungs to there
+
+
+def judge(rule: Rule, curves: Mapping[int, Sequence[Point]], running: Iterable[int],
+          resumed_at: Mapping[int, float] | None = None) -> Verdicts:
+    """The verdicts for the ``running`` jobs, from every job's curve so far.
+    ``resumed_at``: for a job resumed from a checkpoint, the last step its
+    earlier attempts reported (the rungs up to there were decided before)."""
+    running = list(running)
+    if rule.pause:
+        stop, pause = {}, _to_pause(rule, curves, running, resumed_at or {})
+    else:
+        stop, pause = to_stop(rule, curves, running), {}
+    cleared = {job: curves[job][-1].step for job in running
+               if job not in stop and job not in pause and curves.get(job)}
+    return Verdicts(stop, pause, cleared)
+
+
+def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterable[int],
+               idle: bool) -> tuple[dict[int, str], dict[int, str]]:
+    """({paused job: why it is promoted}, {paused job: why it ends pruned}).
+    ``idle``: nothing of the stage is queued or running, and no trial is left
+    to ask, so no job can reach a rung any more."""
+    order = _positions(curves)
+    promote: dict[int, str] = {}
+    standing: dict[int, tuple[float, int, int, list[int]]] = {}  # job -> (rung, rank there, jobs there, rungs)
+    for job in paused:
+        rungs = rule.rungs(order.get(job, 0) % rule.brackets)
+        reached = [r for r in rungs if _at_rung(curves.get(job) or (), r) is not None]
+        if not reached:  # paused before any rung (it cannot be): let it go on
+            promote[job] = "promoted: it had reached no rung"
+            continue
+        rung = reached[-1]
+        ranked = _ranked_at(rule, curves, order, order.get(job, 0) % rule.brackets, rung)
+        rank, n = ranked.index(job), len(ranked)
+        standing[job] = (rung, rank, n, rungs)
+        if rank < n // rule.eta:
+            promote[job] = (f"promoted: {_where(rule, curves[job], rung, rungs)} is now among the top "
+                            f"{n // rule.eta} of the {n} job(s) there")
+    if promote or not idle:
+        return promote, {}
+    # Nothing more can reach a rung: the best paused job of the highest rung goes
+    # on while it is in the top ceil(n/eta) there (so a small search still
+    # finishes its best trial), one at a time; when none is, the rest never will.
+    for job in sorted(standing, key=lambda j: (-standing[j][0], standing[j][1], j)):
+        rung, rank, n, rungs = standing[job]
+        if rank < math.ceil(n / rule.eta):
+            return {job: (f"promoted: {_where(rule, curves[job], rung, rungs)} is the best paused of the {n} "
+                          f"job(s) there, and nothing else of the stage is left to run")}, {}
+    give_up = {}
+    for job, (rung, _, n, rungs) in standing.items():
+        give_up[job] = (f"{rule.method}: never promoted: {_where(rule, curves[job], rung, rungs)} stayed below "
+                        f"the top 1/{rule.eta} of the {n} job(s) there")
+    return {}, give_up
+
+
+def _to_pause(rule: Rule, curves: Mapping[int, Sequence[Point]], running: list[int],
+              resumed_at: Mapping[int, float]) -> dict[int, str]:
+    order = _positions(curves)
+    out = {}
+    for job in running:
+        curve = curves.get(job) or ()
+        bracket = order.get(job, 0) % rule.brackets
+        rungs = rule.rungs(bracket)
+        reached = [r for r in rungs if _at_rung(curve, r) is not None]
+        if not reached or reached[-1] <= resumed_at.get(job, 0):  # no rung yet, or decided before it resumed
+            continue
+        rung = reached[-1]
+        # Judged once, against the jobs that reached the rung before it (so
+        # the verdict does not change as others arrive: they promote it later)
+        mine = _at_rung(curve, rung)
+        ranked = [j for j in _ranked_at(rule, curves, order, bracket, rung)
+                  if (_at_rung(curves[j], rung).at, j) <= (mine.at, job)]
+        n = len(ranked)
+        if ranked.index(job) >= n // rule.eta:
+            out[job] = (f"{rule.method}: {_where(rule, curve, rung, rungs)} is not (yet) in the top 1/{rule.eta} of the {n} "
+                        f"job(s) there: paused until it is promoted")
+    return out
+
+
+def _positions(curves: Mapping[int, Sequence[Point]]) -> dict[int, int]:
+    """Each job's position in its stage (by id): its hyperband bracket."""
+    return {job: k for k, job in enumerate(sorted(curves))}
+
+
+def _ranked_at(rule: Rule, curves: Mapping[int, Sequence[Point]], order: Mapping[int, int], bracket: int,
+               rung: float) -> list[int]:
+    """The jobs of ``bracket`` that reached ``rung``, best there first (ties: the earlier first)."""
+    sign = 1.0 if rule.mode == "max" else -1.0
+    at = {job: _at_rung(curve, rung) for job, curve in curves.items() if order.get(job, 0) % rule.brackets == bracket}
+    return sorted((job for job, p in at.items() if p is not None), key=lambda j: (-sign * at[j].value, at[j].at, j))
+
+
+def _where(rule: Rule, curve: Sequence[Point], rung: float, rungs: list[int]) -> str:
+    point = _at_rung(curve, rung)
+    value = f"{point.value:.6g}" if point is not None else "?"
+    return f"{rule.metric} {value} at rung {rungs.index(rung) + 1}/{len(rungs)} (step {rung:g})"
 
 
 def rung_of(rule: Rule, curve: Sequence[Point], position: int = 0) -> str | None:

@@ -15,7 +15,8 @@ The rules, in the order they apply:
    another's sake; a lost node or a gone scheduler (at most
    ``MAX_FREE_RETRIES`` times, so a job that keeps killing its node ends); a
    preemption; and, with ``retry_on_oom``, running out of GPU memory while a
-   bigger share is still to be had.
+   bigger share is still to be had.  A pause at an early-stopping rung is not
+   charged either: the job waits, paused, for promotion.
 3. Otherwise the end is charged: success and timeout and cancel end the job;
    failures, losses and out-of-memory retry while the retry budget lasts.
 """
@@ -102,20 +103,23 @@ def decide(facts: EndFacts, end: AttemptEnd, now: float) -> EndPlan:
     """The plan for ``end``, the end of the attempt ``facts`` describe, seen at ``now``."""
     state = recorded_state(facts, end.state)
     requeue = free_requeue(facts, end.cause, state)
-    job_state = JobState.PENDING if requeue else charged_outcome(facts, state)
+    paused = state is AttemptState.PAUSED  # waits for promotion: not charged either
+    job_state = JobState.PENDING if requeue else JobState.PAUSED if paused else charged_outcome(facts, state)
     message = end.message
     detail = f"attempt {facts.attempt} {state.value}" + (f": {first_line(message)}" if message else "")
     if requeue and requeue.gpu is not None:
         detail += f"; retrying with gpu {requeue.gpu:g}"
     if job_state is JobState.PENDING:
         reason = f"requeued after attempt {facts.attempt} {state.value}"
+    elif paused:
+        reason = first_line(message) if message else "paused at a rung: waits for promotion"
     elif job_state in (JobState.SUCCEEDED, JobState.CANCELLED):
         reason = None
     else:
         reason = first_line(message)
     result = end.result
     ended_at = (result.ended_at if result else None) or now
-    return EndPlan(attempt_state=state, job_state=job_state, ended_at=ended_at, free_retry=requeue is not None,
+    return EndPlan(attempt_state=state, job_state=job_state, ended_at=ended_at, free_retry=requeue is not None or paused,
                    node_requeue=bool(requeue and requeue.node), gpu=requeue.gpu if requeue else None,
                    reason=reason, detail=detail,
                    advice=tuple(advise(facts.booked, measured(facts, result, ended_at))) if result else ())

@@ -191,6 +191,14 @@ class FakeBackend:
         node_ops.end_process_group(run_dir)
 
     @staticmethod
+    def curves_since(node_id: str | None, reads: list[tuple[str, int]]) -> list[bytes]:
+        return node_ops.curves_since(reads)
+
+    @staticmethod
+    def signal_attempts(node_id: str | None, signals: list[tuple[str, str, str]]) -> None:
+        node_ops.signal_attempts(signals)
+
+    @staticmethod
     def keep_bundle(data: bytes, run_dir: str) -> None:
         node_ops.keep_bundle(data, run_dir)
 

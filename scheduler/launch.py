@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from contract.attempt import AttemptTask, Input, Share
-from scheduler import policy
+from scheduler import early_stop, policy
 from scheduler.attempt_table import Pack, Running
 from scheduler.backend import Backend
 from scheduler.config import Settings
@@ -52,7 +52,9 @@ class Launcher:
             code_dir=None if extra["package"] else str(Path(extra["spec_path"]).parent),
             package=extra["package"], code_root=str(home / "code"), cache_dir=str(home / "cache"),
             collect_to_node=head, metrics_from=runtime.get("metrics_from"),
-            env_vars=(runtime.get("env") or {}).get("vars") or {}, outputs_limit=self._settings.outputs_limit)
+            env_vars=(runtime.get("env") or {}).get("vars") or {}, outputs_limit=self._settings.outputs_limit,
+            rungs=tuple(early_stop.Rule.from_config(runtime["early_stop"]).all_rungs())
+            if runtime.get("early_stop") else ())
         return task, (runtime.get("env") or {}).get("pip")
 
     def launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> Running | None:

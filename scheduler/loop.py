@@ -21,12 +21,11 @@ import collections
 import logging
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterator
 
 from contract.attempt import run_dir_for
-from jobs.api import STOP_FILE
+from jobs.api import CLEARED_FILE, STOP_FILE
 from scheduler import accounting, early_stop, estimate, node_report, packing, policy, run_history, wakeup
 from scheduler.curves import CurveReader
 from scheduler.attempt_table import AttemptTable, Pack, Running, saved_end
@@ -56,8 +55,9 @@ NODE_FRESHNESS_SECONDS = 0.5
 # `labq queue` (SLURM's backfill pass writes expected starts the same way).  The
 # CLI reads them instead of replaying 100k pending jobs itself.
 ESTIMATE_SECONDS = 10.0
-# How often running jobs' curves are read for early stopping.
-EARLY_STOP_SECONDS = 0.5
+# How often running jobs' curves are read for early stopping (every pass, at
+# the default poll_interval): a callable waits at each rung for its verdict.
+EARLY_STOP_SECONDS = 0.15
 # How long a job stopped early has to end at its next report() (jobs.StopTrial,
 # with its result) before its task is cancelled.
 EARLY_STOP_WAIT = 1.0
@@ -88,7 +88,8 @@ class Scheduler:
         self._mix: policy.ShapeMix | None = None
         self._mix_at = -float("inf")
         # Per-step metrics of the jobs of stages that stop early (scheduler.early_stop).
-        self._curves = CurveReader()
+        self._curves = CurveReader(lambda node_id, reads: self.backend.curves_since(node_id, reads))
+        self._cleared: dict[int, float] = {}  # job id -> the step its rung-cleared file says
         self._early_stop_at = -float("inf")
         self._notes: dict[int, str] = {}  # job id -> its rung as last written
         # Service a running job's earlier (preempted) attempts attained, read once per job.
@@ -290,50 +291,74 @@ class Scheduler:
             self.store.mark_unschedulable(unschedulable, now)
 
     def _stop_losers(self, now: float) -> None:
-        """Stop the running jobs their stage's early_stop rule says are losing
-        (scheduler.early_stop), from every job of the stage's curve; they end
-        pruned, their share back in the pool as their stop completes."""
+        """Early stopping (scheduler.early_stop), from the curves of every
+        attempt of each early-stopping stage: stop the running jobs its rule
+        says are losing (they end pruned) or, in pause mode, pause them at their
+        rung; tell the others how far they are judged (a callable's report()
+        waits at a rung for it); promote paused jobs that made the top of their
+        rung, and give up on those that never will.  Freed shares go back to
+        the pool as each stop completes."""
         stages = self.store.early_stopping()
         if not stages:
             self._curves.forget(set())
+            self._cleared.clear()
             return
         mine = {r.job.id: r for r in self.attempts if r.stop is None}
         read: set[str] = set()
         notes: dict[int, str] = {}
+        signals: dict[str | None, list[tuple[str, str, str]]] = collections.defaultdict(list)
         for (experiment_id, stage), config in stages.items():
-            rule = early_stop.Rule(config["method"], config["metric"], config["mode"], config["grace"],
-                                   config["eta"], config["max_t"])
-            curves, running = {}, []
-            for job_id, state, run_dir in self.store.stage_run_dirs(experiment_id, stage):
-                read.add(run_dir)
-                curves[job_id] = early_stop.points(self._curves.records(run_dir), rule.metric)
-                if state == "running" and job_id in mine:
-                    running.append(job_id)
-            stopping = early_stop.to_stop(rule, curves, running)
-            for job_id, why in stopping.items():
-                run = mine[job_id]
-                self._request_stop_file(run)
-                self._ask_stop(run, AttemptState.PRUNED, now, detail=f"pruned: {why}")
+            rule = early_stop.Rule.from_config(config)
+            attempts = self.store.stage_run_dirs(experiment_id, stage)
+            self._curves.update(attempts)
+            curves: dict[int, list[early_stop.Point]] = {}
+            resumed_at: dict[int, float] = {}
+            running, paused = [], []
+            for a in attempts:
+                read.add(a.run_dir)
+                points = early_stop.points(self._curves.records(a.run_dir), rule.metric)
+                if not a.latest and points:  # an earlier attempt's part: rungs up to here were decided then
+                    resumed_at[a.job_id] = max(resumed_at.get(a.job_id, 0.0), points[-1].step)
+                curves.setdefault(a.job_id, []).extend(points)
+                if a.latest and a.job_state == "running" and a.job_id in mine:
+                    running.append(a.job_id)
+                elif a.latest and a.job_state == "paused":
+                    paused.append(a.job_id)
+            verdicts = early_stop.judge(rule, curves, running, resumed_at)
+            for state, whys in ((AttemptState.PRUNED, verdicts.stop), (AttemptState.PAUSED, verdicts.pause)):
+                for job_id, why in whys.items():
+                    run = mine[job_id]
+                    kind = "pruned" if state is AttemptState.PRUNED else "paused"
+                    signals[run.attempt.node_id].append((run.attempt.run_dir, STOP_FILE, f"{kind} this job: {why}"))
+                    self._ask_stop(run, state, now, detail=f"{kind}: {why}")
+            for job_id, step in verdicts.cleared.items():
+                if self._cleared.get(job_id) != step:
+                    self._cleared[job_id] = step
+                    run = mine[job_id]
+                    signals[run.attempt.node_id].append((run.attempt.run_dir, CLEARED_FILE, f"{step:g}"))
+            if paused:
+                idle = not self.store.stage_busy(experiment_id, stage)
+                promote, give_up = early_stop.promotions(rule, curves, paused, idle)
+                if promote:
+                    self.store.promote(promote, now)
+                if give_up:
+                    self.store.give_up(give_up, now)
             position = {job_id: k for k, job_id in enumerate(sorted(curves))}
             for job_id in running:
-                note = early_stop.rung_of(rule, curves[job_id], position[job_id]) if job_id not in stopping else None
+                if job_id in verdicts.stop or job_id in verdicts.pause:
+                    continue
+                note = early_stop.rung_of(rule, curves[job_id], position[job_id])
                 if note is not None and self._notes.get(job_id) != note:
                     notes[job_id] = self._notes[job_id] = note
+        for node_id, batch in signals.items():
+            self.backend.signal_attempts(node_id, batch)
         if notes:
             self.store.set_running_notes(notes)
         self._curves.forget(read)
         for gone in self._notes.keys() - mine.keys():
             del self._notes[gone]
-
-    @staticmethod
-    def _request_stop_file(run: Running) -> None:
-        """Tell a callable's report() to raise (jobs.api.StopTrial) at its next
-        step: a clean end where the run dir is on this machine (elsewhere the
-        stop itself ends it)."""
-        try:
-            (Path(run.attempt.run_dir) / STOP_FILE).touch(mode=0o600)
-        except OSError:
-            pass
+        for gone in self._cleared.keys() - mine.keys():
+            del self._cleared[gone]
 
     def _continue_searches(self, now: float) -> None:
         """Ask each search with room (fewer than ``parallel`` trials queued or

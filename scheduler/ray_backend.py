@@ -534,7 +534,7 @@ class RayBackend:
                 return True
         return node_id == self._here
 
-    def _ask_owner(self, node_id: str, method: str, run_dir: str) -> Any:
+    def _ask_owner(self, node_id: str, method: str, *args: Any) -> Any:
         """Ask ``node_id``'s owner to do ``method`` there and wait for its answer
         (None if it does not answer in NODE_OP_SECONDS: dead, or Ray going down;
         at once when it did not answer a moment ago)."""
@@ -542,9 +542,9 @@ class RayBackend:
         if probed is not None and not probed[1] and time.monotonic() - probed[0] < NODE_OP_SECONDS:
             return None
         try:
-            return ray.get(getattr(self._owner(node_id), method).remote(run_dir), timeout=NODE_OP_SECONDS)
+            return ray.get(getattr(self._owner(node_id), method).remote(*args), timeout=NODE_OP_SECONDS)
         except Exception as exc:
-            log.debug("node %s did not answer about %s: %s", node_id[:8], run_dir, exc)
+            log.debug("node %s did not answer %s: %s", node_id[:8], method, exc)
             self._owners.pop(node_id, None)  # a dead owner is started again next time
             self._probes[node_id] = (time.monotonic(), False)
             return None
@@ -566,6 +566,16 @@ class RayBackend:
             node_ops.end_process_group(run_dir)
         else:
             self._ask_owner(node_id, "end_process_group", run_dir)
+
+    def curves_since(self, node_id: str | None, reads: list[tuple[str, int]]) -> list[bytes]:
+        """Read on the attempts' node by its owner; here when that is this node,
+        or when it does not answer (on a shared disk the run dirs are the same)."""
+        data = None if self._is_here(node_id) else self._ask_owner(node_id, "curves_since", reads)
+        return data if data is not None else node_ops.curves_since(reads)
+
+    def signal_attempts(self, node_id: str | None, signals: list[tuple[str, str, str]]) -> None:
+        if self._is_here(node_id) or self._ask_owner(node_id, "signal_attempts", signals) is None:
+            node_ops.signal_attempts(signals)  # here, or a node that did not answer: a shared disk, maybe
 
     @staticmethod
     def keep_bundle(data: bytes, run_dir: str) -> None:

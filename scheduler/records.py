@@ -104,6 +104,18 @@ class Waiting:
 
 
 @dataclass(frozen=True)
+class StageRunDir:
+    """One attempt of an early-stopping stage's job: where its part of the job's
+    curve is written (scheduler.early_stop reads every attempt's, in order)."""
+
+    job_id: int
+    job_state: str
+    run_dir: str
+    node_id: str | None
+    latest: bool  # the job's latest attempt (a running job's: the one running)
+
+
+@dataclass(frozen=True)
 class Outlook:
     """What the scheduler predicts for an active job: how long it runs in all
     (seconds; None: nothing to go by) and from what runs, and, in a queue with
@@ -242,6 +254,8 @@ class EndCause(str, Enum):
     PREEMPTED = "preempted"
     # Stopped by its stage's early_stop rule: its curve was losing.
     PRUNED = "pruned"
+    # Paused at a rung by its stage's early_stop rule (pause mode), to be promoted or not.
+    PAUSED = "paused"
     # Packed behind other jobs, and its pack ended before it began.
     NOT_STARTED = "not_started"
     # Packed, and its pack was stopped for another job's sake (or ran out of time

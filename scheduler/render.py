@@ -22,7 +22,7 @@ if not console.is_terminal:  # piped or in CI: do not squeeze tables into 80 col
 
 _STATE_STYLE = {"running": "cyan", "pending": "yellow", "blocked": "dim", "succeeded": "green", "failed": "red",
                 "timed_out": "red", "cancelled": "magenta", "unschedulable": "red", "upstream_failed": "red",
-                "pruned": "yellow"}
+                "pruned": "yellow", "paused": "blue"}
 
 
 def _state(state: str) -> Text:

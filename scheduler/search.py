@@ -47,11 +47,12 @@ def objectives(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def trial_state(job_state: str) -> str:
     """A trial's state from its job's: "complete" (it succeeded; its value may
-    still be missing), "running" (queued, blocked or running), "pruned"
+    still be missing), "running" (queued, blocked, running or paused at a
+    rung, waiting for promotion), "pruned"
     (stopped early: told with its last values, a loser) or "failed"."""
     if job_state in ("succeeded", "pruned"):
         return "complete" if job_state == "succeeded" else "pruned"
-    return "running" if job_state in ("pending", "running", "blocked") else "failed"
+    return "running" if job_state in ("pending", "running", "blocked", "paused") else "failed"
 
 
 def config_of(sweep: Any, metric: str | None, mode: str | None) -> dict[str, Any]:

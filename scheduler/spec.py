@@ -263,11 +263,16 @@ class EarlyStop(_Strict):
     grace: int = Field(1, ge=1, le=10**9)  # steps before any stop
     eta: int = Field(3, ge=2, le=100)  # 1/eta of the jobs pass each rung
     max_t: int = Field(100, ge=1, le=10**9)  # the steps a job runs at most
+    # Pause at each rung and promote the best later, resuming from their
+    # checkpoints (ASHA by promotion), instead of stopping the losers for good.
+    pause: bool = False
 
     @model_validator(mode="after")
     def _grace_below_max(self) -> "EarlyStop":
         if self.grace >= self.max_t and self.method != "median":
             raise ValueError(f"grace ({self.grace}) must be below max_t ({self.max_t}): no rung would be left")
+        if self.pause and self.method == "median":
+            raise ValueError("pause: expected asha or hyperband (the median rule has no rungs to pause at)")
         return self
 
 
@@ -598,7 +603,7 @@ def stage_runtimes(spec: ExperimentSpec, base_dir: Path) -> dict[str, dict[str, 
             rule = stage.early_stop
             runtime["early_stop"] = {"method": rule.method, "metric": rule.metric or spec.metric,
                                      "mode": rule.mode or spec.mode, "grace": rule.grace, "eta": rule.eta,
-                                     "max_t": rule.max_t}
+                                     "max_t": rule.max_t, "pause": rule.pause}
         if runtime:
             runtimes[stage.name] = runtime
     return runtimes

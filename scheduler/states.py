@@ -34,6 +34,11 @@ class JobState(str, Enum):
     # Stopped early by its stage's early_stop rule (scheduler.early_stop): its
     # curve was losing.  Its metrics so far, logs and checkpoint are kept.
     PRUNED = "pruned"
+    # Stopped at an early-stopping rung to wait for promotion (early_stop.pause,
+    # ASHA's promotion mode): it holds nothing.  Promoted, it is pending again and
+    # resumes from its checkpoint; never promoted, it ends pruned once its stage
+    # has nothing left to run.
+    PAUSED = "paused"
 
     def is_terminal(self) -> bool:
         return self in TERMINAL_JOB_STATES
@@ -44,14 +49,16 @@ TERMINAL_JOB_STATES = frozenset(
      JobState.UNSCHEDULABLE, JobState.UPSTREAM_FAILED, JobState.PRUNED}
 )
 # Jobs still owed work by the scheduler.
-ACTIVE_JOB_STATES = frozenset({JobState.BLOCKED, JobState.PENDING, JobState.RUNNING})
+ACTIVE_JOB_STATES = frozenset({JobState.BLOCKED, JobState.PENDING, JobState.RUNNING, JobState.PAUSED})
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.BLOCKED: frozenset({JobState.PENDING, JobState.CANCELLED, JobState.UPSTREAM_FAILED}),
     JobState.PENDING: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.UNSCHEDULABLE}),
     # running -> pending: the attempt was lost or failed and a retry is owed.
     JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT,
-                                 JobState.CANCELLED, JobState.PENDING, JobState.PRUNED}),
+                                 JobState.CANCELLED, JobState.PENDING, JobState.PRUNED, JobState.PAUSED}),
+    # paused -> pending: promoted; -> pruned: never promoted (scheduler.early_stop).
+    JobState.PAUSED: frozenset({JobState.PENDING, JobState.PRUNED, JobState.CANCELLED}),
     # Terminal states admit nothing; a rerun is a new submission.
     **{s: frozenset() for s in TERMINAL_JOB_STATES},
 }
@@ -80,6 +87,9 @@ class AttemptState(str, Enum):
     PREEMPTED = "preempted"
     # Stopped by its stage's early_stop rule; the job ends pruned.
     PRUNED = "pruned"
+    # Stopped at a rung by its stage's early_stop rule in pause mode; the job
+    # waits, paused, for promotion (not charged to its retries).
+    PAUSED = "paused"
 
     def is_terminal(self) -> bool:
         return self is not AttemptState.RUNNING

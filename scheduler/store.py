@@ -26,7 +26,8 @@ from scheduler import endings
 from scheduler.advice import advise
 from scheduler.errors import IllegalTransition, StoreError, UnknownIdError
 from scheduler.identity import check_private
-from scheduler.records import Attempt, AttemptEnd, Event, Experiment, Job, NodeSnapshot, Outlook, Waiting, is_id
+from scheduler.records import (Attempt, AttemptEnd, Event, Experiment, Job, NodeSnapshot, Outlook, StageRunDir,
+                               Waiting, is_id)
 from scheduler.states import AttemptState, JobState, can_transition
 
 SCHEMA_VERSION = 6
@@ -653,7 +654,7 @@ class Store:
                 if row is None:
                     raise UnknownIdError(f"no job {job_id}")
                 state = JobState(row["state"])
-                if state in (JobState.PENDING, JobState.BLOCKED):
+                if state in (JobState.PENDING, JobState.BLOCKED, JobState.PAUSED):
                     self._move(cur, job_id, JobState.CANCELLED, now, "cancelled by user")
                     done["cancelled"].append(job_id)
                 elif state is JobState.RUNNING:
@@ -848,7 +849,7 @@ class Store:
 
     def count_active(self) -> int:
         return self._conn.execute(
-            "SELECT COUNT(*) AS n FROM jobs WHERE state IN ('pending', 'running', 'blocked')").fetchone()["n"]
+            "SELECT COUNT(*) AS n FROM jobs WHERE state IN ('pending', 'running', 'blocked', 'paused')").fetchone()["n"]
 
     def job_stages(self, ids: list[int]) -> dict[int, tuple[int, str]]:
         """Job id -> (experiment id, stage): what jobs of one pack must share."""
@@ -862,13 +863,48 @@ class Store:
                 for r in self._conn.execute(
                     "SELECT s.experiment_id, s.stage, s.runtime FROM stage_runtime s WHERE s.runtime LIKE"
                     " '%\"early_stop\"%' AND EXISTS (SELECT 1 FROM jobs j WHERE j.experiment_id = s.experiment_id"
-                    " AND j.stage = s.stage AND j.state = 'running')")}
+                    " AND j.stage = s.stage AND j.state IN ('running', 'paused'))")}
 
-    def stage_run_dirs(self, experiment_id: int, stage: str) -> list[tuple[int, str, str]]:
-        """(job id, job state, its latest attempt's run dir) of a stage's jobs that ran."""
-        return [(r["id"], r["state"], r["run_dir"]) for r in self._conn.execute(
-            "SELECT j.id, j.state, a.run_dir FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.number = j.attempts"
-            " WHERE j.experiment_id = ? AND j.stage = ? ORDER BY j.id", (experiment_id, stage))]
+    def stage_run_dirs(self, experiment_id: int, stage: str) -> list[StageRunDir]:
+        """Every attempt of a stage's jobs, by job then attempt: where each one's
+        curve is (a job resumed after a pause or a preemption has one per attempt)."""
+        return [StageRunDir(r["id"], r["state"], r["run_dir"], r["node_id"], r["number"] == r["attempts"])
+                for r in self._conn.execute(
+                    "SELECT j.id, j.state, j.attempts, a.number, a.run_dir, a.node_id FROM jobs j"
+                    " JOIN attempts a ON a.job_id = j.id WHERE j.experiment_id = ? AND j.stage = ?"
+                    " ORDER BY j.id, a.number", (experiment_id, stage))]
+
+    def stage_busy(self, experiment_id: int, stage: str) -> bool:
+        """Whether a stage still has a job to run (blocked, pending, running), or a
+        search with trials left to ask: what could still reach a rung and change
+        who is promoted (scheduler.early_stop)."""
+        if self._conn.execute("SELECT 1 FROM jobs WHERE experiment_id = ? AND stage = ?"
+                              " AND state IN ('blocked', 'pending', 'running') LIMIT 1",
+                              (experiment_id, stage)).fetchone():
+            return True
+        return any(s == stage for _, s, *_ in self.open_searches(experiment_id))
+
+    def promote(self, whys: dict[int, str], now: float) -> list[int]:
+        """Paused jobs back to pending, to resume from their checkpoints (one
+        transaction); those no longer paused (cancelled meanwhile) are skipped."""
+        return self._move_paused(whys, JobState.PENDING, now)
+
+    def give_up(self, whys: dict[int, str], now: float) -> list[int]:
+        """Paused jobs that will never be promoted end pruned."""
+        return self._move_paused(whys, JobState.PRUNED, now)
+
+    def _move_paused(self, whys: dict[int, str], target: JobState, now: float) -> list[int]:
+        moved = []
+        with self._tx() as cur:
+            for job_id, why in whys.items():
+                row = cur.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row["state"] != JobState.PAUSED.value:
+                    continue
+                self._move(cur, job_id, target, now, why, reason=why if target is JobState.PRUNED else None)
+                if target is JobState.PRUNED:
+                    self._fail_dependents(cur, job_id, now)
+                moved.append(job_id)
+        return moved
 
     def launch_context(self, job_id: int) -> dict[str, Any]:
         """What a worker needs beyond the job row: the code snapshot, upstream
@@ -926,8 +962,9 @@ class Store:
 
     def active_jobs(self, limit: int | None = None, offset: int = 0) -> list[Job]:
         """Running first, then pending and blocked in the order they will be considered."""
-        sql = ("WHERE j.state IN ('running', 'pending', 'blocked') ORDER BY "
-               "CASE j.state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 ELSE 2 END, j.priority DESC, j.id")
+        sql = ("WHERE j.state IN ('running', 'pending', 'paused', 'blocked') ORDER BY "
+               "CASE j.state WHEN 'running' THEN 0 WHEN 'pending' THEN 1 WHEN 'paused' THEN 2 ELSE 3 END,"
+               " j.priority DESC, j.id")
         if limit is not None or offset:
             return self._jobs(sql + " LIMIT ? OFFSET ?", (-1 if limit is None else limit, offset))
         return self._jobs(sql, ())
@@ -980,7 +1017,7 @@ class Store:
         ids: list[int] = []
         for experiment_id in experiment_ids:
             ids += [r["id"] for r in self._conn.execute(
-                "SELECT id FROM jobs WHERE experiment_id = ? AND state IN ('pending', 'running', 'blocked')",
+                "SELECT id FROM jobs WHERE experiment_id = ? AND state IN ('pending', 'running', 'blocked', 'paused')",
                 (experiment_id,))]
         return ids
 

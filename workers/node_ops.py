@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.attempt import AttemptTrace, OomCause, WorkerResult
+from jobs.api import CLEARED_FILE, METRICS_FILE, STOP_FILE
 from workers import bundle
 from workers.attempt import OOM_MARKER, group_is_attempts, kill_process_group
 from workers.paths import RunPaths
@@ -83,6 +84,51 @@ def _end_holders(paths: RunPaths) -> bool:
             except OSError:
                 continue
     return ended
+
+
+# At most this much of one metrics.jsonl per read: a job writing faster is
+# read over several passes.
+CURVE_READ_BYTES = 4 << 20
+# The files early stopping may write into a running attempt's run dir.
+SIGNALS = frozenset({STOP_FILE, CLEARED_FILE})
+
+
+def curves_since(reads: list[tuple[str, int]]) -> list[bytes]:
+    """For each (run dir, offset): the complete lines its metrics.jsonl has
+    past ``offset`` (a line still being written is left for the next read);
+    b"" for a run dir without one."""
+    out = []
+    for run_dir, offset in reads:
+        try:
+            fd = os.open(Path(run_dir) / METRICS_FILE, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            out.append(b"")
+            continue
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, int(offset)))
+            data = f.read(CURVE_READ_BYTES)
+        out.append(data[:data.rfind(b"\n") + 1])
+    return out
+
+
+def signal_attempts(signals: list[tuple[str, str, str]]) -> None:
+    """Write each (run dir, file, text) of early stopping's verdicts into a
+    running attempt's run dir (jobs.api reads them at report()): whole, by
+    rename, so a reader never sees half; a run dir that is gone is skipped."""
+    for run_dir, name, text in signals:
+        if name not in SIGNALS:
+            raise ValueError(f"not an early-stopping signal: {name!r}")
+        root = Path(run_dir)
+        if not root.is_dir():
+            continue
+        tmp = root / f".{name}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, root / name)
+        except OSError:
+            pass
 
 
 def keep_bundle(data: bytes, run_dir: str) -> None:

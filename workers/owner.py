@@ -170,6 +170,15 @@ class AttemptOwner:
     def end_process_group(self, run_dir: str) -> bool:
         return node_ops.end_process_group(run_dir)
 
+    @ray.method(concurrency_group=NODE_OPS_GROUP)
+    def curves_since(self, reads: list[tuple[str, int]]) -> list[bytes]:
+        return node_ops.curves_since(reads)
+
+    @ray.method(concurrency_group=NODE_OPS_GROUP)
+    def signal_attempts(self, signals: list[tuple[str, str, str]]) -> bool:
+        node_ops.signal_attempts(signals)
+        return True  # done (None is what the scheduler reads as "no answer")
+
 
 def _done(refs: dict[str, Any]) -> set[str]:
     """The keys whose task has ended."""

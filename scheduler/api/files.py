@@ -197,12 +197,25 @@ def step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[StepCurv
     ``metric`` when it reported that, else of its first metric."""
     from workers.paths import RunPaths
 
+    def reported_steps(run_dir: Path) -> list[dict[str, Any]]:
+        _, steps = RunPaths(run_dir).read_reported_metrics()
+        return [s for s in steps if isinstance(s.get("step"), (int, float))]
+
     curves = []
     for r in rows:
         if not r.get("run_dir"):
             continue
-        _, steps = RunPaths(Path(r["run_dir"])).read_reported_metrics()
-        steps = [s for s in steps if "step" in s]
+        latest = Path(r["run_dir"])
+        steps = reported_steps(latest)
+        # A job resumed from a checkpoint (promoted after a pause, or preempted)
+        # reported its first steps in its earlier attempts (run dirs beside this
+        # one): they lead its curve, up to where the next attempt took over.
+        tail = latest.name.removeprefix("attempt-")
+        number = int(tail) if tail.isdigit() else 1
+        for n in range(number - 1, 0, -1):
+            earlier = reported_steps(latest.parent / f"attempt-{n}")
+            first = steps[0]["step"] if steps else float("inf")
+            steps = [s for s in earlier if s["step"] < first] + steps
         if len(steps) < 2:
             continue
         names = [k for k in steps[-1] if k not in ("time", "step")]

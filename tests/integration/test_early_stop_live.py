@@ -66,3 +66,57 @@ def test_asha_prunes_losing_curves_and_their_cpus_come_back(tmp_path, ray_backen
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert_resources_released()
     store.close()
+
+
+def test_pause_mode_pauses_at_rungs_and_promoted_jobs_resume_from_their_checkpoints(tmp_path, ray_backend):
+    sched, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    spec = write_spec(tmp_path, """
+        experiment: promoted
+        metric: acc
+        mode: max
+        stages:
+          - name: train
+            run: "testjobs:resumable_curve"
+            params: {steps: 8, pause: 0.1}
+            sweep: {grid: {q: [0.3, 0.5, 0.9, 0.4, 0.6, 0.8]}}
+            resources: {cpu: 1}
+            early_stop: {method: asha, grace: 2, eta: 2, max_t: 8, pause: true}
+    """)
+    sub = submit_spec(spec, settings)
+    seen_paused: set[int] = set()
+
+    def watch(jobs) -> bool:
+        seen_paused.update(j.id for j in jobs if j.state is JobState.PAUSED)
+        return all(j.state.is_terminal() for j in jobs)
+
+    jobs = drive(sched, store, sub.experiment_id, timeout=120, until=watch)
+    by_q = {j.params["q"]: j for j in jobs}
+    assert by_q[0.9].state is JobState.SUCCEEDED
+    assert all(j.state in (JobState.SUCCEEDED, JobState.PRUNED) for j in jobs), [j.state.value for j in jobs]
+    assert seen_paused, "no job was ever paused"
+    resumed = 0
+    for job in jobs:
+        attempts = store.attempts(job.id)
+        for earlier, later in zip(attempts, attempts[1:]):
+            assert earlier.state is AttemptState.PAUSED and "paused: asha: acc" in earlier.error
+            # Paused at its rung: report() waited there for the verdict, so it went no step past it
+            curve = [json.loads(line) for line in (Path(earlier.run_dir) / "metrics.jsonl").read_text().splitlines()]
+            assert curve[-1]["step"] in (2, 4), curve
+            # Promoted: the next attempt resumed from the paused one's checkpoint, at the next step
+            first = json.loads((Path(later.run_dir) / "metrics.jsonl").read_text().splitlines()[0])
+            assert first["step"] == curve[-1]["step"] + 1
+            resumed += 1
+        if job.state is JobState.PRUNED:  # paused and never promoted: its last attempt was the pause
+            assert attempts[-1].state is AttemptState.PAUSED and "never promoted" in job.reason
+        if job.state is JobState.SUCCEEDED and len(attempts) > 1:
+            assert attempts[-1].metrics["resumed_from"] > 1
+    assert resumed >= 1
+    assert store.attempts(by_q[0.3].id)[0].state is AttemptState.PAUSED  # the worst paused at its first rung
+    # The plot draws a promoted job's whole curve, its attempts joined
+    from scheduler import api
+
+    res = api.results(store, "promoted")
+    curves = {c.job_id: c for c in api.step_curves(res.rows, res.metric)}
+    assert curves[by_q[0.9].id].steps[-1] == 8 and curves[by_q[0.9].id].steps[0] == 1
+    assert_resources_released()
+    store.close()

@@ -130,3 +130,24 @@ def curve(ctx):
         time.sleep(ctx.params.get("pause", 0.05))
         report(step=step, acc=q * (1 - math.exp(-step / 4)))
     return {"acc": q * (1 - math.exp(-ctx.params.get("steps", 16) / 4))}
+
+
+def resumable_curve(ctx):
+    """``curve`` that checkpoints its step before each report and, resumed
+    (promoted after a pause), goes on from its checkpoint instead of step 1."""
+    import json
+    import math
+
+    from jobs import report
+
+    q, steps = ctx.params["q"], ctx.params.get("steps", 8)
+    start = 1
+    if ctx.previous_run_dir is not None:
+        saved = ctx.previous_run_dir / "checkpoints" / "step.json"
+        if saved.exists():
+            start = json.loads(saved.read_text())["step"] + 1
+    for step in range(start, steps + 1):
+        time.sleep(ctx.params.get("pause", 0.05))
+        (ctx.checkpoints_dir / "step.json").write_text(json.dumps({"step": step}))
+        report(step=step, acc=q * (1 - math.exp(-step / 4)))
+    return {"acc": q * (1 - math.exp(-steps / 4)), "resumed_from": start}

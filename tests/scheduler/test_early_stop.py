@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 
-from scheduler.early_stop import Point, Rule, points, rung_of, to_stop
+from scheduler.early_stop import Point, Rule, judge, points, promotions, rung_of, to_stop
 
 
 def family(n: int, seed: int = 0) -> list[float]:
@@ -103,3 +103,108 @@ def test_curves_come_from_metrics_records_with_or_without_steps():
     records = [{"time": 1, "step": 5, "acc": 0.5}, {"time": 2, "acc": "n/a"}, {"time": 3, "acc": float("nan")},
                {"time": 4, "acc": 0.7}, {"time": 5, "step": True, "acc": 0.8}]
     assert points(records, "acc") == [Point(5, 0.5, 1), Point(4, 0.7, 4), Point(5, 0.8, 5)]
+
+
+# --- pause mode: ASHA by promotion ------------------------------------------------
+
+
+def replay_paused(rule: Rule, quality: list[float], parallel: int = 4, seed: int = 1):
+    """Pause-mode replay: a paused job frees its slot; promoted jobs resume where
+    they paused (before new jobs start, as the queue orders them: older first).
+    Returns ({job: last step}, {job: final state}, [(job, rung, rank, n) at each promotion])."""
+    rng = random.Random(seed)
+    curves: dict[int, list[Point]] = {}
+    reached: dict[int, float] = {}
+    state: dict[int, str] = {}
+    resumed_at: dict[int, float] = {}
+    promoted_log = []
+    waiting = list(range(len(quality)))
+    running: list[int] = []
+    t = 0.0
+    while True:
+        while waiting and len(running) < parallel:
+            job = waiting.pop(0)
+            running.append(job)
+            curves.setdefault(job, [])
+            state[job] = "running"
+        t += 1
+        for job in running:
+            step = (curves[job][-1].step if curves[job] else 0) + 1
+            value = quality[job] * (1 - math.exp(-step / 8)) + rng.gauss(0, 0.003)
+            curves[job].append(Point(step, value, t + job * 1e-6))
+            reached[job] = step
+        verdicts = judge(rule, curves, running, resumed_at)
+        assert not verdicts.stop
+        for job in verdicts.pause:
+            running.remove(job)
+            state[job] = "paused"
+            resumed_at[job] = reached[job]
+        for job in [j for j in running if reached[j] >= rule.max_t]:
+            running.remove(job)
+            state[job] = "succeeded"
+        paused = [j for j, s in state.items() if s == "paused"]
+        idle = not waiting and not running
+        promote, give_up = promotions(rule, curves, paused, idle)
+        for job in promote:
+            state[job] = "pending"
+            waiting.insert(0, job)
+            promoted_log.append(job)
+        for job in give_up:
+            state[job] = "pruned"
+        if idle and not promote and not give_up and not paused:
+            return reached, state, promoted_log
+
+
+def test_pause_mode_promotes_the_top_of_each_rung_and_finishes_the_best():
+    rule = Rule("asha", "acc", "max", grace=1, eta=3, max_t=27, pause=True)
+    for seed in range(3):
+        quality = family(27, seed)
+        reached, state, promoted = replay_paused(rule, quality, seed=seed)
+        best = max(range(len(quality)), key=quality.__getitem__)
+        assert state[best] == "succeeded" and reached[best] == 27
+        assert set(state.values()) <= {"succeeded", "pruned"}  # nothing left paused
+        # A paused job never ran past its rung: every job stopped at a rung or ran to the end
+        assert all(reached[j] in (1, 3, 9, 27) for j in state), sorted(set(reached.values()))
+        # About 1/eta go on from each rung (ASHA's floor(n/eta), plus the end game's last promotions)
+        past_first = sum(1 for s in reached.values() if s > 1)
+        assert 27 // 3 <= past_first <= 27 // 3 + 2, past_first
+        # floor(3/3) of rung 9's jobs finish; asynchronous promotion (a job promoted
+        # early may later fall out of its rung's top) can finish a few more
+        assert 1 <= sum(1 for s in state.values() if s == "succeeded") <= 27 // 9
+
+
+def test_a_job_at_a_rung_goes_on_only_when_already_in_the_top_floor_n_over_eta():
+    rule = Rule("asha", "acc", "max", grace=1, eta=2, max_t=4, pause=True)
+    first = {1: [Point(1, 0.9, 1.0)]}
+    assert set(judge(rule, first, [1]).pause) == {1}  # alone: floor(1/2) = 0 go on
+    two = {1: [Point(1, 0.1, 1.0)], 2: [Point(1, 0.9, 2.0)]}
+    verdicts = judge(rule, two, [2])
+    assert verdicts.pause == {} and verdicts.cleared == {2: 1.0}  # the better of two: top 1 of floor(2/2)
+    worse_later = {1: [Point(1, 0.9, 1.0)], 2: [Point(1, 0.1, 2.0)]}
+    assert "not (yet) in the top 1/2 of the 2 job(s)" in judge(rule, worse_later, [2]).pause[2]
+    # Judged against those there before it: a better job arriving later does not pause it after the fact
+    assert judge(rule, {**two, 3: [Point(1, 0.95, 3.0)]}, [2]).pause == {}
+    # Resumed past rung 1 (its earlier attempt reported step 1): judged again only at rung 2
+    assert judge(rule, {1: [Point(1, 0.1, 1.0)]}, [1], resumed_at={1: 1.0}).cleared == {1: 1.0}
+
+
+def test_promotion_waits_for_rivals_then_the_idle_stage_finishes_its_best_and_gives_up_the_rest():
+    rule = Rule("asha", "acc", "max", grace=1, eta=3, max_t=9, pause=True)
+    curves = {1: [Point(1, 0.5, 1.0)], 2: [Point(1, 0.7, 2.0)]}
+    assert promotions(rule, curves, [1, 2], idle=False) == ({}, {})  # floor(2/3) = 0: wait for a third
+    curves[3] = [Point(1, 0.6, 3.0)]
+    promote, give_up = promotions(rule, curves, [1, 2, 3], idle=False)
+    assert set(promote) == {2} and not give_up and "top 1 of the 3 job(s)" in promote[2]
+    # Job 2 reached rung 2 alone and paused; nothing else is left to run
+    curves[2] += [Point(2, 0.8, 4.0), Point(3, 0.85, 5.0)]
+    promote, give_up = promotions(rule, curves, [1, 2, 3], idle=True)
+    assert set(promote) == {2} and "nothing else of the stage is left" in promote[2]
+    # Job 2 finished: the rest stayed below the top 1/3 of rung 1
+    promote, give_up = promotions(rule, curves, [1, 3], idle=True)
+    assert promote == {} and set(give_up) == {1, 3} and "never promoted" in give_up[1]
+
+
+def test_every_bracket_s_rungs_are_where_report_waits():
+    assert Rule("hyperband", "acc", "max", grace=1, eta=3, max_t=27).all_rungs() == [1, 3, 9]
+    assert Rule("asha", "acc", "max", grace=2, eta=2, max_t=16).all_rungs() == [2, 4, 8]
+    assert Rule("median", "acc", "max", grace=2).all_rungs() == []

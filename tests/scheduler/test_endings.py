@@ -244,3 +244,12 @@ def test_advice_reads_the_booked_gpu_share_and_the_workers_usage():
     result = WorkerResult(outcome=WorkerOutcome.OUT_OF_MEMORY, gpu_usage=gpu_usage, oom_cause=OomCause.GPU_SHARE)
     p = plan(OOM, EndCause.GPU_OOM, result=result, gpu=1.0, oom_gpu_scale=2)
     assert p.advice and all("gpu" in line for line in p.advice)
+
+
+def test_a_pause_at_a_rung_waits_for_promotion_and_is_not_charged():
+    p = plan(AttemptState.PAUSED, EndCause.PAUSED, error="paused: acc 0.2 at rung 1/3 (step 2) is not (yet) in the top")
+    assert p.job_state is JobState.PAUSED and p.attempt_state is AttemptState.PAUSED
+    assert p.free_retry and not p.node_requeue  # its retries stay for real failures after it resumes
+    assert p.reason.startswith("paused: acc 0.2 at rung 1/3") and not p.fails_dependents
+    # A user's cancel that raced it wins, as for any stop
+    assert plan(AttemptState.PAUSED, EndCause.PAUSED, cancel_requested=True).job_state is JobState.CANCELLED

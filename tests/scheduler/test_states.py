@@ -17,7 +17,7 @@ TERMINAL = {
     JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT, JobState.CANCELLED,
     JobState.UNSCHEDULABLE, JobState.UPSTREAM_FAILED, JobState.PRUNED,
 }
-ACTIVE = {JobState.BLOCKED, JobState.PENDING, JobState.RUNNING}
+ACTIVE = {JobState.BLOCKED, JobState.PENDING, JobState.RUNNING, JobState.PAUSED}
 
 
 @pytest.mark.parametrize("state", list(JobState), ids=lambda s: s.value)
@@ -62,6 +62,10 @@ def test_no_self_transitions_for_active_states(state):
     (JobState.RUNNING, JobState.TIMED_OUT),
     (JobState.RUNNING, JobState.CANCELLED),
     (JobState.RUNNING, JobState.PENDING),  # retry owed
+    (JobState.RUNNING, JobState.PAUSED),  # at an early-stopping rung, pause mode
+    (JobState.PAUSED, JobState.PENDING),  # promoted: resumes from its checkpoint
+    (JobState.PAUSED, JobState.PRUNED),  # never promoted
+    (JobState.PAUSED, JobState.CANCELLED),
 ])
 def test_allowed_transitions(current, target):
     assert can_transition(current, target)
@@ -78,6 +82,8 @@ def test_allowed_transitions(current, target):
     (JobState.RUNNING, JobState.BLOCKED),
     (JobState.RUNNING, JobState.UNSCHEDULABLE),
     (JobState.RUNNING, JobState.UPSTREAM_FAILED),
+    (JobState.PAUSED, JobState.RUNNING),  # promoted jobs queue like any other
+    (JobState.PAUSED, JobState.SUCCEEDED),
     (JobState.SUCCEEDED, JobState.RUNNING),
     (JobState.FAILED, JobState.PENDING),
     (JobState.CANCELLED, JobState.PENDING),

@@ -876,3 +876,42 @@ def test_waiting_per_shape_is_the_oldest_of_each_class(store, tmp_path, monkeypa
     got = [w.id for w in store.waiting(per_shape=per_shape)]
     assert got == sorted(i for ids in expected.values() for i in ids)
     assert len(got) == (20 if per_shape == 100 else 3 + 2 + 3)  # a and c share a class (cpu 0.5)
+
+
+def test_a_paused_job_is_promoted_or_given_up_once_and_its_attempts_are_its_curve(store, submit):
+    experiment_id, ids, _ = submit("""
+        experiment: paused
+        stages:
+          - name: train
+            run: "json:dumps"
+            sweep: {grid: {C: [0.1, 1.0, 10.0]}}
+            early_stop: {method: asha, metric: acc, mode: max, grace: 2, eta: 3, max_t: 8, pause: true}
+    """)
+    a, b, c = ids
+    attempts = start(store, a, b, c)
+    for attempt in attempts[:2]:
+        store.finish_attempts([end(attempt.id, AttemptState.PAUSED, EndCause.PAUSED, error="paused: at rung 1/1")],
+                              NOW + 2)
+    assert [state(store, j) for j in ids] == [JobState.PAUSED, JobState.PAUSED, JobState.RUNNING]
+    assert store.stage_busy(experiment_id, "train")  # c still runs
+    assert store.count_active() == 3 and {j.id for j in store.active_jobs()} == set(ids)
+    assert store.promote({a: "promoted: top of rung 1", c: "not paused"}, NOW + 3) == [a]
+    assert state(store, a) is JobState.PENDING and state(store, c) is JobState.RUNNING
+    (second,) = start(store, a, now=NOW + 4)
+    rows = [(r.job_id, r.run_dir, r.latest) for r in store.stage_run_dirs(experiment_id, "train") if r.job_id == a]
+    assert rows == [(a, "/runs/%d/1" % a, False), (a, "/runs/%d/2" % a, True)]  # both parts of a's curve, in order
+    assert store.launch_context(a)["previous_run_dir"] == "/runs/%d/1" % a  # it resumes from the paused attempt
+    assert store.give_up({b: "asha: never promoted"}, NOW + 5) == [b] and store.give_up({b: "again"}, NOW + 6) == []
+    assert state(store, b) is JobState.PRUNED and store.job(b).reason == "asha: never promoted"
+    # A paused job is cancelled at once: nothing of it runs
+    _, more, _ = submit("""
+        experiment: paused2
+        stages:
+          - name: train
+            run: "json:dumps"
+            early_stop: {method: asha, metric: acc, mode: max, grace: 2, eta: 3, max_t: 8, pause: true}
+    """)
+    (attempt,) = start(store, more[0])
+    store.finish_attempts([end(attempt.id, AttemptState.PAUSED, EndCause.PAUSED, error="paused")], NOW + 2)
+    assert store.cancel([more[0]], NOW + 3)["cancelled"] == [more[0]]
+    assert state(store, more[0]) is JobState.CANCELLED

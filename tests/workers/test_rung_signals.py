@@ -1,0 +1,79 @@
+"""Early stopping's signals on a node, on plain files: the scheduler reads a
+run dir's curve in pieces (workers.node_ops.curves_since) and writes its
+verdicts there (signal_attempts); a callable's report() waits at a rung for
+them (jobs.api), and stops on a stop."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from jobs import api
+from jobs.api import CLEARED_FILE, STOP_FILE, JobContext, StopTrial
+from workers import node_ops
+
+
+def context(tmp_path, rungs=(2.0, 4.0)) -> JobContext:
+    return JobContext(job_id=1, attempt=1, experiment="e", stage="s", params={}, run_dir=tmp_path, rungs=rungs)
+
+
+def test_curves_are_read_in_complete_lines_from_an_offset(tmp_path):
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1}\n{"step": 2}\n{"ste')
+    (first,) = node_ops.curves_since([(str(tmp_path), 0)])
+    assert first == b'{"step": 1}\n{"step": 2}\n'  # the half-written line waits for the next read
+    with open(tmp_path / "metrics.jsonl", "ab") as f:
+        f.write(b'p": 3}\n')
+    again, missing = node_ops.curves_since([(str(tmp_path), len(first)), (str(tmp_path / "none"), 0)])
+    assert json.loads(again) == {"step": 3} and missing == b""
+
+
+def test_signals_are_written_whole_and_only_the_two_early_stopping_files(tmp_path):
+    node_ops.signal_attempts([(str(tmp_path), CLEARED_FILE, "4"), (str(tmp_path / "gone"), STOP_FILE, "x")])
+    assert (tmp_path / CLEARED_FILE).read_text() == "4" and not (tmp_path / "gone").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(ValueError, match="not an early-stopping signal"):
+        node_ops.signal_attempts([(str(tmp_path), "../../etc/passwd", "x")])
+
+
+def test_report_waits_at_a_rung_until_the_scheduler_clears_it(tmp_path):
+    ctx = context(tmp_path)
+    started = time.monotonic()
+    ctx.report(step=1, acc=0.1)  # not a rung: no wait
+    assert time.monotonic() - started < 0.5
+    threading.Timer(0.3, lambda: node_ops.signal_attempts([(str(tmp_path), CLEARED_FILE, "2")])).start()
+    started = time.monotonic()
+    ctx.report(step=2, acc=0.2)
+    assert 0.25 < time.monotonic() - started < 5
+    started = time.monotonic()
+    ctx.report(step=3, acc=0.3)  # between rungs
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_stop_at_a_rung_raises_with_the_scheduler_s_reason(tmp_path):
+    ctx = context(tmp_path)
+    threading.Timer(0.2, lambda: node_ops.signal_attempts(
+        [(str(tmp_path), STOP_FILE, "paused this job: acc 0.2 at rung 1/2 is not (yet) in the top")])).start()
+    with pytest.raises(StopTrial, match="labq paused this job: acc 0.2 at rung 1/2"):
+        ctx.report(step=2, acc=0.2)
+
+
+def test_a_resumed_job_s_first_report_waits_for_the_rungs_it_passed(tmp_path):
+    """Its first report may cross several rungs at once: it waits for the highest."""
+    ctx = context(tmp_path)
+    node_ops.signal_attempts([(str(tmp_path), CLEARED_FILE, "2")])
+    threading.Timer(0.3, lambda: node_ops.signal_attempts([(str(tmp_path), CLEARED_FILE, "5")])).start()
+    started = time.monotonic()
+    ctx.report(step=5, acc=0.5)
+    assert time.monotonic() - started > 0.25
+
+
+def test_without_a_scheduler_report_goes_on_after_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(api, "RUNG_WAIT_SECONDS", 0.2)
+    ctx = context(tmp_path)
+    started = time.monotonic()
+    ctx.report(step=2, acc=0.2)
+    assert 0.15 < time.monotonic() - started < 2
+    assert context(tmp_path, rungs=()).report(step=2) is None  # no rungs: never waits
