@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.source import defined_names
-from jobs.api import JobContext, Upstream
+from jobs.api import JobContext, StopTrial, Upstream
 
 RESERVED = ("estimator", "seed", "cv")
 DEFAULT_SEED = 0
@@ -494,7 +494,11 @@ def _train_torch(ctx: JobContext, kind: str) -> dict[str, Any]:
         train_loss = tm.train_epoch(model, loader, optimizer, criterion, device)
         val = tm.validate(model, config, X_val, split["y_val"], y_val, criterion, device)
         record = {monitor: val[monitor], "val_loss": val["val_loss"], "train_loss": train_loss}
-        ctx.report(step=epoch, **record)
+        try:
+            ctx.report(step=epoch, **record)
+            stopped_by_labq = None
+        except StopTrial as exc:  # pruned or paused (early_stop): this epoch is checkpointed first
+            stopped_by_labq = exc
         state["history"].append({"epoch": epoch, **record})
         value, best = val[monitor], state["best"]
         if math.isnan(value):
@@ -517,8 +521,10 @@ def _train_torch(ctx: JobContext, kind: str) -> dict[str, Any]:
         elif patience is not None and state["bad_epochs"] >= int(patience):
             state["stopped"] = True
         state["train_seconds"] += time.perf_counter() - started
-        if epoch % every == 0 or state["stopped"] or epoch == epochs:
+        if epoch % every == 0 or state["stopped"] or epoch == epochs or stopped_by_labq is not None:
             checkpoint()
+        if stopped_by_labq is not None:  # a paused job resumes from this epoch's checkpoint when promoted
+            raise stopped_by_labq
 
     if state["best_epoch"]:
         model.load_state_dict(state["best_state"])

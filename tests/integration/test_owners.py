@@ -101,3 +101,30 @@ def test_ray_errors_through_the_owner_keep_their_meaning():
     end = rb._classify(rex.RayTaskError("run", "tb", inner))
     assert end.cause is EndCause.WORKER_ERROR and "No space left" in end.error
     assert rb._classify(rex.ActorDiedError()).cause is EndCause.OWNER_DIED
+
+
+def test_early_stopping_reads_curves_and_writes_verdicts_through_another_node_s_owner(tmp_path, ray_backend,
+                                                                                      monkeypatch):
+    """On a cluster without a shared disk a running attempt's curve is only on
+    its node: the backend asks that node's owner to read it and to write the
+    verdicts.  Here the one node is made to look like another node (the backend
+    is told it runs elsewhere), and this process's own node_ops refuse, so what
+    comes back was read, and written, by the owner's process."""
+    run_dir = tmp_path / "runs" / "1" / "attempt-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_bytes(b'{"step": 1, "acc": 0.5}\n{"step": 2, "acc": 0.6}\n{"st')
+    backend = rb.RayBackend(home=tmp_path / "home")
+    node = ray_backend.local_node_id()
+    backend._here = "not-this-node"
+
+    def refuse(*_):
+        raise AssertionError("read in the scheduler's process, not by the node's owner")
+
+    monkeypatch.setattr(rb.node_ops, "curves_since", refuse)
+    monkeypatch.setattr(rb.node_ops, "signal_attempts", refuse)
+    (data,) = backend.curves_since(node, [(str(run_dir), 0)])
+    assert data == b'{"step": 1, "acc": 0.5}\n{"step": 2, "acc": 0.6}\n'
+    (rest,) = backend.curves_since(node, [(str(run_dir), 24)])
+    assert rest == b'{"step": 2, "acc": 0.6}\n'
+    backend.signal_attempts(node, [(str(run_dir), "rung-cleared", "2"), (str(run_dir), "stop-requested", "pruned")])
+    assert (run_dir / "rung-cleared").read_text() == "2" and (run_dir / "stop-requested").read_text() == "pruned"
