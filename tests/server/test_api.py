@@ -434,3 +434,33 @@ def test_numbers_out_of_range_and_unknown_routes_are_4xx_json(served: Served):
         status, body = call(served, "GET", route)
         assert 400 <= status < 500, (route, status)
         assert set(json.loads(body)) == {"error"}, route
+
+
+def test_a_search_run_from_a_laptop_is_extended_over_http_by_its_owner_only(served: Served, tmp_path):
+    laptop = tmp_path / "search"
+    laptop.mkdir()
+    (laptop / "quad.py").write_text("def fit(ctx):\n    x = float(ctx.params['x'])\n    return {'score': -(x - 0.3) ** 2}\n")
+    (laptop / "quad.yaml").write_text(
+        "experiment: quad\nmetric: score\nmode: max\nstages:\n  - name: fit\n    run: quad:fit\n"
+        "    sweep:\n      search: {algo: tpe, samples: 2, parallel: 2, seed: 3}\n"
+        "      space: {x: {uniform: [0, 1]}}\n    resources: {cpu: 0.25}\n")
+    ran = served.labq("run", "quad.yaml", cwd=laptop)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "succeeded: 2" in ran.stdout
+    refused = served.labq("sweep", "extend", "quad", "--samples", "3", user="bob")
+    assert refused.returncode == 2 and "belongs to alice; you (bob) may extend only your own" in refused.stderr
+    extended = served.labq("sweep", "extend", "quad", "--samples", "3", "--json")
+    assert extended.returncode == 0, extended.stderr
+    done = json.loads(extended.stdout)
+    assert done["experiment"] == "quad" and done["more"] == 3 and done["scheduler_started"] is False
+
+    def trials() -> list[dict]:
+        return [j for j in json.loads(served.labq("status", "quad", "--json").stdout)["jobs"]]
+
+    # The server's scheduler asks the search for 3 more trials, from the 2 it has, and runs them
+    wait_until(lambda: len(trials()) == 5 and all(j["state"] == "succeeded" for j in trials()), 120,
+               "the 3 more trials to run")
+    xs = [j["params"]["x"] for j in trials()]
+    assert len(set(xs)) == 5  # no suggestion repeated
+    status = served.labq("status", "quad")
+    assert status.returncode == 0 and "5 of 5 trials asked" in status.stdout, status.stdout
