@@ -615,10 +615,21 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
 @click.option("--plot", type=click.Path(dir_okay=False), help="Write a PNG of GPU and CPU allocation over time.")
 @click.option("--restart-cost", type=_FiniteFloat(min=0, max=1e9), default=0.0, show_default=True, metavar="SECONDS",
               help="What a preempted job loses on top of its progress since its checkpoint (restart, reload).")
+@click.option("--stretch", type=_FiniteFloat(min=0, max=1e4), metavar="X",
+              help="labq: a job is due after waiting X times its predicted run time (default: scheduler.stretch).")
+@click.option("--reserve-after", metavar="DURATION",
+              help="labq: a due job that waited this long reserves room from predicted ends "
+                   "(default: scheduler.reserve_after).")
+@click.option("--tiers", metavar="T1,T2,...",
+              help="labq: least-attained-service tiers for every queue (e.g. 1h,8h): GPU time thresholds; "
+                   "jobs of higher tiers are preempted for lower ones (those with checkpoints=1 in the trace).")
+@click.option("--max-preemptions", type=click.IntRange(min=0, max=1000), metavar="N",
+              help="With --tiers: a job is preempted for a lower tier at most N times (default 2).")
 @click.pass_context
 def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml: str | None, gpus: int | None,
              cpus: float | None, policies: tuple[str, ...], as_json: bool, plot: str | None,
-             restart_cost: float) -> None:
+             restart_cost: float, stretch: float | None, reserve_after: str | None, tiers: str | None,
+             max_preemptions: int | None) -> None:
     """Replay TRACE.csv through the real policy in virtual time.
 
     Prints avg JCT, avg and p95 wait, makespan and utilisation per policy.
@@ -644,8 +655,14 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
         settings = load_settings(cluster_yaml)
     else:
         nodes = [simulator.node("node-0", cpus if cpus is not None else float(max(1, 4 * (gpus or 0))), gpus or 0)]
+    if tiers is not None:
+        queues = simulator.with_tiers(queues, jobs, _durations_list("--tiers", tiers), max_preemptions)
+    elif max_preemptions is not None:
+        raise UserError("--max-preemptions: only with --tiers")
     results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life,
-                                restart_cost, settings.scheduler.stretch)
+                                restart_cost, stretch if stretch is not None else settings.scheduler.stretch,
+                                reserve_after=_durations_list("--reserve-after", reserve_after, zero=True)[0]
+                                if reserve_after is not None else settings.scheduler.reserve_after)
     if plot:
         try:
             simulator.plot_utilisation(results, plot)
@@ -657,6 +674,25 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
     from scheduler import render
 
     render.console.print(simulator.results_table(results, simulator.lower_bound(jobs, nodes)))
+
+
+def _durations_list(option: str, text: str, zero: bool = False) -> tuple[float, ...]:
+    """``1h,8h`` as seconds, each positive (or 0, with ``zero``), no repeats."""
+    from scheduler.units import parse_duration
+
+    values = []
+    for part in text.split(","):
+        try:
+            value = parse_duration(part.strip())
+        except (ValueError, TypeError):
+            value = None
+        if value is None or not (value > 0 or (zero and value == 0)):
+            wanted = "a duration such as 30m" if zero else "positive durations separated by commas (such as 1h,8h)"
+            raise UserError(f"{option}: expected {wanted}, got {part.strip()!r}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise UserError(f"{option}: each threshold once, got {text!r}")
+    return tuple(sorted(values))
 
 
 # ---------------------------------------------------------------- the daemon

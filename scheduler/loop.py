@@ -94,6 +94,8 @@ class Scheduler:
         self._notes: dict[int, str] = {}  # job id -> its rung as last written
         # Service a running job's earlier (preempted) attempts attained, read once per job.
         self._served: dict[int, tuple[float, int]] = {}
+        # Whether each (experiment, stage) of a running job resumes from checkpoints (tiers preempt only those).
+        self._checkpoints: dict[tuple[int, str], bool] = {}
         self._short = packing.ShortJobs(settings.scheduler.pack_seconds)  # how long each stage's jobs take here
         self._dirty = True
         self._seen_version: int | None = None
@@ -461,6 +463,9 @@ class Scheduler:
             for gone in self._served.keys() - {r.job.id for r in holding}:
                 del self._served[gone]
         served = self._served if durations is not None else {}
+        unknown = {(r.job.experiment_id, r.job.stage) for r in holding} - self._checkpoints.keys()
+        if unknown:
+            self._checkpoints.update(self.store.checkpointing(unknown))
         out = []
         for r in holding:
             attained, preemptions = served.get(r.job.id, (0.0, 0))
@@ -469,7 +474,8 @@ class Scheduler:
                 job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
                 memory=r.job.memory or 0, node_id=r.attempt.node_id or "", gpu_indices=r.gpu_indices,
                 started_at=r.attempt.dispatched_at or 0.0, time_limit=r.job.timeout, priority=r.job.priority,
-                custom=r.job.custom, predicted=predicted, attained=attained, preemptions=preemptions))
+                custom=r.job.custom, predicted=predicted, attained=attained, preemptions=preemptions,
+                checkpoints=self._checkpoints.get((r.job.experiment_id, r.job.stage), False)))
         return out
 
     def free_capacity(self, nodes_in: list | None = None,

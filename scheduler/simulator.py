@@ -54,6 +54,7 @@ class TraceJob:
     priority: int = 0
     time_limit: float | None = None
     group: str = ""  # what it is one of (an experiment's stage): runs alike are predicted from each other
+    checkpoints: bool = True  # resumes from a checkpoint when preempted (tiers preempt only these)
 
 
 # ---------------------------------------------------------------- reading input
@@ -93,7 +94,19 @@ _TRACE_FIELDS = {  # column -> (parser, what is expected)
     "memory": (lambda t: _optional(_memory_mib, t) or 0, "MiB, or a size such as 16GiB"),
     "priority": (lambda t: int(t) if t and t.strip() else 0, "an integer"),
     "time_limit": (lambda t: _optional(parse_duration, t), "a positive duration such as 3600, 90m or 2h"),
+    "checkpoints": (lambda t: _flag(t, default=True), "1 or 0 (true or false): whether it resumes from a checkpoint"),
 }
+
+
+def _flag(text: str | None, default: bool) -> bool:
+    value = (text or "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(value)
 
 
 def _open_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[tuple[int, dict]], str]:
@@ -271,13 +284,15 @@ class _Replay:
 
     def __init__(self, trace: list[TraceJob], nodes: list[policy.Node], policy_name: str,
                  queues: list[policy.QueueConfig] | None, half_life: float, restart_cost: float = 0.0,
-                 stretch: float | None = policy.DEFAULT_STRETCH, fragmentation: bool = True):
+                 stretch: float | None = policy.DEFAULT_STRETCH, fragmentation: bool = True,
+                 reserve_after: float | None = None):
         self.trace = trace
         self.policy = policy_name
         shapes = [node(n.node_id, n.cpu_total, n.gpu_total, n.memory_total, max(n.gpu_memory or [0])) for n in nodes]
         # labq learns run times as the replay's jobs end, as the live loop does
         # from the store: the policy never sees a duration before a job ends.
-        durations = policy.DurationBook(stretch) if stretch is not None and policy_name == "labq" else None
+        durations = (policy.DurationBook(stretch, reserve_after) if stretch is not None and policy_name == "labq"
+                     else None)
         # labq places to keep the cluster unfragmented for the shapes it has seen arrive.
         mixes = policy.MixBook(MIX_HALF_LIFE) if policy_name == "labq" and fragmentation else None
         self.cluster = VirtualCluster(shapes, shapes, policy_name=policy_name, queues=queues, half_life=half_life,
@@ -297,7 +312,8 @@ class _Replay:
         job = self.trace[index]
         return policy.Demand(job_id=index, cpu=job.cpu, gpu=job.gpu, memory=job.memory if self.with_memory else 0,
                              priority=job.priority, seq=index, user=job.user, queue=job.queue,
-                             time_limit=job.time_limit, submitted_at=job.submit_time, group=job.group)
+                             time_limit=job.time_limit, submitted_at=job.submit_time, group=job.group,
+                             checkpoints=job.checkpoints)
 
     def run(self) -> float | None:
         cluster = self.cluster
@@ -327,15 +343,17 @@ class _Replay:
 def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = policy.DEFAULT_POLICY,
              queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
              restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH,
-             fragmentation: bool = True) -> SimResult:
+             fragmentation: bool = True, reserve_after: float | None = None) -> SimResult:
     """Replay ``trace`` on ``nodes`` (their totals; free capacity is ignored) under ``policy``;
     a preempted job resumes from its checkpoint ``restart_cost`` seconds behind.
     ``stretch``: how far ``labq`` lets shorter predicted jobs pass a longer one
     (policy.durations); None orders by priority and submission only.
     ``fragmentation``: ``labq`` places by the fragmentation it adds for the
-    shapes seen so far (policy.fragmentation); False: best fit."""
+    shapes seen so far (policy.fragmentation); False: best fit.
+    ``reserve_after``: a due job that has waited this long gets a reservation
+    from running jobs' predicted ends (policy.durations); None: never."""
     started = time.perf_counter()
-    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost, stretch, fragmentation)
+    replay = _Replay(trace, nodes, policy, queues, half_life, restart_cost, stretch, fragmentation, reserve_after)
     alloc_final = replay.run()
     return _result(replay, alloc_final, time.perf_counter() - started)
 
@@ -343,9 +361,22 @@ def simulate(trace: list[TraceJob], nodes: list[policy.Node], policy: str = poli
 def compare(trace: list[TraceJob], nodes: list[policy.Node], policies: Iterable[str] = policy.POLICIES,
             queues: list[policy.QueueConfig] | None = None, half_life: float = DEFAULT_HALF_LIFE,
             restart_cost: float = 0.0, stretch: float | None = DEFAULT_STRETCH,
-            fragmentation: bool = True) -> list[SimResult]:
-    return [simulate(trace, nodes, name, queues, half_life, restart_cost, stretch, fragmentation)
+            fragmentation: bool = True, reserve_after: float | None = None) -> list[SimResult]:
+    return [simulate(trace, nodes, name, queues, half_life, restart_cost, stretch, fragmentation, reserve_after)
             for name in policies]
+
+
+def with_tiers(queues: list[policy.QueueConfig], trace: list[TraceJob], tiers: tuple[float, ...],
+               max_preemptions: int | None = None) -> list[policy.QueueConfig]:
+    """Every queue of ``queues`` and of the trace, with least-attained-service
+    ``tiers`` (and ``max_preemptions``, when given): `labq simulate --tiers`."""
+    import dataclasses
+
+    named = {q.name: q for q in queues}
+    for job in trace:
+        named.setdefault(job.queue, policy.QueueConfig(job.queue))
+    extra = {} if max_preemptions is None else {"max_preemptions": max_preemptions}
+    return [dataclasses.replace(q, tiers=tuple(sorted(tiers)), **extra) for q in named.values()]
 
 
 def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimResult:

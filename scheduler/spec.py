@@ -290,6 +290,9 @@ class Stage(_Strict):
     metrics_from: MetricsFrom | None = None
     env: Env | None = None
     early_stop: EarlyStop | None = None
+    # The job resumes from ctx.previous_run_dir's checkpoint when run again: a
+    # queue with least-attained-service tiers may preempt it (policy.tiers).
+    checkpoints: bool = False
 
     @model_validator(mode="after")
     def _run_or_command(self) -> "Stage":
@@ -604,6 +607,8 @@ def stage_runtimes(spec: ExperimentSpec, base_dir: Path) -> dict[str, dict[str, 
             runtime["early_stop"] = {"method": rule.method, "metric": rule.metric or spec.metric,
                                      "mode": rule.mode or spec.mode, "grace": rule.grace, "eta": rule.eta,
                                      "max_t": rule.max_t, "pause": rule.pause}
+        if stage.checkpoints:
+            runtime["checkpoints"] = True
         if runtime:
             runtimes[stage.name] = runtime
     return runtimes

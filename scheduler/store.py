@@ -874,6 +874,16 @@ class Store:
                     " JOIN attempts a ON a.job_id = j.id WHERE j.experiment_id = ? AND j.stage = ?"
                     " ORDER BY j.id, a.number", (experiment_id, stage))]
 
+    def checkpointing(self, stages: Iterable[tuple[int, str]]) -> dict[tuple[int, str], bool]:
+        """{(experiment id, stage): whether its jobs say they resume from a
+        checkpoint (`checkpoints: true`), which tiers may preempt}."""
+        out = {}
+        for experiment_id, stage in set(stages):
+            row = self._conn.execute("SELECT runtime FROM stage_runtime WHERE experiment_id = ? AND stage = ?",
+                                     (experiment_id, stage)).fetchone()
+            out[(experiment_id, stage)] = bool(row and json.loads(row["runtime"]).get("checkpoints"))
+        return out
+
     def stage_busy(self, experiment_id: int, stage: str) -> bool:
         """Whether a stage still has a job to run (blocked, pending, running), or a
         search with trials left to ask: what could still reach a rung and change

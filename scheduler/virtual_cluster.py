@@ -92,7 +92,7 @@ class VirtualCluster:
         self.demands[run.job_id] = policy.Demand(
             job_id=run.job_id, cpu=run.cpu, gpu=run.gpu, memory=run.memory, custom=dict(run.custom),
             priority=run.priority, seq=run.job_id, user=run.user, queue=run.queue, time_limit=run.time_limit,
-            submitted_at=run.started_at)
+            submitted_at=run.started_at, checkpoints=run.checkpoints)
         self._book(run, -1)
         self.room = None  # rebuilt from the book at the next decision
         self.running.add(run)
@@ -173,7 +173,7 @@ class VirtualCluster:
         run = policy.RunningJob(d.job_id, d.user, d.queue, d.cpu, p.gpu_share, d.memory, p.node_id, p.gpu_indices,
                                 t, d.time_limit, d.priority, d.custom,
                                 self.durations.predict(d) if self.durations is not None else None,
-                                d.attained, d.preemptions)
+                                d.attained, d.preemptions, d.checkpoints)
         self._book(run, -1)
         self.running.add(run)
         self.book.add(run)

@@ -64,7 +64,7 @@ class Preemption:
         self.tried.add((d.queue, shape, "tier"))
         above: dict[int, tuple[int, float]] = {}  # job id -> (its tier, its service)
         for job in self.running:
-            if job.queue == d.queue and job.preemptions < config.max_preemptions:
+            if job.queue == d.queue and job.checkpoints and job.preemptions < config.max_preemptions:
                 service = running_service(job, self.now)
                 if tier_of(service, config) > tier:
                     above[job.job_id] = (tier_of(service, config), service)

@@ -54,6 +54,9 @@ class Demand:
     # many times it was preempted: what least-attained-service tiers go by.
     attained: float = 0.0
     preemptions: int = 0
+    # It resumes from a checkpoint when requeued: least-attained-service tiers
+    # may preempt it (policy.tiers).  A trace's jobs do unless it says not.
+    checkpoints: bool = True
 
     def shape(self) -> tuple:
         """What makes two demands interchangeable for placement."""
@@ -110,6 +113,9 @@ class RunningJob:
     predicted: float | None = None  # seconds it is expected to run from its start (policy.durations)
     attained: float = 0.0  # service attained by its earlier attempts (policy.tiers)
     preemptions: int = 0  # times it was preempted before
+    # It resumes from a checkpoint: tiers may preempt it (live: its stage says
+    # `checkpoints: true`; a job that does not would lose all its work).
+    checkpoints: bool = True
 
     @property
     def expected_end(self) -> float:

@@ -218,7 +218,7 @@ class Pass:
                on_reserved_after: float | None = None) -> None:
         gpu_share = share / GRAIN if need.gpu_memory else d.gpu
         job = RunningJob(d.job_id, d.user, d.queue, d.cpu, gpu_share, d.memory, w.id, gpus, self.now,
-                         d.time_limit, d.priority, d.custom)
+                         d.time_limit, d.priority, d.custom, checkpoints=d.checkpoints)
         self.backfill.placed(job, w, need, gpus, share, on_reserved_after)
         self.cluster.take(w, need, gpus, share)
         why = self.cluster.last_why if self.explain and self.cluster.mix else ""

@@ -84,7 +84,7 @@ def test_a_tiered_queue_lets_a_new_job_preempt_one_that_has_had_its_share(tmp_pa
         experiment: long
         queue: research
         stages:
-          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}}
+          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}, checkpoints: true}
     """)
     long_run = submit_spec(long_spec, settings)
     drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 25)

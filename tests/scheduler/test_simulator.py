@@ -171,6 +171,33 @@ def test_least_attained_service_tiers_let_short_jobs_past_a_long_one(max_preempt
         assert tiered.preempted == 0 and tiered.avg_jct == pytest.approx(plain.avg_jct)
 
 
+@pytest.mark.e2e
+def test_labq_simulate_tiers_and_reservations_from_the_command_line(tmp_path):
+    """`labq simulate --tiers` gives every queue tiers; a trace row with checkpoints=0 is never preempted."""
+    rows = ["long,0,10000,1,1,1", *(f"s{k},4000,100,1,1,1" for k in range(3))]
+    write(tmp_path / "t.csv", HEADER + ",checkpoints\n" + "\n".join(rows) + "\n")
+    write(tmp_path / "stuck.csv", HEADER + ",checkpoints\n" + "\n".join(
+        [rows[0].removesuffix(",1") + ",0", *rows[1:]]) + "\n")
+
+    def run(trace, *args):
+        return subprocess.run([sys.executable, "-m", "scheduler.cli", "simulate", str(tmp_path / trace), "--gpus", "1",
+                               "--policy", "labq", "--json", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+
+    tiered = run("t.csv", "--tiers", "1h,3h", "--max-preemptions", "1", "--restart-cost", "30", "--stretch", "0",
+                 "--reserve-after", "10m")
+    assert tiered.returncode == 0, tiered.stderr
+    (result,) = json.loads(tiered.stdout)
+    assert result["preempted"] == 1 and result["makespan"] == pytest.approx(10_330.0)
+    (kept,) = json.loads(run("stuck.csv", "--tiers", "1h").stdout)
+    assert kept["preempted"] == 0 and kept["makespan"] == pytest.approx(10_300.0)
+    for args, message in ((["--tiers", "soon"], "--tiers: expected positive durations"),
+                          (["--tiers", "1h,1h"], "--tiers: each threshold once"),
+                          (["--max-preemptions", "1"], "--max-preemptions: only with --tiers")):
+        bad = run("t.csv", *args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+
+
 def test_never_ending_unschedulable_and_timed_out_jobs():
     trace = [job("forever", 0, None, gpu=0.5), job("huge", 0, 10, gpu=8), job("late", 1, 50, gpu=0.5, time_limit=20)]
     result = simulate(trace, [node("n", 4, 1)], policy="labq")

@@ -45,6 +45,16 @@ def test_a_new_job_preempts_a_job_in_a_higher_tier_of_its_queue():
     assert "preempting 1 job of higher tiers" in decision.waiting[1]
 
 
+def test_a_job_that_does_not_checkpoint_is_never_preempted_for_a_tier():
+    """It would lose all its work: tiers preempt only jobs that resume from a checkpoint."""
+    import dataclasses
+
+    new = Demand(1, cpu=1, gpu=1, user="u", queue="q")
+    long_runner = dataclasses.replace(running(10, started_at=0), checkpoints=False)
+    decision = decide([new], busy([gpu_node()], long_runner), running=[long_runner], queues=[TIERED], now=7200)
+    assert not decision.preempt
+
+
 def test_no_preemption_within_a_tier_across_queues_or_without_tiers():
     new = Demand(1, cpu=1, gpu=1, user="u", queue="q")
     same_tier = running(10, started_at=7000)  # 200 s in: tier 0 like the new job
