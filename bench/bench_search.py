@@ -31,7 +31,7 @@ share TPE's first 10 random points).  For each seed the three run as above, each
 on a fresh Ray of its own, one after another.  Measured per system and seed:
 the best validation accuracy reached (the best trial's last-reported accuracy;
 also the best at any epoch), CPU-seconds (1 CPU x each trial's run time as
-the system records it: labq's attempts, start to end; Tune's trials, from
+the system records it: labq's attempts, dispatch to end; Tune's trials, from
 on_trial_start to on_trial_complete in a callback; pruned trials count), the
 same from inside the job (function entry, after imports, to its last report)
 and the CPU time the training really used (its thread's), the wall time from
@@ -61,6 +61,7 @@ import shutil
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -359,14 +360,14 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"Seed {cfg['seed']} ({i + 1} of {len(cfgs)}):", flush=True)
             runs: dict[str, dict[str, Any]] = {}
             t0 = time.time()
-            error = None
+            error = trace = None
             try:
                 run_all(cfg, runs, timeout)
             except Exception as exc:  # keep the seeds done so far; report this one as failed
-                error = f"{type(exc).__name__}: {exc}"
-                print(f"  seed {cfg['seed']} FAILED: {error}", flush=True)
+                error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                print(f"  seed {cfg['seed']} FAILED:\n{trace}", flush=True)
             per_seed.append({"seed": cfg["seed"], "settings": cfg, "runs": runs, "wall_s": time.time() - t0,
-                             "error": error})
+                             "error": error, "traceback": trace})
             if error is None:
                 s = {k: summarize(v) for k, v in runs.items()}
                 print(f"  seed {cfg['seed']} done in {time.time() - t0:.0f}s: "
@@ -430,7 +431,7 @@ def gap(a: float | None, b: float | None) -> str:
     return f"{d:+g} ex." if d else "±0 ex."
 
 
-def goal_table(s: dict[str, dict[str, Any]], goals: dict[str, Any], acc_digits: int = 3) -> str:
+def goal_table(s: dict[str, dict[str, Any]], goals: dict[str, Any], acc_digits: int = 4) -> str:
     lq, tu, rand = s["labq"], s["tune"], s["random"]
 
     def acc(x: float | None) -> str:
@@ -484,7 +485,7 @@ def seed_section(cfg: dict[str, Any], runs: dict[str, dict[str, Any]], s: dict[s
                 "attempt(s) (its pruned attempts end without a worker result), so their run time here is from "
                 "dispatch.\n" if lq["missing_started_at"] + rand["missing_started_at"] else ""))
     return (f"### Seed {cfg['seed']} (random search: {cfg['random_seed']})\n\n" + main_table + "\n\n" + best_table
-            + "\n\n" + goal_table(s, goals) + ("\n\n" + notes.rstrip() if notes else ""))
+            + "\n\n" + goal_table(s, goals, acc_digits=4) + ("\n\n" + notes.rstrip() if notes else ""))
 
 
 def system_labels(cfg: dict[str, Any]) -> dict[str, str]:
@@ -495,7 +496,10 @@ def system_labels(cfg: dict[str, Any]) -> dict[str, str]:
 
 def spread(values: list[float | None]) -> dict[str, Any]:
     xs = [x for x in values if x is not None and x == x]
-    return {"median": statistics.median(xs) if xs else None, "min": min(xs) if xs else None,
+    med = statistics.median(xs) if xs else None
+    if isinstance(med, float) and all(isinstance(x, int) for x in xs) and med.is_integer():
+        med = int(med)  # counts: 6, not 6.00
+    return {"median": med, "min": min(xs) if xs else None,
             "max": max(xs) if xs else None, "values": values}
 
 
@@ -542,12 +546,12 @@ def summary_section(base: dict[str, Any], across: dict[str, Any], done: list[dic
     for key in SYSTEMS:
         x = across["systems"][key]
         rows.append([labels[key], mmm(x["best_acc"], 4), mmm(x["best_acc_any_epoch"], 4), mmm(x["cpu_s"]),
-                     common.fmt(x["cpu_ratio_to_random"]["median"]), mmm(x["wall_s"]),
+                     mmm(x["cpu_ratio_to_random"]), mmm(x["wall_s"]),
                      f"{common.fmt(x['trials']['median'])} / {common.fmt(x['pruned']['median'])} / "
                      f"{common.fmt(x['failed']['median'])}", common.fmt(x["epochs"]["median"])])
     table_all = common.table(
-        ["system", "best val acc (last epoch)", "best val acc (any epoch)", "CPU-s held", "CPU-s / random's",
-         "wall s", "trials / pruned / failed", "epochs trained"], rows)
+        ["system", "best val acc (last epoch)", "best val acc (any epoch)", "CPU-s held",
+         "CPU-s / random's (each seed's)", "wall s", "trials / pruned / failed", "epochs trained"], rows)
 
     seed_rows = []
     for r in done:
@@ -576,8 +580,8 @@ def summary_section(base: dict[str, Any], across: dict[str, Any], done: list[dic
     medians = across["medians"]
     return (f"### Across {n} seed{'s' if n > 1 else ''} ({', '.join(str(r['seed']) for r in done)}): "
             "median (min–max)\n\n" + table_all + "\n\n"
-            "Per seed (best val acc at the last epoch; CPU-s held; wall s) and its goals, exactly (within 1 "
-            "example):\n\n" + table_seeds + "\n\n"
+            "Per seed (best val acc at the last epoch; CPU-s held; wall s) and its goals, met exactly (and "
+            "within 1 example):\n\n" + table_seeds + "\n\n"
             "Goals judged on the medians (the typical draw; CPU-s / random's: the ratio of the medians):\n\n"
             + goal_table(medians, across["goals_on_medians"], acc_digits=4) + "\n\n"
             "Goals per seed:\n\n" + table_counts)
@@ -601,8 +605,9 @@ def report(args, base: dict[str, Any], per_seed: list[dict[str, Any]], t_start: 
           f"(computing 5-30 ms, the rest a sleep, alike in all three), validation accuracy on {N_VAL} examples; "
           f"space lr, alpha (loguniform), hidden (randint 4-128), batch (choice of 5); 1 CPU per trial, "
           f"{CORES} at a time; ASHA grace {base['grace']}, eta {base['eta']}, max_t {base['epochs']}; "
-          f"seeds {', '.join(map(str, seeds))}, each system run once per seed (the random search with seed "
-          f"+{RANDOM_SEED_OFFSET}, so that it does not share TPE's first random points).\n\n"
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; each system runs once per seed "
+          f"(the random search with seed +{RANDOM_SEED_OFFSET}, so that it does not share TPE's first random "
+          "points).\n\n"
           + "\n\n".join(sections) + "\n\n" + summary_section(base, across, done) + "\n\n"
           "- CPU-s held: 1 CPU x each trial's run as the system records it (labq: its attempts, dispatch to "
           "end, as its search budget counts them; Tune: on_trial_start to on_trial_complete), pruned trials "
@@ -618,7 +623,7 @@ def report(args, base: dict[str, Any], per_seed: list[dict[str, Any]], t_start: 
           "COMPLETE with its last value; labq tells its TPE (constant liar on) a pruned trial as PRUNED.\n"
           + (f"- FAILED seeds, left out of the summary: {', '.join(str(r['seed']) for r in failed)}.\n"
              if failed else "")
-          + f"- Whole benchmark: {total_s:.0f} s wall ({3 * len(per_seed)} Ray starts included).")
+          + f"- Whole benchmark: {total_s:.0f} s wall (a Ray start per system and seed included).")
     data = {"settings": {**base, "seeds": seeds, "random_seeds": [r["settings"]["random_seed"] for r in per_seed]},
             "space": {k: [kind, args] for k, (kind, args) in SPACE.items()},
             "per_seed": per_seed, "across_seeds": across,
