@@ -155,7 +155,11 @@ def test_concurrent_submitters_pollers_and_cancels(tmp_path, home):
         t.start()
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(labq, "submit", str(spec), "--no-start", "--json", home=home) for spec in specs]
-        time.sleep(1.0)
+        # Cancel while the others still submit: once the first submission landed
+        # (16 interpreters starting at once on 2 cores can take more than a second)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and labq("status", "many", "--json", home=home).returncode != 0:
+            time.sleep(0.1)
         cancel = labq("cancel", "--experiment", "many", "--json", home=home)
         procs = [f.result() for f in futures]
     stop.set()
