@@ -59,11 +59,14 @@ class RayHarness:
         if how == "cancelled":
             # Let the command start, so the cancel interrupts it: its process
             # group is written once it runs (a fixed second was too short for a
-            # worker on a loaded machine)
+            # worker on a loaded machine).  A launch goes to the node's owner
+            # when the backend is flushed, as the loop does at each pass's end.
+            self.backend.flush()
             started = Path(task.run_dir) / "pgid"
             deadline = time.monotonic() + 30
             while not started.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
+            assert started.exists(), "the command never started"
             self.backend.cancel(handle, force=False)
         deadline = time.monotonic() + 60
         while not self.backend.ready([handle], timeout=1.0):
