@@ -104,6 +104,7 @@ def sjf_priorities(trace: list) -> list:
 
 
 def variants() -> list[Variant]:
+    """The rows; labq + tiers with TIERS and MAX_PREEMPTIONS (``--tiers``, ``--max-preemptions``)."""
     from scheduler.policy import QueueConfig
 
     return [
@@ -198,12 +199,21 @@ def sweep_table(data: dict[int, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    global TIERS, MAX_PREEMPTIONS
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--start-day", type=float, default=START_DAY, help=f"window start, day of the trace (default {START_DAY})")
     p.add_argument("--days", type=float, help=f"window length in days (default {DAYS}, quick {QUICK_DAYS})")
     p.add_argument("--nodes", type=int, default=NODES, help=f"G3 nodes (8 GPUs each; default {NODES})")
     p.add_argument("--no-sweep", action="store_true", help=f"skip the runs at {SWEEP_NODES} nodes (quick skips them)")
+    p.add_argument("--tiers", help="labq + tiers: thresholds of attained GPU time, e.g. 12h or 1h,8h (default 1h)")
+    p.add_argument("--max-preemptions", type=int, default=MAX_PREEMPTIONS,
+                   help=f"labq + tiers: preemptions per job at most (default {MAX_PREEMPTIONS})")
     args = p.parse_args(argv)
+    if args.tiers:
+        from scheduler.units import parse_duration
+
+        TIERS = tuple(sorted(parse_duration(t.strip()) for t in args.tiers.split(",")))
+    MAX_PREEMPTIONS = args.max_preemptions
     days = args.days or (QUICK_DAYS if args.quick else DAYS)
     pods = fgd_traces.load_pods("default")
     trace = fgd_traces.timed_jobs(pods, args.start_day * DAY, (args.start_day + days) * DAY)
