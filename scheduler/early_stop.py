@@ -118,16 +118,13 @@ def to_stop(rule: Rule, curves: Mapping[int, Sequence[Point]], running: Iterable
     sign = 1.0 if rule.mode == "max" else -1.0
     if rule.method == "median":
         return _median(rule, curves, running, sign)
-    order = {job: k for k, job in enumerate(sorted(curves))}
+    order = _positions(curves)
     out = {}
     for job in running:
         curve = curves.get(job) or ()
-        bracket = order.get(job, 0) % rule.brackets
-        rungs = rule.rungs(bracket)
-        reached = [r for r in rungs if _at_rung(curve, r) is not None]
-        if not reached:
+        bracket, rungs, rung = _highest_rung(rule, curve, order.get(job, 0))
+        if rung is None:  # decided once, at the highest rung reached; the lower ones it passed
             continue
-        rung = reached[-1]  # decided once, at the highest rung reached; the lower ones it passed
         mine = _at_rung(curve, rung)
         before = []
         for other, other_curve in curves.items():
@@ -180,13 +177,11 @@ def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterab
     promote: dict[int, str] = {}
     standing: dict[int, tuple[float, int, int, list[int]]] = {}  # job -> (rung, rank there, jobs there, rungs)
     for job in paused:
-        rungs = rule.rungs(order.get(job, 0) % rule.brackets)
-        reached = [r for r in rungs if _at_rung(curves.get(job) or (), r) is not None]
-        if not reached:  # paused before any rung (it cannot be): let it go on
+        bracket, rungs, rung = _highest_rung(rule, curves.get(job) or (), order.get(job, 0))
+        if rung is None:  # paused before any rung (it cannot be): let it go on
             promote[job] = "promoted: it had reached no rung"
             continue
-        rung = reached[-1]
-        ranked = _ranked_at(rule, curves, order, order.get(job, 0) % rule.brackets, rung)
+        ranked = _ranked_at(rule, curves, order, bracket, rung)
         rank, n = ranked.index(job), len(ranked)
         standing[job] = (rung, rank, n, rungs)
         if rank < n // rule.eta:
@@ -215,12 +210,9 @@ def _to_pause(rule: Rule, curves: Mapping[int, Sequence[Point]], running: list[i
     out = {}
     for job in running:
         curve = curves.get(job) or ()
-        bracket = order.get(job, 0) % rule.brackets
-        rungs = rule.rungs(bracket)
-        reached = [r for r in rungs if _at_rung(curve, r) is not None]
-        if not reached or reached[-1] <= resumed_at.get(job, 0):  # no rung yet, or decided before it resumed
+        bracket, rungs, rung = _highest_rung(rule, curve, order.get(job, 0))
+        if rung is None or rung <= resumed_at.get(job, 0):  # no rung yet, or decided before it resumed
             continue
-        rung = reached[-1]
         # Judged once, against the jobs that reached the rung before it (so
         # the verdict does not change as others arrive: they promote it later)
         mine = _at_rung(curve, rung)
@@ -231,6 +223,14 @@ def _to_pause(rule: Rule, curves: Mapping[int, Sequence[Point]], running: list[i
             out[job] = (f"{rule.method}: {_where(rule, curve, rung, rungs)} is not (yet) in the top 1/{rule.eta} of the {n} "
                         f"job(s) there: paused until it is promoted")
     return out
+
+
+def _highest_rung(rule: Rule, curve: Sequence[Point], position: int) -> tuple[int, list[int], int | None]:
+    """(the bracket of the stage's ``position``-th job, its rungs, the highest it reached or None)."""
+    bracket = position % rule.brackets
+    rungs = rule.rungs(bracket)
+    reached = [r for r in rungs if _at_rung(curve, r) is not None]
+    return bracket, rungs, reached[-1] if reached else None
 
 
 def _positions(curves: Mapping[int, Sequence[Point]]) -> dict[int, int]:
