@@ -69,6 +69,11 @@ def test_asha_prunes_losing_curves_and_their_cpus_come_back(tmp_path, ray_backen
 
 
 def test_pause_mode_pauses_at_rungs_and_promoted_jobs_resume_from_their_checkpoints(tmp_path, ray_backend):
+    """One job at a time, the best first: it reaches rung 1 (step 2) alone and
+    pauses (the top floor(1/2) is nobody); the next, worse, pauses there too and
+    puts it in the top floor(2/2), so it is promoted and resumes from its
+    checkpoint, pauses alone at rung 2 (step 4), and is promoted again once a
+    second job gets there."""
     sched, store, settings = make_scheduler(tmp_path / "home", ray_backend)
     spec = write_spec(tmp_path, """
         experiment: promoted
@@ -77,9 +82,9 @@ def test_pause_mode_pauses_at_rungs_and_promoted_jobs_resume_from_their_checkpoi
         stages:
           - name: train
             run: "testjobs:resumable_curve"
-            params: {steps: 8, pause: 0.1}
-            sweep: {grid: {q: [0.3, 0.5, 0.9, 0.4, 0.6, 0.8]}}
-            resources: {cpu: 1}
+            params: {steps: 8, pause: 0.05}
+            sweep: {grid: {q: [0.9, 0.3, 0.5, 0.4, 0.6, 0.8]}}
+            resources: {cpu: 4}  # one at a time on the session's 4 CPUs: who reaches a rung first is known
             early_stop: {method: asha, grace: 2, eta: 2, max_t: 8, pause: true}
     """)
     sub = submit_spec(spec, settings)
@@ -110,7 +115,10 @@ def test_pause_mode_pauses_at_rungs_and_promoted_jobs_resume_from_their_checkpoi
             assert attempts[-1].state is AttemptState.PAUSED and "never promoted" in job.reason
         if job.state is JobState.SUCCEEDED and len(attempts) > 1:
             assert attempts[-1].metrics["resumed_from"] > 1
-    assert resumed >= 1
+    best = store.attempts(by_q[0.9].id)
+    assert [a.state for a in best] == [AttemptState.PAUSED, AttemptState.PAUSED, AttemptState.SUCCEEDED]
+    assert best[-1].metrics["resumed_from"] == 5  # paused at step 4, resumed at 5
+    assert resumed >= 3
     assert store.attempts(by_q[0.3].id)[0].state is AttemptState.PAUSED  # the worst paused at its first rung
     # The plot draws a promoted job's whole curve, its attempts joined
     from scheduler import api
