@@ -136,6 +136,7 @@ class AttemptTask:
     # Early stopping's rung steps: a callable's report() waits at each for the
     # scheduler's verdict (jobs.api.RUNG_WAIT_SECONDS at most).
     rungs: tuple[float, ...] = ()
+    rung_metric: str | None = None  # the metric judged there: a report without it does not wait
 
     def to_json(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "attempt": self.attempt, "experiment": self.experiment, "stage": self.stage,
@@ -145,7 +146,8 @@ class AttemptTask:
                 "code_dir": self.code_dir, "package": self.package, "code_root": self.code_root,
                 "cache_dir": self.cache_dir, "collect_to_node": self.collect_to_node,
                 "metrics_from": self.metrics_from, "env_vars": dict(self.env_vars),
-                "outputs_limit": self.outputs_limit, "rungs": list(self.rungs)}
+                "outputs_limit": self.outputs_limit, "rungs": list(self.rungs),
+                "rung_metric": self.rung_metric}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "AttemptTask":
@@ -158,7 +160,7 @@ class AttemptTask:
                    package=data.get("package"), code_root=data.get("code_root"), cache_dir=data.get("cache_dir"),
                    collect_to_node=data.get("collect_to_node"), metrics_from=data.get("metrics_from"),
                    env_vars=dict(data.get("env_vars") or {}), outputs_limit=data.get("outputs_limit"),
-                   rungs=tuple(float(r) for r in data.get("rungs") or ()))
+                   rungs=tuple(float(r) for r in data.get("rungs") or ()), rung_metric=data.get("rung_metric"))
 
 
 # Measured use a worker reports beside metrics, kept with the attempt's result.

@@ -82,6 +82,7 @@ class JobContext:
     # Early stopping's rung steps (scheduler.early_stop): report() waits at each
     # for the scheduler's verdict, as a Ray Tune trial waits for its scheduler.
     rungs: tuple[float, ...] = ()
+    rung_metric: str | None = None  # the metric judged at the rungs: only a report of it waits
     _last_step: float | None = field(default=None, repr=False)
 
     @property
@@ -152,7 +153,7 @@ class JobContext:
         record.update(metrics)
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
-        rung = self._rung_crossed(step)
+        rung = self._rung_crossed(step) if self.rung_metric is None or self.rung_metric in metrics else None
         if rung is not None:
             self._wait_for_verdict(rung)
         self._raise_if_stopped()

@@ -135,9 +135,10 @@ class Backend(Protocol):
     def end_process_group(self, node_id: str | None, run_dir: str) -> None:
         """End the attempt's command process group, on its node."""
 
-    def curves_since(self, node_id: str | None, reads: list[tuple[str, int]]) -> list[bytes]:
-        """For each (run dir, offset) of attempts on ``node_id``: the complete
-        lines their metrics.jsonl has past ``offset``, read on that node."""
+    def curves_since(self, node_id: str | None, reads: list[tuple[str, int]]) -> list[tuple[int, bytes]]:
+        """For each (run dir, offset) of attempts on ``node_id``: (bytes
+        consumed, the complete lines) of its metrics.jsonl past ``offset``,
+        read on that node (workers.node_ops.curves_since)."""
 
     def signal_attempts(self, node_id: str | None, signals: list[tuple[str, str, str]]) -> None:
         """Write early stopping's verdicts, (run dir, file, text), into running

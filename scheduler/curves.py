@@ -16,8 +16,8 @@ from scheduler.records import StageRunDir
 
 MAX_LINE = 1 << 20  # a longer line is not a metrics record; skipped
 
-# (node id, [(run dir, offset)]) -> the complete lines past each offset
-ReadCurves = Callable[[str | None, list[tuple[str, int]]], list[bytes]]
+# (node id, [(run dir, offset)]) -> (bytes consumed, the complete lines) past each offset
+ReadCurves = Callable[[str | None, list[tuple[str, int]]], list[tuple[int, bytes]]]
 
 
 class CurveReader:
@@ -41,14 +41,15 @@ class CurveReader:
                 self._final.add(a.run_dir)
         for node_id, run_dirs in by_node.items():
             reads = [(d, self._read.get(d, (0, []))[0]) for d in run_dirs]
-            for (run_dir, offset), data in zip(reads, self._read_on(node_id, reads)):
-                self._take(run_dir, offset, data)
+            for (run_dir, offset), (consumed, data) in zip(reads, self._read_on(node_id, reads)):
+                self._take(run_dir, offset + consumed, data)
 
     def records(self, run_dir: str) -> list[dict[str, Any]]:
         """Every complete record read so far."""
         return self._read.get(run_dir, (0, []))[1]
 
     def _take(self, run_dir: str, offset: int, data: bytes) -> None:
+        """Keep the records in ``data``; ``offset``: where the next read starts."""
         records = self._read.get(run_dir, (0, []))[1]
         for line in data.splitlines():
             if not line.strip() or len(line) > MAX_LINE:
@@ -59,7 +60,7 @@ class CurveReader:
                 continue
             if isinstance(record, dict):
                 records.append(record)
-        self._read[run_dir] = (offset + len(data), records)
+        self._read[run_dir] = (offset, records)
 
     def forget(self, keep: set[str]) -> None:
         """Drop what was read of run dirs not in ``keep``."""

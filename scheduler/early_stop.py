@@ -154,15 +154,25 @@ class Verdicts:
 
 
 def judge(rule: Rule, curves: Mapping[int, Sequence[Point]], running: Iterable[int],
-          resumed_at: Mapping[int, float] | None = None) -> Verdicts:
+          settled: Mapping[int, float] | None = None) -> Verdicts:
     """The verdicts for the ``running`` jobs, from every job's curve so far.
-    ``resumed_at``: for a job resumed from a checkpoint, the last step its
-    earlier attempts reported (the rungs up to there were decided before)."""
+    ``settled``: per job, the step up to which its rungs were decided before:
+    the last step its earlier attempts reported (it resumed from a checkpoint),
+    or the step it was cleared to go on from.  A rung is judged once: a record
+    of another job read late does not stop or pause it after it went on."""
     running = list(running)
-    if rule.pause:
-        stop, pause = {}, _to_pause(rule, curves, running, resumed_at or {})
+    settled = settled or {}
+    order = _positions(curves)
+    if rule.method != "median":  # the median rule has no rungs: it judges every step
+        running_open = [job for job in running
+                        if (rung := _highest_rung(rule, curves.get(job) or (), order.get(job, 0))[2]) is not None
+                        and rung > settled.get(job, 0)]
     else:
-        stop, pause = to_stop(rule, curves, running), {}
+        running_open = running
+    if rule.pause:
+        stop, pause = {}, _to_pause(rule, curves, running_open)
+    else:
+        stop, pause = to_stop(rule, curves, running_open), {}
     cleared = {job: curves[job][-1].step for job in running
                if job not in stop and job not in pause and curves.get(job)}
     return Verdicts(stop, pause, cleared)
@@ -174,6 +184,7 @@ def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterab
     ``idle``: nothing of the stage is queued or running, and no trial is left
     to ask, so no job can reach a rung any more."""
     order = _positions(curves)
+    ranked_at = _Rankings(rule, curves, order)
     promote: dict[int, str] = {}
     standing: dict[int, tuple[float, int, int, list[int]]] = {}  # job -> (rung, rank there, jobs there, rungs)
     for job in paused:
@@ -181,7 +192,7 @@ def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterab
         if rung is None:  # paused before any rung (it cannot be): let it go on
             promote[job] = "promoted: it had reached no rung"
             continue
-        ranked = _ranked_at(rule, curves, order, bracket, rung)
+        ranked = ranked_at(bracket, rung)
         rank, n = ranked.index(job), len(ranked)
         standing[job] = (rung, rank, n, rungs)
         if rank < n // rule.eta:
@@ -204,20 +215,20 @@ def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterab
     return {}, give_up
 
 
-def _to_pause(rule: Rule, curves: Mapping[int, Sequence[Point]], running: list[int],
-              resumed_at: Mapping[int, float]) -> dict[int, str]:
+def _to_pause(rule: Rule, curves: Mapping[int, Sequence[Point]], running: list[int]) -> dict[int, str]:
+    """The ``running`` jobs (each at a rung not yet decided) to pause there."""
     order = _positions(curves)
+    ranked_at = _Rankings(rule, curves, order)
     out = {}
     for job in running:
         curve = curves.get(job) or ()
         bracket, rungs, rung = _highest_rung(rule, curve, order.get(job, 0))
-        if rung is None or rung <= resumed_at.get(job, 0):  # no rung yet, or decided before it resumed
+        if rung is None:
             continue
         # Judged once, against the jobs that reached the rung before it (so
         # the verdict does not change as others arrive: they promote it later)
         mine = _at_rung(curve, rung)
-        ranked = [j for j in _ranked_at(rule, curves, order, bracket, rung)
-                  if (_at_rung(curves[j], rung).at, j) <= (mine.at, job)]
+        ranked = [j for j in ranked_at(bracket, rung) if (_at_rung(curves[j], rung).at, j) <= (mine.at, job)]
         n = len(ranked)
         if ranked.index(job) >= n // rule.eta:
             out[job] = (f"{rule.method}: {_where(rule, curve, rung, rungs)} is not (yet) in the top 1/{rule.eta} of the {n} "
@@ -238,12 +249,23 @@ def _positions(curves: Mapping[int, Sequence[Point]]) -> dict[int, int]:
     return {job: k for k, job in enumerate(sorted(curves))}
 
 
-def _ranked_at(rule: Rule, curves: Mapping[int, Sequence[Point]], order: Mapping[int, int], bracket: int,
-               rung: float) -> list[int]:
-    """The jobs of ``bracket`` that reached ``rung``, best there first (ties: the earlier first)."""
-    sign = 1.0 if rule.mode == "max" else -1.0
-    at = {job: _at_rung(curve, rung) for job, curve in curves.items() if order.get(job, 0) % rule.brackets == bracket}
-    return sorted((job for job, p in at.items() if p is not None), key=lambda j: (-sign * at[j].value, at[j].at, j))
+class _Rankings:
+    """The jobs of a bracket that reached a rung, best there first (ties: the
+    earlier first); each (bracket, rung) ranked once per pass."""
+
+    def __init__(self, rule: Rule, curves: Mapping[int, Sequence[Point]], order: Mapping[int, int]):
+        self._rule, self._curves, self._order = rule, curves, order
+        self._ranked: dict[tuple[int, float], list[int]] = {}
+
+    def __call__(self, bracket: int, rung: float) -> list[int]:
+        found = self._ranked.get((bracket, rung))
+        if found is None:
+            rule, sign = self._rule, 1.0 if self._rule.mode == "max" else -1.0
+            at = {job: _at_rung(curve, rung) for job, curve in self._curves.items()
+                  if self._order.get(job, 0) % rule.brackets == bracket}
+            found = self._ranked[(bracket, rung)] = sorted(
+                (job for job, p in at.items() if p is not None), key=lambda j: (-sign * at[j].value, at[j].at, j))
+        return found
 
 
 def _where(rule: Rule, curve: Sequence[Point], rung: float, rungs: list[int]) -> str:

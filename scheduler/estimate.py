@@ -215,12 +215,14 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
     alive, known, allocated = nodes_from_snapshots(store.nodes())
     rows = store.running_attempts()
     served = store.attained([job.id for attempt, job in rows if attempt.number > 1])
+    checkpointing = store.checkpointing((job.experiment_id, job.stage) for _, job in rows)
     running = place_running(
         (policy.RunningJob(job_id=job.id, user=job.user, queue=job.queue, cpu=job.cpu,
                            gpu=attempt.gpu_share or job.gpu, memory=job.memory or 0, node_id=attempt.node_id or "",
                            started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority,
                            custom=job.custom, attained=served.get(job.id, (0.0, 0))[0],
-                           preemptions=served.get(job.id, (0.0, 0))[1])
+                           preemptions=served.get(job.id, (0.0, 0))[1],
+                           checkpoints=checkpointing[(job.experiment_id, job.stage)])
          for attempt, job in rows), alive, allocated)
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}

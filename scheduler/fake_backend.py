@@ -191,7 +191,7 @@ class FakeBackend:
         node_ops.end_process_group(run_dir)
 
     @staticmethod
-    def curves_since(node_id: str | None, reads: list[tuple[str, int]]) -> list[bytes]:
+    def curves_since(node_id: str | None, reads: list[tuple[str, int]]) -> list[tuple[int, bytes]]:
         return node_ops.curves_since(reads)
 
     @staticmethod

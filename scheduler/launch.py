@@ -54,7 +54,8 @@ class Launcher:
             collect_to_node=head, metrics_from=runtime.get("metrics_from"),
             env_vars=(runtime.get("env") or {}).get("vars") or {}, outputs_limit=self._settings.outputs_limit,
             rungs=tuple(early_stop.Rule.from_config(runtime["early_stop"]).all_rungs())
-            if runtime.get("early_stop") else ())
+            if runtime.get("early_stop") else (),
+            rung_metric=(runtime.get("early_stop") or {}).get("metric"))
         return task, (runtime.get("env") or {}).get("pip")
 
     def launch(self, attempt: Attempt, job: Job, placement: policy.Placement, now: float) -> Running | None:

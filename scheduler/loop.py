@@ -59,8 +59,10 @@ ESTIMATE_SECONDS = 10.0
 # the default poll_interval): a callable waits at each rung for its verdict.
 EARLY_STOP_SECONDS = 0.15
 # How long a job stopped early has to end at its next report() (jobs.StopTrial,
-# with its result) before its task is cancelled.
+# with its result) before its task is cancelled; a paused one longer, since it
+# may save its checkpoint on the way out (jobs.train does) to resume from it.
 EARLY_STOP_WAIT = 1.0
+PAUSE_STOP_WAIT = 10.0
 # How often the run times durations are predicted from are re-read from the store.
 DURATIONS_REFRESH_SECONDS = 30.0
 # Ends that are worth naming the node in the attempt's error.
@@ -89,7 +91,7 @@ class Scheduler:
         self._mix_at = -float("inf")
         # Per-step metrics of the jobs of stages that stop early (scheduler.early_stop).
         self._curves = CurveReader(lambda node_id, reads: self.backend.curves_since(node_id, reads))
-        self._cleared: dict[int, float] = {}  # job id -> the step its rung-cleared file says
+        self._cleared: dict[str, float] = {}  # running attempt's run dir -> the step its rung-cleared file says
         self._early_stop_at = -float("inf")
         self._notes: dict[int, str] = {}  # job id -> its rung as last written
         # Service a running job's earlier (preempted) attempts attained, read once per job.
@@ -231,7 +233,8 @@ class Scheduler:
                 elif run.job.timeout and now - (run.attempt.dispatched_at or now) > run.job.timeout:
                     self._ask_stop(run, AttemptState.TIMED_OUT, now)
             elif run.stop.cancelled_at is None:
-                if now - run.stop.asked_at >= EARLY_STOP_WAIT:  # it did not stop at a report(): ask Ray
+                wait = PAUSE_STOP_WAIT if run.stop.state is AttemptState.PAUSED else EARLY_STOP_WAIT
+                if now - run.stop.asked_at >= wait:  # it did not stop at a report(): ask Ray
                     self.attempts.cancel_task(run, now)
             elif not run.stop.forced and now - run.stop.cancelled_at >= grace:
                 self.attempts.force_stop(run)
@@ -326,7 +329,12 @@ class Scheduler:
                     running.append(a.job_id)
                 elif a.latest and a.job_state == "paused":
                     paused.append(a.job_id)
-            verdicts = early_stop.judge(rule, curves, running, resumed_at)
+            settled = dict(resumed_at)  # the steps each job's rungs were decided up to
+            for job_id in running:
+                cleared = self._cleared.get(mine[job_id].attempt.run_dir)
+                if cleared is not None:
+                    settled[job_id] = max(settled.get(job_id, 0.0), cleared)
+            verdicts = early_stop.judge(rule, curves, running, settled)
             for state, whys in ((AttemptState.PRUNED, verdicts.stop), (AttemptState.PAUSED, verdicts.pause)):
                 for job_id, why in whys.items():
                     run = mine[job_id]
@@ -334,9 +342,9 @@ class Scheduler:
                     signals[run.attempt.node_id].append((run.attempt.run_dir, STOP_FILE, f"{kind} this job: {why}"))
                     self._ask_stop(run, state, now, detail=f"{kind}: {why}")
             for job_id, step in verdicts.cleared.items():
-                if self._cleared.get(job_id) != step:
-                    self._cleared[job_id] = step
-                    run = mine[job_id]
+                run = mine[job_id]
+                if self._cleared.get(run.attempt.run_dir) != step:
+                    self._cleared[run.attempt.run_dir] = step
                     signals[run.attempt.node_id].append((run.attempt.run_dir, CLEARED_FILE, f"{step:g}"))
             if paused:
                 idle = not self.store.stage_busy(experiment_id, stage)
@@ -345,6 +353,8 @@ class Scheduler:
                     self.store.promote(promote, now)
                 if give_up:
                     self.store.give_up(give_up, now)
+                # The scheduler's own commits do not move data_version: schedule the promoted now
+                self._dirty |= bool(promote or give_up)
             position = {job_id: k for k, job_id in enumerate(sorted(curves))}
             for job_id in running:
                 if job_id in verdicts.stop or job_id in verdicts.pause:
@@ -359,7 +369,7 @@ class Scheduler:
         self._curves.forget(read)
         for gone in self._notes.keys() - mine.keys():
             del self._notes[gone]
-        for gone in self._cleared.keys() - mine.keys():
+        for gone in self._cleared.keys() - {r.attempt.run_dir for r in mine.values()}:
             del self._cleared[gone]
 
     def _continue_searches(self, now: float) -> None:

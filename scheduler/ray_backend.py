@@ -567,7 +567,7 @@ class RayBackend:
         else:
             self._ask_owner(node_id, "end_process_group", run_dir)
 
-    def curves_since(self, node_id: str | None, reads: list[tuple[str, int]]) -> list[bytes]:
+    def curves_since(self, node_id: str | None, reads: list[tuple[str, int]]) -> list[tuple[int, bytes]]:
         """Read on the attempts' node by its owner; here when that is this node,
         or when it does not answer (on a shared disk the run dirs are the same)."""
         data = None if self._is_here(node_id) else self._ask_owner(node_id, "curves_since", reads)

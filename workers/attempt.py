@@ -69,7 +69,7 @@ def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
         gpu_ids=gpu_ids, resources=task.resources.to_json(),
         previous_run_dir=Path(task.previous_run_dir) if task.previous_run_dir else None,
         cache_dir=Path(task.cache_dir) if task.cache_dir else None,
-        workdir=workdir, rungs=task.rungs,
+        workdir=workdir, rungs=task.rungs, rung_metric=task.rung_metric,
     )
     resources = ctx.resources
     command = task.target_kind != "callable"

@@ -93,21 +93,34 @@ CURVE_READ_BYTES = 4 << 20
 SIGNALS = frozenset({STOP_FILE, CLEARED_FILE})
 
 
-def curves_since(reads: list[tuple[str, int]]) -> list[bytes]:
-    """For each (run dir, offset): the complete lines its metrics.jsonl has
-    past ``offset`` (a line still being written is left for the next read);
-    b"" for a run dir without one."""
+def curves_since(reads: list[tuple[str, int]]) -> list[tuple[int, bytes]]:
+    """For each (run dir, offset): (bytes consumed past ``offset``, the
+    complete lines read); a line still being written is left for the next read,
+    and one longer than CURVE_READ_BYTES (not a metrics record) is skipped
+    unread.  (0, b"") for a run dir without a metrics.jsonl."""
     out = []
     for run_dir, offset in reads:
         try:
             fd = os.open(Path(run_dir) / METRICS_FILE, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
-            out.append(b"")
+            out.append((0, b""))
             continue
         with os.fdopen(fd, "rb") as f:
             f.seek(max(0, int(offset)))
             data = f.read(CURVE_READ_BYTES)
-        out.append(data[:data.rfind(b"\n") + 1])
+            end = data.rfind(b"\n") + 1
+            if end or len(data) < CURVE_READ_BYTES:
+                out.append((end, data[:end]))
+                continue
+            skipped = len(data)  # a whole chunk without a newline: skip to the end of its line
+            while chunk := f.read(CURVE_READ_BYTES):
+                newline = chunk.find(b"\n")
+                if newline >= 0:
+                    out.append((skipped + newline + 1, b""))
+                    break
+                skipped += len(chunk)
+            else:
+                out.append((0, b""))  # still being written: next time
     return out
 
 

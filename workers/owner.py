@@ -171,7 +171,7 @@ class AttemptOwner:
         return node_ops.end_process_group(run_dir)
 
     @ray.method(concurrency_group=NODE_OPS_GROUP)
-    def curves_since(self, reads: list[tuple[str, int]]) -> list[bytes]:
+    def curves_since(self, reads: list[tuple[str, int]]) -> list[tuple[int, bytes]]:
         return node_ops.curves_since(reads)
 
     @ray.method(concurrency_group=NODE_OPS_GROUP)

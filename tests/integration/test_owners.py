@@ -122,9 +122,9 @@ def test_early_stopping_reads_curves_and_writes_verdicts_through_another_node_s_
 
     monkeypatch.setattr(rb.node_ops, "curves_since", refuse)
     monkeypatch.setattr(rb.node_ops, "signal_attempts", refuse)
-    (data,) = backend.curves_since(node, [(str(run_dir), 0)])
-    assert data == b'{"step": 1, "acc": 0.5}\n{"step": 2, "acc": 0.6}\n'
-    (rest,) = backend.curves_since(node, [(str(run_dir), 24)])
+    ((used, data),) = backend.curves_since(node, [(str(run_dir), 0)])
+    assert data == b'{"step": 1, "acc": 0.5}\n{"step": 2, "acc": 0.6}\n' and used == len(data)
+    ((_, rest),) = backend.curves_since(node, [(str(run_dir), 24)])
     assert rest == b'{"step": 2, "acc": 0.6}\n'
     backend.signal_attempts(node, [(str(run_dir), "rung-cleared", "2"), (str(run_dir), "stop-requested", "pruned")])
     assert (run_dir / "rung-cleared").read_text() == "2" and (run_dir / "stop-requested").read_text() == "pruned"

@@ -185,7 +185,7 @@ def test_a_job_at_a_rung_goes_on_only_when_already_in_the_top_floor_n_over_eta()
     # Judged against those there before it: a better job arriving later does not pause it after the fact
     assert judge(rule, {**two, 3: [Point(1, 0.95, 3.0)]}, [2]).pause == {}
     # Resumed past rung 1 (its earlier attempt reported step 1): judged again only at rung 2
-    assert judge(rule, {1: [Point(1, 0.1, 1.0)]}, [1], resumed_at={1: 1.0}).cleared == {1: 1.0}
+    assert judge(rule, {1: [Point(1, 0.1, 1.0)]}, [1], settled={1: 1.0}).cleared == {1: 1.0}
 
 
 def test_promotion_waits_for_rivals_then_the_idle_stage_finishes_its_best_and_gives_up_the_rest():
@@ -208,3 +208,16 @@ def test_every_bracket_s_rungs_are_where_report_waits():
     assert Rule("hyperband", "acc", "max", grace=1, eta=3, max_t=27).all_rungs() == [1, 3, 9]
     assert Rule("asha", "acc", "max", grace=2, eta=2, max_t=16).all_rungs() == [2, 4, 8]
     assert Rule("median", "acc", "max", grace=2).all_rungs() == []
+
+
+def test_a_rung_is_judged_once_so_a_record_read_late_does_not_stop_a_job_that_went_on():
+    """Job 2 was cleared at rung 1 (nobody there before it, as read then).  An
+    earlier, better record of job 1 read late must not stop or pause it after
+    the fact: its rung was settled; it is judged again at rung 2."""
+    for pause in (False, True):
+        rule = Rule("asha", "acc", "max", grace=1, eta=2, max_t=4, pause=pause)
+        late = {1: [Point(1, 0.9, 1.0)], 2: [Point(1, 0.1, 2.0), Point(1.5, 0.15, 3.0)]}
+        fresh = judge(rule, late, [2])
+        assert 2 in (fresh.stop | fresh.pause)  # unsettled, it would lose at rung 1
+        settled = judge(rule, late, [2], settled={2: 1.0})
+        assert settled.stop == settled.pause == {} and settled.cleared == {2: 1.5}

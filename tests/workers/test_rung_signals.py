@@ -22,12 +22,22 @@ def context(tmp_path, rungs=(2.0, 4.0)) -> JobContext:
 
 def test_curves_are_read_in_complete_lines_from_an_offset(tmp_path):
     (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 1}\n{"step": 2}\n{"ste')
-    (first,) = node_ops.curves_since([(str(tmp_path), 0)])
-    assert first == b'{"step": 1}\n{"step": 2}\n'  # the half-written line waits for the next read
+    ((used, first),) = node_ops.curves_since([(str(tmp_path), 0)])
+    assert first == b'{"step": 1}\n{"step": 2}\n' and used == len(first)  # the half-written line waits
     with open(tmp_path / "metrics.jsonl", "ab") as f:
         f.write(b'p": 3}\n')
-    again, missing = node_ops.curves_since([(str(tmp_path), len(first)), (str(tmp_path / "none"), 0)])
-    assert json.loads(again) == {"step": 3} and missing == b""
+    (used, again), missing = node_ops.curves_since([(str(tmp_path), len(first)), (str(tmp_path / "none"), 0)])
+    assert json.loads(again) == {"step": 3} and missing == (0, b"")
+
+
+def test_a_line_longer_than_a_read_is_skipped_and_the_next_ones_are_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(node_ops, "CURVE_READ_BYTES", 64)
+    long_line = b'{"note": "' + b"x" * 200 + b'"}\n'
+    (tmp_path / "metrics.jsonl").write_bytes(long_line + b'{"step": 2, "acc": 0.5}\n')
+    ((used, data),) = node_ops.curves_since([(str(tmp_path), 0)])
+    assert (used, data) == (len(long_line), b"")
+    ((_, data),) = node_ops.curves_since([(str(tmp_path), used)])
+    assert json.loads(data) == {"step": 2, "acc": 0.5}
 
 
 def test_signals_are_written_whole_and_only_the_two_early_stopping_files(tmp_path):
@@ -77,3 +87,17 @@ def test_without_a_scheduler_report_goes_on_after_the_wait(tmp_path, monkeypatch
     ctx.report(step=2, acc=0.2)
     assert 0.15 < time.monotonic() - started < 2
     assert context(tmp_path, rungs=()).report(step=2) is None  # no rungs: never waits
+
+
+def test_only_a_report_of_the_judged_metric_waits_at_a_rung(tmp_path):
+    """Two reports of one step, the loss first: the loss does not wait (the
+    scheduler judges acc, and could not clear a step it has no acc for)."""
+    ctx = JobContext(job_id=1, attempt=1, experiment="e", stage="s", params={}, run_dir=tmp_path, rungs=(2.0,),
+                     rung_metric="acc")
+    started = time.monotonic()
+    ctx.report(step=2, loss=0.3)
+    assert time.monotonic() - started < 0.5
+    threading.Timer(0.3, lambda: node_ops.signal_attempts([(str(tmp_path), CLEARED_FILE, "2")])).start()
+    started = time.monotonic()
+    ctx.report(step=2, acc=0.7)
+    assert time.monotonic() - started > 0.25
