@@ -73,6 +73,7 @@ def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
     )
     resources = ctx.resources
     command = task.target_kind != "callable"
+    stdout_patterns = (task.metrics_from or {}).get("stdout") if command else None
     nvml = gpu.open_nvml() if gpu_ids else None  # NVML only for jobs that hold a GPU
     watch = gpu.watch_for(resources, gpu_ids, nvml)
     started = time.time()
@@ -100,10 +101,16 @@ def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
             except (ValueError, LookupError, AttributeError, TypeError) as exc:  # checked at submit; a last guard
                 line, exit_code, error = None, 2, f"could not fill in the command's placeholders: {exc}"
             if line is not None:
-                exit_code = _run_command(line, ctx, paths, sampler,
-                                         {**task.env_vars,
-                                          **(gpu.share_environment(resources, memory_total) if gpu_ids else {}),
-                                          **args})
+                # A script's metrics from its output, as they appear: what early stopping judges
+                follower = _StdoutMetrics(paths, stdout_patterns) if stdout_patterns else None
+                try:
+                    exit_code = _run_command(line, ctx, paths, sampler,
+                                             {**task.env_vars,
+                                              **(gpu.share_environment(resources, memory_total) if gpu_ids else {}),
+                                              **args})
+                finally:
+                    if follower is not None:
+                        follower.stop()
             if line is not None and sampler.exceeded:
                 error = sampler.exceeded
             elif line is not None and exit_code != 0:
@@ -117,7 +124,7 @@ def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
         if nvml is not None:
             nvml.close()
     reported, _ = paths.read_reported_metrics()  # before metrics_from's steps join metrics.jsonl
-    declared = _declared_metrics(task.metrics_from, paths, workdir)
+    declared = _declared_metrics(task.metrics_from, paths, workdir, stdout_followed=command and bool(stdout_patterns))
     outputs, outputs_error = _collect_outputs(paths, snapshot, task.outputs_limit, job_started_ns)
     metrics = {**declared, **reported}  # what the job reported itself wins on the same name
     if outputs_error:
@@ -260,16 +267,20 @@ def _in_workdir(workdir: Path, code_root: str | None, env_vars: dict[str, str]) 
         sys.path_importer_cache.pop(str(workdir), None)
 
 
-def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, workdir: Path) -> dict[str, Any]:
+def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, workdir: Path,
+                      stdout_followed: bool = False) -> dict[str, Any]:
     """The stage's ``metrics_from``, read once the job has ended: its steps are
-    appended to metrics.jsonl (so plots draw them), its final values returned."""
+    appended to metrics.jsonl (so plots draw them; the output's steps already
+    are when ``stdout_followed``, by :class:`_StdoutMetrics`), its final values
+    returned."""
     if not metrics_from:
         return {}
     steps: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
     if metrics_from.get("stdout"):
         found = metrics_from_mod.read_stdout(paths.stdout, metrics_from["stdout"])
-        steps += found
+        if not stdout_followed:
+            steps += found
         final.update(metrics_from_mod.final_of(found))
     problem = None
     if metrics_from.get("json"):
@@ -285,6 +296,47 @@ def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, work
     if problem:
         final["metrics_error"] = problem
     return final
+
+
+class _StdoutMetrics:
+    """Follows a command's stdout.log while it runs and appends the steps of
+    its stage's ``metrics_from.stdout`` to metrics.jsonl as they appear (with
+    the time read), so early stopping can judge a script that knows nothing of
+    labq before it ends."""
+
+    POLL_SECONDS = 0.1
+
+    def __init__(self, paths: RunPaths, patterns: dict[str, str]):
+        self._paths = paths
+        self._steps = metrics_from_mod.StdoutSteps(patterns)
+        self._offset = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="labq-stdout-metrics", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Read what is left, the last line even without its newline."""
+        self._done.set()
+        self._thread.join(timeout=10)
+        self._read(final=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.POLL_SECONDS):
+            self._read()
+
+    def _read(self, final: bool = False) -> None:
+        try:
+            with open(self._paths.stdout, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return
+        self._offset += len(data)
+        records = self._steps.feed(data, final=final)
+        if records:
+            now = time.time()
+            with contextlib.suppress(OSError), open(self._paths.metrics, "a", encoding="utf-8") as f:
+                f.write("".join(json.dumps({**r, "time": now}) + "\n" for r in records))
 
 
 def _collect_outputs(paths: RunPaths, snapshot: workdir_mod.Snapshot, limit: int | None, since_ns: int

@@ -61,6 +61,34 @@ def steps_from_lines(lines: Iterable[str], patterns: dict[str, str]) -> list[dic
     return steps
 
 
+class StdoutSteps:
+    """:func:`steps_from_lines` as the output grows: fed the bytes written since
+    the last feed, it returns one record per new match (``{"step": n, name:
+    value}``, the n-th match of that metric, as the whole read numbers them),
+    so early stopping can judge a script's curve while it runs."""
+
+    def __init__(self, patterns: dict[str, str]):
+        self._compiled = {name: re.compile(p) for name, p in patterns.items()}
+        self._count = {name: 0 for name in self._compiled}
+        self._partial = b""
+
+    def feed(self, data: bytes, final: bool = False) -> list[dict[str, Any]]:
+        """Records of the complete lines in what was fed so far (all of it, ``final``)."""
+        data = self._partial + data
+        end = len(data) if final else data.rfind(b"\n") + 1
+        self._partial = data[end:]
+        records = []
+        for raw in data[:end].splitlines():
+            line = raw.decode("utf-8", errors="replace")[:MAX_LINE_CHARS]
+            for name, regex in self._compiled.items():
+                for match in regex.finditer(line):
+                    value = _number(match.group(1))
+                    if value is not None:
+                        records.append({"step": self._count[name], name: value})
+                        self._count[name] += 1
+        return records
+
+
 def read_stdout(path: Path, patterns: dict[str, str]) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:

@@ -218,7 +218,8 @@ def step_curves(rows: list[dict[str, Any]], metric: str | None) -> list[StepCurv
             steps = [s for s in earlier if s["step"] < first] + steps
         if len(steps) < 2:
             continue
-        names = [k for k in steps[-1] if k not in ("time", "step")]
+        # Every metric reported (a script's output gives one line per metric and step)
+        names = list(dict.fromkeys(k for s in steps for k in s if k not in ("time", "step")))
         name = metric if metric in names else (names[0] if names else None)
         if name:
             pts = [(s["step"], s[name]) for s in steps if isinstance(s.get(name), (int, float))]

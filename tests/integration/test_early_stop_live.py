@@ -128,3 +128,47 @@ def test_pause_mode_pauses_at_rungs_and_promoted_jobs_resume_from_their_checkpoi
     assert curves[by_q[0.9].id].steps[-1] == 8 and curves[by_q[0.9].id].steps[0] == 1
     assert_resources_released()
     store.close()
+
+
+def test_a_script_that_knows_nothing_of_labq_is_pruned_from_the_metrics_in_its_output(tmp_path, ray_backend):
+    """metrics_from.stdout is read while the command runs: ASHA stops the
+    losing scripts mid-run (SIGTERM), from what they print."""
+    import sys
+
+    sched, store, settings = make_scheduler(tmp_path / "home", ray_backend)
+    spec = write_spec(tmp_path, f"""
+        experiment: printed
+        metric: acc
+        mode: max
+        stages:
+          - name: train
+            command: "{sys.executable} curve.py {{q}}"
+            sweep: {{grid: {{q: [0.9, 0.2, 0.3, 0.4]}}}}
+            resources: {{cpu: 0.5}}
+            metrics_from: {{stdout: {{acc: 'acc=([0-9.]+)'}}}}
+            early_stop: {{method: asha, grace: 2, eta: 2, max_t: 12}}
+    """)
+    (spec.parent / "curve.py").write_text(
+        "import math, sys, time\n"
+        "q = float(sys.argv[1])\n"
+        "for step in range(12):\n"
+        "    time.sleep(0.3)\n"
+        "    print(f'step {step} acc={q * (1 - math.exp(-(step + 1) / 4)):.4f}', flush=True)\n")
+    sub = submit_spec(spec, settings)
+    jobs = drive(sched, store, sub.experiment_id, timeout=120)
+    by_q = {j.params["q"]: j for j in jobs}
+    assert by_q[0.9].state is JobState.SUCCEEDED
+    pruned = [j for j in jobs if j.state is JobState.PRUNED]
+    assert pruned, [j.state.value for j in jobs]
+    for job in pruned:
+        (attempt,) = store.attempts(job.id)
+        assert "asha: acc" in attempt.error
+        printed = (Path(attempt.run_dir) / "stdout.log").read_text().splitlines()
+        assert len(printed) < 12  # stopped mid-run, from the lines it had printed
+        curve = [json.loads(line) for line in (Path(attempt.run_dir) / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in curve] == list(range(len(curve))) and len(curve) >= 2  # each step once
+    (done,) = store.attempts(by_q[0.9].id)
+    steps = [json.loads(line) for line in (Path(done.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == list(range(12)) and done.metrics["acc"] == steps[-1]["acc"]
+    assert_resources_released()
+    store.close()

@@ -101,3 +101,28 @@ def test_only_a_report_of_the_judged_metric_waits_at_a_rung(tmp_path):
     started = time.monotonic()
     ctx.report(step=2, acc=0.7)
     assert time.monotonic() - started > 0.25
+
+
+def test_a_scripts_output_steps_read_as_they_grow_match_a_read_of_the_whole():
+    """metrics_from.stdout, followed while the script runs (so early stopping
+    can judge it), numbers each metric's matches as a read of the whole output does."""
+    import random
+
+    from workers.metrics_from import StdoutSteps, steps_from_lines
+
+    patterns = {"acc": r"acc=([0-9.]+)", "loss": r"loss ([0-9.]+)"}
+    text = "".join(f"epoch {i} acc={i / 10:.2f}" + (f" loss {1 - i / 10:.2f}" if i % 2 else "") + "\n"
+                   for i in range(10)) + "noise\nacc=0.99"
+    data = text.encode()
+    rng = random.Random(0)
+    steps, records, at = StdoutSteps(patterns), [], 0
+    while at < len(data):
+        cut = min(len(data), at + rng.randint(1, 12))
+        records += steps.feed(data[at:cut])
+        at = cut
+    records += steps.feed(b"", final=True)
+    whole = steps_from_lines(text.splitlines(), patterns)
+    for name in patterns:
+        followed = [(r["step"], r[name]) for r in records if name in r]
+        read = [(r["step"], r[name]) for r in whole if name in r]
+        assert followed == read and followed, name
