@@ -324,15 +324,20 @@ class _StdoutMetrics:
         while not self._done.wait(self.POLL_SECONDS):
             self._read()
 
+    CHUNK_BYTES = 4 << 20  # a chatty script's output is read a chunk at a time, not all at once
+
     def _read(self, final: bool = False) -> None:
+        records: list[dict[str, Any]] = []
         try:
             with open(self._paths.stdout, "rb") as f:
                 f.seek(self._offset)
-                data = f.read()
+                while data := f.read(self.CHUNK_BYTES):
+                    self._offset += len(data)
+                    records += self._steps.feed(data)
         except OSError:
-            return
-        self._offset += len(data)
-        records = self._steps.feed(data, final=final)
+            pass
+        if final:
+            records += self._steps.feed(b"", final=True)
         if records:
             now = time.time()
             with contextlib.suppress(OSError), open(self._paths.metrics, "a", encoding="utf-8") as f:
