@@ -661,7 +661,7 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
         raise UserError("--max-preemptions: only with --tiers")
     results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life,
                                 restart_cost, stretch if stretch is not None else settings.scheduler.stretch,
-                                reserve_after=_durations_list("--reserve-after", reserve_after, zero=True)[0]
+                                reserve_after=_duration_option("--reserve-after", reserve_after, zero=True)
                                 if reserve_after is not None else settings.scheduler.reserve_after)
     if plot:
         try:
@@ -676,20 +676,24 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
     render.console.print(simulator.results_table(results, simulator.lower_bound(jobs, nodes)))
 
 
-def _durations_list(option: str, text: str, zero: bool = False) -> tuple[float, ...]:
-    """``1h,8h`` as seconds, each positive (or 0, with ``zero``), no repeats."""
+def _duration_option(option: str, text: str, zero: bool = False,
+                     wanted: str = "a duration such as 30m") -> float:
+    """``30m`` as seconds: positive (or 0, with ``zero``)."""
     from scheduler.units import parse_duration
 
-    values = []
-    for part in text.split(","):
-        try:
-            value = parse_duration(part.strip())
-        except (ValueError, TypeError):
-            value = None
-        if value is None or not (value > 0 or (zero and value == 0)):
-            wanted = "a duration such as 30m" if zero else "positive durations separated by commas (such as 1h,8h)"
-            raise UserError(f"{option}: expected {wanted}, got {part.strip()!r}")
-        values.append(value)
+    try:
+        value = parse_duration(text.strip())
+    except (ValueError, TypeError):
+        value = None
+    if value is None or not (value > 0 or (zero and value == 0)):
+        raise UserError(f"{option}: expected {wanted}, got {text.strip()!r}")
+    return value
+
+
+def _durations_list(option: str, text: str) -> tuple[float, ...]:
+    """``1h,8h`` as seconds, each positive, no repeats."""
+    values = [_duration_option(option, part, wanted="positive durations separated by commas (such as 1h,8h)")
+              for part in text.split(",")]
     if len(set(values)) != len(values):
         raise UserError(f"{option}: each threshold once, got {text!r}")
     return tuple(sorted(values))

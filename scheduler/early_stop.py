@@ -118,7 +118,7 @@ def to_stop(rule: Rule, curves: Mapping[int, Sequence[Point]], running: Iterable
     sign = 1.0 if rule.mode == "max" else -1.0
     if rule.method == "median":
         return _median(rule, curves, running, sign)
-    order = _positions(curves)
+    order = positions(curves)
     out = {}
     for job in running:
         curve = curves.get(job) or ()
@@ -162,7 +162,7 @@ def judge(rule: Rule, curves: Mapping[int, Sequence[Point]], running: Iterable[i
     of another job read late does not stop or pause it after it went on."""
     running = list(running)
     settled = settled or {}
-    order = _positions(curves)
+    order = positions(curves)
     if rule.method != "median":  # the median rule has no rungs: it judges every step
         running_open = [job for job in running
                         if (rung := _highest_rung(rule, curves.get(job) or (), order.get(job, 0))[2]) is not None
@@ -183,7 +183,7 @@ def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterab
     """({paused job: why it is promoted}, {paused job: why it ends pruned}).
     ``idle``: nothing of the stage is queued or running, and no trial is left
     to ask, so no job can reach a rung any more."""
-    order = _positions(curves)
+    order = positions(curves)
     ranked_at = _Rankings(rule, curves, order)
     promote: dict[int, str] = {}
     standing: dict[int, tuple[float, int, int, list[int]]] = {}  # job -> (rung, rank there, jobs there, rungs)
@@ -217,7 +217,7 @@ def promotions(rule: Rule, curves: Mapping[int, Sequence[Point]], paused: Iterab
 
 def _to_pause(rule: Rule, curves: Mapping[int, Sequence[Point]], running: list[int]) -> dict[int, str]:
     """The ``running`` jobs (each at a rung not yet decided) to pause there."""
-    order = _positions(curves)
+    order = positions(curves)
     ranked_at = _Rankings(rule, curves, order)
     out = {}
     for job in running:
@@ -244,8 +244,9 @@ def _highest_rung(rule: Rule, curve: Sequence[Point], position: int) -> tuple[in
     return bracket, rungs, reached[-1] if reached else None
 
 
-def _positions(curves: Mapping[int, Sequence[Point]]) -> dict[int, int]:
-    """Each job's position in its stage (by id): its hyperband bracket."""
+def positions(curves: Mapping[int, Sequence[Point]]) -> dict[int, int]:
+    """Each job's position in its stage (by id): what its hyperband bracket is
+    taken from (and :func:`rung_of`'s ``position``)."""
     return {job: k for k, job in enumerate(sorted(curves))}
 
 

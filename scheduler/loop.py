@@ -355,7 +355,7 @@ class Scheduler:
                     self.store.give_up(give_up, now)
                 # The scheduler's own commits do not move data_version: schedule the promoted now
                 self._dirty |= bool(promote or give_up)
-            position = {job_id: k for k, job_id in enumerate(sorted(curves))}
+            position = early_stop.positions(curves)
             for job_id in running:
                 if job_id in verdicts.stop or job_id in verdicts.pause:
                     continue
@@ -473,9 +473,11 @@ class Scheduler:
             for gone in self._served.keys() - {r.job.id for r in holding}:
                 del self._served[gone]
         served = self._served if durations is not None else {}
-        unknown = {(r.job.experiment_id, r.job.stage) for r in holding} - self._checkpoints.keys()
-        if unknown:
-            self._checkpoints.update(self.store.checkpointing(unknown))
+        stages = {(r.job.experiment_id, r.job.stage) for r in holding}
+        if stages - self._checkpoints.keys():
+            self._checkpoints.update(self.store.checkpointing(stages - self._checkpoints.keys()))
+        for gone in self._checkpoints.keys() - stages:  # kept for what runs only, as _served
+            del self._checkpoints[gone]
         out = []
         for r in holding:
             attained, preemptions = served.get(r.job.id, (0.0, 0))

@@ -74,6 +74,7 @@ def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
     resources = ctx.resources
     command = task.target_kind != "callable"
     stdout_patterns = (task.metrics_from or {}).get("stdout") if command else None
+    follower: _StdoutMetrics | None = None  # follows a command's output for metrics_from.stdout
     nvml = gpu.open_nvml() if gpu_ids else None  # NVML only for jobs that hold a GPU
     watch = gpu.watch_for(resources, gpu_ids, nvml)
     started = time.time()
@@ -124,7 +125,7 @@ def run_attempt(task_json: dict[str, Any]) -> dict[str, Any]:
         if nvml is not None:
             nvml.close()
     reported, _ = paths.read_reported_metrics()  # before metrics_from's steps join metrics.jsonl
-    declared = _declared_metrics(task.metrics_from, paths, workdir, stdout_followed=command and bool(stdout_patterns))
+    declared = _declared_metrics(task.metrics_from, paths, workdir, follower.steps if follower else None)
     outputs, outputs_error = _collect_outputs(paths, snapshot, task.outputs_limit, job_started_ns)
     metrics = {**declared, **reported}  # what the job reported itself wins on the same name
     if outputs_error:
@@ -268,19 +269,20 @@ def _in_workdir(workdir: Path, code_root: str | None, env_vars: dict[str, str]) 
 
 
 def _declared_metrics(metrics_from: dict[str, Any] | None, paths: RunPaths, workdir: Path,
-                      stdout_followed: bool = False) -> dict[str, Any]:
+                      followed: metrics_from_mod.StdoutSteps | None = None) -> dict[str, Any]:
     """The stage's ``metrics_from``, read once the job has ended: its steps are
-    appended to metrics.jsonl (so plots draw them; the output's steps already
-    are when ``stdout_followed``, by :class:`_StdoutMetrics`), its final values
-    returned."""
+    appended to metrics.jsonl (so plots draw them), its final values returned.
+    ``followed``: the output was followed while the command ran
+    (:class:`_StdoutMetrics`), which appended its steps and knows its finals."""
     if not metrics_from:
         return {}
     steps: list[dict[str, Any]] = []
     final: dict[str, Any] = {}
-    if metrics_from.get("stdout"):
+    if metrics_from.get("stdout") and followed is not None:
+        final.update(followed.final)
+    elif metrics_from.get("stdout"):
         found = metrics_from_mod.read_stdout(paths.stdout, metrics_from["stdout"])
-        if not stdout_followed:
-            steps += found
+        steps += found
         final.update(metrics_from_mod.final_of(found))
     problem = None
     if metrics_from.get("json"):
@@ -308,7 +310,7 @@ class _StdoutMetrics:
 
     def __init__(self, paths: RunPaths, patterns: dict[str, str]):
         self._paths = paths
-        self._steps = metrics_from_mod.StdoutSteps(patterns)
+        self.steps = metrics_from_mod.StdoutSteps(patterns)
         self._offset = 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="labq-stdout-metrics", daemon=True)
@@ -333,11 +335,11 @@ class _StdoutMetrics:
                 f.seek(self._offset)
                 while data := f.read(self.CHUNK_BYTES):
                     self._offset += len(data)
-                    records += self._steps.feed(data)
+                    records += self.steps.feed(data)
         except OSError:
             pass
         if final:
-            records += self._steps.feed(b"", final=True)
+            records += self.steps.feed(b"", final=True)
         if records:
             now = time.time()
             with contextlib.suppress(OSError), open(self._paths.metrics, "a", encoding="utf-8") as f:

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 # A line longer than this is searched in its first part only: a regex must not
 # spend minutes on a progress bar printed without newlines.
@@ -41,17 +41,23 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _matches(line: str, compiled: dict[str, re.Pattern]) -> Iterator[tuple[str, float]]:
+    """(metric, value) of each match in one line of output, in order."""
+    line = line[:MAX_LINE_CHARS]
+    for name, regex in compiled.items():
+        for match in regex.finditer(line):
+            value = _number(match.group(1))
+            if value is not None:
+                yield name, value
+
+
 def steps_from_lines(lines: Iterable[str], patterns: dict[str, str]) -> list[dict[str, Any]]:
     """One record per step: the n-th match of every metric is step n."""
     compiled = {name: re.compile(p) for name, p in patterns.items()}
     series: dict[str, list[float]] = {name: [] for name in compiled}
     for line in lines:
-        line = line[:MAX_LINE_CHARS]
-        for name, regex in compiled.items():
-            for match in regex.finditer(line):
-                value = _number(match.group(1))
-                if value is not None:
-                    series[name].append(value)
+        for name, value in _matches(line, compiled):
+            series[name].append(value)
     length = max((len(v) for v in series.values()), default=0)
     steps = []
     for i in range(length):
@@ -71,6 +77,7 @@ class StdoutSteps:
         self._compiled = {name: re.compile(p) for name, p in patterns.items()}
         self._count = {name: 0 for name in self._compiled}
         self._partial = b""
+        self.final: dict[str, float] = {}  # each metric's last value so far (final_of of the whole read)
 
     def feed(self, data: bytes, final: bool = False) -> list[dict[str, Any]]:
         """Records of the complete lines in what was fed so far (all of it, ``final``)."""
@@ -79,13 +86,10 @@ class StdoutSteps:
         self._partial = data[end:]
         records = []
         for raw in data[:end].splitlines():
-            line = raw.decode("utf-8", errors="replace")[:MAX_LINE_CHARS]
-            for name, regex in self._compiled.items():
-                for match in regex.finditer(line):
-                    value = _number(match.group(1))
-                    if value is not None:
-                        records.append({"step": self._count[name], name: value})
-                        self._count[name] += 1
+            for name, value in _matches(raw.decode("utf-8", errors="replace"), self._compiled):
+                records.append({"step": self._count[name], name: value})
+                self._count[name] += 1
+                self.final[name] = value
         return records
 
 

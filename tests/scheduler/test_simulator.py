@@ -193,7 +193,8 @@ def test_labq_simulate_tiers_and_reservations_from_the_command_line(tmp_path):
     assert kept["preempted"] == 0 and kept["makespan"] == pytest.approx(10_300.0)
     for args, message in ((["--tiers", "soon"], "--tiers: expected positive durations"),
                           (["--tiers", "1h,1h"], "--tiers: each threshold once"),
-                          (["--max-preemptions", "1"], "--max-preemptions: only with --tiers")):
+                          (["--max-preemptions", "1"], "--max-preemptions: only with --tiers"),
+                          (["--reserve-after", "1h,2h"], "--reserve-after: expected a duration such as 30m")):
         bad = run("t.csv", *args)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
 

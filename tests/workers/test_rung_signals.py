@@ -122,6 +122,9 @@ def test_a_scripts_output_steps_read_as_they_grow_match_a_read_of_the_whole():
         at = cut
     records += steps.feed(b"", final=True)
     whole = steps_from_lines(text.splitlines(), patterns)
+    from workers.metrics_from import final_of
+
+    assert steps.final == final_of(whole)  # the final values too, without reading the output again
     for name in patterns:
         followed = [(r["step"], r[name]) for r in records if name in r]
         read = [(r["step"], r[name]) for r in whole if name in r]
