@@ -44,12 +44,20 @@ Variants, each through scheduler.simulator's replay (``labq simulate``):
   has had less than one GPU-hour goes ahead of those past it and may preempt
   one of them (each job is preempted at most once); a preempted job resumes
   from its checkpoint with a restart cost of 60 s (``restart_cost``; the
-  preemptive variants only, the others never preempt).
+  preemptive variants only, the others never preempt);
+* ``labq + preemption``: labq with shortest-expected-remaining-first
+  preemption, ``QueueConfig("default", preempt_longer=8, max_preemptions=3)``:
+  a job that cannot fit may preempt running jobs expected to run 8 times longer
+  than it (what each is expected to have left is the median of what the past
+  runs like it that lasted longer than it has run had left: policy.durations),
+  8 doubling with each preemption a job has had, at most 3; the same 60 s
+  restart cost.  Like everything labq does here, it knows only the run times of
+  the jobs that have ended.
 
 Reported per variant: average and p95 (nearest rank) JCT = finish - submission,
-average and p95 wait, preemptions; then labq/greedy, labq/oracle,
-(labq + tiers)/greedy and (labq + tiers)/oracle (average JCT), and labq/greedy
-and (labq + tiers)/greedy at p95.
+average and p95 wait, preemptions; then labq/greedy and labq/oracle, and the
+same for labq + tiers and labq + preemption (average JCT), and each over greedy
+at p95.
 """
 
 from __future__ import annotations
@@ -76,6 +84,8 @@ SWEEP_NODES = (2, 3, 4)
 G3 = {"cpu": 128.0, "gpus": 8, "memory_mib": 786432}  # openb node type G3
 TIERS = (3600.0,)  # GPU-seconds of attained service: one GPU-hour
 MAX_PREEMPTIONS = 1
+PREEMPT_LONGER = 8.0  # labq + preemption: preempt jobs expected to run 8x longer
+LONGER_MAX_PREEMPTIONS = 3
 RESTART_COST = 60.0  # seconds a preempted job loses on resuming (the preemptive variants)
 _DEFAULT = object()  # "the simulator's default" for a replay keyword
 
@@ -115,6 +125,10 @@ def variants() -> list[Variant]:
         Variant("labq, no predictions", "labq", stretch=None),
         Variant("labq + tiers", "labq",
                 queues=[QueueConfig("default", tiers=TIERS, max_preemptions=MAX_PREEMPTIONS)],
+                restart_cost=RESTART_COST),
+        Variant("labq + preemption", "labq",
+                queues=[QueueConfig("default", preempt_longer=PREEMPT_LONGER,
+                                    max_preemptions=LONGER_MAX_PREEMPTIONS)],
                 restart_cost=RESTART_COST),
     ]
 
@@ -157,14 +171,16 @@ def compare(trace: list, nodes: list, verbose: bool = False) -> dict[str, dict]:
 
 
 def ratios(results: dict[str, dict]) -> dict[str, float]:
-    labq, tiers = results["labq"], results["labq + tiers"]
     greedy, oracle = results["greedy"], results["sjf oracle"]
-    return {"labq/greedy avg JCT": common.ratio(labq["avg_jct"], greedy["avg_jct"]),
-            "labq/oracle avg JCT": common.ratio(labq["avg_jct"], oracle["avg_jct"]),
-            "(labq + tiers)/greedy avg JCT": common.ratio(tiers["avg_jct"], greedy["avg_jct"]),
-            "(labq + tiers)/oracle avg JCT": common.ratio(tiers["avg_jct"], oracle["avg_jct"]),
-            "labq/greedy p95 JCT": common.ratio(labq["p95_jct"], greedy["p95_jct"]),
-            "(labq + tiers)/greedy p95 JCT": common.ratio(tiers["p95_jct"], greedy["p95_jct"])}
+    out = {}
+    for name in ("labq", "labq + tiers", "labq + preemption"):
+        label = name if name == "labq" else f"({name})"
+        out[f"{label}/greedy avg JCT"] = common.ratio(results[name]["avg_jct"], greedy["avg_jct"])
+        out[f"{label}/oracle avg JCT"] = common.ratio(results[name]["avg_jct"], oracle["avg_jct"])
+    for name in ("labq", "labq + tiers", "labq + preemption"):
+        label = name if name == "labq" else f"({name})"
+        out[f"{label}/greedy p95 JCT"] = common.ratio(results[name]["p95_jct"], greedy["p95_jct"])
+    return out
 
 
 def _h(seconds: float | None) -> str:
@@ -199,7 +215,7 @@ def sweep_table(data: dict[int, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    global TIERS, MAX_PREEMPTIONS
+    global TIERS, MAX_PREEMPTIONS, PREEMPT_LONGER
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--start-day", type=float, default=START_DAY, help=f"window start, day of the trace (default {START_DAY})")
     p.add_argument("--days", type=float, help=f"window length in days (default {DAYS}, quick {QUICK_DAYS})")
@@ -208,7 +224,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tiers", help="labq + tiers: thresholds of attained GPU time, e.g. 12h or 1h,8h (default 1h)")
     p.add_argument("--max-preemptions", type=int, default=MAX_PREEMPTIONS,
                    help=f"labq + tiers: preemptions per job at most (default {MAX_PREEMPTIONS})")
+    p.add_argument("--preempt-longer", type=float, default=PREEMPT_LONGER,
+                   help=f"labq + preemption: preempt jobs expected to run X times longer (default {PREEMPT_LONGER:g})")
     args = p.parse_args(argv)
+    PREEMPT_LONGER = args.preempt_longer
     if args.tiers:
         from scheduler.units import parse_duration
 
@@ -230,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"({gpu_days / days:.1f} GPUs' worth a day of the window).  Cluster: {args.nodes} x G3 "
           f"({args.nodes * G3['gpus']} GPUs, {args.nodes * G3['cpu']:g} CPUs).  labq + tiers: tiers "
           f"{', '.join(f'{t:g}' for t in TIERS)} GPU-s, max_preemptions {MAX_PREEMPTIONS}, restart cost "
-          f"{RESTART_COST:g} s for a preempted job (the other variants never preempt).\n\n"
+          f"{RESTART_COST:g} s for a preempted job; labq + preemption: preempt_longer {PREEMPT_LONGER:g}, "
+          f"max_preemptions {LONGER_MAX_PREEMPTIONS}, the same restart cost (the other variants never preempt).\n\n"
           + results_table(trace, results)
           + "\n\n" + "; ".join(f"{k}: **{v:.3f}**" for k, v in main_ratios.items()) + "."
           + (f"\n\nThe same trace on other cluster sizes:\n\n{sweep_table(swept)}" if swept else ""))

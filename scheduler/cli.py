@@ -623,13 +623,16 @@ def nodes(ctx: click.Context, as_json: bool) -> None:
 @click.option("--tiers", metavar="T1,T2,...",
               help="labq: least-attained-service tiers for every queue (e.g. 1h,8h): GPU time thresholds; "
                    "jobs of higher tiers are preempted for lower ones (those with checkpoints=1 in the trace).")
+@click.option("--preempt-longer", type=_FiniteFloat(min=1, max=1e6), metavar="X",
+              help="labq: every queue runs the shortest expected first, preempting jobs expected to run X times "
+                   "longer (X doubles per preemption; those with checkpoints=1 in the trace).")
 @click.option("--max-preemptions", type=click.IntRange(min=0, max=1000), metavar="N",
-              help="With --tiers: a job is preempted for a lower tier at most N times (default 2).")
+              help="With --tiers or --preempt-longer: a job is preempted at most N times (default 2).")
 @click.pass_context
 def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml: str | None, gpus: int | None,
              cpus: float | None, policies: tuple[str, ...], as_json: bool, plot: str | None,
              restart_cost: float, stretch: float | None, reserve_after: str | None, tiers: str | None,
-             max_preemptions: int | None) -> None:
+             preempt_longer: float | None, max_preemptions: int | None) -> None:
     """Replay TRACE.csv through the real policy in virtual time.
 
     Prints avg JCT, avg and p95 wait, makespan and utilisation per policy.
@@ -655,10 +658,11 @@ def simulate(ctx: click.Context, trace: str, nodes_csv: str | None, cluster_yaml
         settings = load_settings(cluster_yaml)
     else:
         nodes = [simulator.node("node-0", cpus if cpus is not None else float(max(1, 4 * (gpus or 0))), gpus or 0)]
-    if tiers is not None:
-        queues = simulator.with_tiers(queues, jobs, _durations_list("--tiers", tiers), max_preemptions)
+    if tiers is not None or preempt_longer is not None:
+        queues = simulator.with_preemption(queues, jobs, None if tiers is None else _durations_list("--tiers", tiers),
+                                           preempt_longer, max_preemptions)
     elif max_preemptions is not None:
-        raise UserError("--max-preemptions: only with --tiers")
+        raise UserError("--max-preemptions: only with --tiers or --preempt-longer")
     results = simulator.compare(jobs, nodes, policies or policy.POLICIES, queues, settings.scheduler.usage_half_life,
                                 restart_cost, stretch if stretch is not None else settings.scheduler.stretch,
                                 reserve_after=_duration_option("--reserve-after", reserve_after, zero=True)

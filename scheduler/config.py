@@ -107,7 +107,13 @@ class Queue(_Strict):
     # threshold they have not reached; opting in says this queue's jobs resume
     # from their checkpoints (scheduler/policy/tiers.py).
     tiers: list[Duration] = Field(default_factory=list, max_length=16)
-    # A job is preempted for a lower tier at most this many times.
+    # Shortest expected remaining time first, with preemption: a job that
+    # cannot fit may preempt this queue's running jobs expected (from past runs
+    # like them, and how long they have run) to run this many times longer than
+    # it; the factor doubles each time a job has been preempted.  Opting in says
+    # this queue's jobs resume from their checkpoints (scheduler/policy/preemption.py).
+    preempt_longer: float | None = Field(None, ge=1, le=1e6, allow_inf_nan=False)
+    # A job is preempted for a lower tier or a shorter job at most this many times.
     max_preemptions: int = Field(2, ge=0, le=100)
 
     @field_validator("tiers")
@@ -131,7 +137,8 @@ class Queue(_Strict):
 
         return QueueConfig(name=self.name, weight=self.weight, guarantee=self.guarantee.amounts(),
                            limit=None if self.limit is None else self.limit.amounts(), borrow=self.borrow,
-                           preempt=self.preempt, tiers=tuple(self.tiers), max_preemptions=self.max_preemptions)
+                           preempt=self.preempt, tiers=tuple(self.tiers), max_preemptions=self.max_preemptions,
+                           preempt_longer=self.preempt_longer or 0.0)
 
 
 class Settings(_Strict):

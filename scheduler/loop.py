@@ -481,13 +481,15 @@ class Scheduler:
         out = []
         for r in holding:
             attained, preemptions = served.get(r.job.id, (0.0, 0))
-            predicted = None if durations is None else durations.predict(run_history.demand_of_job(r.job))
+            demand = run_history.demand_of_job(r.job)
+            predicted = None if durations is None else durations.predict(demand)
             out.append(policy.RunningJob(
                 job_id=r.job.id, user=r.job.user, queue=r.job.queue, cpu=r.job.cpu, gpu=r.share,
                 memory=r.job.memory or 0, node_id=r.attempt.node_id or "", gpu_indices=r.gpu_indices,
                 started_at=r.attempt.dispatched_at or 0.0, time_limit=r.job.timeout, priority=r.job.priority,
                 custom=r.job.custom, predicted=predicted, attained=attained, preemptions=preemptions,
-                checkpoints=self._checkpoints.get((r.job.experiment_id, r.job.stage), False)))
+                checkpoints=self._checkpoints.get((r.job.experiment_id, r.job.stage), False),
+                shape=demand.shape(), group=demand.group))
         return out
 
     def free_capacity(self, nodes_in: list | None = None,

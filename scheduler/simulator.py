@@ -366,17 +366,23 @@ def compare(trace: list[TraceJob], nodes: list[policy.Node], policies: Iterable[
             for name in policies]
 
 
-def with_tiers(queues: list[policy.QueueConfig], trace: list[TraceJob], tiers: tuple[float, ...],
-               max_preemptions: int | None = None) -> list[policy.QueueConfig]:
+def with_preemption(queues: list[policy.QueueConfig], trace: list[TraceJob], tiers: tuple[float, ...] | None = None,
+                    preempt_longer: float | None = None,
+                    max_preemptions: int | None = None) -> list[policy.QueueConfig]:
     """Every queue of ``queues`` and of the trace, with least-attained-service
-    ``tiers`` (and ``max_preemptions``, when given): `labq simulate --tiers`."""
+    ``tiers`` and/or ``preempt_longer`` (and ``max_preemptions``), each when
+    given: `labq simulate --tiers / --preempt-longer`."""
     import dataclasses
 
     named = {q.name: q for q in queues}
     for job in trace:
         named.setdefault(job.queue, policy.QueueConfig(job.queue))
-    extra = {} if max_preemptions is None else {"max_preemptions": max_preemptions}
-    return [dataclasses.replace(q, tiers=tuple(sorted(tiers)), **extra) for q in named.values()]
+    extra: dict = {} if max_preemptions is None else {"max_preemptions": max_preemptions}
+    if tiers is not None:
+        extra["tiers"] = tuple(sorted(tiers))
+    if preempt_longer is not None:
+        extra["preempt_longer"] = preempt_longer
+    return [dataclasses.replace(q, **extra) for q in named.values()]
 
 
 def _result(replay: _Replay, alloc_final: float | None, wall_s: float) -> SimResult:

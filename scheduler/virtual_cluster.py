@@ -66,7 +66,7 @@ class VirtualCluster:
         self.work = 0  # classes and running jobs visited by decisions so far
         self.last: policy.Decision | None = None  # the last decision, while it says what is stuck
         self.may_change = True
-        self.may_preempt = policy_name == "labq" and any(q.preempt or q.tiers for q in queues or ())
+        self.may_preempt = policy_name == "labq" and any(q.preempt or q.tiers or q.preempt_longer for q in queues or ())
         self.example: dict[tuple, policy.Demand] = {}  # shape -> a demand of that shape
         # The free capacity as the policy indexes it, kept between decisions (built
         # at the first): a decision books its placements in it, an end gives back.
@@ -173,7 +173,7 @@ class VirtualCluster:
         run = policy.RunningJob(d.job_id, d.user, d.queue, d.cpu, p.gpu_share, d.memory, p.node_id, p.gpu_indices,
                                 t, d.time_limit, d.priority, d.custom,
                                 self.durations.predict(d) if self.durations is not None else None,
-                                d.attained, d.preemptions, d.checkpoints)
+                                d.attained, d.preemptions, d.checkpoints, d.shape(), d.group)
         self._book(run, -1)
         self.running.add(run)
         self.book.add(run)

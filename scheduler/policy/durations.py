@@ -44,6 +44,7 @@ from collections import deque
 from typing import Iterable
 
 from scheduler.policy.records import Demand
+from scheduler.policy.tiers import pending_elapsed
 
 RECENT = 50  # runs per key the median is taken over
 MIN_RUNS = 3  # runs a specific key needs before it answers (else a broader key does)
@@ -77,6 +78,20 @@ class _Runs:
         n = len(self.ordered)
         return self.ordered[n // 2] if n % 2 else (self.ordered[n // 2 - 1] + self.ordered[n // 2]) / 2
 
+    def residual(self, elapsed: float) -> float:
+        """How much longer a run that has lasted ``elapsed`` goes on: the median
+        of what the runs that lasted longer had left; ``elapsed`` again when
+        fewer than ``MIN_RUNS`` lasted longer (past what is known, a
+        heavy-tailed run is expected to last about as long again)."""
+        if elapsed <= 0:
+            return self.median()
+        longer = self.ordered[bisect.bisect_right(self.ordered, elapsed):]
+        if len(longer) < MIN_RUNS:
+            return elapsed
+        n = len(longer)
+        mid = longer[n // 2] if n % 2 else (longer[n // 2 - 1] + longer[n // 2]) / 2
+        return mid - elapsed
+
 
 class DurationBook:
     """Past run times by key, and predictions from them.  Pure: the caller says
@@ -90,7 +105,7 @@ class DurationBook:
         self.stretch = float(stretch)
         self.reserve_after = reserve_after
         self._runs: dict[tuple, _Runs] = {}
-        self._memo: dict[tuple, tuple[float, str] | None] = {}
+        self._memo: dict[tuple, tuple[float, str, _Runs] | None] = {}
 
     @classmethod
     def of(cls, runs: Iterable[tuple[str, tuple, str, float]], stretch: float = DEFAULT_STRETCH,
@@ -112,7 +127,7 @@ class DurationBook:
         runs = self._runs.get(("all",))
         return len(runs.latest) if runs else 0
 
-    def _lookup(self, user: str, shape: tuple, group: str) -> tuple[float, str] | None:
+    def _lookup(self, user: str, shape: tuple, group: str) -> tuple[float, str, _Runs] | None:
         memo_key = (user, shape, group)
         if memo_key in self._memo:
             return self._memo[memo_key]
@@ -121,10 +136,22 @@ class DurationBook:
         for level, key in enumerate(keys):
             runs = self._runs.get(key) if key is not None else None
             if runs is not None and (len(runs.latest) >= MIN_RUNS or level == len(keys) - 1):
-                found = (runs.median(), f"median of {len(runs.latest)} recent run(s) of the same {_LEVELS[level]}")
+                found = (runs.median(), f"median of {len(runs.latest)} recent run(s) of the same {_LEVELS[level]}",
+                         runs)
                 break
         self._memo[memo_key] = found
         return found
+
+    def remaining(self, user: str, shape: tuple, group: str, elapsed: float,
+                  time_limit: float | None = None) -> float | None:
+        """Seconds a job like this that has run ``elapsed`` so far is expected
+        to go on (its prediction when it has not run); None when nothing has
+        run yet and it has no limit."""
+        found = self._lookup(user, shape, group)
+        if found is None:
+            return None if time_limit is None else max(0.0, time_limit - elapsed)
+        left = found[2].residual(elapsed)
+        return min(left, max(0.0, time_limit - elapsed)) if time_limit else left
 
     def predict(self, d: Demand) -> float | None:
         """Seconds ``d`` is expected to run; None when nothing has run yet."""
@@ -143,8 +170,13 @@ class DurationBook:
         return found[1]
 
     def due_at(self, d: Demand) -> float:
-        """When ``d`` stops yielding to shorter jobs submitted after it."""
-        predicted = self.predict(d)
+        """When ``d`` stops yielding to shorter jobs submitted after it: by its
+        predicted duration, or for a job requeued after running a while, by
+        what it is expected to have left."""
+        if d.attained > 0:
+            predicted = self.remaining(d.user, d.shape(), d.group, pending_elapsed(d), d.time_limit)
+        else:
+            predicted = self.predict(d)
         return d.submitted_at + min(self.stretch * (predicted or 0.0), MAX_YIELD)
 
     def owed_reservation(self, d: Demand, now: float) -> bool:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from scheduler.policy.durations import DurationBook
 from scheduler.policy.records import Decision, Demand, RunningJob
 from scheduler.policy.room import ClusterRoom, Need, NodeRoom
 from scheduler.policy.shares import Shares
 from scheduler.policy.text import secs, vector_text
-from scheduler.policy.tiers import running_service, tier_of
+from scheduler.policy.tiers import pending_elapsed, running_elapsed, running_service, tier_of
 from scheduler.policy.usage import held_vector
+
+# preempt_longer's factor is multiplied by this for each time a job was preempted.
+HURDLE_GROWTH = 2.0
 
 
 class Preemption:
@@ -84,6 +88,41 @@ class Preemption:
                 f"{v.preemptions + 1} of at most {config.max_preemptions} times)")
             self.preempting.add(v.job_id)
         return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} of higher tiers on "
+                f"{victims[0].node_id}; starts when they stop")
+
+    def shorten_for(self, d: Demand, shape: tuple, need: Need, durations: DurationBook | None) -> str | None:
+        """In a queue with ``preempt_longer``, name running jobs of that queue
+        expected to run that many times longer than ``d`` to stop so that ``d``
+        can start; the reason ``d`` waits then, or None if there are none."""
+        config = self.shares.config(d.queue)
+        if not config.preempt_longer or durations is None or (d.queue, shape, "longer") in self.tried:
+            return None
+        self.tried.add((d.queue, shape, "longer"))
+        mine = durations.remaining(d.user, shape, d.group, pending_elapsed(d), d.time_limit)
+        if mine is None:
+            return None
+        longer: dict[int, float] = {}  # job id -> its expected remaining seconds
+        for job in self.running:
+            if job.queue == d.queue and job.checkpoints and job.preemptions < config.max_preemptions:
+                left = durations.remaining(job.user, job.shape, job.group, running_elapsed(job, self.now),
+                                           job.time_limit)
+                # The bar doubles with each preemption a job has had: a long job
+                # yields to far shorter ones, but is not churned.
+                if left is not None and left > config.preempt_longer * HURDLE_GROWTH ** job.preemptions * mine:
+                    longer[job.job_id] = left
+        if not longer:
+            return None
+        victims = self._victims_on_one_node(need, lambda job: job.job_id in longer,
+                                            lambda j: (-longer[j.job_id], j.job_id))  # the longest left first
+        if not victims:
+            return None
+        for v in victims:
+            self.decision.preempt[v.job_id] = (
+                f"expected to run {secs(longer[v.job_id])} more; yields to job {d.job_id}, expected to run "
+                f"{secs(mine)}: queue {d.queue!r} runs the shortest expected first (preempted "
+                f"{v.preemptions + 1} of at most {config.max_preemptions} times)")
+            self.preempting.add(v.job_id)
+        return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} expected to run longer on "
                 f"{victims[0].node_id}; starts when they stop")
 
     def _victims_on_one_node(self, need: Need, eligible, order) -> list[RunningJob]:

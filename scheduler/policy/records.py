@@ -116,6 +116,10 @@ class RunningJob:
     # It resumes from a checkpoint: tiers may preempt it (live: its stage says
     # `checkpoints: true`; a job that does not would lose all its work).
     checkpoints: bool = True
+    # What its remaining time is predicted from (policy.durations): its
+    # Demand.shape() and Demand.group.
+    shape: tuple = ()
+    group: str = ""
 
     @property
     def expected_end(self) -> float:
@@ -157,6 +161,10 @@ class QueueConfig:
     # service, GPU-seconds, in ascending order; () orders by predicted duration only.
     tiers: tuple[float, ...] = ()
     max_preemptions: int = 2  # a job is preempted for a lower tier at most this many times
+    # Shortest expected remaining time first, with preemption: a pending job
+    # may preempt a running one of the same queue that checkpoints and is
+    # expected to run this many times longer than it (policy.durations); 0: off.
+    preempt_longer: float = 0.0
 
 
 @dataclass

@@ -41,7 +41,7 @@ class Shares:
     @property
     def may_preempt(self) -> bool:
         """Whether some queue may preempt: to reclaim its guarantee, or for a lower tier."""
-        return self.quotas and any(q.preempt or q.tiers for q in self.queues.values())
+        return self.quotas and any(q.preempt or q.tiers or q.preempt_longer for q in self.queues.values())
 
     def add(self, job: RunningJob) -> None:
         """A job was placed: it holds its share from now."""

@@ -37,6 +37,17 @@ def running_service(job: RunningJob, now: float) -> float:
     return job.attained + max(0.0, now - job.started_at) * weight(job.gpu, job.gpu_indices)
 
 
+def pending_elapsed(d: Demand) -> float:
+    """Seconds a requeued job's earlier attempts ran: its attained service over
+    the GPUs it holds."""
+    return d.attained / weight(d.gpu)
+
+
+def running_elapsed(job: RunningJob, now: float) -> float:
+    """Seconds ``job`` has run: its earlier attempts' and this one's."""
+    return job.attained / weight(job.gpu, job.gpu_indices) + max(0.0, now - job.started_at)
+
+
 def pending_tier(d: Demand, config: QueueConfig, due: bool) -> int:
     """Where a pending job stands in its queue: by what it attained, or 0 once due."""
     return 0 if due or not config.tiers else tier_of(d.attained, config)

@@ -203,7 +203,8 @@ class Pass:
         if self.shares.quotas:
             self.backfill.blocked(d, need)
             why = (self.preemption.reclaim_for(d, cls.shape, need)
-                   or self.preemption.demote_for(d, cls.shape, need, self._tier(d)) or why)
+                   or self.preemption.demote_for(d, cls.shape, need, self._tier(d))
+                   or self.preemption.shorten_for(d, cls.shape, need, self.durations) or why)
         cls.stuck(cursor, why)
         return self._stop_if_all_stuck()
 
@@ -218,7 +219,8 @@ class Pass:
                on_reserved_after: float | None = None) -> None:
         gpu_share = share / GRAIN if need.gpu_memory else d.gpu
         job = RunningJob(d.job_id, d.user, d.queue, d.cpu, gpu_share, d.memory, w.id, gpus, self.now,
-                         d.time_limit, d.priority, d.custom, checkpoints=d.checkpoints)
+                         d.time_limit, d.priority, d.custom, checkpoints=d.checkpoints, shape=d.shape(),
+                         group=d.group)
         self.backfill.placed(job, w, need, gpus, share, on_reserved_after)
         self.cluster.take(w, need, gpus, share)
         why = self.cluster.last_why if self.explain and self.cluster.mix else ""

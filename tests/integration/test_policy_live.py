@@ -11,6 +11,7 @@ import pytest
 from helpers import assert_resources_released, drive, submit_spec, write_spec
 from scheduler.api import submit
 from scheduler.config import Settings
+from scheduler import loop
 from scheduler.loop import Scheduler
 from scheduler.states import AttemptState, JobState
 from scheduler.store import Store
@@ -105,6 +106,46 @@ def test_a_tiered_queue_lets_a_new_job_preempt_one_that_has_had_its_share(tmp_pa
     assert "tier 1" in first.error and "preempted 1 of at most 1 times" in first.error
     assert second.state is AttemptState.SUCCEEDED and second.metrics["resumed_from"] > 0
     assert store.attained([long_job.id])[long_job.id][1] == 1
+    assert_resources_released()
+    store.close()
+
+
+def test_a_queue_running_the_shortest_expected_first_preempts_a_job_that_outlived_its_kind(tmp_path, ray_backend,
+                                                                                           monkeypatch):
+    # The run times predictions come from are re-read every 0.2 s, not 30 s
+    monkeypatch.setattr(loop, "DURATIONS_REFRESH_SECONDS", 0.2)
+    sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [
+        {"name": "research", "preempt_longer": 2, "max_preemptions": 1}])
+    # Given three short evaluations that have run (what the book learns from)...
+    short_spec = write_spec(tmp_path, """
+        experiment: short
+        queue: research
+        stages:
+          - {name: eval, run: "testjobs:sleepy", params: {seconds: 0.2}, sweep: {grid: {i: [1, 2, 3]}},
+             resources: {cpu: 1}}
+    """)
+    warm = drive(sched, store, submit_spec(short_spec, settings).experiment_id, timeout=60)
+    assert all(j.state is JobState.SUCCEEDED for j in warm)
+    # ...and a checkpointing job holding every CPU for far longer than anything seen so far
+    long_spec = write_spec(tmp_path, """
+        experiment: long
+        queue: research
+        stages:
+          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}, checkpoints: true}
+    """, name="long.yaml")
+    long_run = submit_spec(long_spec, settings)
+    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 30)
+    # When another short evaluation is submitted
+    again = submit_spec(short_spec, settings)
+    done = drive(sched, store, again.experiment_id, timeout=60)
+    assert all(j.state is JobState.SUCCEEDED for j in done)
+    (long_job,) = drive(sched, store, long_run.experiment_id, timeout=90)
+    # Then the long job, expected to run as long again, yielded and resumed from its checkpoint
+    first, second = store.attempts(long_job.id)
+    assert first.state is AttemptState.PREEMPTED and "more; yields to job" in (first.error or "")
+    assert "runs the shortest expected first (preempted 1 of at most 1 times)" in first.error
+    assert second.state is AttemptState.SUCCEEDED and second.metrics["resumed_from"] >= 30
+    assert second.dispatched_at >= min(store.attempts(j.id)[0].dispatched_at for j in done)
     assert_resources_released()
     store.close()
 

@@ -132,3 +132,15 @@ def test_queue_tiers_are_durations_in_gpu_time_ascending(tmp_path):
     path.write_text("metadata:\n  labq:\n    scheduler: {stretch: -1}\n")
     with pytest.raises(ConfigError, match=r"scheduler\.stretch"):
         load_settings(path)
+
+
+def test_queue_preempt_longer_is_a_factor_of_at_least_one(tmp_path):
+    from scheduler.policy import QueueConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("metadata:\n  labq:\n    queues:\n      - {name: research, preempt_longer: 8, max_preemptions: 3}\n")
+    assert load_settings(path).queue_configs() == [QueueConfig("research", preempt_longer=8.0, max_preemptions=3)]
+    for bad in ("0.5", "-1", "soon", ".inf"):
+        path.write_text(f"metadata:\n  labq:\n    queues:\n      - {{name: research, preempt_longer: {bad}}}\n")
+        with pytest.raises(ConfigError, match=r"queues\.0\.preempt_longer"):
+            load_settings(path)

@@ -171,6 +171,22 @@ def test_least_attained_service_tiers_let_short_jobs_past_a_long_one(max_preempt
         assert tiered.preempted == 0 and tiered.avg_jct == pytest.approx(plain.avg_jct)
 
 
+def test_shortest_expected_first_preempts_a_job_that_outlived_its_kind():
+    """Three 100 s jobs teach the book what this shape runs; a fourth runs
+    10,000 s.  When short ones arrive at 4000 it has run 3,700 s, past every run
+    known, so it is expected to run about that long again, over 8 x 100 s: it
+    yields, and resumes 30 s behind once they are done."""
+    queues = [QueueConfig("default", preempt_longer=8.0, max_preemptions=1)]
+    trace = [*(job(f"w{k}", 0, 100, gpu=1) for k in range(3)), job("long", 1, 10_000, gpu=1),
+             *(job(f"s{k}", 4000, 100, gpu=1) for k in range(3))]
+    srpt = simulate(trace, [node("n", 4, 1)], policy="labq", queues=queues, restart_cost=30.0)
+    plain = simulate(trace, [node("n", 4, 1)], policy="labq")
+    assert plain.preempted == 0 and plain.makespan == pytest.approx(10_600.0)
+    # s0-s2 run 4000..4300; long resumes at 4300 with 6,300 + 30 s left
+    assert srpt.preempted == 1 and srpt.makespan == pytest.approx(10_630.0)
+    assert srpt.avg_jct < plain.avg_jct / 1.5
+
+
 @pytest.mark.e2e
 def test_labq_simulate_tiers_and_reservations_from_the_command_line(tmp_path):
     """`labq simulate --tiers` gives every queue tiers; a trace row with checkpoints=0 is never preempted."""
@@ -191,9 +207,19 @@ def test_labq_simulate_tiers_and_reservations_from_the_command_line(tmp_path):
     assert result["preempted"] == 1 and result["makespan"] == pytest.approx(10_330.0)
     (kept,) = json.loads(run("stuck.csv", "--tiers", "1h").stdout)
     assert kept["preempted"] == 0 and kept["makespan"] == pytest.approx(10_300.0)
+    # --preempt-longer: three 100 s runs first teach what the shape runs
+    warm = [f"w{k},0,100,1,1,1" for k in range(3)]
+    write(tmp_path / "srpt.csv", HEADER + ",checkpoints\n" + "\n".join(
+        [*warm, "long,1,10000,1,1,1", *(f"s{k},4000,100,1,1,1" for k in range(3))]) + "\n")
+    (shortest,) = json.loads(run("srpt.csv", "--preempt-longer", "8", "--max-preemptions", "1",
+                                 "--restart-cost", "30").stdout)
+    assert shortest["preempted"] == 1 and shortest["makespan"] == pytest.approx(10_630.0)
+    (plain,) = json.loads(run("srpt.csv").stdout)
+    assert plain["preempted"] == 0 and plain["makespan"] == pytest.approx(10_600.0)
     for args, message in ((["--tiers", "soon"], "--tiers: expected positive durations"),
                           (["--tiers", "1h,1h"], "--tiers: each threshold once"),
-                          (["--max-preemptions", "1"], "--max-preemptions: only with --tiers"),
+                          (["--max-preemptions", "1"], "--max-preemptions: only with --tiers or --preempt-longer"),
+                          (["--preempt-longer", "0.5"], "--preempt-longer"),
                           (["--reserve-after", "1h,2h"], "--reserve-after: expected a duration such as 30m")):
         bad = run("t.csv", *args)
         assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr

@@ -101,10 +101,14 @@ def test_a_lower_tier_goes_first_and_a_due_job_counts_as_tier_zero():
     returning = Demand(1, cpu=1, gpu=1, user="u", queue="q", seq=1, submitted_at=0, attained=5000.0)
     new = Demand(2, cpu=1, gpu=1, user="u", queue="q", seq=2, submitted_at=100)
     assert [p.job_id for p in decide([returning, new], [gpu_node()], queues=[TIERED], now=200).placements] == [2]
-    # With a prediction of 600 s and a stretch of 4, the returning job is due at 2400: tier 0 again, and older
+    # Runs like it take 6,000 s: 5,000 s in, it has 1,000 s left, and with a
+    # stretch of 4 it is due at 4,000 (a requeued job ages by what it has left):
+    # tier 0 again, and older
     book = DurationBook(stretch=4)
     for _ in range(3):
-        book.add("u", returning.shape(), "", 600)
-    later = Demand(2, cpu=1, gpu=1, user="u", queue="q", seq=2, submitted_at=2500)
-    placed = decide([returning, later], [gpu_node()], queues=[TIERED], now=2600, durations=book).placements
+        book.add("u", returning.shape(), "", 6000)
+    later = Demand(2, cpu=1, gpu=1, user="u", queue="q", seq=2, submitted_at=3900)
+    placed = decide([returning, later], [gpu_node()], queues=[TIERED], now=3950, durations=book).placements
+    assert [p.job_id for p in placed] == [2]  # not due yet: tier 1
+    placed = decide([returning, later], [gpu_node()], queues=[TIERED], now=4100, durations=book).placements
     assert [p.job_id for p in placed] == [1]
