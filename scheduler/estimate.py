@@ -222,7 +222,8 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
                            started_at=attempt.dispatched_at or now, time_limit=job.timeout, priority=job.priority,
                            custom=job.custom, attained=served.get(job.id, (0.0, 0))[0],
                            preemptions=served.get(job.id, (0.0, 0))[1],
-                           checkpoints=checkpointing[(job.experiment_id, job.stage)])
+                           checkpoints=checkpointing[(job.experiment_id, job.stage)],
+                           shape=run_history.demand_of_job(job).shape(), group=f"{job.experiment}/{job.stage}")
          for attempt, job in rows), alive, allocated)
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
