@@ -1,7 +1,8 @@
 """GPU allocation on the FGD paper's openb traces: labq beside the published figures.
 
     python -m bench.bench_fgd_alloc [--quick] [--seeds N] [--traces default,cpu250,...]
-                                    [--policies labq,priority] [--no-memory] [--check-simulate]
+                                    [--policies labq,priority,artifact-bestfit,artifact-fgd,artifact-random]
+                                    [--no-memory] [--check-simulate]
 
 The experiment of Weng et al., "Beware of Fragmentation" (USENIX ATC'23),
 Fig. 9(a) and Figs. 11-14, as its artifact (hkust-adsl/kubernetes-scheduler-simulator,
@@ -50,10 +51,23 @@ Two labq policies:
 * ``priority``: labq's best fit, the reference (labq's placement before
   fragmentation awareness; labq itself with ``fragmentation=False``).
 
-Not reproduced: the artifact's random tie-breaking among equal node scores
-(labq is deterministic, so the seed only changes the order) and Go's random
-stream (Python's random.Random(seed) draws the same kinds of choices, not the
-same numbers).  GPU-type constraints (the gpuspec variants) have no labq
+The artifact's own policies, in this replay (``artifact-bestfit``,
+``artifact-fgd``, ``artifact-random``): bench/fgd_artifact.py reimplements the
+artifact's BestFit, FGD and Random scoring in Python (integer scores,
+NormalizeScore, the typical pods from the whole trace file, the CPU/memory/GPU
+filter, which GPU(s) on the node a pod gets, ties among equal scores to the
+lowest-ranked node of a random node order fixed for the run, as the
+artifact's fork of the Kubernetes scheduler does: see that module's
+docstring) and runs it on the same arrival orders with the same metric.  They
+are the fair comparison for labq's rows: where they match the published
+figures, this replay matches the artifact's.  Their seeds give the same
+arrival orders as labq's rows; their random draws (node order, Random's picks)
+come from Python's random.Random, not Go's.
+
+Not reproduced: Go's random stream (Python's random.Random(seed) draws the same
+kinds of choices, not the same numbers), so no run here is the artifact's run
+for the same seed, only one like it.  labq is deterministic: its seed only
+changes the order.  GPU-type constraints (the gpuspec variants) have no labq
 equivalent and are not run.
 """
 
@@ -70,7 +84,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import common, fgd_traces
+from bench import common, fgd_artifact, fgd_traces
 from bench.fgd_traces import MILLI, Pod
 
 NAME = "fgd_alloc"
@@ -80,8 +94,11 @@ FIRST_SEED = 42  # the artifact's seeds are 42..51
 PAPER_SEEDS = 10
 TRACES = ["default", "cpu250", "gpushare100", "multigpu50"]
 QUICK_TRACES = ["default", "cpu250", "multigpu50"]
-POLICIES = ["labq", "priority"]
-LABELS = {"labq": "labq (fragmentation-aware)", "priority": "labq best fit (priority policy)"}
+POLICIES = ["labq", "priority", "artifact-bestfit", "artifact-fgd", "artifact-random"]
+# The artifact's scoring (bench/fgd_artifact.py), reimplemented, replayed here: policy name -> its name there.
+ARTIFACT = {"artifact-bestfit": "BestFit", "artifact-fgd": "FGD", "artifact-random": "Random"}
+LABELS = {"labq": "labq (fragmentation-aware)", "priority": "labq best fit (priority policy)",
+          **{name: f"artifact's {p}, reimplemented" for name, p in ARTIFACT.items()}}
 PUBLISHED_ORDER = ["Random", "DotProd", "GpuClustering", "GpuPacking", "BestFit", "FGD"]
 ARRIVED_POINTS = (100, 130)
 
@@ -223,7 +240,8 @@ def trace_table(trace: str, ours: dict[str, dict], paper: dict) -> str:
             rows.append([name, f"published ({p['seeds']:.0f} seeds)", _pct(p["alloc_at_130_mean"], p["alloc_at_130_sd"]),
                          _pct(p["alloc_at_100_mean"], p["alloc_at_100_sd"]), "–"])
     for name, s in ours.items():
-        rows.append([f"**{LABELS.get(name, name)}**", f"labq, this run ({len(s['seeds'])} seeds)",
+        source = "artifact's scoring in this replay" if name in ARTIFACT else "labq, this run"
+        rows.append([f"**{LABELS.get(name, name)}**", f"{source} ({len(s['seeds'])} seeds)",
                      _pct(s["alloc_at_130_mean"], s["alloc_at_130_sd"]),
                      _pct(s["alloc_at_100_mean"], s["alloc_at_100_sd"]), f"{s['failed_mean']:.0f} / {s['pods_mean']:.0f}"])
     return common.table(["policy", "source", "GPU alloc at arrived 130% (Fig. 9a, the table)",
@@ -240,7 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
                                              f"(default 3, quick 1; the paper: {PAPER_SEEDS})")
     p.add_argument("--traces", help=f"comma-separated variants (default {','.join(TRACES)}; "
                                     f"available: {','.join(fgd_traces.available_variants())})")
-    p.add_argument("--policies", default=",".join(POLICIES), help="labq policies to run (default labq,priority)")
+    p.add_argument("--policies", default=",".join(POLICIES),
+                   help=f"policies to run: labq's (labq, priority) and the artifact's reimplemented "
+                        f"({', '.join(ARTIFACT)}); default {','.join(POLICIES)}")
     p.add_argument("--no-memory", action="store_true", help="do not check memory (the artifact does)")
     p.add_argument("--check-simulate", action="store_true",
                    help="also replay each policy's first run through scheduler.simulator.simulate and compare")
@@ -248,6 +268,9 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = [FIRST_SEED + k for k in range(args.seeds or (1 if args.quick else 3))]
     traces = args.traces.split(",") if args.traces else (QUICK_TRACES if args.quick else TRACES)
     policies = args.policies.split(",")
+    unknown = [name for name in policies if name.startswith("artifact-") and name not in ARTIFACT]
+    if unknown:
+        p.error(f"unknown artifact policies {unknown}; available: {', '.join(ARTIFACT)}")
     with_memory = not args.no_memory
     nodes = fgd_traces.load_nodes(with_memory=with_memory)
     capacity_milli = sum(n.gpu_total for n in nodes) * MILLI
@@ -265,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
             runs = []
             for seed in seeds:
                 order = arrival_order(pods, seed, capacity_milli)
+                if policy_name in ARTIFACT:
+                    runs.append(fgd_artifact.replay(order, nodes, ARTIFACT[policy_name], seed, pods, with_memory))
+                    runs[-1].policy = policy_name
+                    continue
                 runs.append(replay(order, nodes, policy_name, seed, with_memory))
                 if args.check_simulate and seed == seeds[0]:
                     checks.append({"policy": policy_name, "seed": seed, "replay_final": runs[-1].final_alloc,
@@ -276,7 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
         wall = time.perf_counter() - t0
         data["traces"][trace] = {"pods_in_file": len(pods), "gpu_spec_pods": fgd_traces.gpu_spec_jobs(pods),
                                  "requested_gpus": sum(p.total_gpu_milli for p in pods) / MILLI,
-                                 "wall_s": wall, "labq": ours, "check_simulate": checks,
+                                 "wall_s": wall, "labq": {k: v for k, v in ours.items() if k not in ARTIFACT},
+                                 "artifact_reimplemented": {k: v for k, v in ours.items() if k in ARTIFACT},
+                                 "check_simulate": checks,
                                  "published": {k[1]: v for k, v in paper.items() if k[0] == trace}}
         note = "".join(
             f"\n\nCross-check, {check['policy']} seed {check['seed']}: scheduler.simulator.simulate's GPU "
@@ -292,7 +321,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"Cluster: {len(nodes):,} GPU nodes, {capacity_milli // MILLI:,} GPUs (openb_node_list_gpu_node); "
           f"memory {'checked' if with_memory else 'not checked'}.  Pods shuffled (seeds {seeds[0]}..{seeds[-1]}), "
           f"tuned to {TUNE:g}x the GPUs, never ending, each tried once.  Allocation = GPUs held / all GPUs, "
-          f"mean ± sd over seeds; 'published' = the artifact's expected results (seeds 42-51).\n\n"
+          f"mean ± sd over seeds; 'published' = the artifact's expected results (seeds 42-51); "
+          f"'artifact's ..., reimplemented' = the artifact's scoring ported to Python (bench/fgd_artifact.py), "
+          f"run on the same arrival orders as labq.\n\n"
           + "\n\n".join(sections))
     common.finish(args, NAME, TITLE, md, data)
     return data
