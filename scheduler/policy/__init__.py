@@ -39,7 +39,10 @@ Placement is per node and per GPU: a 0.5-GPU job needs 0.5 free on *one* GPU.
 Fractional jobs go best-fit onto the fullest GPU that still has room, preferring
 nodes with fewer whole GPUs free, so whole GPUs stay free for whole-GPU jobs.
 CPU-only jobs go best-fit onto the nodes without a free GPU share first, so they
-do not take a GPU node's last cores and strand its GPUs.
+do not take a GPU node's last cores and strand its GPUs.  Under ``labq``, with a mix
+of expected shapes, a job goes where it adds the least fragmentation for them
+(policy.fragmentation, in FGD's score buckets), ties as above, then a fixed
+node order.
 
 Speed: demands are grouped into classes (same queue, user, priority, shape and
 time limit), and a class that failed this pass is not tried again (capacity only

@@ -10,9 +10,10 @@ cluster expects (:class:`ShapeMix`: recent jobs, decayed, plus the pending
 queue, passed in as usage is, so the policy stays pure), a node's fragmentation
 is the weighted sum over the mix.  A job goes where placing it adds the least
 fragmentation: a fractional job onto a GPU whose leftover no common shape could
-use anyway, a CPU-only job where its cores do not strand a node's GPUs.  Ties
-(the common case for a CPU-only job away from GPU nodes) fall back to the
-best-fit rule used without a mix, so placement stays deterministic.
+use anyway, a CPU-only job where its cores do not strand a node's GPUs.  The
+change is compared in FGD's score buckets, not exactly, and ties go to best
+fit's preferences, then a fixed node order (policy.room), so placement stays
+deterministic.
 
 Shapes that use no GPU count nothing as fragmented (GPUs are of no use to them
 either way); GPU-memory and custom-resource requests are left out of the mix.

@@ -61,6 +61,38 @@ def test_ties_keep_the_best_fit_rule_and_nodes_of_one_state_are_scored_once():
     assert "51 node(s) fit" in decision.placements[0].why
 
 
+def test_a_difference_within_one_of_fgds_score_buckets_is_no_difference():
+    """FGD scores a change in fragmentation as int(sigmoid(-change in GPUs) * 100):
+    near no change a point is about 0.04 GPU.  Below that the next rule (the
+    fullest GPU) decides; past it, fragmentation does."""
+    from scheduler.policy.room import _score_bucket
+
+    assert _score_bucket(0) == _score_bucket(-300) == -50 and _score_bucket(1) == _score_bucket(300) == -49
+    assert _score_bucket(500) == -48 and _score_bucket(-500) == -51  # 0.05 GPU: the next bucket
+    assert _score_bucket(10**9) == 0 and _score_bucket(-(10**9)) == -100
+    quarter = Demand(1, cpu=1, gpu=0.25)
+    nodes = [node("a", gpus=[0.5]), node("b", gpus=[1.0])]
+    # Half-GPU jobs (w) and whole-GPU ones (1 - w) expected.  On a the quarter
+    # leaves 0.25, of no use to either: + 0.25 (2w - 1) GPU of fragmentation; on
+    # b, 0.75, of no use to a whole-GPU job: + 0.75 (1 - w).  At w = 0.81 that
+    # is 0.155 against 0.1425: one bucket, so best fit's fullest GPU (a) wins
+    # where exact scores would take b; at w = 0.9, 0.2 against 0.075: b
+    assert placed(decide([quarter], nodes, mix=mix((HALF, 0.81), (WHOLE, 0.19)))) == {1: "a"}
+    assert placed(decide([quarter], nodes, mix=mix((HALF, 0.9), (WHOLE, 0.1)))) == {1: "b"}
+
+
+def test_equal_spots_go_to_the_first_node_of_a_fixed_order_that_is_not_by_name():
+    """Among spots equal on every rule the same node wins whatever the nodes are
+    listed as, so load gathers on the same nodes (first fit), and the order is a
+    hash of the id, not the id: it does not fill one node type first."""
+    names = [f"node-{i:03d}" for i in range(40)]
+    job = Demand(1, cpu=1, gpu=1)
+    expect = mix((WHOLE, 1.0))
+    first = placed(decide([job], [node(n, gpus=[1.0, 1.0]) for n in names], mix=expect))[1]
+    again = placed(decide([job], [node(n, gpus=[1.0, 1.0]) for n in reversed(names)], mix=expect))[1]
+    assert first == again != "node-000"
+
+
 def test_whole_gpu_jobs_take_gpus_where_the_rest_stays_useful():
     # a: 2 whole GPUs + one half-used; b: 3 whole.  A 2-GPU job on a leaves its
     # half-used GPU (useful to half jobs); on b it leaves one whole GPU.
