@@ -45,9 +45,12 @@ Two labq policies:
   (scheduler.policy.fragmentation): each pod goes where it adds the least
   fragmentation for the mix of shapes expected, a decayed count of the shapes
   that have arrived so far (``MixBook(simulator.MIX_HALF_LIFE)``, as
-  scheduler.simulator passes it) plus the pending queue; ties fall back to best
-  fit.  The artifact's FGD takes its mix from the whole trace's shape
-  popularity up front; labq only knows what has arrived.
+  scheduler.simulator passes it) plus the pending queue, the change compared
+  in FGD's score buckets; within a bucket the fullest GPU, the fewest whole
+  GPUs left for a whole-GPU pod, a CPU-only pod off nodes with free GPUs, then
+  a fixed node order (a hash of the node id; scheduler.policy.room).  The
+  artifact's FGD takes its mix from the whole trace's shape popularity up
+  front; labq only knows what has arrived.
 * ``priority``: labq's best fit, the reference (labq's placement before
   fragmentation awareness; labq itself with ``fragmentation=False``).
 
