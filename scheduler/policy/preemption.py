@@ -80,15 +80,9 @@ class Preemption:
             lambda j: (-above[j.job_id][0], -above[j.job_id][1], j.job_id))
         if not victims:
             return None
-        for v in victims:
-            v_tier, service = above[v.job_id]
-            self.decision.preempt[v.job_id] = (
-                f"tier {v_tier} (attained {secs(service)} of GPU time) yields to job {d.job_id} in tier {tier}: "
-                f"queue {d.queue!r} serves the least-served first (preempted "
-                f"{v.preemptions + 1} of at most {config.max_preemptions} times)")
-            self.preempting.add(v.job_id)
-        return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} of higher tiers on "
-                f"{victims[0].node_id}; starts when they stop")
+        return self._preempt(victims, config, "of higher tiers", lambda v: (
+            f"tier {above[v.job_id][0]} (attained {secs(above[v.job_id][1])} of GPU time) yields to job "
+            f"{d.job_id} in tier {tier}: queue {d.queue!r} serves the least-served first"))
 
     def shorten_for(self, d: Demand, shape: tuple, need: Need, durations: DurationBook | None) -> str | None:
         """In a queue with ``preempt_longer``, name running jobs of that queue
@@ -116,13 +110,19 @@ class Preemption:
                                             lambda j: (-longer[j.job_id], j.job_id))  # the longest left first
         if not victims:
             return None
+        return self._preempt(victims, config, "expected to run longer", lambda v: (
+            f"expected to run {secs(longer[v.job_id])} more; yields to job {d.job_id}, expected to run "
+            f"{secs(mine)}: queue {d.queue!r} runs the shortest expected first"))
+
+    def _preempt(self, victims: list[RunningJob], config, which: str, why) -> str:
+        """Name ``victims`` for preemption in the decision, each with ``why(v)``
+        and its count against ``max_preemptions``; the reason the job they make
+        room for waits."""
         for v in victims:
             self.decision.preempt[v.job_id] = (
-                f"expected to run {secs(longer[v.job_id])} more; yields to job {d.job_id}, expected to run "
-                f"{secs(mine)}: queue {d.queue!r} runs the shortest expected first (preempted "
-                f"{v.preemptions + 1} of at most {config.max_preemptions} times)")
+                f"{why(v)} (preempted {v.preemptions + 1} of at most {config.max_preemptions} times)")
             self.preempting.add(v.job_id)
-        return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} expected to run longer on "
+        return (f"preempting {len(victims)} job{'s' if len(victims) != 1 else ''} {which} on "
                 f"{victims[0].node_id}; starts when they stop")
 
     def _victims_on_one_node(self, need: Need, eligible, order) -> list[RunningJob]:

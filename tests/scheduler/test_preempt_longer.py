@@ -10,26 +10,13 @@ import dataclasses
 
 import pytest
 
-from scheduler.policy import Demand, DurationBook, Node, QueueConfig, RunningJob, decide
+from scheduler.policy import Demand, DurationBook, QueueConfig, RunningJob, decide
 from scheduler.policy.tiers import pending_elapsed, running_elapsed
 
-GiB = 2**30
+from test_tiers import busy, gpu_node
+
 SRPT = QueueConfig("q", preempt_longer=8.0, max_preemptions=3)
 SHORT = (10, 10000, 0, 0, ())  # Demand(cpu=1, gpu=1).shape()
-
-
-def gpu_node(node_id="n", gpus=1) -> Node:
-    return Node(node_id=node_id, cpu_total=16, cpu_free=16, memory_total=64 * GiB, memory_free=64 * GiB,
-                gpu_free=[1.0] * gpus)
-
-
-def busy(nodes: list[Node], *jobs: RunningJob) -> list[Node]:
-    for job in jobs:
-        n = next(n for n in nodes if n.node_id == job.node_id)
-        n.cpu_free -= job.cpu
-        for i in job.gpu_indices:
-            n.gpu_free[i] -= job.gpu if job.gpu <= 1 else 1.0
-    return nodes
 
 
 def book(user_runs: dict[str, list[float]]) -> DurationBook:
