@@ -216,6 +216,7 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
     rows = store.running_attempts()
     served = store.attained([job.id for attempt, job in rows if attempt.number > 1])
     checkpointing = store.checkpointing((job.experiment_id, job.stage) for _, job in rows)
+    demands = {job.id: run_history.demand_of_job(job) for _, job in rows}  # as the book looks them up
     running = place_running(
         (policy.RunningJob(job_id=job.id, user=job.user, queue=job.queue, cpu=job.cpu,
                            gpu=attempt.gpu_share or job.gpu, memory=job.memory or 0, node_id=attempt.node_id or "",
@@ -223,7 +224,7 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
                            custom=job.custom, attained=served.get(job.id, (0.0, 0))[0],
                            preemptions=served.get(job.id, (0.0, 0))[1],
                            checkpoints=checkpointing[(job.experiment_id, job.stage)],
-                           shape=run_history.demand_of_job(job).shape(), group=f"{job.experiment}/{job.stage}")
+                           shape=demands[job.id].shape(), group=demands[job.id].group)
          for attempt, job in rows), alive, allocated)
     pending = [policy.demand_of(w) for w in waiting]
     timeouts = {d.job_id: d.time_limit for d in pending} | {job.id: job.timeout for _, job in rows}
@@ -237,7 +238,5 @@ def from_store(store: Any, now: float, *, half_life: float, queues: Sequence[pol
     book = run_history.duration_book(store, stretch)
     starts = estimate_starts(pending, running, alive, known=known, durations=durations, now=now,
                              queues=list(queues), usage=usage, half_life=half_life, limit=limit, book=book)
-    jobs = {job.id: job for _, job in rows}
-    outlooks = run_history.outlooks(book, pending, [(r, run_history.demand_of_job(jobs[r.job_id])) for r in running],
-                                    queues, now)
+    outlooks = run_history.outlooks(book, pending, [(r, demands[r.job_id]) for r in running], queues, now)
     return {w.id: starts.get(w.id) for w in waiting}, outlooks

@@ -59,6 +59,12 @@ def _keys(user: str, shape: tuple, group: str) -> tuple[tuple, ...]:
             ("u+s", user, shape), ("u", user), ("all",))
 
 
+def _median(ordered: list[float]) -> float:
+    """The median of a sorted, non-empty list."""
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
 class _Runs:
     """The latest ``RECENT`` durations of one key, kept sorted for the median."""
 
@@ -75,8 +81,7 @@ class _Runs:
             del self.ordered[bisect.bisect_left(self.ordered, self.latest.popleft())]
 
     def median(self) -> float:
-        n = len(self.ordered)
-        return self.ordered[n // 2] if n % 2 else (self.ordered[n // 2 - 1] + self.ordered[n // 2]) / 2
+        return _median(self.ordered)
 
     def residual(self, elapsed: float) -> float:
         """How much longer a run that has lasted ``elapsed`` goes on: the median
@@ -88,9 +93,7 @@ class _Runs:
         longer = self.ordered[bisect.bisect_right(self.ordered, elapsed):]
         if len(longer) < MIN_RUNS:
             return elapsed
-        n = len(longer)
-        mid = longer[n // 2] if n % 2 else (longer[n // 2 - 1] + longer[n // 2]) / 2
-        return mid - elapsed
+        return _median(longer) - elapsed
 
 
 class DurationBook:
