@@ -35,6 +35,20 @@ def _steps_done(store, job_id) -> int:
         return 0
 
 
+def _run_long_checkpointing_job(tmp_path, sched, store, settings, steps: int):
+    """Submit a 6 s checkpointing job holding every CPU in queue research, and
+    drive the scheduler until it has checkpointed ``steps`` steps."""
+    long_spec = write_spec(tmp_path, """
+        experiment: long
+        queue: research
+        stages:
+          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}, checkpoints: true}
+    """, name="long.yaml")
+    long_run = submit_spec(long_spec, settings)
+    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= steps)
+    return long_run
+
+
 def test_a_queue_below_its_guarantee_preempts_a_borrower_which_resumes_from_its_checkpoint(tmp_path, ray_backend):
     sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [
         {"name": "batch", "borrow": True},
@@ -81,14 +95,7 @@ def test_a_tiered_queue_lets_a_new_job_preempt_one_that_has_had_its_share(tmp_pa
     # holding every CPU, passes it 2 s in
     sched, store, settings = _scheduler(tmp_path / "home", ray_backend, [
         {"name": "research", "tiers": ["2s"], "max_preemptions": 1}])
-    long_spec = write_spec(tmp_path, """
-        experiment: long
-        queue: research
-        stages:
-          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}, checkpoints: true}
-    """)
-    long_run = submit_spec(long_spec, settings)
-    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 25)
+    long_run = _run_long_checkpointing_job(tmp_path, sched, store, settings, steps=25)
     # When a new job of the same queue needs a CPU
     short_spec = write_spec(tmp_path, """
         experiment: short
@@ -127,14 +134,7 @@ def test_a_queue_running_the_shortest_expected_first_preempts_a_job_that_outlive
     warm = drive(sched, store, submit_spec(short_spec, settings).experiment_id, timeout=60)
     assert all(j.state is JobState.SUCCEEDED for j in warm)
     # ...and a checkpointing job holding every CPU for far longer than anything seen so far
-    long_spec = write_spec(tmp_path, """
-        experiment: long
-        queue: research
-        stages:
-          - {name: train, run: "testjobs:checkpointed", params: {steps: 60}, resources: {cpu: 4}, checkpoints: true}
-    """, name="long.yaml")
-    long_run = submit_spec(long_spec, settings)
-    drive(sched, store, long_run.experiment_id, until=lambda jobs: _steps_done(store, jobs[0].id) >= 30)
+    long_run = _run_long_checkpointing_job(tmp_path, sched, store, settings, steps=30)
     # When another short evaluation is submitted
     again = submit_spec(short_spec, settings)
     done = drive(sched, store, again.experiment_id, timeout=60)
