@@ -168,6 +168,10 @@ def served(tmp_path_factory) -> Served:
         wait_until(lambda: served.get(f"/api/v1/status/{hog}")["job"]["state"] == "running", 120, "the hog to run")
         waiter = json.loads(served.labq("submit", "wait.yaml", "--json").stdout)["job_ids"][0]
         wait_until(lambda: served.get(f"/api/v1/status/{waiter}")["job"]["reason"], 60, "the waiter's reason")
+        # The scheduler writes outlooks every loop.ESTIMATE_SECONDS: until a pass
+        # after the waiter's submission, a read racing that pass sees none for it.
+        wait_until(lambda: all("predicted_from" in j for j in served.get("/api/v1/queue")["jobs"]), 60,
+                   "the scheduler's outlooks for the hog and the waiter")
         served.hog_job_id, served.pending_job_id = hog, waiter
         yield served
     finally:
