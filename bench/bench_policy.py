@@ -11,7 +11,9 @@ each policy does with a synthetic trace, against the makespan lower bound.
     durations, sweeps, 0.25/0.5/1/2-GPU jobs, unequal users) on 8 nodes of
     8 GPUs, paced to offer 1.2x the GPU capacity: per policy avg JCT, avg and
     p95 wait, makespan against its lower bound (total GPU-seconds / capacity,
-    or the longest job after its arrival), and the lightest user's avg wait.
+    or the longest job after its arrival), and the lightest user's avg wait;
+    then labq before issue 18 against now on the traces of seeds 0-11: the
+    light user's avg wait, its mean and median, and in how many it is longer.
 (c) The time to replay a 100,000-job trace (quick: 20,000) per policy.
 """
 
@@ -29,6 +31,7 @@ from bench.bench_queue_scale import policy_inputs  # noqa: E402
 TITLE = "Policy: decision time, and policies compared in simulation"
 NODES = 8
 GPUS_PER_NODE = 8
+SEEDS = 12  # traces labq before issue 18 and now are compared on (the light user's wait is noisy per trace)
 
 
 def time_decide(count: int, variant: str, reps: int = 3) -> dict:
@@ -77,6 +80,31 @@ def compare_policies(jobs_count: int, seed: int = 0) -> tuple[list, dict, str]:
     return results, bound, light
 
 
+def before_and_now(jobs_count: int, seed: int) -> list[list]:
+    """[seed, policy, avg wait, light user's avg wait] for labq before issue 18
+    and now, on the trace of ``seed``."""
+    from scheduler import simulator, traces
+
+    trace = traces.generate(jobs_count, seed=seed, gpus=NODES * GPUS_PER_NODE, load=1.2)
+    before = simulator.simulate(trace, cluster(), "labq", stretch=None, fragmentation=False)
+    now = simulator.simulate(trace, cluster(), "labq")
+    light = min(before.per_user, key=lambda u: before.per_user[u]["gpu_seconds"])
+    return [[seed, name, r.avg_wait, r.per_user[light]["avg_wait"]] for name, r in (("labq (before)", before),
+                                                                                    ("labq", now))]
+
+
+def light_user_summary(seeds_rows: list[list]) -> dict:
+    """The light user's avg wait across traces, before and now: mean, median,
+    and in how many traces it is longer now."""
+    import statistics
+
+    before = {row[0]: row[3] for row in seeds_rows if row[1] == "labq (before)"}
+    now = {row[0]: row[3] for row in seeds_rows if row[1] == "labq"}
+    return {"seeds": len(now), "before_mean": statistics.fmean(before.values()), "now_mean": statistics.fmean(now.values()),
+            "before_median": statistics.median(before.values()), "now_median": statistics.median(now.values()),
+            "worse": f"{sum(now[s] > before[s] for s in now)} of {len(now)}"}
+
+
 def time_big_replay(jobs_count: int, policies: list[str]) -> list[dict]:
     from scheduler import simulator, traces
 
@@ -108,13 +136,15 @@ def main(argv: list[str] | None = None) -> dict:
     sim_rows = [[r.policy, r.avg_jct, r.avg_wait, r.p95_wait, r.makespan, bound["makespan"],
                  common.ratio(r.makespan, bound["makespan"]), r.per_user[light]["avg_wait"], r.gpu_util, r.wall_s]
                 for r in results]
-    # The same, labq now against labq before, on two more traces (one trace's light user is one user's luck)
-    seeds_rows = []
-    for seed in (1, 2):
-        more, _, more_light = compare_policies(2000 if args.quick else 5000, seed)
-        by = {r.policy: r for r in more}
-        seeds_rows += [[seed, name, by[name].avg_wait, by[name].per_user[more_light]["avg_wait"]]
-                       for name in ("labq (before)", "labq")]
+    # The same, labq now against labq before, on more traces (one trace's light user is one user's luck)
+    seeds_rows = [[0, name, by[name].avg_wait, by[name].per_user[light]["avg_wait"]]
+                  for by in [{r.policy: r for r in results}] for name in ("labq (before)", "labq")]
+    for seed in range(1, 3 if args.quick else SEEDS):
+        seeds_rows += before_and_now(2000 if args.quick else 5000, seed)
+    fairness = light_user_summary(seeds_rows)
+    print(f"  light user's avg wait over {fairness['seeds']} traces: mean {fairness['before_mean']:.0f} -> "
+          f"{fairness['now_mean']:.0f} s, median {fairness['before_median']:.0f} -> {fairness['now_median']:.0f} s, "
+          f"longer in {fairness['worse']}", flush=True)
     big = time_big_replay(20_000 if args.quick else 100_000, ["fifo", "labq"] if args.quick else
                           ["fifo", "priority", "fair", "labq"])
 
@@ -127,13 +157,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"light user = {light!r}, the least GPU work:\n\n"
           + common.table(["policy", "avg JCT", "avg wait", "p95 wait", "makespan", "lower bound", "makespan / bound",
                           "light user avg wait", "GPU util", "replay s"], sim_rows)
-          + "\n\nlabq before issue 18 (submission order within a user, best fit) and now, traces of seeds 1 and 2:\n\n"
+          + f"\n\nlabq before issue 18 (submission order within a user, best fit) and now, traces of seeds "
+          f"0-{fairness['seeds'] - 1}; the light user's avg wait, mean {fairness['before_mean']:,.0f} -> "
+          f"{fairness['now_mean']:,.0f} s, median {fairness['before_median']:,.0f} -> {fairness['now_median']:,.0f} s, "
+          f"longer now in {fairness['worse']} traces:\n\n"
           + common.table(["seed", "policy", "avg wait", "light user avg wait"], seeds_rows)
           + "\n\nReplay time of a bigger trace (offered load 0.9):\n\n"
           + common.table(["policy", "jobs", "decisions", "replay s"],
                          [[r["policy"], r["jobs"], r["decisions"], r["wall_s"]] for r in big]))
     data = {"decide": decide_rows, "simulate": [r.to_json() for r in results], "bound": bound, "light_user": light,
-            "seeds": seeds_rows,
+            "seeds": seeds_rows, "light_user_across_seeds": fairness,
             "replay": big,
             "summary": {"decide_10k_ms": next(r["median_ms"] for r in decide_rows
                                               if r["demands"] == 10_000 and r["variant"] == "mixed shapes")}}
