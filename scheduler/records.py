@@ -118,13 +118,17 @@ class StageRunDir:
 @dataclass(frozen=True)
 class Outlook:
     """What the scheduler predicts for an active job: how long it runs in all
-    (seconds; None: nothing to go by) and from what runs, and, in a queue with
-    least-attained-service tiers, its tier (0 first) of ``tiers``."""
+    (seconds; None: nothing to go by) and from what runs; in a queue with
+    least-attained-service tiers, its tier (0 first) of ``tiers``; for a
+    running job, how much longer it is expected to run (seconds, from the past
+    runs like it that lasted longer than it has so far: what a queue's
+    ``preempt_longer`` compares; None: nothing to go by)."""
 
     predicted: float | None
     basis: str
     tier: int | None = None
     tiers: int = 0
+    remaining: float | None = None
 
 
 @dataclass

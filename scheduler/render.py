@@ -113,8 +113,8 @@ def search_lines(searches: list[dict[str, Any]]) -> list[str]:
 
 
 def outlook_text(outlook: Any, long: bool = False) -> str:
-    """A job's predicted duration and tier: "~12m t1/3" in a table; with
-    ``long``, where the prediction comes from too."""
+    """A job's predicted duration, tier and, running, time left: "~12m t1/3",
+    "~12m t1/3, 5m left" in a table; with ``long``, where the prediction comes from too."""
     if outlook is None:
         return ""
     text = "?" if outlook.predicted is None else f"~{format_seconds(outlook.predicted)}"
@@ -123,6 +123,9 @@ def outlook_text(outlook: Any, long: bool = False) -> str:
                 else f"run time unknown ({outlook.basis})")
     if outlook.tier is not None:
         text += f" tier {outlook.tier} of {outlook.tiers - 1}" if long else f" t{outlook.tier}/{outlook.tiers - 1}"
+    if outlook.remaining is not None:
+        text += f"; about {format_seconds(outlook.remaining)} left" if long else \
+            f", {format_seconds(outlook.remaining)} left"
     return text
 
 

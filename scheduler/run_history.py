@@ -58,11 +58,12 @@ def outlooks(book: policy.DurationBook, pending: Iterable[policy.Demand],
         config = configs.get(job.queue)
         tier = (policy.tier_of(policy.running_service(job, now), config) if config is not None and config.tiers
                 else None)
-        out[job.job_id] = _outlook(book, d, tier, config)
+        left = book.remaining(d.user, d.shape(), d.group, policy.running_elapsed(job, now), d.time_limit)
+        out[job.job_id] = _outlook(book, d, tier, config, left)
     return out
 
 
 def _outlook(book: policy.DurationBook, d: policy.Demand, tier: int | None,
-             config: policy.QueueConfig | None) -> Outlook:
+             config: policy.QueueConfig | None, remaining: float | None = None) -> Outlook:
     return Outlook(book.predict(d), book.basis(d), tier, len(config.tiers) + 1 if config is not None and
-                   config.tiers else 0)
+                   config.tiers else 0, remaining)

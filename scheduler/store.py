@@ -30,7 +30,7 @@ from scheduler.records import (Attempt, AttemptEnd, Event, Experiment, Job, Node
                                Waiting, is_id)
 from scheduler.states import AttemptState, JobState, can_transition
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Columns added since schema 1, added in place to a database written by it.
 MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   "ALTER TABLE jobs ADD COLUMN oom_gpu_scale REAL",
@@ -56,7 +56,11 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
               5: ["CREATE TABLE outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,"
                   " tier INTEGER, tiers INTEGER NOT NULL)"],
               6: ["CREATE TABLE searches (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, config TEXT NOT NULL,"
-                  " PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID"]}
+                  " PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID"],
+              # A running job's expected time left; and the 'paused' job and attempt
+              # states, which need no column but which a labq of schema 6 cannot
+              # read: it must refuse such a database ("written by a newer labq").
+              7: ["ALTER TABLE outlooks ADD COLUMN remaining REAL"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Pending jobs as Store.waiting loads them (no params, no targets).
@@ -152,7 +156,7 @@ CREATE TABLE IF NOT EXISTS searches (experiment_id INTEGER NOT NULL, stage TEXT 
     PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID;
 -- What the scheduler predicts for each active job (records.Outlook), written with the estimates.
 CREATE TABLE IF NOT EXISTS outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,
-    tier INTEGER, tiers INTEGER NOT NULL);
+    tier INTEGER, tiers INTEGER NOT NULL, remaining REAL);
 -- What a stage's workers need beyond the job row (metrics_from, env), resolved at submit.
 CREATE TABLE IF NOT EXISTS stage_runtime (
     experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, runtime TEXT NOT NULL,
@@ -1161,13 +1165,16 @@ class Store:
             cur.execute("DELETE FROM estimates")
             cur.executemany("INSERT INTO estimates (job_id, start) VALUES (?, ?)", list(starts.items()))
             cur.execute("DELETE FROM outlooks")
-            cur.executemany("INSERT INTO outlooks VALUES (?, ?, ?, ?, ?)",
-                            [(j, o.predicted, o.basis, o.tier, o.tiers) for j, o in (outlooks or {}).items()])
+            cur.executemany("INSERT INTO outlooks (job_id, predicted, basis, tier, tiers, remaining)"
+                            " VALUES (?, ?, ?, ?, ?, ?)",
+                            [(j, o.predicted, o.basis, o.tier, o.tiers, o.remaining)
+                             for j, o in (outlooks or {}).items()])
             cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('estimated_at', ?)", (repr(now),))
 
     def outlooks(self, job_ids: list[int]) -> dict[int, Outlook]:
         """The scheduler's last outlooks for those of ``job_ids`` it wrote one for."""
-        return {r["job_id"]: Outlook(r["predicted"], r["basis"], r["tier"], r["tiers"]) for r in self._rows_in(
+        return {r["job_id"]: Outlook(r["predicted"], r["basis"], r["tier"], r["tiers"], r["remaining"])
+                for r in self._rows_in(
             "SELECT * FROM outlooks WHERE job_id IN ", job_ids)}
 
     def estimates(self, job_ids: list[int]) -> tuple[float | None, dict[int, float | None]]:

@@ -72,7 +72,8 @@ def start_estimates(store: Store, now: float, job_ids: list[int], settings: Esti
                   outlook={j: o for j, o in outlooks.items() if j in set(wanted)})
 
 
-_OUTLOOK_FIELDS = {"predicted_duration": "predicted", "predicted_from": "basis", "tier": "tier", "tiers": "tiers"}
+_OUTLOOK_FIELDS = {"predicted_duration": "predicted", "predicted_from": "basis", "tier": "tier", "tiers": "tiers",
+                   "expected_left": "remaining"}
 
 
 def _with_starts(jobs: list[Job], starts: Starts) -> list[dict[str, Any]]:
@@ -89,7 +90,7 @@ def _with_starts(jobs: list[Job], starts: Starts) -> list[dict[str, Any]]:
 def _jobs_and_starts(rows: list[dict[str, Any]], warning: str | None) -> tuple[list[Job], Starts]:
     """The inverse of :func:`_with_starts`."""
     jobs = [Job.from_json(r) for r in rows]
-    outlook = {r["id"]: Outlook(**{f: r[key] for key, f in _OUTLOOK_FIELDS.items()})
+    outlook = {r["id"]: Outlook(**{f: r[key] for key, f in _OUTLOOK_FIELDS.items() if key in r})  # a server of before expected_left
                for r in rows if "predicted_from" in r}
     return jobs, Starts({r["id"]: r.get("estimated_start") for r in rows if r["state"] == "pending"}, warning,
                         outlook)

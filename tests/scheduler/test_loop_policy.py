@@ -177,10 +177,17 @@ def test_the_loop_predicts_durations_from_finished_runs_and_the_queue_shows_them
     assert (outlooks[slow[5]].tier, outlooks[slow[5]].tiers) == (0, 3)
     assert outlooks[quick].basis.endswith("user and shape")  # no runs of its own stage yet
     assert outlooks[slow[3]].predicted == pytest.approx(60)  # the running one too
+    # ... which has run 1 s of the 60 its stage's runs took: 59 s left; a pending job has none
+    assert outlooks[slow[3]].remaining == pytest.approx(59) and outlooks[slow[5]].remaining is None
     view = api.queue(store, api.EstimateSettings(3600.0, settings.queue_configs()), now=now + 2)
     rows = {r["id"]: r for r in view.to_json()}
     assert rows[slow[5]]["predicted_duration"] == pytest.approx(60) and rows[slow[5]]["tier"] == 0
+    assert rows[slow[3]]["expected_left"] == pytest.approx(59) and rows[slow[5]]["expected_left"] is None
     with render.console.capture() as captured:
         render.console.print(render.queue_table(view.jobs, view.now, view.total or 0, outlook=view.starts.outlook))
-    assert captured.get().count("~1m00s t0/2") == 4
+    assert captured.get().count("~1m00s t0/2") == 4 and "~1m00s t0/2, 59.0s left" in captured.get()
+    # Past every run of its kind (100 s against 60), it is expected to run about as long again
+    sched._estimated_at = None
+    sched.tick(now + 100)
+    assert store.outlooks([slow[3]])[slow[3]].remaining == pytest.approx(100)
     store.close()

@@ -800,6 +800,30 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path):
     store.close()
 
 
+def test_a_schema_6_database_keeps_its_outlooks_and_gains_the_time_left(tmp_path):
+    """Schema 7 adds a running job's expected time left to the outlooks; its
+    number also makes a labq of schema 6, which cannot read the 'paused' state,
+    refuse the database instead of failing on it."""
+    from scheduler.records import Outlook
+    from scheduler.store import SCHEMA_VERSION
+
+    home = tmp_path / "home"
+    store = Store(home)
+    store.save_estimates({}, NOW, {7: Outlook(60.0, "median of 3 recent run(s)", None, 0, 59.0)})
+    store.close()
+    conn = sqlite3.connect(home / "labq.db")
+    conn.execute("ALTER TABLE outlooks DROP COLUMN remaining")
+    conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    store = Store(home)
+    assert store.outlooks([7]) == {7: Outlook(60.0, "median of 3 recent run(s)", None, 0, None)}
+    store.save_estimates({}, NOW + 10, {7: Outlook(60.0, "median of 3 recent run(s)", None, 0, 49.0)})
+    assert store.outlooks([7])[7].remaining == 49.0
+    assert SCHEMA_VERSION == 7 and store.meta("schema_version") == "7"
+    store.close()
+
+
 def _drop_schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE final_metrics")
     conn.execute("DROP TABLE final_advice")

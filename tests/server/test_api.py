@@ -77,7 +77,7 @@ def test_results_and_status_print_what_the_head_prints(served: Served):
 
 def test_queue_nodes_usage_and_experiment_status_match_the_head(served: Served):
     # What the scheduler rewrites every pass (a node's last readings) or the clock moves.
-    moving = ("heartbeat_age", "now", "updated_at", "estimated_start", "allocated", "gpus")
+    moving = ("heartbeat_age", "now", "updated_at", "estimated_start", "allocated", "gpus", "expected_left")
     for args in (["queue", "--json"], ["nodes", "--json"], ["status", "curves", "--json"]):
         remote, local = served.labq(*args), served.head(*args)
         assert remote.returncode == local.returncode == 0, remote.stderr + local.stderr
