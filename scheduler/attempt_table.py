@@ -257,7 +257,12 @@ class AttemptTable:
             if result is not None and result.started_at:
                 own_slot = None if i == 0 else result.started_at
                 slot_from = result.ended_at or slot_from
-            out.append((run, replace(self._end_of(run, end, apply_stop=False), slot_from=own_slot)))
+            # A job ended on its own, unless early stopping stopped it: that stop
+            # reaches the job alone, through its run dir (its report() raises),
+            # not through the pack's task, so it is the job's end (pruned, or
+            # paused to wait for promotion), not a failure of its own.
+            early = run.stop is not None and run.stop.state in EARLY_STOPS
+            out.append((run, replace(self._end_of(run, end, apply_stop=early), slot_from=own_slot)))
         return out
 
     @staticmethod

@@ -188,6 +188,27 @@ def test_a_pack_killed_mid_way_keeps_what_finished_charges_the_job_running_and_r
     store.close()
 
 
+@pytest.mark.parametrize("stop", [AttemptState.PAUSED, AttemptState.PRUNED])
+def test_a_packed_job_early_stopping_paused_or_pruned_ends_so_not_failed(tmp_path, stop):
+    """Early stopping stops one job of a pack through its run dir (its report()
+    raises StopTrial, which its worker records as a failure); the pack runs on.
+    That job ends paused (waiting for promotion, uncharged) or pruned, the rest
+    as they ended."""
+    store, backend, sched, ref, members = _packed(tmp_path, 7, extra="    retries: 0\n")
+    first, stopped, *rest = members
+    sched._ask_stop(stopped, stop, NOW + 3.5, detail=f"{stop.value}: rung 1 of 2")
+    assert not backend.cancels, "an early stop must not stop the pack's task"
+    raised = {**_result(NOW + 3.6), "outcome": "failed", "error": "StopTrial: labq paused this job"}
+    backend.end(ref, AttemptState.SUCCEEDED,
+                [_result(NOW + 3.5), raised] + [_result(NOW + 3.7 + 0.01 * i) for i in range(len(rest))])
+    sched.tick(NOW + 4)
+    assert store.job(stopped.job.id).state is JobState(stop.value)
+    (attempt,) = store.attempts(stopped.job.id)
+    assert attempt.state is stop and attempt.error == f"{stop.value}: rung 1 of 2"
+    assert all(store.job(r.job.id).state is JobState.SUCCEEDED for r in [first, *rest])
+    store.close()
+
+
 def test_cancelling_one_packed_job_stops_its_pack_and_requeues_the_others(tmp_path):
     store, backend, sched, ref, members = _packed(tmp_path, 7)
     running, target, *rest = members
