@@ -69,7 +69,7 @@ def queue_table(jobs: list[Job], now: float, total_active: int, unplaced_reason:
     """``unplaced_reason`` explains pending jobs no scheduler has looked at yet
     (none running, or Ray still starting); ``starts`` are pending jobs' estimated
     starts (scheduler.estimate), shown as a delay from ``now``; ``outlook`` each
-    active job's predicted duration and tier (records.Outlook)."""
+    active job's predicted duration, tier and, running, time left (records.Outlook)."""
     title = (f"{total_active} active job{'s' if total_active != 1 else ''}" if title is None else title)
     table = Table(title=title, title_justify="left")
     for col in ("id", "experiment", "stage", "state", "queue", "prio", "cpu", "gpu", "node", "waited/ran", "starts",
@@ -188,7 +188,7 @@ def _attempts_line(job: Job, attempts: list[Any]) -> str:
 def status_view(job: Job, attempts: list[Any], events: list[Any], advice: list[str] = (),
                 start: float | None = None, now: float | None = None, outlook: Any = None) -> Group:
     """``start``: a pending job's estimated start (scheduler.estimate), if any;
-    ``outlook``: an active job's predicted duration and tier (records.Outlook)."""
+    ``outlook``: an active job's predicted duration, tier and, running, time left (records.Outlook)."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()

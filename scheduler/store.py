@@ -57,10 +57,12 @@ MIGRATIONS = {2: ["ALTER TABLE jobs ADD COLUMN gpu_memory INTEGER",
                   " tier INTEGER, tiers INTEGER NOT NULL)"],
               6: ["CREATE TABLE searches (experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, config TEXT NOT NULL,"
                   " PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID"],
-              # A running job's expected time left; and the 'paused' job and attempt
-              # states, which need no column but which a labq of schema 6 cannot
-              # read: it must refuse such a database ("written by a newer labq").
-              7: ["ALTER TABLE outlooks ADD COLUMN remaining REAL"]}
+              # A running job's expected time left, in a table of its own: a
+              # scheduler of schema 6 still running while a newer CLI migrates
+              # goes on writing its outlooks (a column would break its insert).
+              # The number also makes a labq older than the 'paused' state (which
+              # came under schema 6) refuse a database a schema-7 labq has opened.
+              7: ["CREATE TABLE outlook_remaining (job_id INTEGER PRIMARY KEY, remaining REAL NOT NULL)"]}
 APP_ID = "labq"
 LOCK_WAIT_SECONDS = 60.0
 # Pending jobs as Store.waiting loads them (no params, no targets).
@@ -156,7 +158,9 @@ CREATE TABLE IF NOT EXISTS searches (experiment_id INTEGER NOT NULL, stage TEXT 
     PRIMARY KEY (experiment_id, stage)) WITHOUT ROWID;
 -- What the scheduler predicts for each active job (records.Outlook), written with the estimates.
 CREATE TABLE IF NOT EXISTS outlooks (job_id INTEGER PRIMARY KEY, predicted REAL, basis TEXT NOT NULL,
-    tier INTEGER, tiers INTEGER NOT NULL, remaining REAL);
+    tier INTEGER, tiers INTEGER NOT NULL);
+-- A running job's expected time left (records.Outlook.remaining), written with its outlook.
+CREATE TABLE IF NOT EXISTS outlook_remaining (job_id INTEGER PRIMARY KEY, remaining REAL NOT NULL);
 -- What a stage's workers need beyond the job row (metrics_from, env), resolved at submit.
 CREATE TABLE IF NOT EXISTS stage_runtime (
     experiment_id INTEGER NOT NULL, stage TEXT NOT NULL, runtime TEXT NOT NULL,
@@ -1165,17 +1169,20 @@ class Store:
             cur.execute("DELETE FROM estimates")
             cur.executemany("INSERT INTO estimates (job_id, start) VALUES (?, ?)", list(starts.items()))
             cur.execute("DELETE FROM outlooks")
-            cur.executemany("INSERT INTO outlooks (job_id, predicted, basis, tier, tiers, remaining)"
-                            " VALUES (?, ?, ?, ?, ?, ?)",
-                            [(j, o.predicted, o.basis, o.tier, o.tiers, o.remaining)
-                             for j, o in (outlooks or {}).items()])
+            cur.execute("DELETE FROM outlook_remaining")
+            outlooks = outlooks or {}
+            cur.executemany("INSERT INTO outlooks VALUES (?, ?, ?, ?, ?)",
+                            [(j, o.predicted, o.basis, o.tier, o.tiers) for j, o in outlooks.items()])
+            cur.executemany("INSERT INTO outlook_remaining VALUES (?, ?)",
+                            [(j, o.remaining) for j, o in outlooks.items() if o.remaining is not None])
             cur.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('estimated_at', ?)", (repr(now),))
 
     def outlooks(self, job_ids: list[int]) -> dict[int, Outlook]:
         """The scheduler's last outlooks for those of ``job_ids`` it wrote one for."""
         return {r["job_id"]: Outlook(r["predicted"], r["basis"], r["tier"], r["tiers"], r["remaining"])
                 for r in self._rows_in(
-            "SELECT * FROM outlooks WHERE job_id IN ", job_ids)}
+            "SELECT o.*, r.remaining FROM outlooks o LEFT JOIN outlook_remaining r ON r.job_id = o.job_id"
+            " WHERE o.job_id IN ", job_ids)}
 
     def estimates(self, job_ids: list[int]) -> tuple[float | None, dict[int, float | None]]:
         """(when the scheduler last estimated, or None; {job id: estimated start}

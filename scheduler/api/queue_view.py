@@ -4,7 +4,7 @@ one job or one experiment in detail."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 from scheduler.errors import one_line
@@ -40,7 +40,7 @@ class EstimateSettings:
 class Starts:
     """{pending job id: estimated start (epoch seconds), or None}, and why there
     are none when working them out failed; with each active job's outlook
-    (predicted duration and tier) where the scheduler has one."""
+    (predicted duration, tier, a running job's time left) where the scheduler has one."""
 
     at: dict[int, float | None] = field(default_factory=dict)
     warning: str | None = None
@@ -58,7 +58,7 @@ def start_estimates(store: Store, now: float, job_ids: list[int], settings: Esti
     at, starts = store.estimates(job_ids)
     if at is not None and now - at < ESTIMATES_FRESH_SECONDS:
         return Starts({job_id: None if start is None else round(start, 1) for job_id, start in starts.items()},
-                      outlook=store.outlooks(wanted))
+                      outlook=_aged(store.outlooks(wanted), now - at))
     if not job_ids:
         return Starts()
     from scheduler import estimate
@@ -70,6 +70,12 @@ def start_estimates(store: Store, now: float, job_ids: list[int], settings: Esti
         return Starts(warning=f"no start estimates: {one_line(str(exc)) or type(exc).__name__}")
     return Starts({job_id: None if at is None else round(at, 1) for job_id, at in starts.items()},
                   outlook={j: o for j, o in outlooks.items() if j in set(wanted)})
+
+
+def _aged(outlooks: dict[int, Outlook], seconds: float) -> dict[int, Outlook]:
+    """Outlooks written ``seconds`` ago, as of now: a running job has that much less left."""
+    return {j: o if o.remaining is None else replace(o, remaining=max(0.0, o.remaining - max(0.0, seconds)))
+            for j, o in outlooks.items()}
 
 
 _OUTLOOK_FIELDS = {"predicted_duration": "predicted", "predicted_from": "basis", "tier": "tier", "tiers": "tiers",

@@ -801,9 +801,9 @@ def test_a_schema_1_database_is_migrated_in_place(tmp_path):
 
 
 def test_a_schema_6_database_keeps_its_outlooks_and_gains_the_time_left(tmp_path):
-    """Schema 7 adds a running job's expected time left to the outlooks; its
-    number also makes a labq of schema 6, which cannot read the 'paused' state,
-    refuse the database instead of failing on it."""
+    """Schema 7 adds a running job's expected time left beside the outlooks, in
+    a table of its own: a schema-6 scheduler still running goes on writing
+    outlooks the way it did."""
     from scheduler.records import Outlook
     from scheduler.store import SCHEMA_VERSION
 
@@ -812,12 +812,15 @@ def test_a_schema_6_database_keeps_its_outlooks_and_gains_the_time_left(tmp_path
     store.save_estimates({}, NOW, {7: Outlook(60.0, "median of 3 recent run(s)", None, 0, 59.0)})
     store.close()
     conn = sqlite3.connect(home / "labq.db")
-    conn.execute("ALTER TABLE outlooks DROP COLUMN remaining")
+    conn.execute("DROP TABLE outlook_remaining")
     conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
     store = Store(home)
     assert store.outlooks([7]) == {7: Outlook(60.0, "median of 3 recent run(s)", None, 0, None)}
+    # What a schema-6 scheduler writes (five columns) still goes in
+    store._conn.execute("INSERT INTO outlooks VALUES (8, 30.0, 'a schema-6 scheduler', NULL, 0)")
+    assert store.outlooks([8])[8].remaining is None
     store.save_estimates({}, NOW + 10, {7: Outlook(60.0, "median of 3 recent run(s)", None, 0, 49.0)})
     assert store.outlooks([7])[7].remaining == 49.0
     assert SCHEMA_VERSION == 7 and store.meta("schema_version") == "7"
@@ -833,6 +836,7 @@ def _drop_schema_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE results DROP COLUMN outputs")
     conn.execute("DROP TABLE outlooks")  # and what schema 5 added
     conn.execute("DROP TABLE searches")  # and 6
+    conn.execute("DROP TABLE outlook_remaining")  # and 7
 
 
 def test_a_schema_2_database_gets_its_results_ranked_and_advised_on_migration(tmp_path):
