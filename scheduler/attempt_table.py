@@ -186,8 +186,9 @@ class AttemptTable:
 
     def _end_of(self, run: Running, end: TaskEnd, apply_stop: bool) -> AttemptEnd:
         """One attempt's end.  ``apply_stop``: a stop this scheduler asked for
-        (cancel, timeout, preemption) explains an end that was not a success (not
-        so for a packed job that ended on its own).  A task that ended in a Ray
+        (cancel, timeout, preemption, early stop) explains an end that was not a
+        success (not so for a packed job that ended on its own, unless early
+        stopping stopped it: :meth:`_stopped_early`).  A task that ended in a Ray
         error may have left its result (written before the worker died) or the
         memory watchdog's note on its node.  A task that did not end well may
         have left its command's process tree (a shell does not pass PDEATHSIG
@@ -218,11 +219,12 @@ class AttemptTable:
 
     def _pack_ends(self, runs: list[Running], ends: list[TaskEnd], now: float) -> list[tuple[Running, AttemptEnd]]:
         """Each job of an ended pack.  A pack that returned has each job's own
-        result.  One that ended in a Ray error (its worker killed, a stop asked
+        result (an early-stopped job ends paused or pruned by it).  One that ended in a Ray error (its worker killed, a stop asked
         for, its node lost) is sorted out from what each job left on the node,
         in order:
 
-        * a saved result: the job finished on its own, and that is its end;
+        * a saved result: the job finished on its own, and that is its end
+          (paused or pruned if early stopping stopped it: :meth:`_stopped_early`);
         * a run dir without one: the job that was running.  If this scheduler
           stopped the pack for another job of it, it was interrupted: requeued,
           not charged.  Otherwise it meets the error as a lone job would;
@@ -257,13 +259,22 @@ class AttemptTable:
             if result is not None and result.started_at:
                 own_slot = None if i == 0 else result.started_at
                 slot_from = result.ended_at or slot_from
-            # A job ended on its own, unless early stopping stopped it: that stop
-            # reaches the job alone, through its run dir (its report() raises),
-            # not through the pack's task, so it is the job's end (pruned, or
-            # paused to wait for promotion), not a failure of its own.
-            early = run.stop is not None and run.stop.state in EARLY_STOPS
-            out.append((run, replace(self._end_of(run, end, apply_stop=early), slot_from=own_slot)))
+            out.append((run, replace(self._end_of(run, end, apply_stop=self._stopped_early(run, result)),
+                                     slot_from=own_slot)))
         return out
+
+    @staticmethod
+    def _stopped_early(run: Running, result: WorkerResult | None) -> bool:
+        """Whether a packed job that returned ended on early stopping's verdict:
+        that stop reaches the job alone, through its run dir (its report()
+        raises), not through the pack's task, so it is the job's end (pruned, or
+        paused for promotion), not a failure of its own; unless the job had
+        already ended before the stop was asked (its pack ran on, and the
+        scheduler learns of its end only when the pack returns)."""
+        stop = run.stop
+        if stop is None or stop.state not in EARLY_STOPS:
+            return False
+        return result is None or not result.ended_at or result.ended_at >= stop.asked_at
 
     @staticmethod
     def _interrupted(run: Running, trace: AttemptTrace, stopped: bool, slot_from: float | None, now: float,

@@ -235,6 +235,8 @@ class Scheduler:
             elif run.stop.cancelled_at is None:
                 wait = PAUSE_STOP_WAIT if run.stop.state is AttemptState.PAUSED else EARLY_STOP_WAIT
                 if now - run.stop.asked_at >= wait:  # it did not stop at a report(): ask Ray
+                    if run.pack and self.backend.trace(run.attempt.node_id, run.attempt.run_dir).saved is not None:
+                        continue  # it did, inside its pack, which runs on with the others
                     self.attempts.cancel_task(run, now)
             elif not run.stop.forced and now - run.stop.cancelled_at >= grace:
                 self.attempts.force_stop(run)

@@ -197,15 +197,32 @@ def test_a_packed_job_early_stopping_paused_or_pruned_ends_so_not_failed(tmp_pat
     store, backend, sched, ref, members = _packed(tmp_path, 7, extra="    retries: 0\n")
     first, stopped, *rest = members
     sched._ask_stop(stopped, stop, NOW + 3.5, detail=f"{stop.value}: rung 1 of 2")
-    assert not backend.cancels, "an early stop must not stop the pack's task"
     raised = {**_result(NOW + 3.6), "outcome": "failed", "error": "StopTrial: labq paused this job"}
+    _started(stopped, raised)  # it stopped at a report(): its result is in its run dir
+    sched.tick(NOW + 3.5 + 11)  # past the wait for a job that does not stop by itself
+    assert not backend.cancels, "an early stop of a job that stopped must not stop its pack"
     backend.end(ref, AttemptState.SUCCEEDED,
                 [_result(NOW + 3.5), raised] + [_result(NOW + 3.7 + 0.01 * i) for i in range(len(rest))])
-    sched.tick(NOW + 4)
+    sched.tick(NOW + 15)
     assert store.job(stopped.job.id).state is JobState(stop.value)
     (attempt,) = store.attempts(stopped.job.id)
     assert attempt.state is stop and attempt.error == f"{stop.value}: rung 1 of 2"
     assert all(store.job(r.job.id).state is JobState.SUCCEEDED for r in [first, *rest])
+    store.close()
+
+
+def test_a_packed_job_that_failed_before_early_stopping_judged_it_stays_failed(tmp_path):
+    """The scheduler learns of a packed job's end when its pack returns: a stop
+    asked after the job had already failed does not rename its failure."""
+    store, backend, sched, ref, members = _packed(tmp_path, 7, extra="    retries: 0\n")
+    first, failed, *rest = members
+    sched._ask_stop(failed, AttemptState.PRUNED, NOW + 3.5, detail="pruned: rung 1 of 2")
+    boom = {**_result(NOW + 3.1), "outcome": "failed", "error": "ValueError: boom"}
+    backend.end(ref, AttemptState.SUCCEEDED,
+                [_result(NOW + 3.0), boom] + [_result(NOW + 3.7 + 0.01 * i) for i in range(len(rest))])
+    sched.tick(NOW + 4)
+    assert store.job(failed.job.id).state is JobState.FAILED
+    assert store.attempts(failed.job.id)[0].error == "ValueError: boom"
     store.close()
 
 
