@@ -68,6 +68,15 @@ class RayHarness:
                 time.sleep(0.05)
             assert started.exists(), "the command never started"
             self.backend.cancel(handle, force=False)
+            # Ray's polite cancel is best effort: now and then its
+            # KeyboardInterrupt never reaches the task (ray-project/ray#32954;
+            # here `sleep 60` once ran to its end and succeeded).  The loop
+            # kills the task after its grace period then (force_stop); so here.
+            deadline = time.monotonic() + 15
+            while not self.backend.ready([handle], timeout=1.0):
+                if time.monotonic() > deadline:
+                    self.backend.cancel(handle, force=True)
+                    break
         deadline = time.monotonic() + 60
         while not self.backend.ready([handle], timeout=1.0):
             assert time.monotonic() < deadline, "the task never ended"
