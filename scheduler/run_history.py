@@ -58,8 +58,7 @@ def outlooks(book: policy.DurationBook, pending: Iterable[policy.Demand],
         config = configs.get(job.queue)
         tier = (policy.tier_of(policy.running_service(job, now), config) if config is not None and config.tiers
                 else None)
-        left = book.remaining(d.user, d.shape(), d.group, policy.running_elapsed(job, now), d.time_limit)
-        out[job.job_id] = _outlook(book, d, tier, config, left)
+        out[job.job_id] = _outlook(book, d, tier, config, book.left_of(job, now))
     return out
 
 

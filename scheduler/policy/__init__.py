@@ -66,7 +66,7 @@ from scheduler.policy.records import (AHEAD_COUNTED, DEFAULT_HALF_LIFE, DEFAULT_
                                       Decision, Demand, GiB, Node, Placement, QueueConfig, RunningJob, demand_of,
                                       node_of, order)
 from scheduler.policy.room import ClusterRoom, fits_now, never_fits
-from scheduler.policy.tiers import pending_tier, running_elapsed, running_service, tier_of
+from scheduler.policy.tiers import pending_tier, running_service, tier_of
 from scheduler.policy.usage import Capacity, Usage, UsageBook
 from scheduler.policy.walk import decide
 
@@ -74,5 +74,5 @@ __all__ = [
     "AHEAD_COUNTED", "DEFAULT_HALF_LIFE", "DEFAULT_POLICY", "DEFAULT_STRETCH", "DurationBook", "GRAIN", "MixBook", "ShapeMix", "mix_of", "POLICIES", "RESOURCES", "Capacity",
     "CapacityBook", "ClusterRoom", "Decision", "Demand", "GiB", "Node", "PendingIndex", "Placement", "QueueConfig", "RunningIndex",
     "RunningJob", "Usage", "UsageBook", "decide", "demand_of", "empty_copy", "fits_now", "never_fits", "node_of",
-    "order", "pending_tier", "running_elapsed", "running_service", "tier_of",
+    "order", "pending_tier", "running_service", "tier_of",
 ]

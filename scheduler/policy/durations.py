@@ -43,8 +43,8 @@ import bisect
 from collections import deque
 from typing import Iterable
 
-from scheduler.policy.records import Demand
-from scheduler.policy.tiers import pending_elapsed
+from scheduler.policy.records import Demand, RunningJob
+from scheduler.policy.tiers import pending_elapsed, running_elapsed
 
 RECENT = 50  # runs per key the median is taken over
 MIN_RUNS = 3  # runs a specific key needs before it answers (else a broader key does)
@@ -155,6 +155,11 @@ class DurationBook:
             return None if time_limit is None else max(0.0, time_limit - elapsed)
         left = found[2].residual(elapsed)
         return min(left, max(0.0, time_limit - elapsed)) if time_limit else left
+
+    def left_of(self, job: RunningJob, now: float) -> float | None:
+        """Seconds running ``job`` is expected to go on at ``now`` (what
+        ``preempt_longer`` compares, and `labq queue` shows)."""
+        return self.remaining(job.user, job.shape, job.group, running_elapsed(job, now), job.time_limit)
 
     def predict(self, d: Demand) -> float | None:
         """Seconds ``d`` is expected to run; None when nothing has run yet."""

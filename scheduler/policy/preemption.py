@@ -16,7 +16,7 @@ from scheduler.policy.records import Decision, Demand, RunningJob
 from scheduler.policy.room import ClusterRoom, Need, NodeRoom
 from scheduler.policy.shares import Shares
 from scheduler.policy.text import secs, vector_text
-from scheduler.policy.tiers import pending_elapsed, running_elapsed, running_service, tier_of
+from scheduler.policy.tiers import pending_elapsed, running_service, tier_of
 from scheduler.policy.usage import held_vector
 
 # preempt_longer's factor is multiplied by this for each time a job was preempted.
@@ -98,8 +98,7 @@ class Preemption:
         longer: dict[int, float] = {}  # job id -> its expected remaining seconds
         for job in self.running:
             if job.queue == d.queue and job.checkpoints and job.preemptions < config.max_preemptions:
-                left = durations.remaining(job.user, job.shape, job.group, running_elapsed(job, self.now),
-                                           job.time_limit)
+                left = durations.left_of(job, self.now)
                 # The bar doubles with each preemption a job has had: a long job
                 # yields to far shorter ones, but is not churned.
                 if left is not None and left > config.preempt_longer * HURDLE_GROWTH ** job.preemptions * mine:
