@@ -219,9 +219,9 @@ class AttemptTable:
 
     def _pack_ends(self, runs: list[Running], ends: list[TaskEnd], now: float) -> list[tuple[Running, AttemptEnd]]:
         """Each job of an ended pack.  A pack that returned has each job's own
-        result (an early-stopped job ends paused or pruned by it).  One that ended in a Ray error (its worker killed, a stop asked
-        for, its node lost) is sorted out from what each job left on the node,
-        in order:
+        result (an early-stopped job ends paused or pruned by it).  One that
+        ended in a Ray error (its worker killed, a stop asked for, its node
+        lost) is sorted out from what each job left on the node, in order:
 
         * a saved result: the job finished on its own, and that is its end
           (paused or pruned if early stopping stopped it: :meth:`_stopped_early`);

@@ -227,7 +227,7 @@ class Scheduler:
         for run in self.attempts:
             if run.stop is None:
                 if run.job.id in cancelled:
-                    if run.pack and self.backend.trace(run.attempt.node_id, run.attempt.run_dir).saved is not None:
+                    if self._ended_in_its_pack(run):
                         continue  # it already finished inside its running pack: nothing to stop
                     self._ask_stop(run, AttemptState.CANCELLED, now)
                 elif run.job.timeout and now - (run.attempt.dispatched_at or now) > run.job.timeout:
@@ -235,11 +235,15 @@ class Scheduler:
             elif run.stop.cancelled_at is None:
                 wait = PAUSE_STOP_WAIT if run.stop.state is AttemptState.PAUSED else EARLY_STOP_WAIT
                 if now - run.stop.asked_at >= wait:  # it did not stop at a report(): ask Ray
-                    if run.pack and self.backend.trace(run.attempt.node_id, run.attempt.run_dir).saved is not None:
+                    if self._ended_in_its_pack(run):
                         continue  # it did, inside its pack, which runs on with the others
                     self.attempts.cancel_task(run, now)
             elif not run.stop.forced and now - run.stop.cancelled_at >= grace:
                 self.attempts.force_stop(run)
+
+    def _ended_in_its_pack(self, run: Running) -> bool:
+        """Whether a packed job has ended (saved its result) while its pack runs on."""
+        return bool(run.pack) and self.backend.trace(run.attempt.node_id, run.attempt.run_dir).saved is not None
 
     def _ask_stop(self, run: Running, state: AttemptState, now: float, detail: str | None = None) -> None:
         log.info("stopping attempt %s of job %s: %s", run.attempt.number, run.job.id, detail or state.value)
@@ -526,8 +530,8 @@ class Scheduler:
     def _estimate(self, now: float) -> None:
         """Write the estimated start of the pending jobs (scheduler.estimate) from
         what this loop holds: its pending view, what runs where, its nodes and
-        its decayed usage, and each active job's outlook (predicted duration and
-        tier).  Only durations come from the store.  An estimate is a nicety: a
+        its decayed usage, and each active job's outlook (predicted duration,
+        tier, a running job's time left).  Only durations come from the store.  An estimate is a nicety: a
         failure is logged, never fatal to the loop."""
         try:
             book = self._duration_book(now)

@@ -96,7 +96,8 @@ def _with_starts(jobs: list[Job], starts: Starts) -> list[dict[str, Any]]:
 def _jobs_and_starts(rows: list[dict[str, Any]], warning: str | None) -> tuple[list[Job], Starts]:
     """The inverse of :func:`_with_starts`."""
     jobs = [Job.from_json(r) for r in rows]
-    outlook = {r["id"]: Outlook(**{f: r[key] for key, f in _OUTLOOK_FIELDS.items() if key in r})  # a server of before expected_left
+    # A server older than expected_left sends the rest without it.
+    outlook = {r["id"]: Outlook(**{f: r[key] for key, f in _OUTLOOK_FIELDS.items() if key in r})
                for r in rows if "predicted_from" in r}
     return jobs, Starts({r["id"]: r.get("estimated_start") for r in rows if r["state"] == "pending"}, warning,
                         outlook)
