@@ -63,32 +63,48 @@ def cluster():
     return [simulator.node(f"node-{i}", 64, GPUS_PER_NODE, 512 * 2**30) for i in range(NODES)]
 
 
+def _trace(jobs_count: int, seed: int) -> list:
+    from scheduler import traces
+
+    return traces.generate(jobs_count, seed=seed, gpus=NODES * GPUS_PER_NODE, load=1.2)
+
+
+def _labq_before(trace: list, nodes: list):
+    """labq as it was before issue 18: submission order within a user, best-fit placement."""
+    from scheduler import simulator
+
+    return simulator.simulate(trace, nodes, "labq", stretch=None, fragmentation=False)
+
+
+def _light_user(result) -> str:
+    """The user with the least GPU work in the trace."""
+    return min(result.per_user, key=lambda u: result.per_user[u]["gpu_seconds"])
+
+
 def compare_policies(jobs_count: int, seed: int = 0) -> tuple[list, dict, str]:
     """The four policies, then labq as it was before issue 18 (submission order
     within a user, best-fit placement), labelled "labq (before)"."""
     import dataclasses
 
-    from scheduler import simulator, traces
+    from scheduler import simulator
 
-    trace = traces.generate(jobs_count, seed=seed, gpus=NODES * GPUS_PER_NODE, load=1.2)
+    trace = _trace(jobs_count, seed)
     nodes = cluster()
     results = simulator.compare(trace, nodes)
-    before = simulator.simulate(trace, nodes, "labq", stretch=None, fragmentation=False)
-    results.append(dataclasses.replace(before, policy="labq (before)"))
+    results.append(dataclasses.replace(_labq_before(trace, nodes), policy="labq (before)"))
     bound = simulator.lower_bound(trace, nodes)
-    light = min(results[0].per_user, key=lambda u: results[0].per_user[u]["gpu_seconds"])
-    return results, bound, light
+    return results, bound, _light_user(results[0])
 
 
 def before_and_now(jobs_count: int, seed: int) -> list[list]:
     """[seed, policy, avg wait, light user's avg wait] for labq before issue 18
     and now, on the trace of ``seed``."""
-    from scheduler import simulator, traces
+    from scheduler import simulator
 
-    trace = traces.generate(jobs_count, seed=seed, gpus=NODES * GPUS_PER_NODE, load=1.2)
-    before = simulator.simulate(trace, cluster(), "labq", stretch=None, fragmentation=False)
+    trace = _trace(jobs_count, seed)
+    before = _labq_before(trace, cluster())
     now = simulator.simulate(trace, cluster(), "labq")
-    light = min(before.per_user, key=lambda u: before.per_user[u]["gpu_seconds"])
+    light = _light_user(before)
     return [[seed, name, r.avg_wait, r.per_user[light]["avg_wait"]] for name, r in (("labq (before)", before),
                                                                                     ("labq", now))]
 
