@@ -45,8 +45,9 @@ Two labq policies:
   (scheduler.policy.fragmentation): each pod goes where it adds the least
   fragmentation for the mix of shapes expected, a decayed count of the shapes
   that have arrived so far (``MixBook(simulator.MIX_HALF_LIFE)``, as
-  scheduler.simulator passes it) plus the pending queue, the change compared
-  in FGD's score buckets; within a bucket the fullest GPU, the fewest whole
+  scheduler.simulator passes it), the pending pod counted once more, with
+  GPUs a node's free CPU and memory cannot feed counted as fragmented (beyond
+  FGD), the change compared in FGD's score buckets; within a bucket the fullest GPU, the fewest whole
   GPUs left for a whole-GPU pod, a CPU-only pod off nodes with free GPUs, then
   a fixed node order (a hash of the node id; scheduler.policy.room).  The
   artifact's FGD takes its mix from the whole trace's shape popularity up

@@ -25,8 +25,8 @@ def duration_book(store: Any, stretch: float = policy.DEFAULT_STRETCH,
 
 def shape_mix(store: Any, now: float, pending: policy.PendingIndex) -> policy.ShapeMix:
     """The job shapes placement keeps the cluster unfragmented for: the shapes
-    submitted over the last week, halving in weight every MIX_HALF_LIFE, and the
-    pending queue's (policy.fragmentation)."""
+    submitted over the last week, halving in weight every MIX_HALF_LIFE, each
+    pending job counted once more (policy.fragmentation)."""
     counts: dict[tuple, float] = {}
     for cpu, gpu, memory, gpu_memory, custom, hour, n in store.submitted_shapes(now - 7 * MIX_HALF_LIFE):
         shape = policy.Demand(0, cpu=cpu, gpu=gpu, memory=memory, gpu_memory=gpu_memory, custom=custom).shape()

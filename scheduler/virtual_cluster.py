@@ -145,7 +145,7 @@ class VirtualCluster:
                                      running=self.running, queues=self.queues,
                                      usage=self.book.snapshot(), now=t, policy=self.policy, explain=False,
                                      room=self.room, capacity=self.capacity, durations=self.durations,
-                                     mix=self._current_mix())
+                                     mix=self._current_mix(t))
             for job in decision.unschedulable:
                 self.pending.remove(job)
                 self.unschedulable.add(job)
@@ -158,13 +158,13 @@ class VirtualCluster:
             for job in decision.preempt:
                 self._preempt(job, t)
 
-    def _current_mix(self) -> policy.ShapeMix | None:
+    def _current_mix(self, t: float) -> policy.ShapeMix | None:
         """The mix, rebuilt once arrivals have grown by 2% (or 32) since it was:
         it moves slowly, and each rebuild re-scores every node state."""
         if self.mix_book is None:
             return None
         if self.mix is None or self._arrived - self._arrived_at_mix >= max(32, self._arrived // 50):
-            self.mix = self.mix_book.mix(self.pending.shape_counts().items())
+            self.mix = self.mix_book.mix(self.pending.shape_counts().items(), t)
             self._arrived_at_mix = self._arrived
         return self.mix
 

@@ -24,6 +24,7 @@ def mix(*demands_and_weights: tuple[Demand, float]) -> ShapeMix:
 
 HALF = Demand(0, cpu=1, gpu=0.5)
 WHOLE = Demand(0, cpu=1, gpu=1)
+HALF4 = Demand(0, cpu=4, gpu=0.5)
 
 
 def placed(decision) -> dict[int, str]:
@@ -116,9 +117,13 @@ def test_the_mix_decays_old_arrivals_and_adds_the_pending_queue():
     book.add(WHOLE.shape(), 1000.0)  # ten half-lives later, one whole-GPU job outweighs ten old halves
     weights = {t[2]: t[4] for t in book.mix().types}
     assert weights[10_000] > 0.9 and weights[5_000] < 0.1
-    # The pending queue counts as much as the history, whatever its size
-    both = {t[2]: t[4] for t in book.mix([(HALF.shape(), 1)]).types}
-    assert both[5_000] == pytest.approx(0.5, abs=0.05)
+    # Each pending job counts once more, as an arrival now: three pending halves
+    # against the one recent whole (and ten faded halves)
+    both = {t[2]: t[4] for t in book.mix([(HALF.shape(), 3)], now=1000.0).types}
+    assert both[5_000] == pytest.approx(0.75, abs=0.01)
+    # A pending job counts as an arrival now, not at the history's time: fifty
+    # half-lives on, one pending half outweighs the old whole
+    assert {t[2]: t[4] for t in book.mix([(HALF.shape(), 1)], now=6000.0).types}[5_000] > 0.99
     # CPU-only shapes use no GPU: nothing is fragmented for them; they leave the mix
     assert not mix_of({Demand(0, cpu=2).shape(): 5.0})
 
@@ -132,3 +137,28 @@ def test_fragmentation_counts_what_each_shape_cannot_use():
     assert m.fragment(0, 64 * GiB, (3_000, g)) == pytest.approx(13_000)
     # Only partial GPUs, the largest 0.6: halves use it, wholes cannot use any
     assert m.fragment(16 * g, 64 * GiB, (3_000, 6_000)) == pytest.approx(0.5 * 3_000 + 0.5 * 9_000)
+
+
+def test_gpus_the_cores_cannot_feed_are_fragmented():
+    # Half-GPU jobs with 4 cores each: two free GPUs hold four of them, 9 cores only two
+    m = mix((HALF4, 1.0))
+    g = 10_000
+    assert m.fragment(16 * g, 64 * GiB, (g, g)) == pytest.approx(0)
+    assert m.fragment(9 * g, 64 * GiB, (g, g)) == pytest.approx(g)  # two halves' worth usable, one GPU not
+    # Memory counts the same way: 8 GiB each, 12 GiB free holds one
+    big = mix((Demand(0, cpu=1, gpu=0.5, memory=8 * GiB), 1.0))
+    assert big.fragment(16 * g, 12 * GiB, (g, g)) == pytest.approx(1.5 * g)
+    # Whole GPUs: 2-GPU jobs with 4 cores each, 4 free GPUs, cores for one
+    pair = mix((Demand(0, cpu=4, gpu=2), 1.0))
+    assert pair.fragment(4 * g, 64 * GiB, (g, g, g, g)) == pytest.approx(2 * g)
+    assert pair.fragment(8 * g, 64 * GiB, (g, g, g, g)) == pytest.approx(0)
+
+
+def test_a_gpu_heavy_job_goes_where_the_cores_could_not_have_used_the_gpus_anyway():
+    # Both nodes fit it and one job more of the mix; on "a" (9 cores for two free
+    # GPUs) the mix could only ever use one GPU's worth, so the half GPU it takes
+    # there was fragmented: placing it on "a" removes fragmentation, on "d" none.
+    # Asking only whether one more fits (FGD), the two tie and the fixed order takes "d".
+    nodes = [node("d", cpu=16, gpus=[1.0, 1.0]), node("a", cpu=9, gpus=[1.0, 1.0])]
+    light = Demand(1, cpu=1, gpu=0.5)
+    assert placed(decide([light], nodes, mix=mix((HALF4, 1.0)))) == {1: "a"}
