@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from scheduler.policy import Demand, MixBook, Node, ShapeMix, decide, mix_of
+from scheduler.policy.fragmentation import CORE_LIMITED
 
 GiB = 2**30
 
@@ -140,15 +141,17 @@ def test_fragmentation_counts_what_each_shape_cannot_use():
 
 
 def test_gpus_the_cores_cannot_feed_are_fragmented():
-    # Half-GPU jobs with 4 cores each: two free GPUs hold four of them, 9 cores only two
+    # Half-GPU jobs with 4 cores each: two free GPUs hold four of them, 9 cores
+    # only two; the GPU those cores cannot feed counts half (CORE_LIMITED)
     m = mix((HALF4, 1.0))
     g = 10_000
+    assert CORE_LIMITED == 0.5
     assert m.fragment(16 * g, 64 * GiB, (g, g)) == pytest.approx(0)
-    assert m.fragment(9 * g, 64 * GiB, (g, g)) == pytest.approx(g)  # two halves' worth usable, one GPU not
-    # Memory counts the same way: 8 GiB each, 12 GiB free holds one
+    assert m.fragment(9 * g, 64 * GiB, (g, g)) == pytest.approx(0.5 * g)
+    # Memory counts the same way: 8 GiB each, 12 GiB free holds one (1.5 GPUs unfed)
     big = mix((Demand(0, cpu=1, gpu=0.5, memory=8 * GiB), 1.0))
-    assert big.fragment(16 * g, 12 * GiB, (g, g)) == pytest.approx(1.5 * g)
-    # Whole GPUs: 2-GPU jobs with 4 cores each, 4 free GPUs, cores for one
+    assert big.fragment(16 * g, 12 * GiB, (g, g)) == pytest.approx(0.75 * g)
+    # Whole GPUs count in full: 2-GPU jobs with 4 cores each, 4 free GPUs, cores for one
     pair = mix((Demand(0, cpu=4, gpu=2), 1.0))
     assert pair.fragment(4 * g, 64 * GiB, (g, g, g, g)) == pytest.approx(2 * g)
     assert pair.fragment(8 * g, 64 * GiB, (g, g, g, g)) == pytest.approx(0)
