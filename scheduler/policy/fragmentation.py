@@ -124,10 +124,12 @@ class MixBook:
         arrived ``now`` (default: at the last arrival), since it is what is
         placed next."""
         now = self._last if now is None else now
-        scale = 2.0 ** ((now - self._at) / self.half_life)
-        weights = dict(self._weights)
+        # The history decayed to now (scaled down, not the pending scaled up: a
+        # job pending for years must not overflow the factor).
+        factor = 0.5 ** ((now - self._at) / self.half_life)
+        weights = {s: w * factor for s, w in self._weights.items()}
         for shape, n in pending:
-            weights[shape] = weights.get(shape, 0.0) + n * scale
+            weights[shape] = weights.get(shape, 0.0) + n
         return ShapeMix(weights)
 
 
