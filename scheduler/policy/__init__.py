@@ -28,11 +28,12 @@ Queues under their guarantee are served before borrowing ones, and a queue with
 ``preempt`` that is under its guarantee may take back capacity from borrowers:
 the policy names the running jobs to preempt, the loop stops and requeues them.
 
-Backfill (EASY): the first job that cannot start for want of capacity gets a
+Backfill: the first job that cannot start for want of capacity gets a
 reservation: the node and time at which it can start, from the time limits of
-running jobs.  A later job starts only if it cannot delay that: it ends (by its
-time limit) before the reservation, or it fits in what the reserved job leaves
-on that node, or it goes elsewhere.  With no time limits known nothing can be
+running jobs; so does the first blocked job of another shape, up to
+``backfill.MAX_RESERVATIONS``.  A later job starts only if it cannot delay them:
+it ends (by its time limit) before a reservation, or it fits in what the
+reserved job leaves on that node, or it goes elsewhere.  With no time limits known nothing can be
 reserved, and any job that fits starts (capacity never idles on a guess).
 
 Placement is per node and per GPU: a 0.5-GPU job needs 0.5 free on *one* GPU.

@@ -1,6 +1,6 @@
 """One decision: walk the pending jobs in fair-share order and place what may
 start, with the parts that own each concern (``Shares`` for fair share and
-quotas, ``Backfill`` for the head's reservation, ``Preemption`` for reclaiming
+quotas, ``Backfill`` for the blocked jobs' reservations, ``Preemption`` for reclaiming
 a guarantee, ``ClusterRoom`` for where a job fits)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Mapping
 
-from scheduler.policy.backfill import Backfill
+from scheduler.policy.backfill import Backfill, Reservation
 from scheduler.policy.durations import DurationBook
 from scheduler.policy.fragmentation import ShapeMix
 from scheduler.policy.explain import JobClass, waiting_reasons
@@ -173,27 +173,28 @@ class Pass:
             cls.stuck(cursor, self.unfit[cls.shape])
             return self._stop_if_all_stuck()
         backfill = self.backfill
-        known_delay = backfill.reservation is not None and backfill.delays.get(cls.shape)
-        if known_delay and backfill.runs_past(d, backfill.reservation):
+        known_delay = backfill.reservations and backfill.known_delay(cls.shape, backfill.in_the_way(d))
+        if known_delay:
             cls.stuck(cursor, delay_text(known_delay, d))
             return WAITING
         found = self.cluster.find(need)
         if found is None:
             return self._blocked(d, cls, cursor, need, self.cluster.why_waiting(d, need))
-        reservation = backfill.reservation_for_backfill()
-        if reservation is None or not backfill.runs_past(d, reservation):
+        in_the_way = backfill.in_the_way(d)
+        if not in_the_way:
             self._place(d, need, *found)
             return PLACED
-        found = None if cls.shape in backfill.delays else self.cluster.find(need, backfill.check(need, reservation))
+        found = None if backfill.known_delay(cls.shape, in_the_way) else self.cluster.find(
+            need, backfill.check(need, in_the_way))
         if found is None:
-            cls.stuck(cursor, delay_text(backfill.delay_reason(cls.shape, reservation), d))
+            cls.stuck(cursor, delay_text(backfill.delay_reason(cls.shape, in_the_way), d))
             return WAITING
-        self._place(d, need, *found, on_reserved_after=reservation.at)
+        self._place(d, need, *found, in_the_way=in_the_way)
         return PLACED
 
     def _blocked(self, d: Demand, cls: JobClass, cursor: int, need: Need, why: str) -> int:
         """``d`` does not fit anywhere now: it waits; under fifo nothing behind it
-        may start; under labq the first such job gets a reservation, and a queue
+        may start; under labq the first such job of each shape gets a reservation, and a queue
         under its guarantee may reclaim capacity by preemption."""
         self.unfit[cls.shape] = why
         if self.policy == "fifo":
@@ -216,12 +217,12 @@ class Pass:
         return WAITING
 
     def _place(self, d: Demand, need: Need, w: NodeRoom, gpus: tuple[int, ...], share: int,
-               on_reserved_after: float | None = None) -> None:
+               in_the_way: tuple[Reservation, ...] = ()) -> None:
         gpu_share = share / GRAIN if need.gpu_memory else d.gpu
         job = RunningJob(d.job_id, d.user, d.queue, d.cpu, gpu_share, d.memory, w.id, gpus, self.now,
                          d.time_limit, d.priority, d.custom, checkpoints=d.checkpoints, shape=d.shape(),
                          group=d.group)
-        self.backfill.placed(job, w, need, gpus, share, on_reserved_after)
+        self.backfill.placed(job, w, need, gpus, share, in_the_way)
         self.cluster.take(w, need, gpus, share)
         why = self.cluster.last_why if self.explain and self.cluster.mix else ""
         self.decision.placements.append(Placement(d.job_id, w.id, gpus, gpu_share, why))

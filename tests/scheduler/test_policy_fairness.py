@@ -200,6 +200,23 @@ def test_backfill_elsewhere_is_always_allowed():
     assert [(p.job_id, p.node_id) for p in decision.placements] == [(2, "n2")]
 
 
+def test_blocked_jobs_of_different_shapes_each_get_a_reservation():
+    # n1: 3 of 4 GPUs held until t=100; n2: 2 of 4 held until t=200
+    a = RunningJob(98, user="x", cpu=3, gpu=3, node_id="n1", gpu_indices=(0, 1, 2), started_at=0.0, time_limit=100.0)
+    b = RunningJob(99, user="x", cpu=2, gpu=2, node_id="n2", gpu_indices=(0, 1), started_at=0.0, time_limit=200.0)
+    nodes = [busy(node("n1", gpus=[1.0] * 4), a), busy(node("n2", gpus=[1.0] * 4), b)]
+    demands = [Demand(1, cpu=4, gpu=4, seq=0), Demand(2, cpu=2, gpu=4, seq=1),  # two 4-GPU shapes, blocked
+               Demand(3, cpu=1, gpu=1, seq=2, time_limit=500), Demand(4, cpu=1, gpu=1, seq=3, time_limit=50)]
+    decision = decide(demands, nodes, running=[a, b], now=10.0)
+    # Job 1 has n1 at t=100; job 2, which n1 cannot hold then too, has n2 at t=200.  Job 3 would
+    # delay one or the other wherever it went; with the first reservation only, it took n2's GPU
+    # and job 2 waited on past t=200.  Job 4 ends at t=60, before either.
+    assert placed(decision) == [4]
+    assert decision.waiting[3].startswith("would delay job 1, which has node n1 reserved in 90s "
+                                          "(1 more reservation(s) in the way)")
+    assert policy.backfill.MAX_RESERVATIONS > 1
+
+
 def test_without_time_limits_nothing_is_reserved_and_capacity_is_used():
     holder = RunningJob(99, cpu=3, gpu=3, node_id="n1", gpu_indices=(0, 1, 2))  # no time limit
     nodes = [busy(node(gpus=[1.0] * 4), holder)]
