@@ -106,11 +106,9 @@ class Backfill:
         key = (shape, tuple(r.job_id for r in in_the_way))
         why = self.delays.get(key)
         if why is None:
-            first = min(in_the_way, key=lambda r: r.at)
-            why = self.delays[key] = (
-                f"would delay job {first.job_id}, which has node {first.node_id} reserved in "
-                f"{secs(first.at - self.now)}"
-                + (f" ({len(in_the_way) - 1} more reservation(s) in the way)" if len(in_the_way) > 1 else ""))
+            why = self.delays[key] = "would delay " + ", and ".join(
+                f"job {r.job_id}, which has node {r.node_id} reserved in {secs(r.at - self.now)}"
+                for r in sorted(in_the_way, key=lambda r: r.at))
         return why
 
     @staticmethod

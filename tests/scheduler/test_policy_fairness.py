@@ -212,8 +212,8 @@ def test_blocked_jobs_of_different_shapes_each_get_a_reservation():
     # delay one or the other wherever it went; with the first reservation only, it took n2's GPU
     # and job 2 waited on past t=200.  Job 4 ends at t=60, before either.
     assert placed(decision) == [4]
-    assert decision.waiting[3].startswith("would delay job 1, which has node n1 reserved in 90s "
-                                          "(1 more reservation(s) in the way)")
+    assert decision.waiting[3].startswith("would delay job 1, which has node n1 reserved in 90s, and job 2, "
+                                          "which has node n2 reserved in 3m (its time limit")
     assert policy.backfill.MAX_RESERVATIONS > 1
 
 
