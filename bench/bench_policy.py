@@ -72,10 +72,17 @@ def _trace(jobs_count: int, seed: int) -> list:
 
 
 def _labq_before(trace: list, nodes: list):
-    """labq as it was before issue 18: submission order within a user, best-fit placement."""
+    """labq as it was before issue 18: submission order within a user, best-fit
+    placement, and a reservation for the first blocked job only (EASY backfill)."""
     from scheduler import simulator
+    from scheduler.policy import backfill
 
-    return simulator.simulate(trace, nodes, "labq", stretch=None, fragmentation=False)
+    reservations = backfill.MAX_RESERVATIONS
+    backfill.MAX_RESERVATIONS = 1  # read by each decision's Backfill
+    try:
+        return simulator.simulate(trace, nodes, "labq", stretch=None, fragmentation=False)
+    finally:
+        backfill.MAX_RESERVATIONS = reservations
 
 
 def _light_user(result) -> str:
@@ -85,7 +92,7 @@ def _light_user(result) -> str:
 
 def compare_policies(jobs_count: int, seed: int = 0) -> tuple[list, dict, str]:
     """The four policies, then labq as it was before issue 18 (submission order
-    within a user, best-fit placement), labelled "labq (before)"."""
+    within a user, best-fit placement, one reservation), labelled "labq (before)"."""
     import dataclasses
 
     from scheduler import simulator
