@@ -23,13 +23,14 @@ from scheduler.policy.text import secs
 
 # How many blocked jobs get a reservation in one decision: the first blocked job
 # of each shape, in fair-share order, up to this many.  EASY backfill reserves
-# for one; SLURM's backfill plans for many.  With one, the jobs behind it kept
-# taking the room that freed around the reservation, and a user with a backlog
-# of whole-GPU jobs waited for GPUs that never drained.  The light user's mean
-# wait on bench_policy's traces, seeds 0-11 / 12-23 (labq before issue 18:
-# 444 / 503 s): 1 reservation 469 / 500, 2: 439 / 462, 4: 460 / 447, 8: 460 /
-# 450; the avg wait of all jobs moves by under 2%.  Past 2 the difference is
-# the noise of one user's luck.
+# for one; SLURM's backfill plans for many, so that a second blocked job is not
+# pushed back by everything started around the first.  Measured, the light
+# user's mean wait on bench_policy's traces, seeds 0-11 / 12-23 (labq before
+# issue 18, one reservation: 444 / 532 s): 1 reservation 469 / 500, 2: 439 /
+# 462, 4: 460 / 447, 8: 460 / 450; the avg wait of all jobs moves by under 2%.
+# Past 2 the differences are within the noise of one user's luck, and under the
+# policy before (best fit, submission order) 2 gave 476 / about 516: this wait
+# answers to any small change of policy, so the figures, not a mechanism, chose 2.
 MAX_RESERVATIONS = 2
 
 
