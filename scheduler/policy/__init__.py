@@ -10,7 +10,8 @@ Policies (``policy=``):
   not fit is skipped, so smaller jobs behind it use the capacity.
 * ``fair``: weighted fair share (below), otherwise as ``priority``.
 * ``labq`` (the default, used live): fair share, queue quotas with borrowing,
-  EASY backfill and preemption of borrowers.
+  backfill with reservations for the first blocked jobs, and preemption of
+  borrowers.
 
 Fair share is dominant-resource fairness (DRF) over two levels, queues by weight,
 then users within a queue, then priority and age within a user.  A user's *load*
