@@ -152,7 +152,7 @@ def test_a_script_that_knows_nothing_of_labq_is_pruned_from_the_metrics_in_its_o
         "import math, sys, time\n"
         "q = float(sys.argv[1])\n"
         "for step in range(12):\n"
-        "    time.sleep(0.3)\n"
+        "    time.sleep(0.3 if step < 9 else 1.0)\n"  # past the last rung (8), time for the stop to land under load
         "    print(f'step {step} acc={q * (1 - math.exp(-(step + 1) / 4)):.4f}', flush=True)\n")
     sub = submit_spec(spec, settings)
     jobs = drive(sched, store, sub.experiment_id, timeout=120)
