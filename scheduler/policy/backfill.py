@@ -100,14 +100,13 @@ class Backfill:
 
     def known_delay(self, shape: tuple, in_the_way: tuple[Reservation, ...]) -> str | None:
         """Why jobs of ``shape`` wait, if already found: each spot they fit would delay a reservation."""
-        return self.delays.get((shape, tuple(r.job_id for r in in_the_way)))
+        return self.delays.get(_delay_key(shape, in_the_way))
 
     def delay_reason(self, shape: tuple, in_the_way: tuple[Reservation, ...]) -> str:
         """Why jobs of ``shape`` wait: each spot they fit would delay a reservation."""
-        key = (shape, tuple(r.job_id for r in in_the_way))
-        why = self.delays.get(key)
+        why = self.known_delay(shape, in_the_way)
         if why is None:
-            why = self.delays[key] = "would delay " + ", and ".join(
+            why = self.delays[_delay_key(shape, in_the_way)] = "would delay " + ", and ".join(
                 f"job {r.job_id}, which has node {r.node_id} reserved in {secs(r.at - self.now)}"
                 for r in sorted(in_the_way, key=lambda r: r.at))
         return why
@@ -162,6 +161,10 @@ class Backfill:
             at, node_id, then, (gpus, share) = best
             then.take(need, gpus, share)
             self.reservations.append(Reservation(d.job_id, node_id, max(at, self.now), then, predicted, need))
+
+
+def _delay_key(shape: tuple, in_the_way: tuple[Reservation, ...]) -> tuple:
+    return shape, tuple(r.job_id for r in in_the_way)
 
 
 def _after(room: NodeRoom, needs: list[Need]) -> NodeRoom | None:

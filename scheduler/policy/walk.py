@@ -173,19 +173,22 @@ class Pass:
             cls.stuck(cursor, self.unfit[cls.shape])
             return self._stop_if_all_stuck()
         backfill = self.backfill
-        known_delay = backfill.reservations and backfill.known_delay(cls.shape, backfill.in_the_way(d))
+        # The reservations already made; none yet: worked out below, once a job behind a blocked one fits.
+        in_the_way = backfill.in_the_way(d) if backfill.reservations else ()
+        known_delay = in_the_way and backfill.known_delay(cls.shape, in_the_way)
         if known_delay:
             cls.stuck(cursor, delay_text(known_delay, d))
             return WAITING
         found = self.cluster.find(need)
         if found is None:
             return self._blocked(d, cls, cursor, need, self.cluster.why_waiting(d, need))
-        in_the_way = backfill.in_the_way(d)
+        if not backfill.reservations:
+            in_the_way = backfill.in_the_way(d)
         if not in_the_way:
             self._place(d, need, *found)
             return PLACED
-        found = None if backfill.known_delay(cls.shape, in_the_way) else self.cluster.find(
-            need, backfill.check(need, in_the_way))
+        # (A delay known for these reservations was caught above: this search is new.)
+        found = self.cluster.find(need, backfill.check(need, in_the_way))
         if found is None:
             cls.stuck(cursor, delay_text(backfill.delay_reason(cls.shape, in_the_way), d))
             return WAITING
